@@ -1,0 +1,13 @@
+"""Exceptions raised by ossrun. Every user-facing failure is one of these."""
+
+
+class OssrunError(Exception):
+    """Base class of every error ossrun raises on purpose."""
+
+
+class ModelError(OssrunError, ValueError):
+    """A model file is missing, truncated, hostile or not a gpt-oss GGUF."""
+
+
+class ContextOverflowError(OssrunError, ValueError):
+    """A request needs more tokens than the session's context holds."""

@@ -1,0 +1,35 @@
+"""Shared test fixtures: where ../shared is, and clean skips when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("OSSRUN_SHARED", REPO.parent / "shared"))
+VOCAB_FILE = SHARED / "vocab" / "o200k_base.tiktoken"
+FIXTURES = SHARED / "spec" / "fixtures"
+HARMONY_VECTORS = SHARED / "testdata" / "harmony"
+
+
+@pytest.fixture(scope="session")
+def vocab_file() -> Path:
+    if not VOCAB_FILE.is_file():
+        pytest.skip("../shared/vocab/o200k_base.tiktoken is not present")
+    return VOCAB_FILE
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared/spec/fixtures is not present")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def harmony_vectors() -> Path:
+    if not HARMONY_VECTORS.is_dir():
+        pytest.skip("../shared/testdata/harmony is not present")
+    return HARMONY_VECTORS
