@@ -8,9 +8,14 @@ or an `o200k_base.tiktoken` file (tests and the harmony vector runner). Both giv
 from __future__ import annotations
 
 import base64
+import functools
 import os
 
+import numpy as np
 import tiktoken
+from gguf import GGUFValueType
+
+from .errors import ModelError
 
 # The o200k split regex (HARMONY.md §1.2). tiktoken is right where llama.cpp drops \p{M}.
 O200K_PATTERN = "|".join(
@@ -51,6 +56,7 @@ class Tokenizer:
     def __init__(self, encoding: tiktoken.Encoding):
         self.encoding = encoding
         self._special_ids = dict(encoding._special_tokens)
+        self._special_id_set = frozenset(self._special_ids.values())
 
     @property
     def n_vocab(self) -> int:
@@ -74,8 +80,7 @@ class Tokenizer:
             raise KeyError(f"the vocabulary has no special token {name!r}") from None
 
     def is_special(self, token_id: int) -> bool:
-        return token_id in self.encoding._special_token_set_ids if hasattr(
-            self.encoding, "_special_token_set_ids") else token_id in set(self._special_ids.values())
+        return token_id in self._special_id_set
 
 
 def load_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
@@ -104,3 +109,145 @@ def o200k_harmony_from_tiktoken_file(path: str | os.PathLike) -> Tokenizer:
         special_tokens=harmony_special_tokens(first=len(ranks)),
     )
     return Tokenizer(encoding)
+
+
+@functools.cache
+def gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map, used by GGUF `tokenizer.ggml.tokens` strings.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (space, control characters,
+    …) move to U+0100 and up, so that space is 'Ġ' and newline 'Ċ'.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    shifted = (b for b in range(256) if b not in mapping)
+    for n, b in enumerate(shifted):
+        mapping[b] = chr(256 + n)
+    return mapping
+
+
+# llama.cpp's token types (enum llama_token_type), as stored in `tokenizer.ggml.token_type`.
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+# tokenizer.ggml.pre -> split regex. Only o200k's is needed for gpt-oss.
+_PRE_TOKENIZERS = {"gpt-4o": O200K_PATTERN}
+
+
+def tokenizer_from_gguf(reader) -> Tokenizer | None:
+    """The file's own vocabulary (MODEL.md §4.2b) as a tiktoken encoding; None without one.
+
+    Normal tokens become mergeable ranks (rank = id: o200k's ids are its merge priorities, so the
+    merges list is not needed); control / user-defined / unused tokens become special tokens named
+    by their strings, except llama.cpp's `[PAD…]` fillers, which get o200k_harmony's
+    `<|reserved_N|>` names. Raises ModelError naming the key on malformed metadata.
+    """
+    fields = reader.fields
+    if "tokenizer.ggml.model" not in fields and "tokenizer.ggml.tokens" not in fields:
+        return None
+
+    def scalar_string(key: str) -> str:
+        field = fields.get(key)
+        if field is None:
+            raise ModelError(f"GGUF tokenizer metadata lacks {key}")
+        if list(field.types) != [GGUFValueType.STRING]:
+            raise ModelError(f"GGUF key {key} must be a string")
+        try:
+            return bytes(field.parts[-1]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelError(f"GGUF key {key} is not valid UTF-8") from None
+
+    model = scalar_string("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ModelError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2' byte-level BPE)")
+    pre = scalar_string("tokenizer.ggml.pre")
+    if pre not in _PRE_TOKENIZERS:
+        raise ModelError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {', '.join(_PRE_TOKENIZERS)})")
+
+    tokens = _string_array(fields, "tokenizer.ggml.tokens")
+    types = _int_array(fields, "tokenizer.ggml.token_type")
+    if len(types) != len(tokens):
+        raise ModelError(f"tokenizer.ggml.token_type has {len(types)} entries but "
+                         f"tokenizer.ggml.tokens has {len(tokens)}")
+
+    normal_ids = np.flatnonzero((types == TOKEN_NORMAL) | (types == TOKEN_BYTE))
+    special_ids = np.flatnonzero((types == TOKEN_CONTROL) | (types == TOKEN_USER_DEFINED)
+                                 | (types == TOKEN_UNUSED))
+    if len(normal_ids) + len(special_ids) != len(tokens):
+        bad = next(i for i, t in enumerate(types) if t not in
+                   (TOKEN_NORMAL, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED))
+        raise ModelError(f"tokenizer.ggml.token_type[{bad}] = {types[bad]} is not supported")
+
+    ranks = _mergeable_ranks(tokens, normal_ids)
+    specials: dict[str, int] = {}
+    for i in special_ids.tolist():
+        name = tokens[i]
+        if types[i] == TOKEN_UNUSED and name.startswith("[PAD"):
+            name = f"<|reserved_{i}|>"
+        if name in specials:
+            raise ModelError(f"tokenizer.ggml.tokens has the special token {name!r} twice "
+                             f"(ids {specials[name]} and {i})")
+        specials[name] = i
+
+    encoding = tiktoken.Encoding(name=f"gguf_{pre}", pat_str=_PRE_TOKENIZERS[pre],
+                                 mergeable_ranks=ranks, special_tokens=specials)
+    return Tokenizer(encoding)
+
+
+def _mergeable_ranks(tokens: list[str], normal_ids: np.ndarray) -> dict[bytes, int]:
+    """bytes -> id for the normal tokens, undoing the GPT-2 byte map on all of them at once."""
+    key = "tokenizer.ggml.tokens"
+    to_byte = {ord(c): b for b, c in gpt2_byte_to_unicode().items()}
+    strings = [tokens[i] for i in normal_ids.tolist()]
+    joined = "".join(strings)
+    # One set check and one translate over the concatenation is far faster than 200k small ones.
+    if not set(joined) <= set(gpt2_byte_to_unicode().values()):
+        i, c = next((i, c) for i, s in zip(normal_ids.tolist(), strings) for c in s if ord(c) not in to_byte)
+        raise ModelError(f"{key}[{i}] = {tokens[i]!r} has {c!r}, which is not in the GPT-2 byte map")
+    raw = joined.translate(to_byte).encode("latin-1")
+    ranks: dict[bytes, int] = {}
+    start = 0
+    for i, s in zip(normal_ids.tolist(), strings):
+        end = start + len(s)  # one character per byte
+        if end == start:
+            raise ModelError(f"{key}[{i}] is an empty normal token")
+        ranks[raw[start:end]] = i
+        start = end
+    if len(ranks) != len(strings):
+        seen: dict[bytes, int] = {}
+        for i, s in zip(normal_ids.tolist(), strings):
+            b = s.translate(to_byte).encode("latin-1")
+            if b in seen:
+                raise ModelError(f"{key} has the token {s!r} twice (ids {seen[b]} and {i})")
+            seen[b] = i
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise ModelError(f"{key} lacks single-byte tokens (e.g. byte 0x{missing[0]:02x}); "
+                         "byte-level BPE needs all 256")
+    return ranks
+
+
+def _string_array(fields, key: str) -> list[str]:
+    field = fields.get(key)
+    if field is None:
+        raise ModelError(f"GGUF tokenizer metadata lacks {key}")
+    if list(field.types) != [GGUFValueType.ARRAY, GGUFValueType.STRING]:
+        raise ModelError(f"GGUF key {key} must be a non-empty array of strings")
+    parts = field.parts
+    try:
+        return [bytes(parts[i]).decode("utf-8") for i in field.data]
+    except UnicodeDecodeError:
+        raise ModelError(f"GGUF key {key} has a string that is not valid UTF-8") from None
+
+
+def _int_array(fields, key: str) -> np.ndarray:
+    integer = {GGUFValueType.INT8, GGUFValueType.UINT8, GGUFValueType.INT16, GGUFValueType.UINT16,
+               GGUFValueType.INT32, GGUFValueType.UINT32, GGUFValueType.INT64, GGUFValueType.UINT64}
+    field = fields.get(key)
+    if field is None:
+        raise ModelError(f"GGUF tokenizer metadata lacks {key}")
+    types = list(field.types)
+    if len(types) != 2 or types[0] != GGUFValueType.ARRAY or types[1] not in integer:
+        raise ModelError(f"GGUF key {key} must be a non-empty array of integers")
+    parts = field.parts
+    return np.concatenate([parts[i] for i in field.data]).astype(np.int64)

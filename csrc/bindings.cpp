@@ -1,0 +1,397 @@
+// The only file that includes pybind11: checks every input from Python with a sentence naming
+// what is wrong, then hands plain pointers to the core. Weights stay in the caller's memory map;
+// the Python Model keeps the arrays alive. The GIL is released while the model computes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "kernels.h"
+#include "model.h"
+#include "moe_ops.h"
+#include "rope.h"
+#include "session.h"
+
+namespace py = pybind11;
+using namespace ossrun;
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+DType checked_dtype(int t, const std::string& what) {
+    switch (t) {
+        case 0: case 1: case 8: case 30: case 39: return DType(t);
+    }
+    throw py::value_error(what + ": unsupported ggml type " + std::to_string(t));
+}
+
+// A tensor from Python: (buffer, ggml type, numpy-order shape).
+struct TensorArg {
+    const uint8_t* data;
+    size_t nbytes;
+    DType type;
+    std::vector<int64_t> shape;
+};
+
+TensorArg tensor_arg(const py::dict& tensors, const std::string& name) {
+    if (!tensors.contains(name)) throw py::value_error("missing tensor '" + name + "'");
+    auto tup = tensors[py::str(name)].cast<py::tuple>();
+    if (tup.size() != 3) throw py::value_error("tensor '" + name + "': expected (array, type, shape)");
+    py::buffer_info info = tup[0].cast<py::buffer>().request();
+    if (info.ndim > 0) {
+        ssize_t expect = info.itemsize;
+        for (ssize_t i = info.ndim - 1; i >= 0; --i) {
+            if (info.shape[size_t(i)] > 1 && info.strides[size_t(i)] != expect)
+                throw py::value_error("tensor '" + name + "' is not contiguous");
+            expect *= info.shape[size_t(i)];
+        }
+    }
+    TensorArg t;
+    t.data = static_cast<const uint8_t*>(info.ptr);
+    t.nbytes = size_t(info.size) * size_t(info.itemsize);
+    t.type = checked_dtype(tup[1].cast<int>(), "tensor '" + name + "'");
+    t.shape = tup[2].cast<std::vector<int64_t>>();
+    return t;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out = "[";
+    for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+}
+
+// A matrix stack [n_mats, rows, cols] (n_mats = 0 for a plain 2-D matrix).
+Matrix matrix_arg(const py::dict& tensors, const std::string& name, int64_t n_mats, int64_t rows,
+                  int64_t cols) {
+    TensorArg t = tensor_arg(tensors, name);
+    std::vector<int64_t> want = n_mats ? std::vector<int64_t>{n_mats, rows, cols}
+                                       : std::vector<int64_t>{rows, cols};
+    if (t.shape != want)
+        throw py::value_error("tensor '" + name + "' has shape " + shape_str(t.shape) +
+                              ", expected " + shape_str(want));
+    Matrix m;
+    m.data = t.data;
+    m.type = t.type;
+    m.n_mats = n_mats ? n_mats : 1;
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = row_bytes_for(t.type, cols);
+    if (m.row_bytes == 0)
+        throw py::value_error("tensor '" + name + "': " + std::to_string(cols) +
+                              " columns do not fit " + dtype_name(t.type) + " blocks of 32");
+    if (t.nbytes != m.total_bytes())
+        throw py::value_error("tensor '" + name + "' holds " + std::to_string(t.nbytes) +
+                              " bytes, expected " + std::to_string(m.total_bytes()));
+    return m;
+}
+
+const float* f32_arg(const py::dict& tensors, const std::string& name, std::vector<int64_t> want) {
+    TensorArg t = tensor_arg(tensors, name);
+    if (t.type != DType::F32)
+        throw py::value_error("tensor '" + name + "' must be F32, not " + dtype_name(t.type));
+    if (t.shape != want)
+        throw py::value_error("tensor '" + name + "' has shape " + shape_str(t.shape) +
+                              ", expected " + shape_str(want));
+    size_t n = 1;
+    for (int64_t d : want) n *= size_t(d);
+    if (t.nbytes != n * 4)
+        throw py::value_error("tensor '" + name + "' holds " + std::to_string(t.nbytes) +
+                              " bytes, expected " + std::to_string(n * 4));
+    if (reinterpret_cast<uintptr_t>(t.data) % alignof(float))
+        throw py::value_error("tensor '" + name + "' is not 4-byte aligned");
+    return reinterpret_cast<const float*>(t.data);
+}
+
+int64_t positive(const py::dict& cfg, const char* key) {
+    if (!cfg.contains(key)) throw py::value_error(std::string("config is missing '") + key + "'");
+    const int64_t v = cfg[key].cast<int64_t>();
+    if (v <= 0) throw py::value_error(std::string("config '") + key + "' must be positive");
+    return v;
+}
+
+ModelConfig config_from_dict(const py::dict& cfg) {
+    ModelConfig c;
+    c.block_count = positive(cfg, "block_count");
+    c.embedding_length = positive(cfg, "embedding_length");
+    c.expert_feed_forward_length = positive(cfg, "expert_feed_forward_length");
+    c.head_count = positive(cfg, "head_count");
+    c.head_count_kv = positive(cfg, "head_count_kv");
+    c.key_length = positive(cfg, "key_length");
+    c.expert_count = positive(cfg, "expert_count");
+    c.expert_used_count = positive(cfg, "expert_used_count");
+    c.vocab_size = positive(cfg, "vocab_size");
+    c.sliding_window = positive(cfg, "sliding_window");
+    auto real = [&](const char* key, double dflt) {
+        return cfg.contains(key) ? cfg[key].cast<double>() : dflt;
+    };
+    c.rope_freq_base = real("rope_freq_base", 150000.0);
+    c.rope_scaling_factor = real("rope_scaling_factor", 32.0);
+    c.rope_original_context = real("rope_original_context", 4096.0);
+    c.yarn_beta_fast = real("yarn_beta_fast", 32.0);
+    c.yarn_beta_slow = real("yarn_beta_slow", 1.0);
+    c.rms_norm_eps = float(real("rms_norm_eps", 1e-5));
+    if (c.head_count % c.head_count_kv)
+        throw py::value_error("head_count must be a multiple of head_count_kv");
+    if (c.key_length % 2) throw py::value_error("key_length must be even");
+    if (c.expert_used_count > c.expert_count)
+        throw py::value_error("expert_used_count exceeds expert_count");
+    if (!(c.rms_norm_eps > 0) || !(c.rope_freq_base > 1) || !(c.rope_scaling_factor >= 1))
+        throw py::value_error("config has an invalid eps, rope base or scaling factor");
+    return c;
+}
+
+ModelWeights weights_from_dict(const ModelConfig& c, const py::dict& t) {
+    const int64_t H = c.embedding_length, I = c.expert_feed_forward_length, E = c.expert_count;
+    const int64_t V = c.vocab_size, Q = c.q_width(), KV = c.kv_width();
+    ModelWeights w;
+    w.token_embd = matrix_arg(t, "token_embd.weight", 0, V, H);
+    w.output_norm = f32_arg(t, "output_norm.weight", {H});
+    w.output = matrix_arg(t, "output.weight", 0, V, H);
+    for (int64_t l = 0; l < c.block_count; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        LayerWeights L;
+        L.attn_norm = f32_arg(t, p + "attn_norm.weight", {H});
+        L.attn_q = matrix_arg(t, p + "attn_q.weight", 0, Q, H);
+        L.attn_k = matrix_arg(t, p + "attn_k.weight", 0, KV, H);
+        L.attn_v = matrix_arg(t, p + "attn_v.weight", 0, KV, H);
+        L.attn_q_b = f32_arg(t, p + "attn_q.bias", {Q});
+        L.attn_k_b = f32_arg(t, p + "attn_k.bias", {KV});
+        L.attn_v_b = f32_arg(t, p + "attn_v.bias", {KV});
+        L.attn_output = matrix_arg(t, p + "attn_output.weight", 0, H, Q);
+        L.attn_output_b = f32_arg(t, p + "attn_output.bias", {H});
+        L.attn_sinks = f32_arg(t, p + "attn_sinks.weight", {c.head_count});
+        L.post_attention_norm = f32_arg(t, p + "post_attention_norm.weight", {H});
+        L.router = matrix_arg(t, p + "ffn_gate_inp.weight", 0, E, H);
+        L.router_b = f32_arg(t, p + "ffn_gate_inp.bias", {E});
+        L.gate_exps = matrix_arg(t, p + "ffn_gate_exps.weight", E, I, H);
+        L.up_exps = matrix_arg(t, p + "ffn_up_exps.weight", E, I, H);
+        L.down_exps = matrix_arg(t, p + "ffn_down_exps.weight", E, H, I);
+        L.gate_exps_b = f32_arg(t, p + "ffn_gate_exps.bias", {E, I});
+        L.up_exps_b = f32_arg(t, p + "ffn_up_exps.bias", {E, I});
+        L.down_exps_b = f32_arg(t, p + "ffn_down_exps.bias", {E, H});
+        w.layers.push_back(L);
+    }
+    return w;
+}
+
+// Runs fn, turning the core's std exceptions into the Python exceptions a caller expects.
+template <class F>
+auto translated(F&& fn) -> decltype(fn()) {
+    try {
+        return fn();
+    } catch (const std::length_error& e) {
+        throw py::value_error(e.what());
+    } catch (const std::out_of_range& e) {
+        throw py::index_error(e.what());
+    }
+}
+
+const KernelTable* table_arg(const std::string& isa) {
+    try {
+        return select_kernel_table(isa);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+// A bare matrix over a uint8 buffer, for the op-level tests.
+Matrix raw_matrix(const py::array_t<uint8_t, py::array::c_style>& raw, int type, int64_t rows,
+                  int64_t cols) {
+    Matrix m;
+    m.type = checked_dtype(type, "matrix");
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = row_bytes_for(m.type, cols);
+    if (rows <= 0 || m.row_bytes == 0) throw py::value_error("bad matrix shape for its type");
+    if (size_t(raw.nbytes()) != m.total_bytes())
+        throw py::value_error("raw buffer has " + std::to_string(raw.nbytes()) + " bytes, expected " +
+                              std::to_string(m.total_bytes()));
+    m.data = raw.data();
+    return m;
+}
+
+void bind_ops(py::module_& m) {
+    m.def("available_isas", [] {
+        std::vector<std::string> names;
+        for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
+        return names;
+    }, "Kernel variants this build has and this CPU runs, best first.");
+    m.def("decode_rows", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
+                            int64_t cols, const std::string& isa) {
+        Matrix W = raw_matrix(raw, type, rows, cols);
+        const KernelTable* k = table_arg(isa);
+        py::array_t<float> out({rows, cols});
+        for (int64_t r = 0; r < rows; ++r) k->decode_row(W, 0, r, out.mutable_data() + r * cols);
+        return out;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "auto");
+    m.def("matmul", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
+                       int64_t cols, F32Array x, std::optional<F32Array> bias, const std::string& isa) {
+        Matrix W = raw_matrix(raw, type, rows, cols);
+        if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
+        if (bias && (bias->ndim() != 1 || bias->shape(0) != rows))
+            throw py::value_error("bias must be [rows]");
+        const KernelTable* k = table_arg(isa);
+        py::array_t<float> y({int64_t(x.shape(0)), rows});
+        MatmulArgs a;
+        a.W = &W;
+        a.x = x.data();
+        a.ldx = cols;
+        a.n_tok = x.shape(0);
+        a.y = y.mutable_data();
+        a.ldy = rows;
+        a.bias = bias ? bias->data() : nullptr;
+        k->matmul(a, 0, rows);
+        return y;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+       py::arg("bias") = py::none(), py::arg("isa") = "auto");
+    m.def("rmsnorm", [](F32Array x, F32Array g, float eps, const std::string& isa) {
+        if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
+            throw py::value_error("rmsnorm wants x [T, n] and g [n]");
+        const KernelTable* k = table_arg(isa);
+        py::array_t<float> y({x.shape(0), x.shape(1)});
+        for (ssize_t t = 0; t < x.shape(0); ++t)
+            k->rmsnorm(x.data() + t * x.shape(1), g.data(), y.mutable_data() + t * x.shape(1),
+                       x.shape(1), eps);
+        return y;
+    }, py::arg("x"), py::arg("g"), py::arg("eps") = 1e-5f, py::arg("isa") = "auto");
+    m.def("attention_row", [](F32Array q, F32Array k_cache, F32Array v_cache, int64_t j_lo,
+                              int64_t j_hi, float sink, float scale, const std::string& isa) {
+        // k_cache / v_cache: [cap, d]; slot of position j is j % cap.
+        if (q.ndim() != 1 || k_cache.ndim() != 2 || v_cache.ndim() != 2 ||
+            k_cache.shape(1) != q.shape(0) || v_cache.shape(1) != q.shape(0) ||
+            k_cache.shape(0) != v_cache.shape(0))
+            throw py::value_error("attention_row wants q [d], k/v [cap, d]");
+        if (j_lo < 0 || j_hi < j_lo - 1 || j_hi - j_lo + 1 > k_cache.shape(0))
+            throw py::value_error("key range does not fit the cache");
+        const KernelTable* k = table_arg(isa);
+        std::vector<float> scores(size_t(std::max<int64_t>(1, j_hi - j_lo + 1)));
+        py::array_t<float> out(q.shape(0));
+        AttentionRowArgs a;
+        a.q = q.data();
+        a.k_cache = k_cache.data();
+        a.v_cache = v_cache.data();
+        a.slot_stride = q.shape(0);
+        a.cap = k_cache.shape(0);
+        a.j_lo = j_lo;
+        a.j_hi = j_hi;
+        a.head_dim = q.shape(0);
+        a.sink = sink;
+        a.scale = scale;
+        a.scores = scores.data();
+        a.out = out.mutable_data();
+        k->attention_row(a);
+        return out;
+    });
+    m.def("rope_theta", [](const py::dict& cfg) {
+        ModelConfig c;
+        c.key_length = cfg["key_length"].cast<int64_t>();
+        c.rope_freq_base = cfg["rope_freq_base"].cast<double>();
+        c.rope_scaling_factor = cfg["rope_scaling_factor"].cast<double>();
+        c.rope_original_context = cfg["rope_original_context"].cast<double>();
+        c.yarn_beta_fast = cfg.contains("yarn_beta_fast") ? cfg["yarn_beta_fast"].cast<double>() : 32.0;
+        c.yarn_beta_slow = cfg.contains("yarn_beta_slow") ? cfg["yarn_beta_slow"].cast<double>() : 1.0;
+        RopeTable r;
+        try {
+            r = make_rope_table(c);
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+        return py::make_tuple(py::array_t<float>(r.theta.size(), r.theta.data()), r.concentration);
+    });
+    m.def("apply_rope", [](F32Array x, py::array_t<int64_t> positions, F32Array theta, float concentration) {
+        // x [T, n_heads, d] rotated at positions [T] with a given θ table [d/2].
+        if (x.ndim() != 3 || positions.ndim() != 1 || positions.shape(0) != x.shape(0) ||
+            theta.ndim() != 1 || theta.shape(0) * 2 != x.shape(2))
+            throw py::value_error("apply_rope wants x [T, heads, d], positions [T], theta [d/2]");
+        RopeTable r;
+        r.theta.assign(theta.data(), theta.data() + theta.shape(0));
+        r.concentration = concentration;
+        const int64_t T = x.shape(0), nh = x.shape(1), d = x.shape(2);
+        std::vector<float> c(size_t(T * d / 2)), s(size_t(T * d / 2));
+        rope_cos_sin(r, positions.data(), T, c.data(), s.data());
+        py::array_t<float> out({T, nh, d});
+        std::copy_n(x.data(), T * nh * d, out.mutable_data());
+        for (int64_t t = 0; t < T; ++t)
+            apply_rope(out.mutable_data() + t * nh * d, nh, d, c.data() + t * d / 2, s.data() + t * d / 2);
+        return out;
+    });
+    m.def("router_topk", [](F32Array logits, int64_t k) {
+        if (logits.ndim() != 2 || k < 1 || k > logits.shape(1))
+            throw py::value_error("router_topk wants logits [T, E] and 1 <= k <= E");
+        const int64_t T = logits.shape(0), E = logits.shape(1);
+        py::array_t<int32_t> idx({T, k});
+        py::array_t<float> w({T, k});
+        for (int64_t t = 0; t < T; ++t)
+            router_topk(logits.data() + t * E, E, k, idx.mutable_data() + t * k, w.mutable_data() + t * k);
+        return py::make_tuple(idx, w);
+    });
+    m.def("swiglu", [](F32Array gate, F32Array lin, float alpha, float limit) {
+        if (gate.size() != lin.size()) throw py::value_error("gate and lin differ in size");
+        py::array_t<float> h(gate.size());
+        swiglu_oai(gate.data(), lin.data(), h.mutable_data(), gate.size(), alpha, limit);
+        return h;
+    }, py::arg("gate"), py::arg("lin"), py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "ossrun's C++ core (internal; use the ossrun package)";
+
+    py::class_<Model, std::shared_ptr<Model>>(m, "Model")
+        .def(py::init([](const py::dict& cfg, const py::dict& tensors, int threads, const std::string& isa) {
+                 if (threads < 1 || threads > 1024) throw py::value_error("threads must be in [1, 1024]");
+                 ModelConfig c = config_from_dict(cfg);
+                 ModelWeights w = weights_from_dict(c, tensors);
+                 ModelOptions o;
+                 o.threads = threads;
+                 o.isa = isa;
+                 try {
+                     return std::make_shared<Model>(c, std::move(w), o);
+                 } catch (const std::invalid_argument& e) {
+                     throw py::value_error(e.what());
+                 }
+             }),
+             py::arg("config"), py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "auto")
+        .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
+        .def_property_readonly("threads", &Model::threads);
+
+    py::class_<Session>(m, "Session")
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx) {
+                 if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
+                 return new Session(std::move(model), n_ctx);
+             }),
+             py::arg("model"), py::arg("n_ctx"))
+        .def("prefill", [](Session& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids,
+                           bool all_logits) {
+            if (ids.ndim() != 1 || ids.shape(0) < 1)
+                throw py::value_error("ids must be a non-empty 1-D sequence of token ids");
+            const int64_t n = ids.shape(0), V = s.vocab_size();
+            py::array_t<float> logits = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
+            float* out = logits.mutable_data();
+            translated([&] {
+                py::gil_scoped_release nogil;
+                s.prefill(ids.data(), n, out, all_logits);
+            });
+            return logits;
+        }, py::arg("ids"), py::arg("all_logits") = false)
+        .def_property_readonly("n_past", &Session::n_past)
+        .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("kv_bytes", &Session::kv_bytes)
+        .def_property_readonly("tokens", &Session::tokens)
+        .def("truncate", [](Session& s, int64_t n) {
+            translated([&] {
+                py::gil_scoped_release nogil;
+                s.truncate(n);
+            });
+        })
+        .def("reset", &Session::reset);
+
+    py::module_ ops = m.def_submodule("ops", "single kernels, for tests");
+    bind_ops(ops);
+}

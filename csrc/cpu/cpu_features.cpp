@@ -1,0 +1,57 @@
+// Picks the kernel variant at run time: the best one this CPU supports, or the one OSSRUN_ISA
+// (or the caller) names, so that a single portable build runs everywhere and tests can force each.
+#include <cstdlib>
+#include <stdexcept>
+
+#include "../kernels.h"
+
+namespace ossrun {
+namespace scalar { const KernelTable* table(); }
+#ifdef OSSRUN_HAVE_AVX2
+namespace avx2 { const KernelTable* table(); }
+#endif
+#ifdef OSSRUN_HAVE_AVX512
+namespace avx512 { const KernelTable* table(); }
+#endif
+#ifdef OSSRUN_HAVE_NEON
+namespace neon { const KernelTable* table(); }
+#endif
+
+std::vector<const KernelTable*> available_kernel_tables() {
+    std::vector<const KernelTable*> out;
+#if defined(OSSRUN_HAVE_AVX512) && (defined(__x86_64__) || defined(__i386__))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        out.push_back(avx512::table());
+#endif
+#if defined(OSSRUN_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        out.push_back(avx2::table());
+#endif
+#ifdef OSSRUN_HAVE_NEON
+    out.push_back(neon::table());  // NEON is part of the arm64 baseline
+#endif
+    out.push_back(scalar::table());
+    return out;
+}
+
+const KernelTable* select_kernel_table(const std::string& requested) {
+    std::string name = requested;
+    if (name.empty() || name == "auto") {
+        const char* env = std::getenv("OSSRUN_ISA");
+        name = env && *env ? env : "auto";
+    }
+    const auto tables = available_kernel_tables();
+    if (name == "auto") return tables.front();
+    std::string names;
+    for (const KernelTable* t : tables) {
+        if (name == t->name) return t;
+        names += names.empty() ? t->name : std::string(", ") + t->name;
+    }
+    throw std::invalid_argument("ISA variant '" + name + "' is not available on this CPU/build (available: " +
+                                names + ")");
+}
+
+}  // namespace ossrun

@@ -1,0 +1,19 @@
+// The kernel table of one ISA variant: what cpu_features.cpp hands to the forward pass.
+#include "../../kernels.h"
+
+#define OSSRUN_STR2(x) #x
+#define OSSRUN_STR(x) OSSRUN_STR2(x)
+
+namespace ossrun::OSSRUN_ISA_NS {
+
+void decode_row(const Matrix& W, int64_t mat, int64_t r, float* out);
+void matmul(const MatmulArgs& a, int64_t r0, int64_t r1);
+void attention_row(const AttentionRowArgs& a);
+void rmsnorm(const float* x, const float* g, float* y, int64_t n, float eps);
+
+const KernelTable* table() {
+    static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention_row, rmsnorm};
+    return &t;
+}
+
+}  // namespace ossrun::OSSRUN_ISA_NS

@@ -1,0 +1,57 @@
+// The CPU kernel interface: one table of function pointers per ISA variant (scalar, AVX2,
+// AVX-512, NEON), all compiled from the same sources in cpu/kernels/ and chosen at run time.
+// Each kernel states its shape contract here; the forward pass only calls through this table.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "weights.h"
+
+namespace ossrun {
+
+// y[t * ldy + r] = W[mat] row r · x[t * ldx .. + cols] (+ bias[r]), for t < n_tok, r0 <= r < r1.
+struct MatmulArgs {
+    const Matrix* W = nullptr;
+    int64_t mat = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0;
+    int64_t n_tok = 0;
+    float* y = nullptr;
+    int64_t ldy = 0;
+    const float* bias = nullptr;  // [rows] or null
+};
+
+// One query head at one position against keys j_lo..j_hi (inclusive) of a KV cache whose slot
+// for position j is j % cap; the sink joins the softmax denominator only (MODEL.md §2.5).
+struct AttentionRowArgs {
+    const float* q = nullptr;        // [head_dim]
+    const float* k_cache = nullptr;  // slot s of kv head g at k_cache + s * slot_stride
+    const float* v_cache = nullptr;
+    int64_t slot_stride = 0;
+    int64_t cap = 0;
+    int64_t j_lo = 0, j_hi = -1;
+    int64_t head_dim = 0;
+    float sink = 0.0f;
+    float scale = 0.0f;
+    float* scores = nullptr;  // scratch, >= j_hi - j_lo + 1 floats
+    float* out = nullptr;     // [head_dim]
+};
+
+struct KernelTable {
+    const char* name;
+    // Dequantize row r of W[mat] exactly to float32: out[cols].
+    void (*decode_row)(const Matrix& W, int64_t mat, int64_t r, float* out);
+    void (*matmul)(const MatmulArgs& a, int64_t r0, int64_t r1);
+    void (*attention_row)(const AttentionRowArgs& a);
+    // y[i] = g[i] * x[i] / sqrt(mean(x^2) + eps), i < n.
+    void (*rmsnorm)(const float* x, const float* g, float* y, int64_t n, float eps);
+};
+
+// The variants this build has and this CPU can run, best first.
+std::vector<const KernelTable*> available_kernel_tables();
+// The variant named `name` ("" or "auto": OSSRUN_ISA if set, else the best); throws
+// std::invalid_argument when it is unknown or not runnable here.
+const KernelTable* select_kernel_table(const std::string& name);
+
+}  // namespace ossrun

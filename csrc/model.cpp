@@ -1,0 +1,195 @@
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "moe_ops.h"
+
+namespace ossrun {
+
+Scratch::Scratch(const ModelConfig& c, int64_t chunk) : max_chunk(chunk) {
+    const size_t T = size_t(chunk), H = size_t(c.embedding_length), I = size_t(c.expert_feed_forward_length);
+    const size_t k = size_t(c.expert_used_count), half = size_t(c.key_length / 2);
+    residual.resize(T * H);
+    normed.resize(T * H);
+    q.resize(T * size_t(c.q_width()));
+    this->k.resize(T * size_t(c.kv_width()));
+    v.resize(T * size_t(c.kv_width()));
+    attn.resize(T * size_t(c.q_width()));
+    proj.resize(T * H);
+    router_logits.resize(T * size_t(c.expert_count));
+    rope_cos.resize(T * half);
+    rope_sin.resize(T * half);
+    positions.resize(T);
+    expert_idx.resize(T * k);
+    expert_weight.resize(T * k);
+    expert_tokens.resize(T);
+    expert_token_weight.resize(T);
+    expert_x.resize(T * H);
+    expert_gate.resize(T * I);
+    expert_up.resize(T * I);
+    expert_h.resize(T * I);
+    expert_y.resize(T * H);
+}
+
+Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions& options)
+    : config_(config),
+      weights_(std::move(weights)),
+      kernels_(select_kernel_table(options.isa)),
+      pool_(options.threads),
+      rope_(make_rope_table(config)) {}
+
+void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
+                    float* logits, bool all_logits) {
+    if (T < 1 || T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
+    if (pos0 + T > kv.n_ctx()) throw std::invalid_argument("forward: context overflow");
+    const int64_t H = config_.embedding_length;
+
+    embed(s, tokens, T);
+    for (int64_t t = 0; t < T; ++t) s.positions[size_t(t)] = pos0 + t;
+    rope_cos_sin(rope_, s.positions.data(), T, s.rope_cos.data(), s.rope_sin.data());
+
+    for (int64_t l = 0; l < config_.block_count; ++l) {
+        const LayerWeights& w = weights_.layers[size_t(l)];
+        rmsnorm_rows(s.residual.data(), w.attn_norm, s.normed.data(), T);
+        attention_block(kv, s, l, T, pos0);                 // -> s.proj
+        add_into(s.residual.data(), s.proj.data(), T * H);  // residual
+        rmsnorm_rows(s.residual.data(), w.post_attention_norm, s.normed.data(), T);
+        moe_block(s, l, T);                                 // -> s.proj
+        add_into(s.residual.data(), s.proj.data(), T * H);  // residual
+    }
+
+    // Final norm and unembedding, only for the positions whose logits are wanted.
+    const int64_t first = all_logits ? 0 : T - 1;
+    const int64_t n_out = T - first;
+    rmsnorm_rows(s.residual.data() + first * H, weights_.output_norm, s.normed.data(), n_out);
+    matmul(weights_.output, 0, s.normed.data(), n_out, logits, nullptr);
+}
+
+void Model::embed(Scratch& s, const int32_t* tokens, int64_t T) {
+    const int64_t H = config_.embedding_length;
+    for (int64_t t = 0; t < T; ++t) {
+        if (tokens[t] < 0 || tokens[t] >= config_.vocab_size)
+            throw std::out_of_range("token id " + std::to_string(tokens[t]) +
+                                    " is outside the vocabulary [0, " +
+                                    std::to_string(config_.vocab_size) + ")");
+        kernels_->decode_row(weights_.token_embd, 0, tokens[t], s.residual.data() + t * H);
+    }
+}
+
+void Model::rmsnorm_rows(const float* x, const float* g, float* y, int64_t T) {
+    const int64_t H = config_.embedding_length;
+    pool_.parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t)
+            kernels_->rmsnorm(x + t * H, g, y + t * H, H, config_.rms_norm_eps);
+    });
+}
+
+void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
+                   const float* bias) {
+    MatmulArgs a;
+    a.W = &W;
+    a.mat = mat;
+    a.x = x;
+    a.ldx = W.cols;
+    a.n_tok = T;
+    a.y = y;
+    a.ldy = W.rows;
+    a.bias = bias;
+    // Grains of 16 rows keep both threads busy to the end without much scheduling traffic.
+    pool_.parallel_for(W.rows, 16, [&](int64_t r0, int64_t r1) { kernels_->matmul(a, r0, r1); });
+}
+
+void Model::add_into(float* dst, const float* src, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+}
+
+void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0) {
+    const LayerWeights& w = weights_.layers[size_t(layer)];
+    const int64_t d = config_.key_length, nq = config_.head_count, nkv = config_.head_count_kv;
+    const int64_t half = d / 2, group = nq / nkv;
+
+    matmul(w.attn_q, 0, s.normed.data(), T, s.q.data(), w.attn_q_b);
+    matmul(w.attn_k, 0, s.normed.data(), T, s.k.data(), w.attn_k_b);
+    matmul(w.attn_v, 0, s.normed.data(), T, s.v.data(), w.attn_v_b);
+
+    // RoPE on q and k (not v), then append K/V to the cache at their positions.
+    for (int64_t t = 0; t < T; ++t) {
+        const float* c = s.rope_cos.data() + t * half;
+        const float* sn = s.rope_sin.data() + t * half;
+        apply_rope(s.q.data() + t * nq * d, nq, d, c, sn);
+        apply_rope(s.k.data() + t * nkv * d, nkv, d, c, sn);
+        std::copy_n(s.k.data() + t * nkv * d, nkv * d, kv.k_at(layer, pos0 + t));
+        std::copy_n(s.v.data() + t * nkv * d, nkv * d, kv.v_at(layer, pos0 + t));
+        kv.mark_written(layer, pos0 + t);
+    }
+
+    // Even layers see the last W positions (the query included), odd layers all of them.
+    const int64_t window = config_.is_sliding(layer) ? config_.sliding_window : 0;
+    const float scale = 1.0f / std::sqrt(float(d));
+    pool_.parallel_for(T * nq, 4, [&](int64_t i0, int64_t i1) {
+        thread_local std::vector<float> scores;
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t t = i / nq, h = i % nq, g = h / group;  // contiguous GQA groups
+            const int64_t p = pos0 + t;
+            AttentionRowArgs a;
+            a.q = s.q.data() + (t * nq + h) * d;
+            a.k_cache = kv.k(layer) + g * d;
+            a.v_cache = kv.v(layer) + g * d;
+            a.slot_stride = kv.slot_stride();
+            a.cap = kv.capacity(layer);
+            a.j_lo = window ? std::max<int64_t>(0, p - window + 1) : 0;
+            a.j_hi = p;
+            a.head_dim = d;
+            a.sink = w.attn_sinks[h];
+            a.scale = scale;
+            if (int64_t(scores.size()) < p + 1) scores.resize(size_t(std::max<int64_t>(p + 1, 256)));
+            a.scores = scores.data();
+            a.out = s.attn.data() + (t * nq + h) * d;
+            kernels_->attention_row(a);
+        }
+    });
+
+    matmul(w.attn_output, 0, s.attn.data(), T, s.proj.data(), w.attn_output_b);
+}
+
+void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
+    const LayerWeights& w = weights_.layers[size_t(layer)];
+    const int64_t H = config_.embedding_length, I = config_.expert_feed_forward_length;
+    const int64_t E = config_.expert_count, k = config_.expert_used_count;
+
+    matmul(w.router, 0, s.normed.data(), T, s.router_logits.data(), w.router_b);
+    for (int64_t t = 0; t < T; ++t)
+        router_topk(s.router_logits.data() + t * E, E, k, s.expert_idx.data() + t * k,
+                    s.expert_weight.data() + t * k);
+
+    std::fill_n(s.proj.data(), T * H, 0.0f);
+    // Expert by expert: gather the tokens routed to it, run its two matmuls as real GEMMs.
+    for (int64_t e = 0; e < E; ++e) {
+        int64_t n = 0;
+        for (int64_t t = 0; t < T; ++t)
+            for (int64_t j = 0; j < k; ++j)
+                if (s.expert_idx[size_t(t * k + j)] == e) {
+                    s.expert_tokens[size_t(n)] = int32_t(t);
+                    s.expert_token_weight[size_t(n)] = s.expert_weight[size_t(t * k + j)];
+                    std::copy_n(s.normed.data() + t * H, H, s.expert_x.data() + n * H);
+                    ++n;
+                }
+        if (n == 0) continue;
+        matmul(w.gate_exps, e, s.expert_x.data(), n, s.expert_gate.data(), w.gate_exps_b + e * I);
+        matmul(w.up_exps, e, s.expert_x.data(), n, s.expert_up.data(), w.up_exps_b + e * I);
+        swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), n * I,
+                   config_.swiglu_alpha, config_.swiglu_limit);
+        matmul(w.down_exps, e, s.expert_h.data(), n, s.expert_y.data(), w.down_exps_b + e * H);
+        // The down bias sits inside the weighted sum (MODEL.md §2.6 step 6).
+        for (int64_t i = 0; i < n; ++i) {
+            float* dst = s.proj.data() + s.expert_tokens[size_t(i)] * H;
+            const float* y = s.expert_y.data() + i * H;
+            const float wt = s.expert_token_weight[size_t(i)];
+            for (int64_t c = 0; c < H; ++c) dst[c] += wt * y[c];
+        }
+    }
+}
+
+}  // namespace ossrun

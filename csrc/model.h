@@ -1,0 +1,68 @@
+// A loaded gpt-oss model: config, weight views into the GGUF map, the chosen kernels and the
+// thread pool. forward() is the whole network (MODEL.md §2), one named step per line.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "kernels.h"
+#include "kv_cache.h"
+#include "rope.h"
+#include "threadpool.h"
+#include "weights.h"
+
+namespace ossrun {
+
+struct ModelOptions {
+    int threads = 1;
+    std::string isa = "auto";  // kernel variant, see kernels.h
+};
+
+// Activation buffers for up to max_chunk tokens, allocated once per session.
+struct Scratch {
+    explicit Scratch(const ModelConfig& c, int64_t max_chunk);
+    int64_t max_chunk;
+    std::vector<float> residual, normed, q, k, v, attn, proj, router_logits;
+    std::vector<float> rope_cos, rope_sin;
+    std::vector<int64_t> positions;
+    std::vector<int32_t> expert_idx;    // [T, k]
+    std::vector<float> expert_weight;   // [T, k]
+    // MoE: the tokens routed to one expert, gathered.
+    std::vector<int32_t> expert_tokens;
+    std::vector<float> expert_token_weight, expert_x, expert_gate, expert_up, expert_h, expert_y;
+};
+
+class Model {
+public:
+    Model(const ModelConfig& config, ModelWeights weights, const ModelOptions& options);
+
+    const ModelConfig& config() const { return config_; }
+    const KernelTable& kernels() const { return *kernels_; }
+    int threads() const { return pool_.size(); }
+    const RopeTable& rope() const { return rope_; }
+
+    // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
+    // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
+    void forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
+                 float* logits, bool all_logits);
+
+private:
+    void embed(Scratch& s, const int32_t* tokens, int64_t T);
+    void rmsnorm_rows(const float* x, const float* g, float* y, int64_t T);
+    // y[T, W.rows] = x[T, W.cols] · W[mat]^T + bias, rows split across threads.
+    void matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
+                const float* bias);
+    void attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0);
+    void moe_block(Scratch& s, int64_t layer, int64_t T);
+    void add_into(float* dst, const float* src, int64_t n);
+
+    ModelConfig config_;
+    ModelWeights weights_;
+    const KernelTable* kernels_;
+    ThreadPool pool_;
+    RopeTable rope_;
+};
+
+}  // namespace ossrun

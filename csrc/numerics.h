@@ -1,0 +1,41 @@
+// Scalar number formats shared by every backend: fp16, bf16, E8M0 and E2M1 (MODEL.md §3, §4.3).
+// All conversions are exact; fp16 subnormals are decoded properly (MODEL.md §6.9).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace ossrun {
+
+inline float bits_to_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+
+inline float fp16_to_float(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1F;
+    const uint32_t mant = h & 0x3FF;
+    if (exp == 0x1F) return bits_to_float(sign | 0x7F800000u | (mant << 13));  // inf / nan
+    if (exp != 0) return bits_to_float(sign | ((exp + 112) << 23) | (mant << 13));
+    // Subnormal (or zero): mant * 2^-24, exact in float32.
+    float v = float(mant) * (1.0f / 16777216.0f);
+    return sign ? -v : v;
+}
+
+// E8M0 scale byte e means 2^(e-127). e = 0 is the float32 subnormal 2^-127; 255 (NaN) is
+// rejected when a file is loaded.
+inline float e8m0_to_float(uint8_t e) {
+    return e == 0 ? bits_to_float(0x00400000u) : bits_to_float(uint32_t(e) << 23);
+}
+
+// E2M1 code -> value (MODEL.md §3.1). Bit 3 is the sign.
+constexpr float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                             -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+// ggml's doubled E2M1 table (exact small integers, for int8 dot products).
+constexpr int8_t kE2M1Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+}  // namespace ossrun

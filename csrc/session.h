@@ -1,0 +1,37 @@
+// One conversation's state over a shared Model: its KV cache, activation scratch and the tokens
+// it has seen. Prefill runs in chunks; truncation that reaches past what the sliding-window rings
+// still hold replays the kept tokens, so a session is always exact after any truncate().
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model.h"
+
+namespace ossrun {
+
+class Session {
+public:
+    static constexpr int64_t kMaxChunk = 256;
+
+    Session(std::shared_ptr<Model> model, int64_t n_ctx);
+
+    int64_t n_past() const { return int64_t(tokens_.size()); }
+    int64_t n_ctx() const { return kv_.n_ctx(); }
+    const std::vector<int32_t>& tokens() const { return tokens_; }
+    size_t kv_bytes() const { return kv_.bytes(); }
+    int64_t vocab_size() const { return model_->config().vocab_size; }
+
+    // Appends tokens; writes [n, V] logits when all_logits, else the last position's [V].
+    void prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits);
+    void truncate(int64_t n);
+    void reset();
+
+private:
+    std::shared_ptr<Model> model_;
+    KvCache kv_;
+    Scratch scratch_;
+    std::vector<int32_t> tokens_;
+};
+
+}  // namespace ossrun

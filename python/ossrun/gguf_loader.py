@@ -1,0 +1,280 @@
+"""Opens a gpt-oss GGUF file and checks it against MODEL.md §4 before anything computes.
+
+The `gguf` library memory-maps the file; tensors are handed to the core as views into that map
+(zero copy), so RSS stays small until weights are touched. Every problem — not a GGUF, another
+architecture, a missing or malformed key, a tensor with the wrong name, shape, type or extent —
+becomes a `ModelError` that names the key or tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+ARCH = "gpt-oss"
+
+# ggml type ids we accept (MODEL.md §4.3), and those allowed per tensor role.
+F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
+TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4"}
+MATRIX_TYPES = (F32, F16, BF16, Q8_0)
+EXPERT_TYPES = (MXFP4, Q8_0, F16, BF16, F32)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """gpt-oss hyperparameters, named after their GGUF keys (without the `gpt-oss.` prefix)."""
+
+    block_count: int
+    context_length: int
+    embedding_length: int
+    feed_forward_length: int
+    expert_feed_forward_length: int
+    head_count: int
+    head_count_kv: int
+    key_length: int
+    value_length: int
+    rms_norm_eps: float
+    sliding_window: int
+    expert_count: int
+    expert_used_count: int
+    rope_freq_base: float
+    rope_scaling_type: str
+    rope_scaling_factor: float
+    rope_original_context: int
+    vocab_size: int
+    # Fixed by the architecture unless a file says otherwise (MODEL.md §4.2).
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# (config field, GGUF key suffix, python type, required)
+_HPARAMS = [
+    ("block_count", "block_count", int, True),
+    ("context_length", "context_length", int, True),
+    ("embedding_length", "embedding_length", int, True),
+    ("feed_forward_length", "feed_forward_length", int, False),
+    ("expert_feed_forward_length", "expert_feed_forward_length", int, True),
+    ("head_count", "attention.head_count", int, True),
+    ("head_count_kv", "attention.head_count_kv", int, True),
+    ("key_length", "attention.key_length", int, True),
+    ("value_length", "attention.value_length", int, True),
+    ("rms_norm_eps", "attention.layer_norm_rms_epsilon", float, True),
+    ("sliding_window", "attention.sliding_window", int, True),
+    ("expert_count", "expert_count", int, True),
+    ("expert_used_count", "expert_used_count", int, True),
+    ("rope_freq_base", "rope.freq_base", float, True),
+    ("rope_scaling_type", "rope.scaling.type", str, False),
+    ("rope_scaling_factor", "rope.scaling.factor", float, True),
+    ("rope_original_context", "rope.scaling.original_context_length", int, True),
+    ("yarn_beta_fast", "rope.scaling.yarn_beta_fast", float, False),
+    ("yarn_beta_slow", "rope.scaling.yarn_beta_slow", float, False),
+]
+
+# Sanity bounds that keep a hostile header from asking for absurd allocations.
+_MAX_DIM = 1 << 20
+
+
+@dataclass
+class GgufModel:
+    """A validated, memory-mapped gpt-oss GGUF file."""
+
+    path: Path
+    reader: object  # gguf.GGUFReader; keeps the memory map alive
+    config: ModelConfig
+    tensors: dict  # name -> (array view, ggml type, logical numpy shape)
+    tensor_types: dict  # name -> type name, for `ossrun info`
+    file_size: int
+
+
+def field_value(reader, key: str):
+    """A metadata value as a Python scalar / str / list, or None when the key is absent."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    try:
+        return field.contents()
+    except Exception as e:  # a malformed field; name it
+        raise ModelError(f"metadata key '{key}' is malformed ({e})") from None
+
+
+def open_gguf(path) -> GgufModel:
+    """Open and validate `path`; raises ModelError on anything that is not a good gpt-oss file."""
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+
+    import gguf  # imported here so `import ossrun` stays fast
+
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as e:
+        raise ModelError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+
+    arch = field_value(reader, "general.architecture")
+    if arch != ARCH:
+        raise ModelError(
+            f"{path}: architecture is {arch!r}, but ossrun runs only '{ARCH}' models"
+            if arch is not None
+            else f"{path}: metadata key 'general.architecture' is missing"
+        )
+    config = _read_config(reader, path)
+    tensors, types = _check_tensors(reader, config, path, size)
+    return GgufModel(path, reader, config, tensors, types, size)
+
+
+def _read_config(reader, path: Path) -> ModelConfig:
+    values = {}
+    for name, suffix, typ, required in _HPARAMS:
+        key = f"{ARCH}.{suffix}"
+        v = field_value(reader, key)
+        if v is None:
+            if required:
+                raise ModelError(f"{path}: metadata key '{key}' is missing")
+            continue
+        if typ is str:
+            if not isinstance(v, str):
+                raise ModelError(f"{path}: metadata key '{key}' must be a string")
+        else:
+            if isinstance(v, (list, str, bytes)) or isinstance(v, bool):
+                raise ModelError(f"{path}: metadata key '{key}' must be a number, got {v!r}")
+            if typ is int and float(v) != int(v):
+                raise ModelError(f"{path}: metadata key '{key}' must be an integer, got {v!r}")
+            v = typ(v)
+            if not math.isfinite(v) or v <= 0:
+                raise ModelError(f"{path}: metadata key '{key}' must be positive, got {v!r}")
+            if typ is int and v > (1 << 24):
+                raise ModelError(f"{path}: metadata key '{key}' = {v} is implausibly large")
+        values[name] = v
+    values.setdefault("feed_forward_length", values["expert_feed_forward_length"])
+    values.setdefault("rope_scaling_type", "yarn")
+
+    emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if emb is None:
+        raise ModelError(f"{path}: tensor 'token_embd.weight' is missing")
+    values["vocab_size"] = int(emb.shape[-1]) if len(emb.shape) == 2 else 0
+    cfg = ModelConfig(**values)
+
+    def bad(msg):
+        raise ModelError(f"{path}: {msg}")
+
+    if cfg.rope_scaling_type != "yarn":
+        bad(f"rope.scaling.type is {cfg.rope_scaling_type!r}; gpt-oss uses 'yarn'")
+    if cfg.key_length != cfg.value_length:
+        bad("attention.key_length and value_length differ")
+    if cfg.key_length % 2:
+        bad("attention.key_length must be even (half-split RoPE)")
+    if cfg.head_count % cfg.head_count_kv:
+        bad("attention.head_count must be a multiple of head_count_kv")
+    if cfg.expert_used_count > cfg.expert_count:
+        bad("expert_used_count exceeds expert_count")
+    if cfg.embedding_length % 32 or cfg.expert_feed_forward_length % 32:
+        bad("embedding_length and expert_feed_forward_length must be multiples of 32")
+    if not 0 < cfg.rms_norm_eps < 1:
+        bad(f"layer_norm_rms_epsilon {cfg.rms_norm_eps} is out of range")
+    for name in ("embedding_length", "expert_feed_forward_length", "head_count", "key_length",
+                 "expert_count", "vocab_size"):
+        if not 0 < getattr(cfg, name) <= _MAX_DIM:
+            bad(f"{name} = {getattr(cfg, name)} is out of range")
+    if cfg.rope_scaling_factor > 1:
+        half = cfg.key_length / 2
+        low = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_fast * 2 * math.pi)) / math.log(cfg.rope_freq_base)
+        high = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_slow * 2 * math.pi)) / math.log(cfg.rope_freq_base)
+        if not 0 < low < high < half - 1:
+            bad("the YaRN parameters give a degenerate correction range (need 0 < low < high < d/2 - 1)")
+    return cfg
+
+
+def expected_tensors(cfg: ModelConfig) -> dict:
+    """name -> (logical numpy shape, allowed ggml types), per MODEL.md §4.3."""
+    H, I, E = cfg.embedding_length, cfg.expert_feed_forward_length, cfg.expert_count
+    Q, KV, V = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length, cfg.vocab_size
+    out = {
+        "token_embd.weight": ((V, H), MATRIX_TYPES),
+        "output_norm.weight": ((H,), (F32,)),
+        "output.weight": ((V, H), MATRIX_TYPES),
+    }
+    for n in range(cfg.block_count):
+        p = f"blk.{n}."
+        out.update({
+            p + "attn_norm.weight": ((H,), (F32,)),
+            p + "attn_q.weight": ((Q, H), MATRIX_TYPES),
+            p + "attn_q.bias": ((Q,), (F32,)),
+            p + "attn_k.weight": ((KV, H), MATRIX_TYPES),
+            p + "attn_k.bias": ((KV,), (F32,)),
+            p + "attn_v.weight": ((KV, H), MATRIX_TYPES),
+            p + "attn_v.bias": ((KV,), (F32,)),
+            p + "attn_output.weight": ((H, Q), MATRIX_TYPES),
+            p + "attn_output.bias": ((H,), (F32,)),
+            p + "attn_sinks.weight": ((cfg.head_count,), (F32,)),
+            p + "post_attention_norm.weight": ((H,), (F32,)),
+            p + "ffn_gate_inp.weight": ((E, H), MATRIX_TYPES),
+            p + "ffn_gate_inp.bias": ((E,), (F32,)),
+            p + "ffn_gate_exps.weight": ((E, I, H), EXPERT_TYPES),
+            p + "ffn_gate_exps.bias": ((E, I), (F32,)),
+            p + "ffn_up_exps.weight": ((E, I, H), EXPERT_TYPES),
+            p + "ffn_up_exps.bias": ((E, I), (F32,)),
+            p + "ffn_down_exps.weight": ((E, H, I), EXPERT_TYPES),
+            p + "ffn_down_exps.bias": ((E, H), (F32,)),
+        })
+    return out
+
+
+def _type_bytes(ggml_type: int, n_elems: int, cols: int) -> int | None:
+    if ggml_type == F32:
+        return 4 * n_elems
+    if ggml_type in (F16, BF16):
+        return 2 * n_elems
+    if cols % 32:
+        return None
+    return n_elems // 32 * (34 if ggml_type == Q8_0 else 17)
+
+
+def _check_tensors(reader, cfg: ModelConfig, path: Path, file_size: int):
+    want = expected_tensors(cfg)
+    found = {t.name: t for t in reader.tensors}
+    tensors, types = {}, {}
+    for name, (shape, allowed) in want.items():
+        t = found.get(name)
+        if t is None:
+            raise ModelError(f"{path}: tensor '{name}' is missing")
+        ggml_type = int(t.tensor_type)
+        type_name = TYPE_NAMES.get(ggml_type, getattr(t.tensor_type, "name", str(ggml_type)))
+        if ggml_type not in allowed:
+            raise ModelError(
+                f"{path}: tensor '{name}' has type {type_name}; expected one of "
+                + ", ".join(TYPE_NAMES[a] for a in allowed)
+            )
+        logical = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if logical != shape:
+            raise ModelError(f"{path}: tensor '{name}' has shape {list(logical)}, expected {list(shape)}")
+        n_bytes = _type_bytes(ggml_type, int(np.prod(shape)), shape[-1])
+        if n_bytes is None:
+            raise ModelError(f"{path}: tensor '{name}': {shape[-1]} columns do not fit {type_name} blocks")
+        end = int(t.data_offset) + n_bytes
+        if int(t.data_offset) < 0 or end > file_size or t.data.nbytes != n_bytes:
+            raise ModelError(f"{path}: tensor '{name}' extends past the end of the file (truncated?)")
+        if ggml_type == F32 and int(t.data_offset) % 4:
+            raise ModelError(f"{path}: tensor '{name}' is not 4-byte aligned")
+        tensors[name] = (t.data, ggml_type, shape)
+        types[name] = type_name
+    extra = sorted(set(found) - set(want))
+    if extra:
+        raise ModelError(f"{path}: unexpected tensor '{extra[0]}' for a gpt-oss model with "
+                         f"{cfg.block_count} blocks")
+    return tensors, types

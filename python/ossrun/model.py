@@ -1,0 +1,210 @@
+"""The Python face of a loaded model: `ossrun.load()` returns a `Model`; sessions hold KV state.
+
+Python crosses into C++ once per prefill or decoded token, never per op; the GIL is released
+while the core computes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import _core
+from .errors import ContextOverflowError, ModelError
+from .gguf_loader import ModelConfig, open_gguf
+from .sampler import Sampler
+
+PRECISIONS = ("fast", "f32")
+
+
+def default_threads() -> int:
+    """Physical cores (hyper-threads share the vector units that bound us)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:
+        n = None
+    return max(1, n or os.cpu_count() or 1)
+
+
+def _check_ids(ids, n_vocab: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError("token ids must be a flat sequence of integers")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n_vocab):
+        bad = int(arr[(arr < 0) | (arr >= n_vocab)][0])
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {n_vocab})")
+    return arr.astype(np.int32, copy=False)
+
+
+class Model:
+    """A gpt-oss model loaded from a GGUF file (weights stay in the file's memory map).
+
+    Args:
+        path: the .gguf file.
+        n_ctx: context length of sessions (tokens), at most the model's context_length.
+        threads: compute threads; default the number of physical cores.
+        precision: "fast" (default; may trade bits for speed where it stays within the
+            reference's own bf16 error) or "f32" (float32 activations end to end).
+        isa: force a kernel variant ("scalar", "avx2", "avx512", "neon"); default the best
+            this CPU runs (or $OSSRUN_ISA).
+    """
+
+    def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if threads is None:
+            threads = default_threads()
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+            raise ValueError(f"threads must be an integer in [1, 1024], got {threads!r}")
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        self._file = open_gguf(path)
+        self.path = self._file.path
+        self.config: ModelConfig = self._file.config
+        if n_ctx > self.config.context_length:
+            raise ValueError(
+                f"n_ctx {n_ctx} exceeds the model's context_length {self.config.context_length}"
+            )
+        self.n_ctx = n_ctx
+        self.precision = precision
+        try:
+            self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto")
+        except ValueError as e:
+            raise ModelError(f"{self.path}: {e}") from None
+        self.tokenizer = self._load_tokenizer()
+
+    def _core_config(self) -> dict:
+        c = self.config
+        return dict(
+            block_count=c.block_count, embedding_length=c.embedding_length,
+            expert_feed_forward_length=c.expert_feed_forward_length, head_count=c.head_count,
+            head_count_kv=c.head_count_kv, key_length=c.key_length, expert_count=c.expert_count,
+            expert_used_count=c.expert_used_count, vocab_size=c.vocab_size,
+            sliding_window=c.sliding_window, rope_freq_base=c.rope_freq_base,
+            rope_scaling_factor=c.rope_scaling_factor,
+            rope_original_context=float(c.rope_original_context),
+            yarn_beta_fast=c.yarn_beta_fast, yarn_beta_slow=c.yarn_beta_slow,
+            rms_norm_eps=c.rms_norm_eps,
+        )
+
+    def _load_tokenizer(self):
+        from .tokenizer import tokenizer_from_gguf
+
+        return tokenizer_from_gguf(self._file.reader)
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    @property
+    def isa(self) -> str:
+        return self._core.isa
+
+    def session(self, n_ctx: int | None = None) -> "Session":
+        """A fresh context (KV cache) of n_ctx tokens (default: the model's n_ctx)."""
+        return Session(self, self.n_ctx if n_ctx is None else n_ctx)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position of `ids` on a fresh context: float32 [len(ids), n_vocab]."""
+        ids = _check_ids(ids, self.n_vocab)
+        if ids.size == 0:
+            raise ValueError("logits() needs at least one token")
+        s = self.session(max(self.n_ctx, int(ids.size)) if ids.size <= self.config.context_length else None)
+        return s._prefill(ids, all_logits=True)
+
+    def generate(self, ids: Sequence[int], max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, seed=None, stop: Iterable[int] = (),
+                 session: "Session | None" = None) -> Iterator[int]:
+        """Yield up to max_tokens sampled ids after the prompt `ids` (temperature 0 = greedy).
+
+        Stops early after yielding a token in `stop`. Uses a fresh session unless one is given
+        (then `ids` are appended to it).
+        """
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an integer >= 0, got {max_tokens!r}")
+        sampler = Sampler(temperature, top_p, top_k, seed)
+        stop = {int(t) for t in stop}
+        s = session or self.session()
+        ids = _check_ids(ids, self.n_vocab)
+        if ids.size == 0:
+            raise ValueError("generate() needs a prompt of at least one token")
+        if s.n_past + ids.size + max_tokens > s.n_ctx and s.n_past + ids.size > s.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {ids.size} tokens does not fit the context ({s.n_past} used of {s.n_ctx})")
+        return self._generate(s, ids, max_tokens, sampler, stop)
+
+    def _generate(self, s, ids, max_tokens, sampler, stop):
+        logits = s.prefill(ids)
+        for i in range(max_tokens):
+            tok = sampler(logits)
+            yield tok
+            if tok in stop or i + 1 == max_tokens or s.n_past >= s.n_ctx:
+                return
+            logits = s.decode(tok)
+
+
+class Session:
+    """A context over a model: prefill a prompt, decode token by token, truncate back."""
+
+    def __init__(self, model: Model, n_ctx: int):
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if n_ctx > model.config.context_length:
+            raise ValueError(f"n_ctx {n_ctx} exceeds the model's context_length "
+                             f"{model.config.context_length}")
+        self.model = model
+        self._core = _core.Session(model._core, n_ctx)
+
+    @property
+    def n_past(self) -> int:
+        """Tokens held in the context."""
+        return self._core.n_past
+
+    @property
+    def n_ctx(self) -> int:
+        return self._core.n_ctx
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._core.tokens)
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids`; returns the logits of the last position, float32 [n_vocab]."""
+        ids = _check_ids(ids, self.model.n_vocab)
+        if ids.size == 0:
+            raise ValueError("prefill() needs at least one token")
+        return self._prefill(ids, all_logits=False)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Append one token; returns its logits, float32 [n_vocab]."""
+        return self.prefill([int(token_id)])
+
+    def _prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        if self.n_past + ids.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"{ids.size} more tokens do not fit: {self.n_past} of n_ctx = {self.n_ctx} used")
+        logits = self._core.prefill(ids, all_logits)
+        if not np.isfinite(logits).all():
+            raise ModelError(f"{self.model.path}: the model produced non-finite logits "
+                             "(invalid weights, e.g. an MXFP4 scale of 255)")
+        return logits
+
+    def truncate(self, n: int) -> None:
+        """Forget every token after the first n (the cache stays exact)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self.n_past:
+            raise ValueError(f"truncate({n!r}) needs 0 <= n <= n_past = {self.n_past}")
+        self._core.truncate(int(n))
+
+    def reset(self) -> None:
+        """Forget every token."""
+        self._core.reset()

@@ -1,0 +1,483 @@
+"""Writes random gpt-oss GGUF files in exactly llama.cpp's layout (MODEL.md §4.2, §4.2b, §4.3).
+
+Used by tests, benchmarks (20b/120b-shaped files without downloading weights) and the CLI's demo
+model. Weights are seeded random values of realistic scale; the file is streamed one tensor chunk
+at a time, so even a 120b-shaped file needs little RAM. `tools/make_model.py` is the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERSION
+from gguf import GGMLQuantizationType as GGMLType
+from gguf import GGUFValueType as VT
+
+from .tokenizer import (
+    N_VOCAB_HARMONY,
+    TOKEN_CONTROL,
+    TOKEN_NORMAL,
+    TOKEN_UNUSED,
+    gpt2_byte_to_unicode,
+    load_tiktoken_ranks,
+)
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Model shape. Comments name the GGUF key (`gpt-oss.` prefix) each field is written to."""
+
+    layers: int  # block_count
+    hidden: int  # embedding_length
+    intermediate: int  # expert_feed_forward_length and feed_forward_length
+    heads: int  # attention.head_count
+    kv_heads: int  # attention.head_count_kv
+    head_dim: int  # attention.key_length and attention.value_length
+    experts: int  # expert_count
+    top_k: int  # expert_used_count
+    vocab: int  # rows of token_embd / output (not a key)
+    sliding_window: int  # attention.sliding_window
+    context_length: int = 131072  # context_length
+    rope_freq_base: float = 150000.0  # rope.freq_base
+    rope_scaling_factor: float = 32.0  # rope.scaling.factor
+    rope_original_context: int = 4096  # rope.scaling.original_context_length
+    rms_eps: float = 1e-5  # attention.layer_norm_rms_epsilon
+
+
+PRESETS = {
+    # The shape of the tiny-w4 fixture (H != I != heads*d, so swapped matrices fail shape checks).
+    "tiny": HParams(layers=2, hidden=64, intermediate=96, heads=4, kv_heads=2, head_dim=64,
+                    experts=4, top_k=2, vocab=512, sliding_window=4),
+    "20b": HParams(layers=24, hidden=2880, intermediate=2880, heads=64, kv_heads=8, head_dim=64,
+                   experts=32, top_k=4, vocab=N_VOCAB_HARMONY, sliding_window=128),
+    "120b": HParams(layers=36, hidden=2880, intermediate=2880, heads=64, kv_heads=8, head_dim=64,
+                    experts=128, top_k=4, vocab=N_VOCAB_HARMONY, sliding_window=128),
+}
+
+MATRIX_TYPES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16, "q8_0": GGMLType.Q8_0}
+
+# The 21 named specials that follow the BPE tokens (MODEL.md §4.2b), by offset from the first one.
+# GGUF files name 200018 <|endofprompt|> (tiktoken does too; openai-harmony calls it reserved).
+_SPECIAL_NAMES = {0: "<|startoftext|>", 1: "<|endoftext|>", 4: "<|return|>", 5: "<|constrain|>",
+                  7: "<|channel|>", 8: "<|start|>", 9: "<|end|>", 10: "<|message|>", 14: "<|call|>",
+                  20: "<|endofprompt|>"}
+N_NAMED_SPECIALS = 21
+
+
+def preset(name: str, **overrides) -> HParams:
+    """A preset's hyperparameters with some fields replaced, e.g. preset("tiny", layers=4)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def check_hparams(hp: HParams, matrix_type: str = "q8_0") -> None:
+    """Raise ValueError with a sentence when the shape cannot be a gpt-oss GGUF."""
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        if not value > 0:
+            raise ValueError(f"{f.name} must be positive, got {value}")
+    if matrix_type not in MATRIX_TYPES:
+        raise ValueError(f"matrix type {matrix_type!r} is not one of {', '.join(MATRIX_TYPES)}")
+    # MXFP4 and Q8_0 rows are whole 32-element blocks.
+    if hp.hidden % 32 or hp.intermediate % 32:
+        raise ValueError(f"hidden ({hp.hidden}) and intermediate ({hp.intermediate}) must be "
+                         "multiples of 32 (MXFP4 blocks)")
+    if matrix_type == "q8_0" and (hp.heads * hp.head_dim) % 32:
+        raise ValueError(f"heads*head_dim ({hp.heads * hp.head_dim}) must be a multiple of 32 for q8_0")
+    if hp.heads % hp.kv_heads:
+        raise ValueError(f"heads ({hp.heads}) must be a multiple of kv_heads ({hp.kv_heads})")
+    if hp.head_dim % 2:
+        raise ValueError(f"head_dim ({hp.head_dim}) must be even (half-split RoPE)")
+    if hp.top_k > hp.experts:
+        raise ValueError(f"top_k ({hp.top_k}) cannot exceed experts ({hp.experts})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary (tokenizer.ggml.* metadata)
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """The tokenizer.ggml.* arrays of one file, as llama.cpp's converter writes them."""
+
+    tokens: list[str]
+    token_types: np.ndarray  # int32, one per token
+    merges: list[str]
+    bos_id: int  # <|startoftext|>
+    eos_id: int  # <|return|>
+    pad_id: int  # <|endoftext|>
+
+    @functools.cached_property
+    def kv(self) -> dict[str, bytes]:
+        """Key -> serialised KV entry; cached because packing 650k strings takes a while."""
+        return {
+            "tokenizer.ggml.model": _kv_string("tokenizer.ggml.model", "gpt2"),
+            "tokenizer.ggml.pre": _kv_string("tokenizer.ggml.pre", "gpt-4o"),
+            "tokenizer.ggml.tokens": _kv_string_array("tokenizer.ggml.tokens", self.tokens),
+            "tokenizer.ggml.token_type": _kv_int32_array("tokenizer.ggml.token_type", self.token_types),
+            "tokenizer.ggml.merges": _kv_string_array("tokenizer.ggml.merges", self.merges),
+            "tokenizer.ggml.bos_token_id": _kv_u32("tokenizer.ggml.bos_token_id", self.bos_id),
+            "tokenizer.ggml.eos_token_id": _kv_u32("tokenizer.ggml.eos_token_id", self.eos_id),
+            "tokenizer.ggml.padding_token_id": _kv_u32("tokenizer.ggml.padding_token_id", self.pad_id),
+        }
+
+
+def _with_specials(normal: list[str], merges: list[str], n_vocab: int) -> Vocabulary:
+    """Append the 21 named specials and `[PADn]` fillers (type unused) up to n_vocab tokens."""
+    first = len(normal)
+    need = first + N_NAMED_SPECIALS
+    if n_vocab < need:
+        raise ValueError(f"vocab size {n_vocab} is too small: this vocabulary needs at least {need} "
+                         f"tokens ({first} BPE tokens + {N_NAMED_SPECIALS} harmony specials)")
+    specials = [_SPECIAL_NAMES.get(k, f"<|reserved_{first + k}|>") for k in range(N_NAMED_SPECIALS)]
+    pads = [f"[PAD{i}]" for i in range(need, n_vocab)]
+    types = np.full(n_vocab, TOKEN_UNUSED, dtype=np.int32)
+    types[:first] = TOKEN_NORMAL
+    types[first:need] = TOKEN_CONTROL
+    return Vocabulary(tokens=normal + specials + pads, token_types=types, merges=merges,
+                      bos_id=first, eos_id=first + 4, pad_id=first + 1)
+
+
+@functools.lru_cache(maxsize=8)
+def byte_vocab(n_vocab: int) -> Vocabulary:
+    """256 single-byte tokens, the harmony specials right after them (ids 256..276), then padding.
+
+    There are no merges (every token is one byte), so such tiny models still speak harmony.
+    """
+    byte_map = gpt2_byte_to_unicode()
+    return _with_specials([byte_map[b] for b in range(256)], [], n_vocab)
+
+
+def o200k_vocab(vocab_file: str | os.PathLike, n_vocab: int = N_VOCAB_HARMONY) -> Vocabulary:
+    """o200k_harmony from an `o200k_base.tiktoken` file, as in ggml-org's gpt-oss GGUFs."""
+    return _o200k_vocab(str(Path(vocab_file).resolve()), n_vocab)
+
+
+@functools.lru_cache(maxsize=2)
+def _o200k_vocab(path: str, n_vocab: int) -> Vocabulary:
+    ranks = load_tiktoken_ranks(path)
+    by_rank = sorted(ranks, key=ranks.__getitem__)
+    if any(ranks[t] != i for i, t in enumerate(by_rank)):
+        raise ValueError(f"{path}: ranks are not 0..{len(by_rank) - 1}")
+    # Latin-1 turns each byte into the character of the same number, which the map translates.
+    strings = [t.decode("latin-1").translate(gpt2_byte_to_unicode()) for t in by_rank]
+    # Every split of token t into two tokens a, b, ordered by rank(t), rank(a), rank(b).
+    merges = []
+    for t in by_rank:
+        splits = []
+        for i in range(1, len(t)):
+            a = ranks.get(t[:i])
+            if a is not None:
+                b = ranks.get(t[i:])
+                if b is not None:
+                    splits.append((a, b))
+        splits.sort()
+        merges.extend(f"{strings[a]} {strings[b]}" for a, b in splits)
+    return _with_specials(strings, merges, n_vocab)
+
+
+def default_vocab_file() -> Path | None:
+    """$OSSRUN_VOCAB_FILE, else the project's shared/vocab copy next to a source checkout."""
+    env = os.environ.get("OSSRUN_VOCAB_FILE")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "vocab" / "o200k_base.tiktoken")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF serialisation (MODEL.md §4.1). Written by hand rather than with gguf.GGUFWriter so that
+# tensor data can be streamed in chunks and an empty merges array (byte vocabulary) is allowed.
+
+
+def _str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _kv_u32(key: str, v: int) -> bytes:
+    return _str(key) + struct.pack("<II", VT.UINT32, v)
+
+
+def _kv_f32(key: str, v: float) -> bytes:
+    return _str(key) + struct.pack("<If", VT.FLOAT32, v)
+
+
+def _kv_string(key: str, v: str) -> bytes:
+    return _str(key) + struct.pack("<I", VT.STRING) + _str(v)
+
+
+def _kv_string_array(key: str, values: list[str]) -> bytes:
+    head = _str(key) + struct.pack("<IIQ", VT.ARRAY, VT.STRING, len(values))
+    return head + b"".join([_str(v) for v in values])
+
+
+def _kv_int32_array(key: str, values: np.ndarray) -> bytes:
+    head = _str(key) + struct.pack("<IIQ", VT.ARRAY, VT.INT32, len(values))
+    return head + np.asarray(values, dtype="<i4").tobytes()
+
+
+def _model_kv(hp: HParams, name: str) -> dict[str, bytes]:
+    a = "gpt-oss."
+    entries = [
+        _kv_string("general.architecture", "gpt-oss"),
+        _kv_string("general.name", name),
+        _kv_u32(a + "block_count", hp.layers),
+        _kv_u32(a + "context_length", hp.context_length),
+        _kv_u32(a + "embedding_length", hp.hidden),
+        _kv_u32(a + "feed_forward_length", hp.intermediate),
+        _kv_u32(a + "expert_feed_forward_length", hp.intermediate),
+        _kv_u32(a + "attention.head_count", hp.heads),
+        _kv_u32(a + "attention.head_count_kv", hp.kv_heads),
+        _kv_u32(a + "attention.key_length", hp.head_dim),
+        _kv_u32(a + "attention.value_length", hp.head_dim),
+        _kv_f32(a + "attention.layer_norm_rms_epsilon", hp.rms_eps),
+        _kv_u32(a + "attention.sliding_window", hp.sliding_window),
+        _kv_u32(a + "expert_count", hp.experts),
+        _kv_u32(a + "expert_used_count", hp.top_k),
+        _kv_f32(a + "rope.freq_base", hp.rope_freq_base),
+        _kv_string(a + "rope.scaling.type", "yarn"),
+        _kv_f32(a + "rope.scaling.factor", hp.rope_scaling_factor),
+        _kv_u32(a + "rope.scaling.original_context_length", hp.rope_original_context),
+    ]
+    return {_entry_key(e): e for e in entries}
+
+
+def _entry_key(entry: bytes) -> str:
+    (n,) = struct.unpack_from("<Q", entry)
+    return entry[8 : 8 + n].decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor: name, ggml ne (fastest dimension first), type, and its value distribution."""
+
+    name: str
+    ne: tuple[int, ...]
+    ggml_type: GGMLType
+    std: float
+    mean: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        block, size = GGML_QUANT_SIZES[self.ggml_type]
+        return math.prod(self.ne) // block * size
+
+    @property
+    def rows_per_chunk(self) -> int:
+        # One expert per chunk for expert tensors, about 4M values otherwise. Fixed by the shape
+        # alone, so the values do not depend on how much memory the writer may use.
+        if len(self.ne) == 3:
+            return self.ne[1]
+        return max(1, (1 << 22) // self.ne[0])
+
+
+def tensor_plans(hp: HParams, matrix_type: str = "q8_0") -> list[TensorPlan]:
+    """Every tensor of the file in write order, with names, ne and types of MODEL.md §4.3."""
+    mt = MATRIX_TYPES[matrix_type]
+    H, I, E, V = hp.hidden, hp.intermediate, hp.experts, hp.vocab
+    q, kv = hp.heads * hp.head_dim, hp.kv_heads * hp.head_dim
+    f32 = GGMLType.F32
+    # Matrices get std 1/sqrt(fan-in), so unit-RMS inputs give unit-RMS outputs; the embedding
+    # gets std 1 (RMSNorm follows). Biases are small, norms near 1, sinks ~N(0, 1).
+    plans = [
+        TensorPlan("token_embd.weight", (H, V), mt, 1.0),
+        TensorPlan("output_norm.weight", (H,), f32, 0.1, 1.0),
+        TensorPlan("output.weight", (H, V), mt, H**-0.5),
+    ]
+    for n in range(hp.layers):
+        b = f"blk.{n}."
+        plans += [
+            TensorPlan(b + "attn_norm.weight", (H,), f32, 0.1, 1.0),
+            TensorPlan(b + "attn_q.weight", (H, q), mt, H**-0.5),
+            TensorPlan(b + "attn_q.bias", (q,), f32, 0.1),
+            TensorPlan(b + "attn_k.weight", (H, kv), mt, H**-0.5),
+            TensorPlan(b + "attn_k.bias", (kv,), f32, 0.1),
+            TensorPlan(b + "attn_v.weight", (H, kv), mt, H**-0.5),
+            TensorPlan(b + "attn_v.bias", (kv,), f32, 0.1),
+            TensorPlan(b + "attn_output.weight", (q, H), mt, q**-0.5),
+            TensorPlan(b + "attn_output.bias", (H,), f32, 0.1),
+            TensorPlan(b + "attn_sinks.weight", (hp.heads,), f32, 1.0),
+            TensorPlan(b + "post_attention_norm.weight", (H,), f32, 0.1, 1.0),
+            TensorPlan(b + "ffn_gate_inp.weight", (H, E), f32, H**-0.5),
+            TensorPlan(b + "ffn_gate_inp.bias", (E,), f32, 0.1),
+            TensorPlan(b + "ffn_gate_exps.weight", (H, I, E), GGMLType.MXFP4, H**-0.5),
+            TensorPlan(b + "ffn_gate_exps.bias", (I, E), f32, 0.1),
+            TensorPlan(b + "ffn_up_exps.weight", (H, I, E), GGMLType.MXFP4, H**-0.5),
+            TensorPlan(b + "ffn_up_exps.bias", (I, E), f32, 0.1),
+            TensorPlan(b + "ffn_down_exps.weight", (I, H, E), GGMLType.MXFP4, I**-0.5),
+            TensorPlan(b + "ffn_down_exps.bias", (H, E), f32, 0.1),
+        ]
+    return plans
+
+
+_E2M1_RMS = math.sqrt(sum(v * v for v in (0, 0.5, 1, 1.5, 2, 3, 4, 6)) / 8)  # of uniform codes
+_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", 32)])
+
+
+def _chunk_bytes(plan: TensorPlan, rng: np.random.Generator, rows: int) -> np.ndarray:
+    """`rows` rows (ne[0] values each) of random data, encoded in the plan's ggml type."""
+    n = rows * plan.ne[0]
+    t = plan.ggml_type
+    if t == GGMLType.MXFP4:
+        # Uniform codes; per-block scale bytes within ±1 of the exponent that gives `std`.
+        blocks = np.empty((n // 32, 17), dtype=np.uint8)
+        centre = round(127 + math.log2(plan.std / _E2M1_RMS))
+        blocks[:, 0] = rng.integers(max(1, centre - 1), min(252, centre + 1) + 1, n // 32, dtype=np.uint8)
+        blocks[:, 1:] = np.frombuffer(rng.bytes(n // 2), dtype=np.uint8).reshape(-1, 16)
+        return blocks
+    if t == GGMLType.Q8_0:
+        # Uniform int8 quants; d = std·√3/127 matches the std, jittered ±25 % per block. One
+        # block in 64 gets a subnormal fp16 scale, as the published files have (MODEL.md §6.9).
+        blocks = np.empty(n // 32, dtype=_Q8_0)
+        blocks["qs"] = rng.integers(-127, 128, (n // 32, 32), dtype=np.int8)
+        d = plan.std * math.sqrt(3) / 127 * rng.uniform(0.75, 1.25, n // 32)
+        tiny = rng.random(n // 32) < 1 / 64
+        d[tiny] = rng.uniform(2.0**-20, 2.0**-14, np.count_nonzero(tiny))
+        blocks["d"] = d
+        return blocks
+    values = rng.standard_normal(n, dtype=np.float32) * np.float32(plan.std) + np.float32(plan.mean)
+    if t == GGMLType.F32:
+        return values
+    if t == GGMLType.F16:
+        return values.astype(np.float16)
+    if t == GGMLType.BF16:
+        bits = values.view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+    raise AssertionError(f"no generator for {t.name}")
+
+
+def tensor_chunks(plan: TensorPlan, seed: int):
+    """Yield the tensor's bytes chunk by chunk; chunk k is seeded by (seed, name, k)."""
+    n_rows = math.prod(plan.ne[1:])
+    name_key = zlib.crc32(plan.name.encode())
+    for k, row in enumerate(range(0, n_rows, plan.rows_per_chunk)):
+        rng = np.random.default_rng([seed, name_key, k])
+        yield _chunk_bytes(plan, rng, min(plan.rows_per_chunk, n_rows - row))
+
+
+def write_model(path: str | os.PathLike, hparams: HParams, *, seed: int = 0, matrix_type: str = "q8_0",
+                vocab: Vocabulary | None = None, progress: bool | None = None) -> Path:
+    """Write a random gpt-oss GGUF; returns its path.
+
+    vocab: the tokenizer metadata, default `byte_vocab(hparams.vocab)`; its size must equal
+    hparams.vocab. progress: see `write_gguf`.
+    """
+    check_hparams(hparams, matrix_type)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if vocab is None:
+        vocab = byte_vocab(hparams.vocab)
+    if len(vocab.tokens) != hparams.vocab:
+        raise ValueError(f"the vocabulary has {len(vocab.tokens)} tokens but hparams.vocab is {hparams.vocab}")
+    kv = _model_kv(hparams, f"ossrun random gpt-oss (seed {seed})") | vocab.kv
+    return write_gguf(path, kv, tensor_plans(hparams, matrix_type), seed=seed, progress=progress)
+
+
+def write_gguf(path: str | os.PathLike, kv: dict[str, bytes], plans: list[TensorPlan], *,
+               seed: int = 0, progress: bool | None = None) -> Path:
+    """Write a GGUF v3 file from serialised KV entries and tensor plans, streaming the data.
+
+    The file appears under its name only when complete. progress: a percentage line on stderr
+    (default: for files over 1 GiB).
+    """
+    infos, offset = [], 0
+    for p in plans:
+        infos.append(_str(p.name) + struct.pack(f"<I{len(p.ne)}QIQ", len(p.ne), *p.ne, p.ggml_type, offset))
+        offset += -(-p.nbytes // GGUF_DEFAULT_ALIGNMENT) * GGUF_DEFAULT_ALIGNMENT
+    total = offset
+    show = total > (1 << 30) if progress is None else progress
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "wb") as f:
+        f.write(struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(plans), len(kv)))
+        f.write(b"".join(kv.values()) + b"".join(infos))
+        _pad(f)
+        done, shown = 0, -1
+        for p in plans:
+            for chunk in tensor_chunks(p, seed):
+                f.write(chunk.data)
+                done += chunk.nbytes
+                if show and done * 100 // total != shown:
+                    shown = done * 100 // total
+                    print(f"\r{path.name}: {shown:3d}% of {total / 2**30:.2f} GiB", end="", file=sys.stderr)
+            _pad(f)
+    if show:
+        print(file=sys.stderr)
+    os.replace(partial, path)
+    return path
+
+
+def _pad(f) -> None:
+    f.write(b"\0" * (-f.tell() % GGUF_DEFAULT_ALIGNMENT))
+
+
+def make_model(path: str | os.PathLike, preset_name: str = "tiny", *, seed: int = 0,
+               matrix_type: str = "q8_0", vocab_file: str | os.PathLike | None = None,
+               use_byte_vocab: bool = False, progress: bool | None = None, **overrides) -> Path:
+    """A preset plus overrides, with the vocabulary chosen as the CLI does.
+
+    The real o200k vocabulary comes from vocab_file, or for the 20b/120b presets from
+    `default_vocab_file()` when one exists; otherwise (and with use_byte_vocab) a byte vocabulary.
+    With the real vocabulary the tiny preset's vocab size becomes 201088 unless overridden.
+    """
+    if vocab_file is not None and use_byte_vocab:
+        raise ValueError("give either a vocab file or the byte vocabulary, not both")
+    if vocab_file is None and not use_byte_vocab and preset_name != "tiny":
+        vocab_file = default_vocab_file()
+    hp = preset(preset_name, **overrides)
+    if vocab_file is not None and "vocab" not in overrides:
+        hp = dataclasses.replace(hp, vocab=N_VOCAB_HARMONY)
+    check_hparams(hp, matrix_type)
+    vocab = o200k_vocab(vocab_file, hp.vocab) if vocab_file is not None else byte_vocab(hp.vocab)
+    return write_model(path, hp, seed=seed, matrix_type=matrix_type, vocab=vocab, progress=progress)
+
+
+_CLI_FLAGS = {  # flag -> HParams field
+    "--layers": "layers", "--hidden": "hidden", "--intermediate": "intermediate", "--heads": "heads",
+    "--kv-heads": "kv_heads", "--head-dim": "head_dim", "--experts": "experts", "--top-k": "top_k",
+    "--vocab": "vocab", "--sliding-window": "sliding_window", "--context-length": "context_length",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="make_model.py", description="Write a random gpt-oss GGUF in llama.cpp's layout.")
+    ap.add_argument("out", help="output .gguf path")
+    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    for flag, field in _CLI_FLAGS.items():
+        ap.add_argument(flag, dest=field, type=int, help=f"override the preset's {field}")
+    ap.add_argument("--matrix-type", choices=list(MATRIX_TYPES), default="q8_0",
+                    help="type of token_embd/output/attention matrices (default q8_0)")
+    ap.add_argument("--seed", type=int, default=0)
+    vocab = ap.add_mutually_exclusive_group()
+    vocab.add_argument("--vocab-file", help="o200k_base.tiktoken for the real vocabulary")
+    vocab.add_argument("--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b")
+    a = ap.parse_args(argv)
+    overrides = {f: getattr(a, f) for f in _CLI_FLAGS.values() if getattr(a, f) is not None}
+    try:
+        out = make_model(a.out, a.preset, seed=a.seed, matrix_type=a.matrix_type,
+                         vocab_file=a.vocab_file, use_byte_vocab=a.byte_vocab, **overrides)
+    except (ValueError, OSError) as e:
+        ap.error(str(e))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Turns logits into the next token: greedy at temperature 0, else temperature, top-k and top-p
+(nucleus) sampling from a seeded generator so that runs can be reproduced."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Sampler:
+    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed=None):
+        if not (temperature >= 0 and np.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if int(top_k) != top_k or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.top_k = int(top_k)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.temperature == 0:
+            return int(np.argmax(logits))  # ties: lowest id
+        z = logits.astype(np.float64) / self.temperature
+        if self.top_k and self.top_k < z.size:
+            cutoff = np.partition(z, -self.top_k)[-self.top_k]
+            z = np.where(z >= cutoff, z, -np.inf)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if self.top_p < 1:
+            order = np.argsort(-p, kind="stable")
+            cum = np.cumsum(p[order])
+            keep = order[: int(np.searchsorted(cum, self.top_p) + 1)]
+            mask = np.zeros_like(p)
+            mask[keep] = p[keep]
+            p = mask / mask.sum()
+        return int(self.rng.choice(p.size, p=p))
