@@ -33,3 +33,14 @@ def harmony_vectors() -> Path:
     if not HARMONY_VECTORS.is_dir():
         pytest.skip("../shared/testdata/harmony is not present")
     return HARMONY_VECTORS
+
+
+@pytest.fixture
+def rng(request):
+    """A fresh random generator per test; its seed is printed (shown on failure) and can be
+    forced with OSSRUN_TEST_SEED=<int> to reproduce a failure."""
+    import numpy as np
+
+    seed = int(os.environ.get("OSSRUN_TEST_SEED", np.random.SeedSequence().entropy % 2**63))
+    print(f"{request.node.nodeid}: OSSRUN_TEST_SEED={seed}")
+    return np.random.default_rng(seed)

@@ -3,7 +3,9 @@
 Every case is compared as a whole dict with the oracle's output: prompt tokens and text (or the
 render error), parsed messages (or the error text), every streaming step, next-prompt tokens.
 Error messages match the oracle's text exactly. `tests/data/harmony/rules_*.json` are extra
-oracle vectors for the edge cases of tests/test_harmony_rules.py.
+oracle vectors for the edge cases of tests/test_harmony_rules.py; regenerate the expected file
+with `python3 ../shared/tools/harmony_oracle.py expected tests/data/harmony/rules_cases.json
+-o tests/data/harmony/rules_expected.json` (needs openai-harmony; the tests never import it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from ossrun.harmony.__main__ import main
 from ossrun.harmony.vectors import compare, encoding_info, load_cases, run_case, run_cases
 from ossrun.tokenizer import o200k_harmony_from_tiktoken_file

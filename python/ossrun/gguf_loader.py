@@ -1,7 +1,7 @@
 """Opens a gpt-oss GGUF file and checks it against MODEL.md §4 before anything computes.
 
-The `gguf` library memory-maps the file; tensors are handed to the core as views into that map
-(zero copy), so RSS stays small until weights are touched. Every problem — not a GGUF, another
+`gguf_reader.GgufFile` memory-maps the file; tensors are handed to the core as views into that
+map (zero copy), so RSS stays small until weights are touched. Every problem — not a GGUF, another
 architecture, a missing or malformed key, a tensor with the wrong name, shape, type or extent —
 becomes a `ModelError` that names the key or tensor.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .gguf_reader import GgufFile
 
 ARCH = "gpt-oss"
 
@@ -88,22 +89,16 @@ class GgufModel:
     """A validated, memory-mapped gpt-oss GGUF file."""
 
     path: Path
-    reader: object  # gguf.GGUFReader; keeps the memory map alive
+    reader: GgufFile  # keeps the memory map alive
     config: ModelConfig
     tensors: dict  # name -> (array view, ggml type, logical numpy shape)
     tensor_types: dict  # name -> type name, for `ossrun info`
     file_size: int
 
 
-def field_value(reader, key: str):
-    """A metadata value as a Python scalar / str / list, or None when the key is absent."""
-    field = reader.fields.get(key)
-    if field is None:
-        return None
-    try:
-        return field.contents()
-    except Exception as e:  # a malformed field; name it
-        raise ModelError(f"metadata key '{key}' is malformed ({e})") from None
+def field_value(reader: GgufFile, key: str):
+    """A metadata value (scalar, str, list of str or numpy array), or None when absent."""
+    return reader.metadata.get(key)
 
 
 def open_gguf(path) -> GgufModel:
@@ -119,12 +114,10 @@ def open_gguf(path) -> GgufModel:
     if magic != b"GGUF":
         raise ModelError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
 
-    import gguf  # imported here so `import ossrun` stays fast
-
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as e:
-        raise ModelError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") from None
+        reader = GgufFile(path)
+    except (ValueError, OverflowError, OSError) as e:
+        raise ModelError(f"{path}: corrupt or truncated GGUF file ({e})") from None
 
     arch = field_value(reader, "general.architecture")
     if arch != ARCH:
@@ -151,7 +144,7 @@ def _read_config(reader, path: Path) -> ModelConfig:
             if not isinstance(v, str):
                 raise ModelError(f"{path}: metadata key '{key}' must be a string")
         else:
-            if isinstance(v, (list, str, bytes)) or isinstance(v, bool):
+            if isinstance(v, (list, str, bytes, np.ndarray)) or isinstance(v, bool):
                 raise ModelError(f"{path}: metadata key '{key}' must be a number, got {v!r}")
             if typ is int and float(v) != int(v):
                 raise ModelError(f"{path}: metadata key '{key}' must be an integer, got {v!r}")
@@ -164,10 +157,10 @@ def _read_config(reader, path: Path) -> ModelConfig:
     values.setdefault("feed_forward_length", values["expert_feed_forward_length"])
     values.setdefault("rope_scaling_type", "yarn")
 
-    emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    emb = reader.tensors.get("token_embd.weight")
     if emb is None:
         raise ModelError(f"{path}: tensor 'token_embd.weight' is missing")
-    values["vocab_size"] = int(emb.shape[-1]) if len(emb.shape) == 2 else 0
+    values["vocab_size"] = int(emb.ne[1]) if len(emb.ne) == 2 else 0
     cfg = ModelConfig(**values)
 
     def bad(msg):
@@ -235,46 +228,37 @@ def expected_tensors(cfg: ModelConfig) -> dict:
     return out
 
 
-def _type_bytes(ggml_type: int, n_elems: int, cols: int) -> int | None:
-    if ggml_type == F32:
-        return 4 * n_elems
-    if ggml_type in (F16, BF16):
-        return 2 * n_elems
-    if cols % 32:
-        return None
-    return n_elems // 32 * (34 if ggml_type == Q8_0 else 17)
-
-
-def _check_tensors(reader, cfg: ModelConfig, path: Path, file_size: int):
+def _check_tensors(reader: GgufFile, cfg: ModelConfig, path: Path, file_size: int):
+    # GgufFile has already checked that every tensor's bytes lie inside the file.
     want = expected_tensors(cfg)
-    found = {t.name: t for t in reader.tensors}
     tensors, types = {}, {}
     for name, (shape, allowed) in want.items():
-        t = found.get(name)
+        t = reader.tensors.get(name)
         if t is None:
             raise ModelError(f"{path}: tensor '{name}' is missing")
-        ggml_type = int(t.tensor_type)
-        type_name = TYPE_NAMES.get(ggml_type, getattr(t.tensor_type, "name", str(ggml_type)))
-        if ggml_type not in allowed:
+        type_name = TYPE_NAMES.get(t.ggml_type, _ggml_type_name(t.ggml_type))
+        if t.ggml_type not in allowed:
             raise ModelError(
                 f"{path}: tensor '{name}' has type {type_name}; expected one of "
                 + ", ".join(TYPE_NAMES[a] for a in allowed)
             )
-        logical = tuple(int(d) for d in reversed(t.shape.tolist()))
-        if logical != shape:
-            raise ModelError(f"{path}: tensor '{name}' has shape {list(logical)}, expected {list(shape)}")
-        n_bytes = _type_bytes(ggml_type, int(np.prod(shape)), shape[-1])
-        if n_bytes is None:
-            raise ModelError(f"{path}: tensor '{name}': {shape[-1]} columns do not fit {type_name} blocks")
-        end = int(t.data_offset) + n_bytes
-        if int(t.data_offset) < 0 or end > file_size or t.data.nbytes != n_bytes:
-            raise ModelError(f"{path}: tensor '{name}' extends past the end of the file (truncated?)")
-        if ggml_type == F32 and int(t.data_offset) % 4:
+        if t.shape != shape:
+            raise ModelError(f"{path}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)}")
+        if t.ggml_type == F32 and t.offset % 4:
             raise ModelError(f"{path}: tensor '{name}' is not 4-byte aligned")
-        tensors[name] = (t.data, ggml_type, shape)
+        tensors[name] = (reader.tensor_bytes(name), t.ggml_type, shape)
         types[name] = type_name
-    extra = sorted(set(found) - set(want))
+    extra = sorted(set(reader.tensors) - set(want))
     if extra:
         raise ModelError(f"{path}: unexpected tensor '{extra[0]}' for a gpt-oss model with "
                          f"{cfg.block_count} blocks")
     return tensors, types
+
+
+def _ggml_type_name(ggml_type: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"

@@ -13,7 +13,6 @@ import os
 
 import numpy as np
 import tiktoken
-from gguf import GGUFValueType
 
 from .errors import ModelError
 
@@ -118,8 +117,11 @@ def gpt2_byte_to_unicode() -> dict[int, str]:
     Printable Latin-1 bytes stand for themselves; the other 68 bytes (space, control characters,
     …) move to U+0100 and up, so that space is 'Ġ' and newline 'Ċ'.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     mapping = {b: chr(b) for b in printable}
     shifted = (b for b in range(256) if b not in mapping)
     for n, b in enumerate(shifted):
@@ -127,127 +129,132 @@ def gpt2_byte_to_unicode() -> dict[int, str]:
     return mapping
 
 
-# llama.cpp's token types (enum llama_token_type), as stored in `tokenizer.ggml.token_type`.
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+# llama.cpp's token types (enum llama_token_type) in `tokenizer.ggml.token_type`; 2 = unknown is
+# not used by byte-level BPE vocabularies.
+TOKEN_NORMAL = 1
+TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
+TOKEN_UNUSED = 5
+TOKEN_BYTE = 6
 
 # tokenizer.ggml.pre -> split regex. Only o200k's is needed for gpt-oss.
 _PRE_TOKENIZERS = {"gpt-4o": O200K_PATTERN}
+_BPE_TYPES = (TOKEN_NORMAL, TOKEN_BYTE)
+_SPECIAL_TYPES = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED)
 
 
 def tokenizer_from_gguf(reader) -> Tokenizer | None:
     """The file's own vocabulary (MODEL.md §4.2b) as a tiktoken encoding; None without one.
 
-    Normal tokens become mergeable ranks (rank = id: o200k's ids are its merge priorities, so the
-    merges list is not needed); control / user-defined / unused tokens become special tokens named
-    by their strings, except llama.cpp's `[PAD…]` fillers, which get o200k_harmony's
-    `<|reserved_N|>` names. Raises ModelError naming the key on malformed metadata.
+    reader: an `ossrun.gguf_reader.GgufFile` (metadata already decoded). Normal tokens become mergeable ranks (rank = id: o200k's ids are
+    its merge priorities, so the merges list is not needed); control / user-defined / unused
+    tokens become special tokens named by their strings, except llama.cpp's `[PAD…]` fillers,
+    which get o200k_harmony's `<|reserved_N|>` names. Raises ModelError naming the key on
+    malformed metadata.
     """
-    fields = reader.fields
+    fields = reader.metadata
     if "tokenizer.ggml.model" not in fields and "tokenizer.ggml.tokens" not in fields:
         return None
-
-    def scalar_string(key: str) -> str:
-        field = fields.get(key)
-        if field is None:
-            raise ModelError(f"GGUF tokenizer metadata lacks {key}")
-        if list(field.types) != [GGUFValueType.STRING]:
-            raise ModelError(f"GGUF key {key} must be a string")
-        try:
-            return bytes(field.parts[-1]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise ModelError(f"GGUF key {key} is not valid UTF-8") from None
-
-    model = scalar_string("tokenizer.ggml.model")
+    model = _string(fields, "tokenizer.ggml.model")
     if model != "gpt2":
-        raise ModelError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2' byte-level BPE)")
-    pre = scalar_string("tokenizer.ggml.pre")
+        raise ModelError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2')")
+    pre = _string(fields, "tokenizer.ggml.pre")
     if pre not in _PRE_TOKENIZERS:
-        raise ModelError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {', '.join(_PRE_TOKENIZERS)})")
+        known = ", ".join(_PRE_TOKENIZERS)
+        raise ModelError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {known})")
 
     tokens = _string_array(fields, "tokenizer.ggml.tokens")
     types = _int_array(fields, "tokenizer.ggml.token_type")
     if len(types) != len(tokens):
-        raise ModelError(f"tokenizer.ggml.token_type has {len(types)} entries but "
-                         f"tokenizer.ggml.tokens has {len(tokens)}")
+        raise ModelError(
+            f"tokenizer.ggml.token_type has {len(types)} entries "
+            f"but tokenizer.ggml.tokens has {len(tokens)}"
+        )
+    unsupported = np.flatnonzero(~np.isin(types, _BPE_TYPES + _SPECIAL_TYPES))
+    if len(unsupported):
+        i = int(unsupported[0])
+        raise ModelError(f"tokenizer.ggml.token_type[{i}] = {types[i]} is not supported")
 
-    normal_ids = np.flatnonzero((types == TOKEN_NORMAL) | (types == TOKEN_BYTE))
-    special_ids = np.flatnonzero((types == TOKEN_CONTROL) | (types == TOKEN_USER_DEFINED)
-                                 | (types == TOKEN_UNUSED))
-    if len(normal_ids) + len(special_ids) != len(tokens):
-        bad = next(i for i, t in enumerate(types) if t not in
-                   (TOKEN_NORMAL, TOKEN_BYTE, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED))
-        raise ModelError(f"tokenizer.ggml.token_type[{bad}] = {types[bad]} is not supported")
-
-    ranks = _mergeable_ranks(tokens, normal_ids)
+    ranks = _mergeable_ranks(tokens, np.flatnonzero(np.isin(types, _BPE_TYPES)).tolist())
     specials: dict[str, int] = {}
-    for i in special_ids.tolist():
+    for i in np.flatnonzero(np.isin(types, _SPECIAL_TYPES)).tolist():
         name = tokens[i]
         if types[i] == TOKEN_UNUSED and name.startswith("[PAD"):
             name = f"<|reserved_{i}|>"
         if name in specials:
-            raise ModelError(f"tokenizer.ggml.tokens has the special token {name!r} twice "
-                             f"(ids {specials[name]} and {i})")
+            raise ModelError(
+                f"tokenizer.ggml.tokens has the special token {name!r} twice "
+                f"(ids {specials[name]} and {i})"
+            )
         specials[name] = i
 
-    encoding = tiktoken.Encoding(name=f"gguf_{pre}", pat_str=_PRE_TOKENIZERS[pre],
-                                 mergeable_ranks=ranks, special_tokens=specials)
+    encoding = tiktoken.Encoding(
+        name=f"gguf_{pre}",
+        pat_str=_PRE_TOKENIZERS[pre],
+        mergeable_ranks=ranks,
+        special_tokens=specials,
+    )
     return Tokenizer(encoding)
 
 
-def _mergeable_ranks(tokens: list[str], normal_ids: np.ndarray) -> dict[bytes, int]:
-    """bytes -> id for the normal tokens, undoing the GPT-2 byte map on all of them at once."""
+def _mergeable_ranks(tokens: list[str], ids: list[int]) -> dict[bytes, int]:
+    """bytes -> id of the given tokens, undoing the GPT-2 byte map on all of them at once."""
     key = "tokenizer.ggml.tokens"
     to_byte = {ord(c): b for b, c in gpt2_byte_to_unicode().items()}
-    strings = [tokens[i] for i in normal_ids.tolist()]
+    strings = [tokens[i] for i in ids]
     joined = "".join(strings)
     # One set check and one translate over the concatenation is far faster than 200k small ones.
     if not set(joined) <= set(gpt2_byte_to_unicode().values()):
-        i, c = next((i, c) for i, s in zip(normal_ids.tolist(), strings) for c in s if ord(c) not in to_byte)
-        raise ModelError(f"{key}[{i}] = {tokens[i]!r} has {c!r}, which is not in the GPT-2 byte map")
-    raw = joined.translate(to_byte).encode("latin-1")
+        i, c = next((i, c) for i, s in zip(ids, strings) for c in s if ord(c) not in to_byte)
+        raise ModelError(
+            f"{key}[{i}] = {tokens[i]!r} has {c!r}, which is not in the GPT-2 byte map"
+        )
+    raw = joined.translate(to_byte).encode("latin-1")  # one byte per character
     ranks: dict[bytes, int] = {}
     start = 0
-    for i, s in zip(normal_ids.tolist(), strings):
-        end = start + len(s)  # one character per byte
-        if end == start:
+    for i, s in zip(ids, strings):
+        if not s:
             raise ModelError(f"{key}[{i}] is an empty normal token")
-        ranks[raw[start:end]] = i
-        start = end
+        ranks[raw[start : start + len(s)]] = i
+        start += len(s)
     if len(ranks) != len(strings):
-        seen: dict[bytes, int] = {}
-        for i, s in zip(normal_ids.tolist(), strings):
-            b = s.translate(to_byte).encode("latin-1")
-            if b in seen:
-                raise ModelError(f"{key} has the token {s!r} twice (ids {seen[b]} and {i})")
-            seen[b] = i
+        first: dict[str, int] = {}
+        for i, s in zip(ids, strings):
+            if s in first:
+                raise ModelError(f"{key} has the token {s!r} twice (ids {first[s]} and {i})")
+            first[s] = i
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        raise ModelError(f"{key} lacks single-byte tokens (e.g. byte 0x{missing[0]:02x}); "
-                         "byte-level BPE needs all 256")
+        raise ModelError(
+            f"{key} lacks single-byte tokens (e.g. byte 0x{missing[0]:02x}); "
+            "byte-level BPE needs all 256"
+        )
     return ranks
 
 
-def _string_array(fields, key: str) -> list[str]:
-    field = fields.get(key)
-    if field is None:
+def _field(fields, key: str):
+    value = fields.get(key)
+    if value is None:
         raise ModelError(f"GGUF tokenizer metadata lacks {key}")
-    if list(field.types) != [GGUFValueType.ARRAY, GGUFValueType.STRING]:
+    return value
+
+
+def _string(fields, key: str) -> str:
+    value = _field(fields, key)
+    if not isinstance(value, str):
+        raise ModelError(f"GGUF key {key} must be a string")
+    return value
+
+
+def _string_array(fields, key: str) -> list[str]:
+    value = _field(fields, key)
+    if not isinstance(value, list) or not value:
         raise ModelError(f"GGUF key {key} must be a non-empty array of strings")
-    parts = field.parts
-    try:
-        return [bytes(parts[i]).decode("utf-8") for i in field.data]
-    except UnicodeDecodeError:
-        raise ModelError(f"GGUF key {key} has a string that is not valid UTF-8") from None
+    return value
 
 
 def _int_array(fields, key: str) -> np.ndarray:
-    integer = {GGUFValueType.INT8, GGUFValueType.UINT8, GGUFValueType.INT16, GGUFValueType.UINT16,
-               GGUFValueType.INT32, GGUFValueType.UINT32, GGUFValueType.INT64, GGUFValueType.UINT64}
-    field = fields.get(key)
-    if field is None:
-        raise ModelError(f"GGUF tokenizer metadata lacks {key}")
-    types = list(field.types)
-    if len(types) != 2 or types[0] != GGUFValueType.ARRAY or types[1] not in integer:
+    value = _field(fields, key)
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.integer):
         raise ModelError(f"GGUF key {key} must be a non-empty array of integers")
-    parts = field.parts
-    return np.concatenate([parts[i] for i in field.data]).astype(np.int64)
+    return value.astype(np.int64)

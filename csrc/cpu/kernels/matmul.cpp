@@ -53,10 +53,10 @@ inline void decode_mxfp4_block(const uint8_t* blk, float* out) {
 #endif
 }
 
+inline float q8_0_scale(const uint8_t* blk);
+
 inline void decode_q8_0_block(const uint8_t* blk, float* out) {
-    uint16_t d_bits;
-    std::memcpy(&d_bits, blk, 2);
-    const float d = fp16_to_float(d_bits);
+    const float d = q8_0_scale(blk);
     const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
     for (int i = 0; i < kBlockElems; ++i) out[i] = d * float(q[i]);
 }
@@ -109,35 +109,201 @@ inline float dot(const float* a, const float* b, int64_t n) {
     return s;
 }
 
-// Four dot products sharing the weight row: one row load feeds four FMAs.
-inline void dot4(const float* w, const float* x0, const float* x1, const float* x2,
-                 const float* x3, int64_t n, float out[4]) {
-    vfloat a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    int64_t i = 0;
-    for (; i + kVW <= n; i += kVW) {
-        const vfloat wv = vload(w + i);
-        a0 += wv * vload(x0 + i);
-        a1 += wv * vload(x1 + i);
-        a2 += wv * vload(x2 + i);
-        a3 += wv * vload(x3 + i);
-    }
-    out[0] = hsum(a0), out[1] = hsum(a1), out[2] = hsum(a2), out[3] = hsum(a3);
-    for (; i < n; ++i) {
-        out[0] += w[i] * x0[i];
-        out[1] += w[i] * x1[i];
-        out[2] += w[i] * x2[i];
-        out[3] += w[i] * x3[i];
-    }
+// ---- Decode (few tokens): each weight row is decoded in registers and consumed at once. ----
+
+inline float q8_0_scale(const uint8_t* blk) {
+    uint16_t d_bits;
+    std::memcpy(&d_bits, blk, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(d_bits);  // hardware conversion, subnormals included
+#else
+    return fp16_to_float(d_bits);
+#endif
 }
 
-// Scratch row reused by each thread: no allocation once warm.
+float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
+    const int64_t nb = n / kBlockElems;
+#if defined(__AVX512F__)
+    const __m512 table = _mm512_loadu_ps(kE2M1);
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // two chains hide FMA latency
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kMxfp4BlockBytes;
+        const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
+        const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(codes, _mm512_set1_epi32(0xF)), table);
+        const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+        const float* xb = x + b * kBlockElems;
+        const __m512 part = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
+        acc[b & 1] = _mm512_fmadd_ps(part, _mm512_set1_ps(e8m0_to_float(blk[0])), acc[b & 1]);  // exact 2^k
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+#elif defined(__AVX2__)
+    const __m256 mags = _mm256_loadu_ps(kE2M1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kMxfp4BlockBytes;
+        const float* xb = x + b * kBlockElems;
+        __m256 part = _mm256_setzero_ps();
+        for (int half = 0; half < 2; ++half) {
+            const __m256i codes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 1 + 8 * half)));
+            const __m256i lo = _mm256_and_si256(codes, _mm256_set1_epi32(0xF));
+            const __m256i hi = _mm256_srli_epi32(codes, 4);
+            // permutevar8x32 reads the low 3 bits (magnitude); bit 3 moves to the float sign bit.
+            const __m256 wl = _mm256_xor_ps(_mm256_permutevar8x32_ps(mags, lo),
+                                            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(lo, _mm256_set1_epi32(8)), 28)));
+            const __m256 wh = _mm256_xor_ps(_mm256_permutevar8x32_ps(mags, hi),
+                                            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(8)), 28)));
+            part = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xb + 8 * half), part);
+            part = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xb + 16 + 8 * half), part);
+        }
+        acc = _mm256_fmadd_ps(part, _mm256_set1_ps(e8m0_to_float(blk[0])), acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+#else
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kMxfp4BlockBytes;
+        const float* xb = x + b * kBlockElems;
+        float part = 0.0f;
+        for (int k = 0; k < 16; ++k)
+            part += kE2M1[blk[1 + k] & 0xF] * xb[k] + kE2M1[blk[1 + k] >> 4] * xb[k + 16];
+        acc += part * e8m0_to_float(blk[0]);
+    }
+    return acc;
+#endif
+}
+
+float dot_q8_0_row(const uint8_t* row, const float* x, int64_t n) {
+    const int64_t nb = n / kBlockElems;
+#if defined(__AVX512F__)
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ8BlockBytes;
+        const float* xb = x + b * kBlockElems;
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))));
+        const __m512 part = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));
+        acc[b & 1] = _mm512_fmadd_ps(part, _mm512_set1_ps(q8_0_scale(blk)), acc[b & 1]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+#elif defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ8BlockBytes;
+        const float* xb = x + b * kBlockElems;
+        __m256 part = _mm256_setzero_ps();
+        for (int j = 0; j < 4; ++j) {
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * j))));
+            part = _mm256_fmadd_ps(q, _mm256_loadu_ps(xb + 8 * j), part);
+        }
+        acc = _mm256_fmadd_ps(part, _mm256_set1_ps(q8_0_scale(blk)), acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+#else
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row + b * kQ8BlockBytes;
+        const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+        const float* xb = x + b * kBlockElems;
+        float part = 0.0f;
+        for (int k = 0; k < kBlockElems; ++k) part += float(q[k]) * xb[k];
+        acc += part * q8_0_scale(blk);
+    }
+    return acc;
+#endif
+}
+
+// Scratch rows reused by each thread: no allocation once warm.
 float* row_scratch(int64_t n) {
     thread_local std::vector<float> buf;
     if (int64_t(buf.size()) < n) buf.resize(size_t(n));
     return buf.data();
 }
 
-constexpr int64_t kTokenTile = 32;  // activations of a tile stay in L2 while rows stream by
+float dot_row(const Matrix& W, const uint8_t* row, const float* x) {
+    switch (W.type) {
+        case DType::MXFP4: return dot_mxfp4_row(row, x, W.cols);
+        case DType::Q8_0: return dot_q8_0_row(row, x, W.cols);
+        case DType::F32: return dot(reinterpret_cast<const float*>(row), x, W.cols);
+        default: {
+            float* w = row_scratch(W.cols);
+            decode_row_bytes(W, row, w);
+            return dot(w, x, W.cols);
+        }
+    }
+}
+
+void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* row = W.row(a.mat, r);
+        const float b = a.bias ? a.bias[r] : 0.0f;
+        for (int64_t t = 0; t < a.n_tok; ++t) a.y[t * a.ldy + r] = dot_row(W, row, a.x + t * a.ldx) + b;
+    }
+}
+
+// ---- Prefill (many tokens): decode a panel of rows once, reuse it across a tile of tokens. ----
+
+constexpr int kPanelRows = 4;   // weight rows decoded together
+constexpr int kTileTokens = 4;  // tokens per micro-kernel call
+constexpr int64_t kTokenBlock = 64;  // activations of a block stay in L2 while panels stream by
+
+// out[i][j] = w_i · x_j over n (i < R, j < kTileTokens): every weight load feeds kTileTokens FMAs
+// and every activation load R of them.
+template <int R>
+inline void micro_kernel(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t n,
+                         float out[R][kTileTokens]) {
+    vfloat acc[R][kTileTokens] = {};
+    int64_t k = 0;
+    for (; k + kVW <= n; k += kVW) {
+        vfloat xv[kTileTokens];
+        for (int j = 0; j < kTileTokens; ++j) xv[j] = vload(x + j * ldx + k);
+        for (int i = 0; i < R; ++i) {
+            const vfloat wv = vload(w + i * ldw + k);
+            for (int j = 0; j < kTileTokens; ++j) acc[i][j] += wv * xv[j];
+        }
+    }
+    for (int i = 0; i < R; ++i)
+        for (int j = 0; j < kTileTokens; ++j) {
+            float s = hsum(acc[i][j]);
+            for (int64_t kk = k; kk < n; ++kk) s += w[i * ldw + kk] * x[j * ldx + kk];
+            out[i][j] = s;
+        }
+}
+
+void gemm(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    const int64_t K = W.cols;
+    float* panel = row_scratch(kPanelRows * K);
+    for (int64_t t0 = 0; t0 < a.n_tok; t0 += kTokenBlock) {
+        const int64_t t1 = std::min(a.n_tok, t0 + kTokenBlock);
+        for (int64_t r = r0; r < r1; r += kPanelRows) {
+            const int64_t R = std::min<int64_t>(kPanelRows, r1 - r);
+            for (int64_t i = 0; i < R; ++i) decode_row_bytes(W, W.row(a.mat, r + i), panel + i * K);
+            int64_t t = t0;
+            for (; t + kTileTokens <= t1; t += kTileTokens) {
+                float out[kPanelRows][kTileTokens];
+                const float* x = a.x + t * a.ldx;
+                if (R == kPanelRows) {
+                    micro_kernel<kPanelRows>(panel, K, x, a.ldx, K, out);
+                } else {
+                    for (int64_t i = 0; i < R; ++i) micro_kernel<1>(panel + i * K, K, x, a.ldx, K, &out[i]);
+                }
+                for (int64_t i = 0; i < R; ++i)
+                    for (int j = 0; j < kTileTokens; ++j)
+                        a.y[(t + j) * a.ldy + r + i] = out[i][j] + (a.bias ? a.bias[r + i] : 0.0f);
+            }
+            for (; t < t1; ++t)
+                for (int64_t i = 0; i < R; ++i)
+                    a.y[t * a.ldy + r + i] = dot(panel + i * K, a.x + t * a.ldx, K) + (a.bias ? a.bias[r + i] : 0.0f);
+        }
+    }
+}
 
 }  // namespace
 
@@ -146,30 +312,8 @@ void decode_row(const Matrix& W, int64_t mat, int64_t r, float* out) {
 }
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    const Matrix& W = *a.W;
-    const int64_t K = W.cols;
-    float* row = W.type == DType::F32 ? nullptr : row_scratch(K);
-    for (int64_t t0 = 0; t0 < a.n_tok; t0 += kTokenTile) {
-        const int64_t t1 = std::min(a.n_tok, t0 + kTokenTile);
-        for (int64_t r = r0; r < r1; ++r) {
-            const float* w;
-            if (row) {
-                decode_row_bytes(W, W.row(a.mat, r), row);
-                w = row;
-            } else {
-                w = reinterpret_cast<const float*>(W.row(a.mat, r));
-            }
-            const float b = a.bias ? a.bias[r] : 0.0f;
-            int64_t t = t0;
-            for (; t + 4 <= t1; t += 4) {
-                float s[4];
-                const float* x = a.x + t * a.ldx;
-                dot4(w, x, x + a.ldx, x + 2 * a.ldx, x + 3 * a.ldx, K, s);
-                for (int j = 0; j < 4; ++j) a.y[(t + j) * a.ldy + r] = s[j] + b;
-            }
-            for (; t < t1; ++t) a.y[t * a.ldy + r] = dot(w, a.x + t * a.ldx, K) + b;
-        }
-    }
+    if (a.n_tok < kTileTokens) gemv(a, r0, r1);
+    else gemm(a, r0, r1);
 }
 
 }  // namespace ossrun::OSSRUN_ISA_NS

@@ -15,17 +15,19 @@ from .vectors import compare, load_cases, run_cases
 
 
 def _tokenizer(args, parser: argparse.ArgumentParser):
-    if args.model:
-        if not Path(args.model).is_file():
-            parser.error(f"model file not found: {args.model}")
-        import ossrun
+    path = args.model or args.vocab
+    if not Path(path).is_file():
+        parser.error(f"{'model' if args.model else 'vocabulary'} file not found: {path}")
+    try:
+        if args.model:
+            import ossrun
 
-        return ossrun.load(args.model).tokenizer
-    if not Path(args.vocab).is_file():
-        parser.error(f"vocabulary file not found: {args.vocab}")
-    from ..tokenizer import o200k_harmony_from_tiktoken_file
+            return ossrun.load(path).tokenizer
+        from ..tokenizer import o200k_harmony_from_tiktoken_file
 
-    return o200k_harmony_from_tiktoken_file(args.vocab)
+        return o200k_harmony_from_tiktoken_file(path)
+    except ValueError as e:  # ossrun's ModelError, or a malformed .tiktoken file
+        parser.error(f"cannot load {path}: {e}")
 
 
 def _cases(path: str, parser: argparse.ArgumentParser) -> list[dict]:
@@ -35,7 +37,7 @@ def _cases(path: str, parser: argparse.ArgumentParser) -> list[dict]:
         parser.error(f"cannot read {path}: {e.strerror}")
     except json.JSONDecodeError as e:
         parser.error(f"{path} is not valid JSON: {e}")
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         parser.error(f"{path}: {e}")
 
 

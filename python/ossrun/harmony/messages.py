@@ -7,7 +7,7 @@ of shared/tools/harmony_oracle.py), so a chat can be saved and loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import HarmonyError
 
@@ -292,7 +292,7 @@ class DeveloperContent:
         return dc
 
 
-Part = Union[str, SystemContent, DeveloperContent]
+Part = str | SystemContent | DeveloperContent
 
 
 @dataclass

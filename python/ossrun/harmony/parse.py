@@ -83,7 +83,7 @@ def parse_header(text: str, preset_role: str | None) -> _Header:
         else:
             header.content_type = last
             raw = words.pop()
-            header.recipient = raw[3:] if raw.startswith("to=") else raw
+            header.recipient = raw.removeprefix("to=")
     if words:
         raise HarmonyError(
             f'unexpected tokens remaining in message header: Some("{" ".join(words)}")')

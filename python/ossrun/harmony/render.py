@@ -31,7 +31,7 @@ def terminator_token_ids(tokenizer) -> list[int]:
 def description_lines(text: str) -> list[str]:
     """Rust `str::lines`: split after each \\n (dropping a \\r before it); no empty last line."""
     *cut, last = text.split("\n")
-    lines = [line[:-1] if line.endswith("\r") else line for line in cut]
+    lines = [line.removesuffix("\r") for line in cut]
     if last:
         lines.append(last)
     return lines
@@ -142,12 +142,13 @@ def render_message(message: Message, tokenizer, *,
         if isinstance(part, SystemContent):
             if message.role != "system":
                 raise HarmonyError(
-                    f"SystemContent may only appear in system messages, found in {message.role}")
+                    "SystemContent may only appear in system messages, "
+                    f"found in {message.role.capitalize()}")  # Rust's Debug name, e.g. User
             piece(system_text(part, conversation_has_function_tools))
         elif isinstance(part, DeveloperContent):
             if message.role != "developer":
-                raise HarmonyError(f"DeveloperContent may only appear in developer messages, "
-                                   f"found in {message.role}")
+                raise HarmonyError("DeveloperContent may only appear in developer messages, "
+                                   f"found in {message.role.capitalize()}")
             piece(developer_text(part))
             piece(response_formats_text(part))
         else:

@@ -32,7 +32,7 @@ def load_cases(path: str | Path) -> list[dict]:
     cases = data if isinstance(data, list) else [data]
     for i, case in enumerate(cases):
         if not isinstance(case, dict) or not isinstance(case.get("id"), str):
-            raise ValueError(f"case #{i} is not an object with a string 'id'")
+            raise TypeError(f"case #{i} is not an object with a string 'id'")
     ids = [c["id"] for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate case ids")

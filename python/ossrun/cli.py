@@ -1,0 +1,433 @@
+"""The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
+a GGUF file holds and what it will cost in memory), and `bench` when `ossrun.bench` is present.
+
+Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
+set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ContextOverflowError, OssrunError
+
+EFFORTS = ("low", "medium", "high")
+# Default context: room for long reasoning at "high" effort while the KV cache of gpt-oss-20b
+# stays small (12 full layers x 8192 x 2 x 8 x 64 x 4 bytes = 384 MiB).
+DEFAULT_CTX = 8192
+# Scratch sizes of the core, for the memory estimate of `info`: tokens per prefill chunk
+# (csrc/session.h kMaxChunk) and the rollback depth of sliding layers (csrc/kv_cache.h).
+MAX_CHUNK = 256
+ROLLBACK_MARGIN = 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+
+
+def ossrun_dir(kind: str) -> Path:
+    """Where ossrun keeps `kind` files: "data" (input history) or "cache" (the demo model).
+
+    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, as the
+    platformdirs package computes it: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share,
+    ~/.cache) on Linux and BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+    """
+    if kind not in ("data", "cache"):
+        raise ValueError(f"unknown folder kind {kind!r}")
+    home = os.environ.get("OSSRUN_HOME")
+    if home:
+        return Path(home).expanduser() / kind
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
+        return Path(local) / "ossrun" / ("Cache" if kind == "cache" else "Data")
+    if sys.platform == "darwin":
+        sub = "Caches" if kind == "cache" else "Application Support"
+        return Path.home() / "Library" / sub / "ossrun"
+    var, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
+    base = os.environ.get(var, "")
+    # The XDG spec says relative paths are invalid and must be ignored.
+    return (Path(base) if os.path.isabs(base) else Path.home() / default) / "ossrun"
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types: a bad value is an argparse error (exit 2) that names the flag.
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0 = greedy), got {text!r}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ctx", type=_positive_int, metavar="N",
+                   help=f"context length in tokens (default {DEFAULT_CTX}, at most the model's)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="compute threads (default: the number of physical cores)")
+    p.add_argument("--precision", choices=("fast", "f32"), default="fast",
+                   help="'f32' keeps float32 activations end to end (default: fast)")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--effort", choices=EFFORTS, default="medium", help="reasoning effort")
+    p.add_argument("--system", metavar="TEXT",
+                   help="instructions for the model (harmony's developer message)")
+    p.add_argument("--temperature", type=_temperature, default=1.0, metavar="T",
+                   help="sampling temperature, 0 = greedy (default 1.0)")
+    p.add_argument("--top-p", type=_top_p, default=1.0, metavar="P", help="nucleus sampling mass")
+    p.add_argument("--top-k", type=_nonnegative_int, default=0, metavar="K",
+                   help="sample among the K likeliest tokens (default 0 = all)")
+    p.add_argument("--seed", type=_nonnegative_int, metavar="N", help="random seed, for reproducible runs")
+    p.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                   help="most tokens generated per reply (default: until the context is full)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ossrun", description="Run OpenAI's gpt-oss models locally.",
+        epilog="Run `ossrun COMMAND --help` for a command's options.")
+    ap.add_argument("--version", action="version", version=f"ossrun {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal",
+                          description="Chat with a model. Without MODEL, runs a small built-in "
+                                      "demo model with random weights.")
+    chat.add_argument("model", nargs="?", metavar="MODEL", help="a gpt-oss .gguf file")
+    _add_model_flags(chat)
+    _add_sampling_flags(chat)
+    chat.add_argument("--hide-reasoning", action="store_true",
+                      help="do not show the reasoning as it streams (/think show|hide)")
+    chat.set_defaults(func=cmd_chat)
+
+    run = sub.add_parser("run", help="answer one prompt and exit",
+                         description="Answer one prompt and print the final answer.")
+    run.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
+    _add_model_flags(run)
+    _add_sampling_flags(run)
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
+    out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
+    run.add_argument("--stats", action="store_true", help="print token counts and speed on stderr")
+    run.set_defaults(func=cmd_run)
+
+    info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
+                          description="Architecture, hyperparameters, tensor types and a memory "
+                                      "estimate of a gpt-oss GGUF file.")
+    info.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    info.add_argument("--ctx", type=_positive_int, metavar="N",
+                      help=f"context length for the memory estimate (default {DEFAULT_CTX})")
+    info.add_argument("--threads", type=_positive_int, metavar="N",
+                      help="threads for the memory estimate (default: physical cores)")
+    info.add_argument("--json", action="store_true", help="print the description as JSON")
+    info.set_defaults(func=cmd_info)
+
+    bench = _bench_module()
+    if bench is not None:
+        b = sub.add_parser("bench", help="measure prefill and decode speed")
+        bench.add_arguments(b)
+        b.set_defaults(func=bench.main)
+    return ap
+
+
+def _bench_module():
+    """ossrun.bench when it exists and provides add_arguments(parser) and main(args)."""
+    try:
+        from . import bench
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.bench":
+            raise  # bench.py exists but imports something missing: say so
+        return None
+    if callable(getattr(bench, "add_arguments", None)) and callable(getattr(bench, "main", None)):
+        return bench
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class Spinner:
+    """A spinner line on stderr while a slow call runs: drawn only on a terminal, only after
+    0.5 s (most loads are faster), erased when the call returns."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn = False
+        utf8 = (getattr(self.stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+        self._frames = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if utf8 else "|/-\\"
+
+    def __enter__(self):
+        if self.stream.isatty():
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _spin(self):
+        start = time.monotonic()
+        if self._done.wait(0.5):
+            return
+        i = 0
+        while not self._done.is_set():
+            frame = self._frames[i % len(self._frames)]
+            self.stream.write(f"\r{frame} {self.label} {time.monotonic() - start:.1f}s")
+            self.stream.flush()
+            self._drawn = True
+            i += 1
+            self._done.wait(0.1)
+
+
+def _context_length(path) -> int:
+    from .gguf_loader import open_gguf
+
+    return open_gguf(path).config.context_length
+
+
+def load_model(path, args):
+    """Load `path` with the --ctx, --threads and --precision flags, showing a spinner."""
+    from .model import Model
+
+    path = Path(path).expanduser()
+    size = path.stat().st_size if path.is_file() else 0
+    # Without --ctx, take the default but never more than the model holds.
+    n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
+    with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
+        return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision)
+
+
+def new_chat(model, args):
+    """A chat on `model` with the sampling flags of `args`."""
+    return model.chat(instructions=args.system, reasoning=args.effort,
+                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                      seed=args.seed, max_tokens=args.max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_chat(args) -> int:
+    from .repl import Repl
+
+    path = args.model
+    if path is None:
+        from .demo import NOTICE, demo_model
+
+        path = demo_model(ossrun_dir("cache"), on_create=lambda msg: print(msg, file=sys.stderr))
+        print(NOTICE + "\n", file=sys.stderr)
+    model = load_model(path, args)
+    repl = Repl(model, new_chat(model, args), history_path=ossrun_dir("data") / "history",
+                show_reasoning=not args.hide_reasoning)
+    return repl.run()
+
+
+def cmd_run(args) -> int:
+    from .repl import TurnPrinter, summary_line, use_color
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = prompt.rstrip("\n")
+    if not prompt.strip():
+        raise OssrunError("the prompt is empty")
+    model = load_model(args.model, args)
+    chat = new_chat(model, args)
+    if args.json:
+        reply = chat.send(prompt)
+        print(json.dumps(_jsonable(reply), indent=2, ensure_ascii=False))
+    else:
+        printer = TurnPrinter(sys.stdout, color=use_color(sys.stdout),
+                              show_reasoning=args.show_reasoning, indicate_thinking=False)
+        for event in chat.stream(prompt):
+            printer.write(event)
+        reply = printer.finish()
+        if not reply.content:
+            print("ossrun: warning: the reply has no final answer (out of tokens while "
+                  "reasoning? try --max-tokens or a lower --effort)", file=sys.stderr)
+    if args.stats:
+        print(summary_line(reply.stats, model.n_ctx), file=sys.stderr)
+    return 0
+
+
+def _jsonable(obj):
+    """A reply (dataclasses, harmony messages, lists) as plain JSON values."""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def memory_estimate(cfg, n_ctx: int, file_size: int, threads: int) -> dict:
+    """Bytes a session of n_ctx tokens needs: weights (mapped), KV cache, activations.
+
+    Full-attention layers (odd) hold n_ctx K and V slots; sliding layers (even) a ring of
+    window - 1 + one prefill chunk + the rollback margin, at most n_ctx; K and V are float32.
+    """
+    d, kv_width = cfg.key_length, cfg.head_count_kv * cfg.key_length
+    ring = min(n_ctx, cfg.sliding_window - 1 + MAX_CHUNK + ROLLBACK_MARGIN)
+    slots = sum(ring if layer % 2 == 0 else n_ctx for layer in range(cfg.block_count))
+    kv_cache = slots * 2 * kv_width * 4
+    # Scratch buffers of one prefill chunk (csrc/model.cpp Scratch), the last position's
+    # logits, and one row of attention scores per thread.
+    H, I, q_width = cfg.embedding_length, cfg.expert_feed_forward_length, cfg.head_count * d
+    per_token = (5 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + d + 3 * I
+                 + 2 * cfg.expert_used_count)
+    activations = 4 * (MAX_CHUNK * per_token + 2 * cfg.vocab_size + threads * n_ctx)
+    return {"n_ctx": n_ctx, "weights": file_size, "kv_cache": kv_cache,
+            "activations": activations, "total": file_size + kv_cache + activations}
+
+
+def describe(path, n_ctx: int | None, threads: int | None) -> dict:
+    """What `ossrun info` prints, as a JSON-ready dict."""
+    from .gguf_loader import field_value, open_gguf
+    from .model import default_threads
+
+    g = open_gguf(Path(path).expanduser())
+    cfg = g.config
+    n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
+    types: dict[str, dict] = {}
+    for name, type_name in sorted(g.tensor_types.items()):
+        entry = types.setdefault(type_name, {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += int(g.tensors[name][0].nbytes)
+    n_params = sum(math.prod(shape) for _, _, shape in g.tensors.values())
+    tokens = field_value(g.reader, "tokenizer.ggml.tokens")
+    return {
+        "path": str(g.path),
+        "file_size": g.file_size,
+        "name": field_value(g.reader, "general.name"),
+        "architecture": field_value(g.reader, "general.architecture"),
+        "parameters": n_params,
+        "vocabulary": {"tokens": len(tokens) if tokens is not None else None,
+                       "model": field_value(g.reader, "tokenizer.ggml.model"),
+                       "pre": field_value(g.reader, "tokenizer.ggml.pre")},
+        "hparams": cfg.to_dict(),
+        "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
+        "memory": memory_estimate(cfg, n_ctx, g.file_size, threads or default_threads()),
+    }
+
+
+def cmd_info(args) -> int:
+    info = describe(args.model, args.ctx, args.threads)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    vocab = info["vocabulary"]
+    rows = [
+        ("file", f"{info['path']} ({_human_bytes(info['file_size'])})"),
+        ("name", info["name"] or "-"),
+        ("architecture", info["architecture"]),
+        ("parameters", f"{info['parameters'] / 1e9:.2f} B" if info["parameters"] >= 1e8
+         else f"{info['parameters'] / 1e6:.2f} M"),
+        ("vocabulary", f"{vocab['tokens']} tokens ({vocab['model']}, pre-tokenizer {vocab['pre']})"),
+    ]
+    lines = [f"{k:<14}{v}" for k, v in rows]
+    lines.append("\nhyperparameters")
+    lines += [f"  {k:<28}{v}" for k, v in info["hparams"].items()]
+    lines.append("\ntensor types")
+    lines += [f"  {t:<8}{e['count']:>5} tensors  {_human_bytes(e['bytes']):>10}"
+              for t, e in info["tensor_types"].items()]
+    mem = info["memory"]
+    lines.append(f"\nmemory at --ctx {mem['n_ctx']}")
+    lines += [f"  {label:<20}{_human_bytes(mem[key]):>10}"
+              for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
+                                 ("activations", "activations"), ("total", "total"))]
+    print("\n".join(lines))
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, ContextOverflowError):
+        return f"{e} (use a larger --ctx or a smaller --max-tokens)"
+    if isinstance(e, (OssrunError, OSError, ValueError)):
+        return str(e)
+    return f"{type(e).__name__}: {e} (set OSSRUN_DEBUG=1 for the traceback)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `ossrun` command line; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`ossrun run ... | head`); silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        if os.environ.get("OSSRUN_DEBUG"):
+            raise
+        print(f"ossrun: error: {_error_text(e)}", file=sys.stderr)
+        return 1
