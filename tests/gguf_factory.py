@@ -130,7 +130,8 @@ def encode_matrix(values, ggml_type: int) -> np.ndarray:
 
 
 def retype_matrices(src, dst, ggml_type: int, names=None) -> Path:
-    """Copy a GGUF with its dense matrices (default: every non-expert 2-D weight) re-encoded.
+    """Copy a GGUF with some matrices (default: every non-expert 2-D weight) re-encoded; expert
+    stacks [E, rows, cols] are encoded row by row.
 
     The values change by the new type's rounding; tests compare against the reference run on the
     new file, so that is fine.
@@ -142,7 +143,7 @@ def retype_matrices(src, dst, ggml_type: int, names=None) -> Path:
             pick = names is not None and name in names
             pick |= names is None and len(t.shape) == 2 and name.endswith(".weight") and "exps" not in name
             if pick:
-                vals = dequantize(t.raw, t.ggml_type, t.shape)
+                vals = dequantize(t.raw, t.ggml_type, t.shape).reshape(-1, t.shape[-1])
                 c.tensors[name] = Tensor(t.shape, ggml_type, encode_matrix(vals, ggml_type).reshape(-1))
 
     return modified_copy(src, dst, edit)
@@ -152,7 +153,8 @@ def retype_matrices(src, dst, ggml_type: int, names=None) -> Path:
 
 
 def tensor_info_offsets(path) -> dict:
-    """name -> byte position (in the file) of the u64 `offset` field of its tensor info."""
+    """name -> byte position (in the file) of the u64 `offset` field of its tensor info; the
+    u32 ggml type sits in the 4 bytes before it."""
     reader = GGUFReader(str(path))
     out = {}
     for t in reader.tensors:
@@ -161,7 +163,8 @@ def tensor_info_offsets(path) -> dict:
     return out
 
 
-def patch_u64(path, pos: int, value: int) -> None:
+def patch(path, pos: int, fmt: str, value) -> None:
+    """Overwrite the bytes at `pos` with struct-packed `value`."""
     with open(path, "r+b") as f:
         f.seek(pos)
-        f.write(struct.pack("<Q", value))
+        f.write(struct.pack(fmt, value))

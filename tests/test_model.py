@@ -259,6 +259,19 @@ def test_generated_model_matches_reference(generated, name):
     assert rel_err(np.stack(rows), ref[7:]) < TOL
 
 
+@pytest.mark.parametrize("expert_type", ["Q8_0", "F16", "BF16", "F32"])
+def test_experts_in_dense_types_match_reference(w4, tmp_path, expert_type):
+    # The loader accepts expert stacks in every matrix type (gguf_loader.EXPERT_TYPES), not only
+    # MXFP4: the fixture's experts re-encoded, against the reference run on the new file.
+    import gguf_factory as G
+
+    names = {f"blk.{n}.ffn_{p}_exps.weight" for n in range(2) for p in ("gate", "up", "down")}
+    path = G.retype_matrices(w4, tmp_path / "experts.gguf", getattr(G, expert_type), names)
+    hp, weights = R.load_gguf_weights(path)
+    toks = np.random.default_rng(5).integers(0, 256, 24).astype(np.int32)
+    assert rel_err(ossrun.load(path, precision="f32").logits(toks), R.forward(hp, weights, toks)) < TOL
+
+
 # --------------------------------------------------------------------------- generate()
 
 

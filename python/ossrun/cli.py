@@ -8,6 +8,8 @@ set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import math
 import os
@@ -174,12 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench_module():
     """ossrun.bench when it exists and provides add_arguments(parser) and main(args)."""
-    try:
-        from . import bench
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.bench":
-            raise  # bench.py exists but imports something missing: say so
+    name = f"{__package__}.bench"
+    if importlib.util.find_spec(name) is None:
         return None
+    bench = importlib.import_module(name)
     if callable(getattr(bench, "add_arguments", None)) and callable(getattr(bench, "main", None)):
         return bench
     return None
@@ -379,7 +379,8 @@ def cmd_info(args) -> int:
     ]
     lines = [f"{k:<14}{v}" for k, v in rows]
     lines.append("\nhyperparameters")
-    lines += [f"  {k:<28}{v}" for k, v in info["hparams"].items()]
+    lines += [f"  {k:<28}{v:.7g}" if isinstance(v, float) else f"  {k:<28}{v}"
+              for k, v in info["hparams"].items()]
     lines.append("\ntensor types")
     lines += [f"  {t:<8}{e['count']:>5} tensors  {_human_bytes(e['bytes']):>10}"
               for t, e in info["tensor_types"].items()]

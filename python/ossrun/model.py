@@ -143,6 +143,12 @@ class Model:
                 f"prompt of {ids.size} tokens does not fit the context ({s.n_past} used of {s.n_ctx})")
         return self._generate(s, ids, max_tokens, sampler, stop)
 
+    def chat(self, **kwargs):
+        """A multi-turn `ossrun.chat.Chat` with this model (see it for the arguments)."""
+        from .chat import Chat
+
+        return Chat(self, **kwargs)
+
     def _generate(self, s, ids, max_tokens, sampler, stop):
         logits = s.prefill(ids)
         for i in range(max_tokens):

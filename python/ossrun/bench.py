@@ -1,0 +1,203 @@
+"""`ossrun bench`: load time, prefill and decode tokens/s and peak RSS of a GGUF model, optionally
+side by side with llama.cpp (through llama-cpp-python) on the same file and settings.
+
+Each measurement runs in a fresh worker process (`python -m ossrun.bench --worker ENGINE ...`),
+so peak RSS belongs to one engine alone and runs of the two engines alternate; the report gives
+medians. Benchmarks print numbers; nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ENGINES = ("ossrun", "llama_cpp")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a gpt-oss .gguf file")
+    p.add_argument("--threads", type=int, default=None, help="compute threads (default: physical cores)")
+    p.add_argument("--prompt", type=int, default=512, help="prefill length in tokens (default 512)")
+    p.add_argument("--gen", type=int, default=128, help="tokens to decode (default 128)")
+    p.add_argument("--depth", type=int, default=0,
+                   help="tokens of context already in the cache before decoding (default 0)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per engine (default 3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--vs-llama-cpp", action="store_true",
+                   help="also run llama.cpp (llama-cpp-python) on the same file, alternating runs")
+
+
+def _tokens(n: int, seed: int) -> list[int]:
+    # Ordinary token ids well inside any vocabulary; the content does not matter for speed.
+    return [int(t) for t in np.random.default_rng(seed).integers(100, 20000, n)]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _worker_ossrun(a) -> dict:
+    import ossrun
+
+    n_ctx = a.depth + max(a.prompt, a.gen) + 8
+    t = time.perf_counter()
+    model = ossrun.load(a.model, n_ctx=n_ctx, threads=a.threads)
+    load_s = time.perf_counter() - t
+    s = model.session()
+    prompt = _tokens(a.prompt, 1)
+    t = time.perf_counter()
+    s.prefill(prompt)
+    prefill_s = time.perf_counter() - t
+    s.reset()
+    if a.depth:
+        s.prefill(_tokens(a.depth, 2))
+    gen = _tokens(a.gen, 3)
+    s.prefill(gen[:1])
+    t = time.perf_counter()
+    for tok in gen[1:]:
+        s.decode(tok)
+    decode_s = time.perf_counter() - t
+    return _result(a, load_s, prefill_s, decode_s, f"ossrun {model.isa}, {model.threads} threads")
+
+
+def _worker_llama_cpp(a) -> dict:
+    import llama_cpp
+
+    threads = a.threads or os.cpu_count()
+    n_ctx = a.depth + max(a.prompt, a.gen) + 8
+    t = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=a.model, n_ctx=n_ctx, n_threads=threads,
+                          n_threads_batch=threads, n_batch=max(512, a.prompt), n_ubatch=512,
+                          verbose=False)
+    load_s = time.perf_counter() - t
+    prompt = _tokens(a.prompt, 1)
+    t = time.perf_counter()
+    llm.eval(prompt)
+    prefill_s = time.perf_counter() - t
+    llm.reset()  # the next eval starts at position 0 and drops the cached positions after it
+    if a.depth:
+        llm.eval(_tokens(a.depth, 2))
+    gen = _tokens(a.gen, 3)
+    llm.eval(gen[:1])
+    t = time.perf_counter()
+    for tok in gen[1:]:
+        llm.eval([tok])
+    decode_s = time.perf_counter() - t
+    return _result(a, load_s, prefill_s, decode_s, f"llama.cpp via llama-cpp-python {llama_cpp.__version__}")
+
+
+def _result(a, load_s, prefill_s, decode_s, engine) -> dict:
+    return {
+        "engine": engine,
+        "load_s": load_s,
+        "prefill_tok_s": a.prompt / prefill_s,
+        "decode_tok_s": (a.gen - 1) / decode_s if a.gen > 1 else float("nan"),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _run_worker(engine: str, a) -> dict:
+    cmd = [sys.executable, "-m", "ossrun.bench", "--worker", engine, a.model,
+           "--prompt", str(a.prompt), "--gen", str(a.gen), "--depth", str(a.depth)]
+    if a.threads:
+        cmd += ["--threads", str(a.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = (out.stderr or out.stdout).strip().splitlines()
+        raise RuntimeError(f"{engine} run failed: {lines[-1] if lines else out.returncode}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict]) -> dict:
+    keys = ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb")
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["engine"] = runs[0]["engine"]
+    out["runs"] = runs
+    return out
+
+
+def main(a) -> int:
+    from .errors import ModelError
+    from .gguf_loader import open_gguf
+
+    for name in ("prompt", "reps"):
+        if getattr(a, name) < 1:
+            print(f"ossrun bench: --{name} must be at least 1", file=sys.stderr)
+            return 2
+    if a.gen < 2 or a.depth < 0 or (a.threads is not None and a.threads < 1):
+        print("ossrun bench: --gen must be >= 2, --depth >= 0, --threads >= 1", file=sys.stderr)
+        return 2
+    try:
+        open_gguf(a.model)  # fail early, with the loader's message, on a bad file
+    except ModelError as e:
+        print(f"ossrun bench: {e}", file=sys.stderr)
+        return 1
+    if a.vs_llama_cpp:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("ossrun bench: --vs-llama-cpp needs llama-cpp-python (pip install llama-cpp-python)",
+                  file=sys.stderr)
+            return 1
+    engines = ENGINES if a.vs_llama_cpp else ENGINES[:1]
+    runs: dict[str, list] = {e: [] for e in engines}
+    try:
+        for rep in range(a.reps):
+            for engine in engines if rep % 2 == 0 else engines[::-1]:  # alternate the order
+                r = _run_worker(engine, a)
+                runs[engine].append(r)
+                if not a.json:
+                    print(f"  rep {rep + 1} {engine:9s} prefill {r['prefill_tok_s']:7.2f} tok/s  "
+                          f"decode {r['decode_tok_s']:6.2f} tok/s  load {r['load_s']:5.2f} s  "
+                          f"peak RSS {r['peak_rss_mb']:8.0f} MB", file=sys.stderr)
+    except RuntimeError as e:
+        print(f"ossrun bench: {e}", file=sys.stderr)
+        return 1
+    result = _median(runs["ossrun"])
+    result.update(model=os.fspath(a.model), threads=a.threads, prompt=a.prompt, gen=a.gen,
+                  depth=a.depth, reps=a.reps)
+    if a.vs_llama_cpp:
+        ll = _median(runs["llama_cpp"])
+        result["llama_cpp"] = ll
+        result["ratio_prefill"] = result["prefill_tok_s"] / ll["prefill_tok_s"]
+        result["ratio_decode"] = result["decode_tok_s"] / ll["decode_tok_s"]
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_table(result)
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    rows = [("ossrun", r)] + ([("llama.cpp", r["llama_cpp"])] if "llama_cpp" in r else [])
+    depth = f" @ depth {r['depth']}" if r["depth"] else ""
+    print(f"{'engine':10s} {'pp' + str(r['prompt']):>10s} {'tg' + str(r['gen']) + depth:>16s} "
+          f"{'load s':>8s} {'peak RSS MB':>12s}")
+    for name, x in rows:
+        print(f"{name:10s} {x['prefill_tok_s']:10.2f} {x['decode_tok_s']:16.2f} {x['load_s']:8.2f} "
+              f"{x['peak_rss_mb']:12.0f}")
+    if "llama_cpp" in r:
+        print(f"ratio      {r['ratio_prefill']:10.2f}x {r['ratio_decode']:15.2f}x")
+    print(f"(medians of {r['reps']} alternating runs; {r['engine']})")
+
+
+def _worker_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ossrun.bench --worker")
+    p.add_argument("--worker", choices=ENGINES, required=True)
+    add_arguments(p)
+    a = p.parse_args(argv)
+    fn = _worker_ossrun if a.worker == "ossrun" else _worker_llama_cpp
+    print(json.dumps(fn(a)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

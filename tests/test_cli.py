@@ -1,0 +1,221 @@
+"""`ossrun run`, `ossrun info` and `ossrun chat` without a model, as subprocesses of
+`python -m ossrun`; plus the folder rules and the demo model's atomic creation, in process.
+
+The tiny model has random weights, so replies are checked for structure, never for content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ossrun import cli, demo
+from ossrun import model_maker as mm
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, request):
+    """A tiny random gpt-oss GGUF: the real vocabulary when the vocab file exists, else bytes."""
+    try:
+        vocab = request.getfixturevalue("vocab_file")
+    except pytest.skip.Exception:
+        vocab = None
+    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
+    return mm.make_model(path, "tiny", seed=1, vocab_file=vocab, use_byte_vocab=vocab is None)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The environment of a subprocess: every ossrun folder inside tmp_path, no colors."""
+    e = dict(os.environ, OSSRUN_HOME=str(tmp_path / "home"), NO_COLOR="1")
+    e.pop("OSSRUN_DEBUG", None)
+    return e
+
+
+def ossrun(env, *args, input=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ossrun", *map(str, args)], env=env, input=input,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(r, code=1, *words):
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines and all(w in lines[-1] for w in words), r.stderr
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def test_run_prints_an_answer(env, tiny_model):
+    r = ossrun(env, "run", tiny_model, "Hello", "--max-tokens", 16, "--seed", 3, "--stats")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "prompt tokens" in r.stderr and "decode" in r.stderr  # the --stats line
+
+
+def test_run_is_reproducible_with_a_seed(env, tiny_model):
+    args = ("run", tiny_model, "Hi", "--max-tokens", 12, "--seed", 5, "--json")
+    a, b = ossrun(env, *args), ossrun(env, *args)
+    assert a.returncode == b.returncode == 0, a.stderr
+    assert json.loads(a.stdout)["messages"] == json.loads(b.stdout)["messages"]
+
+
+def test_run_json_reads_stdin(env, tiny_model):
+    r = ossrun(env, "run", tiny_model, "-", "--max-tokens", 8, "--seed", 1, "--json",
+               input="What is 2 + 2?\n")
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert {"content", "reasoning", "tool_calls", "messages", "stats"} <= set(reply)
+    assert reply["stats"]["completion_tokens"] <= 8
+    assert reply["stats"]["prompt_tokens"] > 0
+
+
+def test_run_show_reasoning(env, tiny_model):
+    r = ossrun(env, "run", tiny_model, "Hi", "--max-tokens", 8, "--show-reasoning", "--effort", "low")
+    assert r.returncode == 0, r.stderr
+
+
+def test_run_empty_stdin_prompt(env, tiny_model):
+    assert_clean_failure(ossrun(env, "run", tiny_model, "-", input=""), 1, "prompt is empty")
+
+
+def test_run_missing_file(env, tmp_path):
+    assert_clean_failure(ossrun(env, "run", tmp_path / "nope.gguf", "hi"), 1, "no such file")
+
+
+def test_run_not_a_gguf(env, tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("hello, I am not a model\n")
+    assert_clean_failure(ossrun(env, "run", bad, "hi"), 1, "not a GGUF file")
+
+
+def test_run_truncated_gguf(env, tmp_path, tiny_model):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[:5000])
+    assert_clean_failure(ossrun(env, "run", cut, "hi"), 1, str(cut))
+
+
+@pytest.mark.parametrize("flag,value,word", [
+    ("--threads", "0", "--threads"), ("--ctx", "many", "--ctx"), ("--temperature", "-1", "--temperature"),
+    ("--top-p", "1.5", "--top-p"), ("--effort", "extreme", "--effort"), ("--max-tokens", "0", "--max-tokens"),
+])
+def test_run_bad_flag(env, tiny_model, flag, value, word):
+    assert_clean_failure(ossrun(env, "run", tiny_model, "hi", flag, value), 2, word)
+
+
+def test_run_ctx_beyond_the_model(env, tiny_model):
+    assert_clean_failure(ossrun(env, "run", tiny_model, "hi", "--ctx", 10**7), 1, "context_length")
+
+
+def test_run_context_overflow(env, tiny_model):
+    r = ossrun(env, "run", tiny_model, "word " * 200, "--ctx", 64)
+    assert_clean_failure(r, 1, "--ctx")
+
+
+def test_no_command_is_a_usage_error(env):
+    assert_clean_failure(ossrun(env), 2, "required")
+
+
+# -- info -----------------------------------------------------------------------------------
+
+
+def test_info_text(env, tiny_model):
+    r = ossrun(env, "info", tiny_model)
+    assert r.returncode == 0, r.stderr
+    for word in ("gpt-oss", "block_count", "MXFP4", "Q8_0", "F32", "KV cache", "total"):
+        assert word in r.stdout
+
+
+def test_info_json_memory_estimate(env, tiny_model):
+    r = ossrun(env, "info", tiny_model, "--json", "--ctx", 2048, "--threads", 2)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    hp, mem = info["hparams"], info["memory"]
+    assert info["architecture"] == "gpt-oss" and info["file_size"] == tiny_model.stat().st_size
+    L = hp["block_count"]
+    assert info["tensor_types"]["MXFP4"]["count"] == 3 * L
+    assert sum(t["count"] for t in info["tensor_types"].values()) == 3 + 19 * L
+    # Full (odd) layers hold n_ctx slots, sliding (even) ones min(n_ctx, window − 1 + 256 + 1024).
+    ring = min(2048, hp["sliding_window"] - 1 + 256 + 1024)
+    slots = sum(ring if layer % 2 == 0 else 2048 for layer in range(L))
+    assert mem["kv_cache"] == slots * 2 * hp["head_count_kv"] * hp["key_length"] * 4
+    assert mem["weights"] == info["file_size"]
+    assert mem["total"] == mem["weights"] + mem["kv_cache"] + mem["activations"] > mem["kv_cache"]
+
+
+def test_info_not_a_gguf(env, tmp_path):
+    bad = tmp_path / "x.bin"
+    bad.write_bytes(b"\0" * 64)
+    assert_clean_failure(ossrun(env, "info", bad), 1, "not a GGUF file")
+
+
+# -- chat without a model: the demo ---------------------------------------------------------
+
+
+def test_chat_without_model_makes_the_demo(env, tmp_path):
+    r = ossrun(env, "chat", "--max-tokens", 8, "--seed", 0, input="Hello\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "random" in r.stderr and "gpt-oss-20b" in r.stderr and "Creating" in r.stderr
+    assert "prompt tokens" in r.stdout  # one reply and its summary
+    cached = list((tmp_path / "home" / "cache").glob("demo-*.gguf"))
+    assert len(cached) == 1
+    assert os.listdir(tmp_path / "home" / "cache") == [cached[0].name]  # no temp files left
+    again = ossrun(env, "chat", input="/exit\n")
+    assert again.returncode == 0 and "Creating" not in again.stderr and "random" in again.stderr
+
+
+def test_chat_missing_model(env, tmp_path):
+    assert_clean_failure(ossrun(env, "chat", tmp_path / "none.gguf", input=""), 1, "no such file")
+
+
+# -- folders and the demo cache, in process -------------------------------------------------
+
+
+def test_ossrun_home_overrides_every_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("OSSRUN_HOME", str(tmp_path))
+    assert cli.ossrun_dir("data") == tmp_path / "data"
+    assert cli.ossrun_dir("cache") == tmp_path / "cache"
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="XDG folders are for Linux/BSD")
+def test_xdg_folders(monkeypatch, tmp_path):
+    monkeypatch.delenv("OSSRUN_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "d"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert cli.ossrun_dir("data") == tmp_path / "d" / "ossrun"
+    assert cli.ossrun_dir("cache") == tmp_path / "h" / ".cache" / "ossrun"
+
+
+def test_interrupted_demo_creation_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.delenv("OSSRUN_VOCAB", raising=False)
+    monkeypatch.setattr(mm, "default_vocab_file", lambda: None)
+
+    def fail(path, *args, **kwargs):
+        (path.parent / (path.name + ".part")).write_bytes(b"GGUF half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mm, "make_model", fail)
+    with pytest.raises(KeyboardInterrupt):
+        demo.demo_model(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_model_is_deterministic(monkeypatch, tmp_path):
+    monkeypatch.delenv("OSSRUN_VOCAB", raising=False)
+    monkeypatch.setattr(mm, "default_vocab_file", lambda: None)
+    a = demo.demo_model(tmp_path / "a")
+    b = demo.demo_model(tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert demo.demo_model(tmp_path / "a") == a
+
+
+def test_missing_ossrun_vocab_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("OSSRUN_VOCAB", str(tmp_path / "missing.tiktoken"))
+    with pytest.raises(FileNotFoundError, match="OSSRUN_VOCAB"):
+        demo.demo_model(tmp_path)
