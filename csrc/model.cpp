@@ -24,13 +24,17 @@ Scratch::Scratch(const ModelConfig& c, int64_t chunk) : max_chunk(chunk) {
     positions.resize(T);
     expert_idx.resize(T * k);
     expert_weight.resize(T * k);
-    expert_tokens.resize(T);
-    expert_token_weight.resize(T);
-    expert_x.resize(T * H);
-    expert_gate.resize(T * I);
-    expert_up.resize(T * I);
-    expert_h.resize(T * I);
-    expert_y.resize(T * H);
+    const size_t E = size_t(c.expert_count), P = T * k;
+    expert_count.resize(E);
+    expert_offset.resize(E + 1);
+    pair_token.resize(P);
+    pair_weight.resize(P);
+    expert_x.resize(P * H);
+    expert_gate.resize(P * I);
+    expert_up.resize(P * I);
+    expert_h.resize(P * I);
+    expert_y.resize(P * H);
+    jobs.reserve(2 * E);
 }
 
 Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions& options)
@@ -86,8 +90,8 @@ void Model::rmsnorm_rows(const float* x, const float* g, float* y, int64_t T) {
     });
 }
 
-void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
-                   const float* bias) {
+MatmulArgs Model::matmul_args(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
+                              const float* bias) const {
     MatmulArgs a;
     a.W = &W;
     a.mat = mat;
@@ -97,8 +101,35 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
     a.y = y;
     a.ldy = W.rows;
     a.bias = bias;
-    // Grains of 16 rows keep both threads busy to the end without much scheduling traffic.
-    pool_.parallel_for(W.rows, 16, [&](int64_t r0, int64_t r1) { kernels_->matmul(a, r0, r1); });
+    return a;
+}
+
+void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
+                   const float* bias) {
+    matmuls({matmul_args(W, mat, x, T, y, bias)});
+}
+
+void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
+    // Rows of all jobs form one index space, handed out in grains of 16 rows: enough to keep
+    // both threads busy to the end without much scheduling traffic.
+    constexpr int64_t kGrain = 16;
+    int64_t total = 0;
+    for (size_t i = 0; i < n_jobs; ++i) total += (jobs[i].W->rows + kGrain - 1) / kGrain;
+    pool_.parallel_for(total, 1, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g) {
+            int64_t base = 0;
+            for (size_t i = 0; i < n_jobs; ++i) {
+                const MatmulArgs& j = jobs[i];
+                const int64_t n = (j.W->rows + kGrain - 1) / kGrain;
+                if (g < base + n) {
+                    const int64_t r0 = (g - base) * kGrain;
+                    kernels_->matmul(j, r0, std::min(j.W->rows, r0 + kGrain));
+                    break;
+                }
+                base += n;
+            }
+        }
+    });
 }
 
 void Model::add_into(float* dst, const float* src, int64_t n) {
@@ -110,9 +141,9 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
     const int64_t d = config_.key_length, nq = config_.head_count, nkv = config_.head_count_kv;
     const int64_t half = d / 2, group = nq / nkv;
 
-    matmul(w.attn_q, 0, s.normed.data(), T, s.q.data(), w.attn_q_b);
-    matmul(w.attn_k, 0, s.normed.data(), T, s.k.data(), w.attn_k_b);
-    matmul(w.attn_v, 0, s.normed.data(), T, s.v.data(), w.attn_v_b);
+    matmuls({matmul_args(w.attn_q, 0, s.normed.data(), T, s.q.data(), w.attn_q_b),
+             matmul_args(w.attn_k, 0, s.normed.data(), T, s.k.data(), w.attn_k_b),
+             matmul_args(w.attn_v, 0, s.normed.data(), T, s.v.data(), w.attn_v_b)});
 
     // RoPE on q and k (not v), then append K/V to the cache at their positions.
     for (int64_t t = 0; t < T; ++t) {
@@ -164,31 +195,51 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
         router_topk(s.router_logits.data() + t * E, E, k, s.expert_idx.data() + t * k,
                     s.expert_weight.data() + t * k);
 
-    std::fill_n(s.proj.data(), T * H, 0.0f);
-    // Expert by expert: gather the tokens routed to it, run its two matmuls as real GEMMs.
-    for (int64_t e = 0; e < E; ++e) {
-        int64_t n = 0;
-        for (int64_t t = 0; t < T; ++t)
-            for (int64_t j = 0; j < k; ++j)
-                if (s.expert_idx[size_t(t * k + j)] == e) {
-                    s.expert_tokens[size_t(n)] = int32_t(t);
-                    s.expert_token_weight[size_t(n)] = s.expert_weight[size_t(t * k + j)];
-                    std::copy_n(s.normed.data() + t * H, H, s.expert_x.data() + n * H);
-                    ++n;
-                }
-        if (n == 0) continue;
-        matmul(w.gate_exps, e, s.expert_x.data(), n, s.expert_gate.data(), w.gate_exps_b + e * I);
-        matmul(w.up_exps, e, s.expert_x.data(), n, s.expert_up.data(), w.up_exps_b + e * I);
-        swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), n * I,
-                   config_.swiglu_alpha, config_.swiglu_limit);
-        matmul(w.down_exps, e, s.expert_h.data(), n, s.expert_y.data(), w.down_exps_b + e * H);
-        // The down bias sits inside the weighted sum (MODEL.md §2.6 step 6).
-        for (int64_t i = 0; i < n; ++i) {
-            float* dst = s.proj.data() + s.expert_tokens[size_t(i)] * H;
-            const float* y = s.expert_y.data() + i * H;
-            const float wt = s.expert_token_weight[size_t(i)];
-            for (int64_t c = 0; c < H; ++c) dst[c] += wt * y[c];
+    // Group the (token, expert) pairs by expert, gathering each pair's input row.
+    std::fill(s.expert_count.begin(), s.expert_count.end(), 0);
+    for (int64_t p = 0; p < T * k; ++p) ++s.expert_count[size_t(s.expert_idx[size_t(p)])];
+    s.expert_offset[0] = 0;
+    for (int64_t e = 0; e < E; ++e) s.expert_offset[size_t(e + 1)] = s.expert_offset[size_t(e)] + s.expert_count[size_t(e)];
+    std::vector<int64_t>& fill = s.expert_count;  // reused as each expert's fill cursor
+    for (int64_t e = 0; e < E; ++e) fill[size_t(e)] = s.expert_offset[size_t(e)];
+    for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < k; ++j) {
+            const int64_t p = fill[size_t(s.expert_idx[size_t(t * k + j)])]++;
+            s.pair_token[size_t(p)] = int32_t(t);
+            s.pair_weight[size_t(p)] = s.expert_weight[size_t(t * k + j)];
+            std::copy_n(s.normed.data() + t * H, H, s.expert_x.data() + p * H);
         }
+
+    // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
+    // every down projection in another: real GEMMs over each expert's tokens.
+    s.jobs.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
+        if (n == 0) continue;
+        s.jobs.push_back(matmul_args(w.gate_exps, e, s.expert_x.data() + p0 * H, n,
+                                     s.expert_gate.data() + p0 * I, w.gate_exps_b + e * I));
+        s.jobs.push_back(matmul_args(w.up_exps, e, s.expert_x.data() + p0 * H, n,
+                                     s.expert_up.data() + p0 * I, w.up_exps_b + e * I));
+    }
+    matmuls(s.jobs.data(), s.jobs.size());
+    swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), T * k * I,
+               config_.swiglu_alpha, config_.swiglu_limit);
+    s.jobs.clear();
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
+        if (n == 0) continue;
+        s.jobs.push_back(matmul_args(w.down_exps, e, s.expert_h.data() + p0 * I, n,
+                                     s.expert_y.data() + p0 * H, w.down_exps_b + e * H));
+    }
+    matmuls(s.jobs.data(), s.jobs.size());
+
+    // Weighted sum; the down bias sits inside it (MODEL.md §2.6 step 6).
+    std::fill_n(s.proj.data(), T * H, 0.0f);
+    for (int64_t p = 0; p < T * k; ++p) {
+        float* dst = s.proj.data() + s.pair_token[size_t(p)] * H;
+        const float* y = s.expert_y.data() + p * H;
+        const float wt = s.pair_weight[size_t(p)];
+        for (int64_t c = 0; c < H; ++c) dst[c] += wt * y[c];
     }
 }
 

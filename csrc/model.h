@@ -2,6 +2,7 @@
 // thread pool. forward() is the whole network (MODEL.md §2), one named step per line.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,9 +30,12 @@ struct Scratch {
     std::vector<int64_t> positions;
     std::vector<int32_t> expert_idx;    // [T, k]
     std::vector<float> expert_weight;   // [T, k]
-    // MoE: the tokens routed to one expert, gathered.
-    std::vector<int32_t> expert_tokens;
-    std::vector<float> expert_token_weight, expert_x, expert_gate, expert_up, expert_h, expert_y;
+    // MoE: the (token, expert) pairs grouped by expert; row p of each buffer belongs to pair p.
+    std::vector<int64_t> expert_count, expert_offset;  // [E], [E + 1]
+    std::vector<int32_t> pair_token;                     // [T * k]
+    std::vector<float> pair_weight;                      // [T * k]
+    std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
+    std::vector<MatmulArgs> jobs;
 };
 
 class Model {
@@ -54,6 +58,11 @@ private:
     // y[T, W.rows] = x[T, W.cols] · W[mat]^T + bias, rows split across threads.
     void matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
                 const float* bias);
+    // Several independent matmuls in one parallel loop (one sync, not n).
+    void matmuls(const MatmulArgs* jobs, size_t n_jobs);
+    void matmuls(std::initializer_list<MatmulArgs> jobs) { matmuls(jobs.begin(), jobs.size()); }
+    MatmulArgs matmul_args(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
+                           const float* bias) const;
     void attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0);
     void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);

@@ -50,8 +50,11 @@ def read_gguf(path) -> GgufContents:
         out.kv[key] = (f.contents(), vtype, sub)
     for t in reader.tensors:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        out.tensors[t.name] = Tensor(shape, int(t.tensor_type),
-                                     np.ascontiguousarray(t.data).view(np.uint8).reshape(-1).copy())
+        out.tensors[t.name] = Tensor(
+            shape,
+            int(t.tensor_type),
+            np.ascontiguousarray(t.data).view(np.uint8).reshape(-1).copy(),
+        )
     return out
 
 
@@ -63,8 +66,12 @@ def write_gguf(path, contents: GgufContents) -> Path:
     for key, (value, vtype, sub) in contents.kv.items():
         w.add_key_value(key, value, vtype, sub)
     for name, t in contents.tensors.items():
-        w.add_tensor(name, t.raw.reshape(*t.shape[:-1], -1) if t.shape else t.raw,
-                     raw_shape=(*t.shape[:-1], t.row_bytes()), raw_dtype=GGMLQuantizationType(t.ggml_type))
+        w.add_tensor(
+            name,
+            t.raw.reshape(*t.shape[:-1], -1) if t.shape else t.raw,
+            raw_shape=(*t.shape[:-1], t.row_bytes()),
+            raw_dtype=GGMLQuantizationType(t.ggml_type),
+        )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -89,7 +96,7 @@ def f32_to_bf16_bits(x) -> np.ndarray:
 
 
 def quantize_q8_0(x) -> np.ndarray:
-    """float [rows, cols] -> Q8_0 bytes [rows, cols/32·34]: d = max|x|/127 in fp16, q = round(x/d)."""
+    """float [rows, cols] -> Q8_0 bytes [rows, cols/32·34]: d = fp16(max|x|/127), q = round(x/d)."""
     x = np.asarray(x, dtype=np.float64)
     rows, cols = x.shape
     b = x.reshape(rows, cols // 32, 32)
@@ -141,10 +148,17 @@ def retype_matrices(src, dst, ggml_type: int, names=None) -> Path:
     def edit(c: GgufContents):
         for name, t in c.tensors.items():
             pick = names is not None and name in names
-            pick |= names is None and len(t.shape) == 2 and name.endswith(".weight") and "exps" not in name
+            pick |= (
+                names is None
+                and len(t.shape) == 2
+                and name.endswith(".weight")
+                and "exps" not in name
+            )
             if pick:
                 vals = dequantize(t.raw, t.ggml_type, t.shape).reshape(-1, t.shape[-1])
-                c.tensors[name] = Tensor(t.shape, ggml_type, encode_matrix(vals, ggml_type).reshape(-1))
+                c.tensors[name] = Tensor(
+                    t.shape, ggml_type, encode_matrix(vals, ggml_type).reshape(-1)
+                )
 
     return modified_copy(src, dst, edit)
 

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-
 import reference as R
 from gguf_factory import BF16, F16, F32, MXFP4, Q8_0, f32_to_bf16_bits, mxfp4_block_bytes
 from ossrun._core import ops
@@ -43,7 +42,9 @@ def assert_same_floats(out, ref_f64, what):
     nan = np.isnan(ref)
     assert np.array_equal(np.isnan(out), nan), what
     bad = np.nonzero(f32_bits(out)[~nan] != f32_bits(ref)[~nan])[0]
-    assert bad.size == 0, f"{what}: {bad.size} values differ, first {out[~nan][bad[0]]!r} != {ref[~nan][bad[0]]!r}"
+    assert bad.size == 0, (
+        f"{what}: {bad.size} values differ, first {out[~nan][bad[0]]!r} != {ref[~nan][bad[0]]!r}"
+    )
 
 
 # --------------------------------------------------------------------------- raw weight bytes
@@ -117,7 +118,9 @@ def test_decode_half_types_every_pattern(isa, rng, ggml_type, cols):
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 37), (5, 100), (3, 257)])  # one_row, odd widths
 def test_decode_f32_bitwise(isa, rng, rows, cols):
     bits = rng.integers(0, 2**32, (rows, cols), dtype=np.uint64).astype(np.uint32)
-    bits[(bits & 0x7F800000) == 0x7F800000] &= 0xFF7FFFFF  # no inf/NaN: any other pattern, subnormals too
+    bits[(bits & 0x7F800000) == 0x7F800000] &= (
+        0xFF7FFFFF  # no inf/NaN: any other pattern, subnormals too
+    )
     out = ops.decode_rows(bits.view(np.uint8), F32, rows, cols, isa)
     assert np.array_equal(f32_bits(out), bits)
 
@@ -128,7 +131,9 @@ def test_decode_q8_0_bitwise(isa, rng, rows, cols):
     # Every finite fp16 scale is fair game, including ±0 and all subnormals; q covers -128..127.
     d_bits = rng.integers(0, 65536, (rows, nb)).astype(np.uint16)
     d_bits[(d_bits & 0x7C00) == 0x7C00] &= 0x83FF  # inf/NaN scales -> a subnormal instead
-    d_bits.reshape(-1)[:4] = [0x0001, 0x8001, 0x03FF, 0x0000][: d_bits.size]  # smallest, largest subnormal, 0
+    d_bits.reshape(-1)[:4] = [0x0001, 0x8001, 0x03FF, 0x0000][
+        : d_bits.size
+    ]  # smallest, largest subnormal, 0
     raw = raw_q8_0(rng, rows, cols, d=d_bits.view(np.float16))
     out = ops.decode_rows(raw, Q8_0, rows, cols, isa)
     assert_same_floats(out, R.dequant_q8_0(raw, rows, cols), "Q8_0")
@@ -159,8 +164,40 @@ def test_decode_mxfp4_e8m0_special_values(isa, e):
 def test_decode_mxfp4_worked_example(isa):
     # MODEL.md §3.5: codes 0..15, 15..0 with scale byte 0x7E, as a GGUF block.
     block = bytes.fromhex("7E F0 E1 D2 C3 B4 A5 96 87 78 69 5A 4B 3C 2D 1E 0F")
-    want = [0, .25, .5, .75, 1, 1.5, 2, 3, -0.0, -.25, -.5, -.75, -1, -1.5, -2, -3,
-            -3, -2, -1.5, -1, -.75, -.5, -.25, -0.0, 3, 2, 1.5, 1, .75, .5, .25, 0]
+    want = [
+        0,
+        0.25,
+        0.5,
+        0.75,
+        1,
+        1.5,
+        2,
+        3,
+        -0.0,
+        -0.25,
+        -0.5,
+        -0.75,
+        -1,
+        -1.5,
+        -2,
+        -3,
+        -3,
+        -2,
+        -1.5,
+        -1,
+        -0.75,
+        -0.5,
+        -0.25,
+        -0.0,
+        3,
+        2,
+        1.5,
+        1,
+        0.75,
+        0.5,
+        0.25,
+        0,
+    ]
     out = ops.decode_rows(np.frombuffer(block, np.uint8), MXFP4, 1, 32, isa)[0]
     assert_same_floats(out, np.array(want), "worked example")
 
@@ -177,15 +214,27 @@ def test_decode_rejects_bad_buffers():
 # --------------------------------------------------------------------------- matmul
 
 MATMUL_SHAPES = [  # (type, cols): dense widths that are no multiple of any vector, odd block counts
-    (F32, 37), (F32, 100), (F16, 37), (F16, 100), (BF16, 37), (BF16, 100),
-    (Q8_0, 96), (Q8_0, 2880), (MXFP4, 96), (MXFP4, 2880),
+    (F32, 37),
+    (F32, 100),
+    (F16, 37),
+    (F16, 100),
+    (BF16, 37),
+    (BF16, 100),
+    (Q8_0, 96),
+    (Q8_0, 2880),
+    (MXFP4, 96),
+    (MXFP4, 2880),
 ]
 # 1 token, 3 (< one 4-token micro-kernel), 4, 5 (one + tail), 33 (one 32-token tile + 1), 70.
 TOKENS = [1, 3, 4, 5, 33, 70]
 
 
 def _shape_id(p):
-    return f"{TYPE_NAMES[p[0]]}-{p[1]}"
+    ggml_type, cols = p
+    if ggml_type in (Q8_0, MXFP4):
+        tag = "odd_block_count" if cols // 32 % 2 else "blocks"
+        return f"{TYPE_NAMES[ggml_type]}-{tag}-{cols // 32}"
+    return f"{TYPE_NAMES[ggml_type]}-cols_not_multiple_of_vector-{cols}"
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -207,7 +256,9 @@ def test_matmul_random_within_rounding_bound(isa, rng, shape, rows, bias):
         tol = (cols + 2) * U * mag
         err = np.abs(y - ref)
         assert y.shape == (T, rows)
-        assert np.all(err <= tol), f"T={T}: max err {err.max():.3g}, bound there {tol.flat[err.argmax()]:.3g}"
+        assert np.all(err <= tol), (
+            f"T={T}: max err {err.max():.3g}, bound there {tol.flat[err.argmax()]:.3g}"
+        )
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -220,12 +271,19 @@ def test_matmul_exact_when_arithmetic_is_exact(isa, rng, shape, bias):
     ggml_type, cols = shape
     rows = 13
     if ggml_type == Q8_0:
-        raw = raw_q8_0(rng, rows, cols, d=rng.choice([0.5, 1.0], (rows, cols // 32)).astype(np.float16),
-                       q=rng.integers(-127, 128, (rows, cols // 32, 32)))
+        raw = raw_q8_0(
+            rng,
+            rows,
+            cols,
+            d=rng.choice([0.5, 1.0], (rows, cols // 32)).astype(np.float16),
+            q=rng.integers(-127, 128, (rows, cols // 32, 32)),
+        )
     elif ggml_type == MXFP4:
         raw = raw_mxfp4(rng, rows, cols, scale_lo=126, scale_hi=128)  # elements k/4, |k| <= 48
     else:
-        raw = raw_dense(rng, ggml_type, rows, cols, rng.integers(-8, 9, (rows, cols)).astype(np.float32))
+        raw = raw_dense(
+            rng, ggml_type, rows, cols, rng.integers(-8, 9, (rows, cols)).astype(np.float32)
+        )
     W = R.dequantize(raw, ggml_type, (rows, cols))
     b = rng.integers(-100, 101, rows).astype(np.float32) if bias else None
     for T in TOKENS:
@@ -286,8 +344,9 @@ def attention_row_ref(q, k_cache, v_cache, j_lo, j_hi, sink):
     cap = k_cache.shape[0]
     k = k_cache[js % cap].astype(np.float64)[:, None, :]
     v = v_cache[js % cap].astype(np.float64)[:, None, :]
-    out = R.attention(q.astype(np.float64)[None, None, :], k, v, np.array([float(sink)]),
-                      [j_hi], js, window=None)
+    out = R.attention(
+        q.astype(np.float64)[None, None, :], k, v, np.array([float(sink)]), [j_hi], js, window=None
+    )
     return out[0, 0], k[:, 0, :], v[:, 0, :]
 
 
@@ -332,8 +391,12 @@ def test_attention_row_rejects_range_longer_than_cache():
 
 # --------------------------------------------------------------------------- rope
 
-GPT_OSS_ROPE_CFG = dict(key_length=64, rope_freq_base=150000.0, rope_scaling_factor=32.0,
-                        rope_original_context=4096.0)
+GPT_OSS_ROPE_CFG = {
+    "key_length": 64,
+    "rope_freq_base": 150000.0,
+    "rope_scaling_factor": 32.0,
+    "rope_original_context": 4096.0,
+}
 
 
 def test_rope_theta_gpt_oss_bit_exact():
@@ -344,20 +407,55 @@ def test_rope_theta_gpt_oss_bit_exact():
     assert f32_bits(np.float32(C)) == 0x3FAC5C86
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(key_length=16, rope_freq_base=150000.0, rope_scaling_factor=32.0, rope_original_context=4096.0),
-    dict(key_length=64, rope_freq_base=10000.0, rope_scaling_factor=8.0, rope_original_context=2048.0),
-    dict(key_length=128, rope_freq_base=500000.0, rope_scaling_factor=4.0, rope_original_context=8192.0),
-    dict(key_length=64, rope_freq_base=150000.0, rope_scaling_factor=32.0, rope_original_context=4096.0,
-         yarn_beta_fast=16.0, yarn_beta_slow=2.0),
-    dict(key_length=64, rope_freq_base=150000.0, rope_scaling_factor=1.0, rope_original_context=4096.0),
-], ids=["d16", "base1e4", "d128", "betas", "no_yarn"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {
+            "key_length": 16,
+            "rope_freq_base": 150000.0,
+            "rope_scaling_factor": 32.0,
+            "rope_original_context": 4096.0,
+        },
+        {
+            "key_length": 64,
+            "rope_freq_base": 10000.0,
+            "rope_scaling_factor": 8.0,
+            "rope_original_context": 2048.0,
+        },
+        {
+            "key_length": 128,
+            "rope_freq_base": 500000.0,
+            "rope_scaling_factor": 4.0,
+            "rope_original_context": 8192.0,
+        },
+        {
+            "key_length": 64,
+            "rope_freq_base": 150000.0,
+            "rope_scaling_factor": 32.0,
+            "rope_original_context": 4096.0,
+            "yarn_beta_fast": 16.0,
+            "yarn_beta_slow": 2.0,
+        },
+        {
+            "key_length": 64,
+            "rope_freq_base": 150000.0,
+            "rope_scaling_factor": 1.0,
+            "rope_original_context": 4096.0,
+        },
+    ],
+    ids=["d16", "base1e4", "d128", "betas", "no_yarn"],
+)
 def test_rope_theta_other_configs(cfg):
     # Other shapes follow the same float32 steps (reference.yarn_theta_f32), low/high unrounded.
     theta, C = ops.rope_theta(cfg)
-    ref = R.yarn_theta_f32(cfg["key_length"], cfg["rope_freq_base"], cfg["rope_scaling_factor"],
-                           cfg["rope_original_context"], cfg.get("yarn_beta_fast", 32.0),
-                           cfg.get("yarn_beta_slow", 1.0))
+    ref = R.yarn_theta_f32(
+        cfg["key_length"],
+        cfg["rope_freq_base"],
+        cfg["rope_scaling_factor"],
+        cfg["rope_original_context"],
+        cfg.get("yarn_beta_fast", 32.0),
+        cfg.get("yarn_beta_slow", 1.0),
+    )
     assert np.array_equal(f32_bits(theta), f32_bits(ref))
     assert np.float32(C) == np.float32(R.yarn_concentration(cfg["rope_scaling_factor"]))
 
@@ -373,8 +471,9 @@ def test_apply_rope(rng, d, heads):
     cfg = dict(GPT_OSS_ROPE_CFG, key_length=d)
     theta, C = ops.rope_theta(cfg)
     # Edge positions (0, the YaRN original context, the last of 131072) plus random ones.
-    positions = np.concatenate([[0, 1, 127, 128, 4095, 4096, 65535, 131071],
-                                rng.integers(0, 131072, 24)]).astype(np.int64)
+    positions = np.concatenate(
+        [[0, 1, 127, 128, 4095, 4096, 65535, 131071], rng.integers(0, 131072, 24)]
+    ).astype(np.int64)
     x = rng.standard_normal((positions.size, heads, d)).astype(np.float32)
     out = ops.apply_rope(x, positions, theta, C)
     cos, sin = R.rope_cos_sin(positions, theta, C)  # float32 angle p·θ, as the reference
@@ -458,7 +557,7 @@ def test_swiglu_clamp_boundaries():
     h = ops.swiglu(g, lin)
     ref = R.swiglu_oai(g.astype(np.float64), lin.astype(np.float64), alpha=ALPHA32)
     assert np.all(np.abs(h - ref) <= swiglu_tol(g, lin))
-    # Gates above 7 act like 7 exactly; linear values beyond ±7 like ±7; the gate has no lower clamp.
+    # Gates above 7 act like 7 exactly, linear values beyond ±7 like ±7; no lower clamp on the gate.
     assert h[1] == h[0] == h[3] == h[4]
     assert h[7] == h[5] and h[8] == h[6] and h[9] == h[5] and h[10] == h[6]
     assert h[12] != h[11]

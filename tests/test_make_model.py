@@ -239,19 +239,19 @@ def test_deterministic_for_a_seed(tmp_path, tiny_file):
 
 
 def test_overrides_are_honoured(tmp_path):
-    over = dict(
-        layers=3,
-        hidden=96,
-        intermediate=32,
-        heads=6,
-        kv_heads=3,
-        head_dim=16,
-        experts=5,
-        top_k=3,
-        vocab=300,
-        sliding_window=7,
-        context_length=2048,
-    )
+    over = {
+        "layers": 3,
+        "hidden": 96,
+        "intermediate": 32,
+        "heads": 6,
+        "kv_heads": 3,
+        "head_dim": 16,
+        "experts": 5,
+        "top_k": 3,
+        "vocab": 300,
+        "sliding_window": 7,
+        "context_length": 2048,
+    }
     r = gguf.GGUFReader(
         mm.write_model(tmp_path / "o.gguf", mm.preset("tiny", **over), matrix_type="f16")
     )
@@ -295,14 +295,14 @@ def test_cli_writes_the_same_file(tmp_path, tiny_file):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (dict(hidden=48), "multiples of 32"),
-        (dict(intermediate=100), "multiples of 32"),
-        (dict(heads=3), "multiple of kv_heads"),
-        (dict(top_k=5), "cannot exceed experts"),
-        (dict(layers=0), "layers must be positive"),
-        (dict(head_dim=7), "must be even"),
-        (dict(head_dim=14), "multiple of 32 for q8_0"),
-        (dict(vocab=276), "at least 277"),
+        ({"hidden": 48}, "multiples of 32"),
+        ({"intermediate": 100}, "multiples of 32"),
+        ({"heads": 3}, "multiple of kv_heads"),
+        ({"top_k": 5}, "cannot exceed experts"),
+        ({"layers": 0}, "layers must be positive"),
+        ({"head_dim": 7}, "must be even"),
+        ({"head_dim": 14}, "multiple of 32 for q8_0"),
+        ({"vocab": 276}, "at least 277"),
     ],
 )
 def test_bad_hparams(tmp_path, overrides, message):
@@ -324,3 +324,13 @@ def test_bad_arguments(tmp_path, capsys):
         load_tool().main([str(tmp_path / "x.gguf"), "--hidden", "40"])
     assert exit_info.value.code == 2
     assert "hidden (40) and intermediate (96) must be multiples of 32" in capsys.readouterr().err
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    def disk_full(plan, seed):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(mm, "tensor_chunks", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        mm.write_model(tmp_path / "x.gguf", mm.preset("tiny"))
+    assert not list(tmp_path.iterdir())

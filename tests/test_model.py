@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-
 import ossrun
+import pytest
 import reference as R
 from ossrun._core import ops
 
@@ -50,9 +49,15 @@ def load(path, **kw):
 def fx(request, fixtures_dir):
     d = fixtures_dir / request.param
     g = np.load(d / "golden.npz")
-    return dict(name=request.param, dir=d, gguf=d / "tiny.gguf", tokens=g["tokens"],
-                gold=g["logits_ref_fp32"], bf16=g["logits_ref_bf16"],
-                config=json.loads((d / "config.json").read_text()))
+    return {
+        "name": request.param,
+        "dir": d,
+        "gguf": d / "tiny.gguf",
+        "tokens": g["tokens"],
+        "gold": g["logits_ref_fp32"],
+        "bf16": g["logits_ref_bf16"],
+        "config": json.loads((d / "config.json").read_text()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +103,11 @@ def test_decode_token_by_token_equals_golden(fx, isa):
     assert rel_err(np.stack(rows), fx["gold"]) < TOL
 
 
-@pytest.mark.parametrize("chunks", [[3], [5], [127, 73], [129], [1, 127, 1], [64, 64, 71, 1]],
-                         ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize(
+    "chunks",
+    [[3], [5], [127, 73], [129], [1, 127, 1], [64, 64, 71, 1]],
+    ids=lambda c: "-".join(map(str, c)),
+)
 def test_chunked_prefill_straddling_the_window(w128, chunks):
     # Chunk borders before, at and after the 128-token window of tiny-w128 (chunk sizes repeat
     # until the 200 tokens are in); each chunk's last logits against the golden row.
@@ -108,7 +116,7 @@ def test_chunked_prefill_straddling_the_window(w128, chunks):
     pos, i = 0, 0
     while pos < len(toks):
         n = min(chunks[i % len(chunks)], len(toks) - pos)
-        last = s.prefill(toks[pos:pos + n])
+        last = s.prefill(toks[pos : pos + n])
         pos += n
         i += 1
         assert s.n_past == pos
@@ -123,12 +131,9 @@ def long_w4(w4):
     """1400 tokens on tiny-w4 (window 4): more than Session.kMaxChunk and more than its sliding
     ring (4 − 1 + 1280 = 1283 positions), with the float64 reference's logits."""
     hp, weights = R.load_gguf_weights(w4)
-    toks = np.random.default_rng(7).integers(0, hp_vocab(weights), 1400).astype(np.int32)
+    n_vocab = weights["token_embd.weight"].shape[0]
+    toks = np.random.default_rng(7).integers(0, n_vocab, 1400).astype(np.int32)
     return toks, R.forward(hp, weights, toks)
-
-
-def hp_vocab(weights) -> int:
-    return weights["token_embd.weight"].shape[0]
 
 
 def test_long_prompt_matches_reference(w4, long_w4):
@@ -221,10 +226,18 @@ def test_n_ctx_of_sessions(w4):
 
 GENERATED = {
     # name: (model_maker overrides, matrix type, tokens)
-    "q8_0_odd_group": (dict(heads=3, kv_heads=1, sliding_window=8), "q8_0", 40),
-    "f16_d32_3layers": (dict(layers=3, heads=6, kv_heads=2, head_dim=32, sliding_window=5), "f16", 40),
-    "bf16_wide_experts": (dict(hidden=96, intermediate=160, experts=5, top_k=3), "bf16", 30),
-    "f32_topk1": (dict(experts=3, top_k=1, heads=2, kv_heads=2), "f32", 30),
+    "q8_0_odd_group": ({"heads": 3, "kv_heads": 1, "sliding_window": 8}, "q8_0", 40),
+    "f16_d32_3layers": (
+        {"layers": 3, "heads": 6, "kv_heads": 2, "head_dim": 32, "sliding_window": 5},
+        "f16",
+        40,
+    ),
+    "bf16_wide_experts": (
+        {"hidden": 96, "intermediate": 160, "experts": 5, "top_k": 3},
+        "bf16",
+        30,
+    ),
+    "f32_topk1": ({"experts": 3, "top_k": 1, "heads": 2, "kv_heads": 2}, "f32", 30),
 }
 
 
@@ -269,7 +282,9 @@ def test_experts_in_dense_types_match_reference(w4, tmp_path, expert_type):
     path = G.retype_matrices(w4, tmp_path / "experts.gguf", getattr(G, expert_type), names)
     hp, weights = R.load_gguf_weights(path)
     toks = np.random.default_rng(5).integers(0, 256, 24).astype(np.int32)
-    assert rel_err(ossrun.load(path, precision="f32").logits(toks), R.forward(hp, weights, toks)) < TOL
+    assert (
+        rel_err(ossrun.load(path, precision="f32").logits(toks), R.forward(hp, weights, toks)) < TOL
+    )
 
 
 # --------------------------------------------------------------------------- generate()
@@ -291,7 +306,7 @@ def test_generate_greedy_equals_argmax_of_steps(w128):
 def test_generate_seeded_sampling_is_reproducible(w128):
     path, toks, _ = w128
     m = load(path, precision="f32")
-    run = lambda seed: list(m.generate(toks[:10], max_tokens=20, temperature=3.0, seed=seed))  # noqa: E731
+    run = lambda seed: list(m.generate(toks[:10], max_tokens=20, temperature=3.0, seed=seed))
     assert run(5) == run(5)
     assert run(5) != run(6)  # 20 draws from a flattened distribution: equal by chance ~never
     top1 = list(m.generate(toks[:10], max_tokens=8, temperature=2.0, top_k=1, seed=1))
@@ -324,13 +339,26 @@ def test_generate_appends_to_a_given_session(w128):
 def test_config_fields(fx):
     c, cfg = load(fx["gguf"], precision="f32").config, fx["config"]
     assert (c.block_count, c.embedding_length, c.expert_feed_forward_length) == (
-        cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"])
+        cfg["num_hidden_layers"],
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+    )
     assert (c.head_count, c.head_count_kv, c.key_length, c.value_length) == (
-        cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["head_dim"])
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["head_dim"],
+        cfg["head_dim"],
+    )
     assert (c.expert_count, c.expert_used_count, c.sliding_window) == (
-        cfg["num_experts"], cfg["experts_per_token"], cfg["sliding_window"])
+        cfg["num_experts"],
+        cfg["experts_per_token"],
+        cfg["sliding_window"],
+    )
     assert (c.rope_freq_base, c.rope_scaling_factor, c.rope_original_context) == (
-        cfg["rope_theta"], cfg["rope_scaling_factor"], cfg["initial_context_length"])
+        cfg["rope_theta"],
+        cfg["rope_scaling_factor"],
+        cfg["initial_context_length"],
+    )
     assert (c.yarn_beta_fast, c.yarn_beta_slow) == (cfg["rope_ntk_beta"], cfg["rope_ntk_alpha"])
     assert c.vocab_size == cfg["vocab_size"] and c.context_length == 131072
     assert c.rope_scaling_type == "yarn" and c.rms_norm_eps == pytest.approx(1e-5, rel=1e-6)

@@ -1,8 +1,9 @@
 """tokenizer_from_gguf: a file's own tokenizer.ggml.* metadata gives o200k_harmony's ids.
 
-The real-vocabulary file is written once per session by ossrun.model_maker and compared with
-tiktoken's o200k_harmony built from the .tiktoken file (HARMONY.md §1, MODEL.md §4.2b).
-Malformed metadata is written with gguf.GGUFWriter, independently of our writer.
+A tiny model with the real vocabulary is written once per session by ossrun.model_maker and its
+tokenizer compared with tiktoken's o200k_harmony built from the .tiktoken file (HARMONY.md §1,
+MODEL.md §4.2b). Malformed metadata is written with gguf.GGUFWriter, independently of our
+writer, and read with both readers tokenizer_from_gguf accepts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import gguf
 import pytest
 from ossrun import model_maker as mm
 from ossrun.errors import ModelError
+from ossrun.gguf_reader import GgufFile
 from ossrun.tokenizer import (
     gpt2_byte_to_unicode,
     o200k_harmony_from_tiktoken_file,
@@ -40,11 +42,15 @@ def reference(vocab_file):
 
 @pytest.fixture(scope="session")
 def real_tokenizer(vocab_file, tmp_path_factory):
-    # Tokenizer keys only, and no merges: tokenizer_from_gguf does not read them, and parsing
-    # 446k more strings would triple GGUFReader's (pure Python) load time.
-    kv = {k: e for k, e in mm.o200k_vocab(vocab_file).kv.items() if k != "tokenizer.ggml.merges"}
-    path = mm.write_gguf(tmp_path_factory.mktemp("tok") / "o200k.gguf", kv, [])
-    return tokenizer_from_gguf(gguf.GGUFReader(path))
+    # The loader's GgufFile: gguf.GGUFReader needs ~25 s for the 650k strings of this file.
+    path = tmp_path_factory.mktemp("tok") / "o200k.gguf"
+    mm.write_model(path, mm.preset("tiny", vocab=201088), vocab=mm.o200k_vocab(vocab_file))
+    return tokenizer_from_gguf(GgufFile(path))
+
+
+@pytest.fixture(params=[GgufFile, gguf.GGUFReader], ids=["GgufFile", "GGUFReader"])
+def open_gguf(request):
+    return request.param
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -98,9 +104,9 @@ def test_decode_bytes_of_partial_utf8(real_tokenizer, reference):
     assert b"".join(real_tokenizer.decode_bytes([i]) for i in ids) == "🎉".encode()
 
 
-def test_byte_vocab_model_file(tmp_path):
+def test_byte_vocab_model_file(tmp_path, open_gguf):
     path = mm.write_model(tmp_path / "tiny.gguf", mm.preset("tiny", layers=1))
-    t = tokenizer_from_gguf(gguf.GGUFReader(path))
+    t = tokenizer_from_gguf(open_gguf(path))
     text = "héllo <|end|> 🎉\n"
     assert t.encode(text) == list(text.encode())
     assert t.decode(t.encode(text)) == text
@@ -109,8 +115,8 @@ def test_byte_vocab_model_file(tmp_path):
     assert t.n_vocab == 512 and t.is_special(511) and not t.is_special(255)
 
 
-def test_no_tokenizer_metadata_gives_none(tmp_path):
-    assert tokenizer_from_gguf(gguf.GGUFReader(write_gguf(tmp_path / "none.gguf"))) is None
+def test_no_tokenizer_metadata_gives_none(tmp_path, open_gguf):
+    assert tokenizer_from_gguf(open_gguf(write_gguf(tmp_path / "none.gguf"))) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,15 +147,15 @@ def write_gguf(path, **kv):
     return path
 
 
-def tokenizer_with(tmp_path, **changes):
+def tokenizer_with(tmp_path, open_gguf, **changes):
     tokens, types = byte_tokens()
-    kv = dict(model="gpt2", pre="gpt-4o", tokens=tokens, token_type=types) | changes
+    kv = {"model": "gpt2", "pre": "gpt-4o", "tokens": tokens, "token_type": types} | changes
     kv = {k: v for k, v in kv.items() if v is not None}
-    return tokenizer_from_gguf(gguf.GGUFReader(write_gguf(tmp_path / "t.gguf", **kv)))
+    return tokenizer_from_gguf(open_gguf(write_gguf(tmp_path / "t.gguf", **kv)))
 
 
-def test_minimal_valid_vocabulary(tmp_path):
-    t = tokenizer_with(tmp_path)
+def test_minimal_valid_vocabulary(tmp_path, open_gguf):
+    t = tokenizer_with(tmp_path, open_gguf)
     assert t.special_id("<|start|>") == 256 and t.special_id("<|reserved_257|>") == 257
     assert t.encode("ab") == [97, 98]
 
@@ -163,37 +169,37 @@ def with_token(i, s):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(model="llama"), "tokenizer.ggml.model 'llama' is not supported"),
-        (dict(model=7), "tokenizer.ggml.model must be a string"),
-        (dict(pre="qwen2"), "tokenizer.ggml.pre 'qwen2' is not supported"),
-        (dict(pre=None), "lacks tokenizer.ggml.pre"),
+        ({"model": "llama"}, "tokenizer.ggml.model 'llama' is not supported"),
+        ({"model": 7}, "tokenizer.ggml.model must be a string"),
+        ({"pre": "qwen2"}, "tokenizer.ggml.pre 'qwen2' is not supported"),
+        ({"pre": None}, "lacks tokenizer.ggml.pre"),
         (
-            dict(tokens=list(range(258))),
-            "tokenizer.ggml.tokens must be a non-empty array of strings",
+            {"tokens": list(range(258))},
+            "tokenizer.ggml.tokens must be an array of strings",
         ),
-        (dict(tokens="abc"), "tokenizer.ggml.tokens must be a non-empty array of strings"),
-        (dict(token_type=None), "lacks tokenizer.ggml.token_type"),
+        ({"tokens": "abc"}, "tokenizer.ggml.tokens must be an array of strings"),
+        ({"token_type": None}, "lacks tokenizer.ggml.token_type"),
         (
-            dict(token_type=["1"] * 258),
-            "tokenizer.ggml.token_type must be a non-empty array of integers",
+            {"token_type": ["1"] * 258},
+            "tokenizer.ggml.token_type must be an array of integers",
         ),
         (
-            dict(token_type=[1] * 257),
+            {"token_type": [1] * 257},
             "token_type has 257 entries but tokenizer.ggml.tokens has 258",
         ),
         (
-            dict(token_type=[1] * 256 + [2, 5]),
+            {"token_type": [1] * 256 + [2, 5]},
             r"tokenizer.ggml.token_type\[256\] = 2 is not supported",
         ),
-        (dict(tokens=with_token(65, "a b")), r"tokenizer.ggml.tokens\[65\] = 'a b' has ' '"),
-        (dict(tokens=with_token(65, "a")), "tokenizer.ggml.tokens has the token 'a' twice"),
+        ({"tokens": with_token(65, "a b")}, r"tokenizer.ggml.tokens\[65\] = 'a b' has ' '"),
+        ({"tokens": with_token(65, "a")}, "tokenizer.ggml.tokens has the token 'a' twice"),
         (
-            dict(tokens=with_token(257, "<|start|>"), token_type=[1] * 256 + [3, 3]),
+            {"tokens": with_token(257, "<|start|>"), "token_type": [1] * 256 + [3, 3]},
             "tokenizer.ggml.tokens has the special token '<|start|>' twice",
         ),
-        (dict(token_type=[1] * 255 + [3, 3, 5]), "lacks single-byte tokens .*0xff"),
+        ({"token_type": [1] * 255 + [3, 3, 5]}, "lacks single-byte tokens .*0xff"),
     ],
 )
-def test_malformed_metadata(tmp_path, changes, message):
+def test_malformed_metadata(tmp_path, open_gguf, changes, message):
     with pytest.raises(ModelError, match=message):
-        tokenizer_with(tmp_path, **changes)
+        tokenizer_with(tmp_path, open_gguf, **changes)

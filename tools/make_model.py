@@ -9,10 +9,8 @@ Importable too (tests add tools/ to sys.path): re-exports the model_maker API.
 import sys
 from pathlib import Path
 
-try:
-    import ossrun  # noqa: F401
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+# This checkout's package, even when another ossrun is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 from ossrun.model_maker import (  # noqa: F401
     PRESETS,

@@ -12,6 +12,10 @@
 #define OSSRUN_VBYTES 16
 #endif
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #ifndef OSSRUN_ISA_NS
 #error "kernel sources are compiled once per ISA with OSSRUN_ISA_NS set"
 #endif
@@ -33,9 +37,47 @@ inline vfloat vsplat(float f) {
     return v;
 }
 inline float hsum(vfloat v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+#elif defined(__AVX2__)
+    const __m256 x = reinterpret_cast<__m256>(v);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+#else
     float s = 0.0f;
     for (int i = 0; i < kVW; ++i) s += v[i];
     return s;
+#endif
+}
+
+// exp(x) for x <= 0 (softmax arguments), to ~2 ulp: 2^n · p(r) with a degree-7 Taylor polynomial on
+// |r| <= ln2/2. Inputs below -87 flush to 0, as their true values are below float's normal range.
+inline vfloat vexp_nonpositive(vfloat x) {
+    const vfloat log2e = vsplat(1.44269504088896341f);
+    const vfloat ln2_hi = vsplat(0.693359375f), ln2_lo = vsplat(-2.12194440e-4f);
+    vfloat xc = x;
+    for (int i = 0; i < kVW; ++i) xc[i] = xc[i] < -87.0f ? -87.0f : xc[i];
+    vfloat n = xc * log2e;
+    for (int i = 0; i < kVW; ++i) n[i] = __builtin_roundf(n[i]);
+    const vfloat r = (xc - n * ln2_hi) - n * ln2_lo;
+    vfloat p = vsplat(1.0f / 5040.0f);
+    p = p * r + vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    typedef int32_t vint __attribute__((vector_size(OSSRUN_VBYTES)));
+    vint bits = __builtin_convertvector(n, vint) + 127;
+    bits <<= 23;
+    vfloat scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    vfloat out = p * scale;
+    for (int i = 0; i < kVW; ++i) out[i] = x[i] < -87.0f ? 0.0f : out[i];
+    return out;
 }
 
 }  // namespace ossrun::OSSRUN_ISA_NS

@@ -8,6 +8,7 @@ set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -242,9 +243,9 @@ def load_model(path, args):
 
     path = Path(path).expanduser()
     size = path.stat().st_size if path.is_file() else 0
-    # Without --ctx, take the default but never more than the model holds.
-    n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
+        # Without --ctx, the default, but never more than the model holds.
+        n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
         return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision)
 
 
@@ -285,32 +286,35 @@ def cmd_run(args) -> int:
     chat = new_chat(model, args)
     if args.json:
         reply = chat.send(prompt)
-        print(json.dumps(_jsonable(reply), indent=2, ensure_ascii=False))
+        print(json.dumps(reply_json(reply), indent=2, ensure_ascii=False))
     else:
         printer = TurnPrinter(sys.stdout, color=use_color(sys.stdout),
                               show_reasoning=args.show_reasoning, indicate_thinking=False)
         for event in chat.stream(prompt):
             printer.write(event)
         reply = printer.finish()
-        if not reply.content:
-            print("ossrun: warning: the reply has no final answer (out of tokens while "
-                  "reasoning? try --max-tokens or a lower --effort)", file=sys.stderr)
+        if reply.note:
+            print(f"ossrun: note: {reply.note}", file=sys.stderr)
+        elif not reply.content:
+            print("ossrun: note: the reply has no final answer", file=sys.stderr)
     if args.stats:
-        print(summary_line(reply.stats, model.n_ctx), file=sys.stderr)
+        print(summary_line(reply.stats, chat.session.n_past, chat.session.n_ctx), file=sys.stderr)
     return 0
 
 
-def _jsonable(obj):
-    """A reply (dataclasses, harmony messages, lists) as plain JSON values."""
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: _jsonable(getattr(obj, k)) for k in obj.__dataclass_fields__}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return obj
+def reply_json(reply) -> dict:
+    """An ossrun.chat.Reply as JSON-ready data (what `run --json` prints)."""
+    stats = reply.stats
+    return {
+        "content": reply.content,
+        "reasoning": reply.reasoning,
+        "tool_calls": [dataclasses.asdict(c) for c in reply.tool_calls],
+        "finish_reason": reply.finish_reason,
+        "note": reply.note,
+        "messages": [m.to_dict() for m in reply.messages],
+        "stats": {**dataclasses.asdict(stats), "prefill_tok_s": stats.prefill_tok_s,
+                  "decode_tok_s": stats.decode_tok_s},
+    }
 
 
 def memory_estimate(cfg, n_ctx: int, file_size: int, threads: int) -> dict:

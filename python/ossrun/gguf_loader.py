@@ -195,16 +195,19 @@ def _read_config(reader, path: Path) -> ModelConfig:
 
 def expected_tensors(cfg: ModelConfig) -> dict:
     """name -> (logical numpy shape, allowed ggml types), per MODEL.md §4.3."""
+    return dict(iter_expected_tensors(cfg))
+
+
+def iter_expected_tensors(cfg: ModelConfig):
+    """(name, (logical numpy shape, allowed ggml types)) in file order, per MODEL.md §4.3."""
     H, I, E = cfg.embedding_length, cfg.expert_feed_forward_length, cfg.expert_count
     Q, KV, V = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length, cfg.vocab_size
-    out = {
-        "token_embd.weight": ((V, H), MATRIX_TYPES),
-        "output_norm.weight": ((H,), (F32,)),
-        "output.weight": ((V, H), MATRIX_TYPES),
-    }
+    yield "token_embd.weight", ((V, H), MATRIX_TYPES)
+    yield "output_norm.weight", ((H,), (F32,))
+    yield "output.weight", ((V, H), MATRIX_TYPES)
     for n in range(cfg.block_count):
         p = f"blk.{n}."
-        out.update({
+        yield from {
             p + "attn_norm.weight": ((H,), (F32,)),
             p + "attn_q.weight": ((Q, H), MATRIX_TYPES),
             p + "attn_q.bias": ((Q,), (F32,)),
@@ -224,15 +227,14 @@ def expected_tensors(cfg: ModelConfig) -> dict:
             p + "ffn_up_exps.bias": ((E, I), (F32,)),
             p + "ffn_down_exps.weight": ((E, H, I), EXPERT_TYPES),
             p + "ffn_down_exps.bias": ((E, H), (F32,)),
-        })
-    return out
+        }.items()
 
 
 def _check_tensors(reader: GgufFile, cfg: ModelConfig, path: Path, file_size: int):
-    # GgufFile has already checked that every tensor's bytes lie inside the file.
-    want = expected_tensors(cfg)
+    # GgufFile has already checked that every tensor's bytes lie inside the file. Expected names
+    # are generated lazily: a hostile block_count stops at the first missing tensor.
     tensors, types = {}, {}
-    for name, (shape, allowed) in want.items():
+    for name, (shape, allowed) in iter_expected_tensors(cfg):
         t = reader.tensors.get(name)
         if t is None:
             raise ModelError(f"{path}: tensor '{name}' is missing")
@@ -248,7 +250,7 @@ def _check_tensors(reader: GgufFile, cfg: ModelConfig, path: Path, file_size: in
             raise ModelError(f"{path}: tensor '{name}' is not 4-byte aligned")
         tensors[name] = (reader.tensor_bytes(name), t.ggml_type, shape)
         types[name] = type_name
-    extra = sorted(set(reader.tensors) - set(want))
+    extra = sorted(set(reader.tensors) - set(tensors))
     if extra:
         raise ModelError(f"{path}: unexpected tensor '{extra[0]}' for a gpt-oss model with "
                          f"{cfg.block_count} blocks")

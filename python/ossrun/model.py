@@ -6,6 +6,7 @@ while the core computes.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -138,7 +139,7 @@ class Model:
         ids = _check_ids(ids, self.n_vocab)
         if ids.size == 0:
             raise ValueError("generate() needs a prompt of at least one token")
-        if s.n_past + ids.size + max_tokens > s.n_ctx and s.n_past + ids.size > s.n_ctx:
+        if s.n_past + ids.size > s.n_ctx:  # generation itself stops when the context is full
             raise ContextOverflowError(
                 f"prompt of {ids.size} tokens does not fit the context ({s.n_past} used of {s.n_ctx})")
         return self._generate(s, ids, max_tokens, sampler, stop)
@@ -193,7 +194,7 @@ class Session:
 
     def decode(self, token_id: int) -> np.ndarray:
         """Append one token; returns its logits, float32 [n_vocab]."""
-        return self.prefill([int(token_id)])
+        return self.prefill([operator.index(token_id)])
 
     def _prefill(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         if self.n_past + ids.size > self.n_ctx:

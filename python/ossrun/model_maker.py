@@ -169,19 +169,18 @@ class Vocabulary:
     @functools.cached_property
     def kv(self) -> dict[str, bytes]:
         """Key -> serialised KV entry; cached because packing 650k strings takes a while."""
-        return {
-            "tokenizer.ggml.model": _kv_string("tokenizer.ggml.model", "gpt2"),
-            "tokenizer.ggml.pre": _kv_string("tokenizer.ggml.pre", "gpt-4o"),
-            "tokenizer.ggml.tokens": _kv_string_array("tokenizer.ggml.tokens", self.tokens),
-            "tokenizer.ggml.token_type": _kv_int32_array(
-                "tokenizer.ggml.token_type", self.token_types
-            ),
-            "tokenizer.ggml.merges": _kv_string_array("tokenizer.ggml.merges", self.merges),
-            "tokenizer.ggml.bos_token_id": _kv_u32("tokenizer.ggml.bos_token_id", self.bos_id),
-            "tokenizer.ggml.eos_token_id": _kv_u32("tokenizer.ggml.eos_token_id", self.eos_id),
-            "tokenizer.ggml.padding_token_id": _kv_u32(
-                "tokenizer.ggml.padding_token_id", self.pad_id
-            ),
+        t = "tokenizer.ggml."
+        scalars = [
+            (t + "model", VT.STRING, "gpt2"),
+            (t + "pre", VT.STRING, "gpt-4o"),
+            (t + "bos_token_id", VT.UINT32, self.bos_id),
+            (t + "eos_token_id", VT.UINT32, self.eos_id),
+            (t + "padding_token_id", VT.UINT32, self.pad_id),
+        ]
+        return {key: _kv(key, vtype, value) for key, vtype, value in scalars} | {
+            t + "tokens": _kv_string_array(t + "tokens", self.tokens),
+            t + "token_type": _kv_int32_array(t + "token_type", self.token_types),
+            t + "merges": _kv_string_array(t + "merges", self.merges),
         }
 
 
@@ -248,8 +247,8 @@ def _o200k_vocab(path: str, n_vocab: int) -> Vocabulary:
 
 
 def default_vocab_file() -> Path | None:
-    """$OSSRUN_VOCAB_FILE, else the project's shared/vocab copy next to a source checkout."""
-    env = os.environ.get("OSSRUN_VOCAB_FILE")
+    """$OSSRUN_VOCAB, else the project's shared/vocab copy next to a source checkout."""
+    env = os.environ.get("OSSRUN_VOCAB")
     candidates = [Path(env)] if env else []
     candidates.append(
         Path(__file__).resolve().parents[3] / "shared" / "vocab" / "o200k_base.tiktoken"
@@ -267,16 +266,13 @@ def _str(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def _kv_u32(key: str, v: int) -> bytes:
-    return _str(key) + struct.pack("<II", VT.UINT32, v)
+_SCALAR_FORMATS = {VT.UINT32: "<I", VT.FLOAT32: "<f"}
 
 
-def _kv_f32(key: str, v: float) -> bytes:
-    return _str(key) + struct.pack("<If", VT.FLOAT32, v)
-
-
-def _kv_string(key: str, v: str) -> bytes:
-    return _str(key) + struct.pack("<I", VT.STRING) + _str(v)
+def _kv(key: str, vtype: VT, value) -> bytes:
+    """One serialised KV entry with a scalar or string value."""
+    packed = _str(value) if vtype == VT.STRING else struct.pack(_SCALAR_FORMATS[vtype], value)
+    return _str(key) + struct.pack("<I", vtype) + packed
 
 
 def _kv_string_array(key: str, values: list[str]) -> bytes:
@@ -292,32 +288,27 @@ def _kv_int32_array(key: str, values: np.ndarray) -> bytes:
 def _model_kv(hp: HParams, name: str) -> dict[str, bytes]:
     a = "gpt-oss."
     entries = [
-        _kv_string("general.architecture", "gpt-oss"),
-        _kv_string("general.name", name),
-        _kv_u32(a + "block_count", hp.layers),
-        _kv_u32(a + "context_length", hp.context_length),
-        _kv_u32(a + "embedding_length", hp.hidden),
-        _kv_u32(a + "feed_forward_length", hp.intermediate),
-        _kv_u32(a + "expert_feed_forward_length", hp.intermediate),
-        _kv_u32(a + "attention.head_count", hp.heads),
-        _kv_u32(a + "attention.head_count_kv", hp.kv_heads),
-        _kv_u32(a + "attention.key_length", hp.head_dim),
-        _kv_u32(a + "attention.value_length", hp.head_dim),
-        _kv_f32(a + "attention.layer_norm_rms_epsilon", hp.rms_eps),
-        _kv_u32(a + "attention.sliding_window", hp.sliding_window),
-        _kv_u32(a + "expert_count", hp.experts),
-        _kv_u32(a + "expert_used_count", hp.top_k),
-        _kv_f32(a + "rope.freq_base", hp.rope_freq_base),
-        _kv_string(a + "rope.scaling.type", "yarn"),
-        _kv_f32(a + "rope.scaling.factor", hp.rope_scaling_factor),
-        _kv_u32(a + "rope.scaling.original_context_length", hp.rope_original_context),
+        ("general.architecture", VT.STRING, "gpt-oss"),
+        ("general.name", VT.STRING, name),
+        (a + "block_count", VT.UINT32, hp.layers),
+        (a + "context_length", VT.UINT32, hp.context_length),
+        (a + "embedding_length", VT.UINT32, hp.hidden),
+        (a + "feed_forward_length", VT.UINT32, hp.intermediate),
+        (a + "expert_feed_forward_length", VT.UINT32, hp.intermediate),
+        (a + "attention.head_count", VT.UINT32, hp.heads),
+        (a + "attention.head_count_kv", VT.UINT32, hp.kv_heads),
+        (a + "attention.key_length", VT.UINT32, hp.head_dim),
+        (a + "attention.value_length", VT.UINT32, hp.head_dim),
+        (a + "attention.layer_norm_rms_epsilon", VT.FLOAT32, hp.rms_eps),
+        (a + "attention.sliding_window", VT.UINT32, hp.sliding_window),
+        (a + "expert_count", VT.UINT32, hp.experts),
+        (a + "expert_used_count", VT.UINT32, hp.top_k),
+        (a + "rope.freq_base", VT.FLOAT32, hp.rope_freq_base),
+        (a + "rope.scaling.type", VT.STRING, "yarn"),
+        (a + "rope.scaling.factor", VT.FLOAT32, hp.rope_scaling_factor),
+        (a + "rope.scaling.original_context_length", VT.UINT32, hp.rope_original_context),
     ]
-    return {_entry_key(e): e for e in entries}
-
-
-def _entry_key(entry: bytes) -> str:
-    (n,) = struct.unpack_from("<Q", entry)
-    return entry[8 : 8 + n].decode()
+    return {key: _kv(key, vtype, value) for key, vtype, value in entries}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,23 +481,24 @@ def write_gguf(
 
     path = Path(path)
     partial = path.with_name(path.name + ".part")
-    with open(partial, "wb") as f:
-        f.write(struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(plans), len(kv)))
-        f.write(b"".join(kv.values()) + b"".join(infos))
-        _pad(f)
-        done, shown = 0, -1
-        for p in plans:
-            for chunk in tensor_chunks(p, seed):
-                f.write(chunk.data)
-                done += chunk.nbytes
-                if show and done * 100 // total != shown:
-                    shown = done * 100 // total
-                    print(
-                        f"\r{path.name}: {shown:3d}% of {total / 2**30:.2f} GiB",
-                        end="",
-                        file=sys.stderr,
-                    )
+    try:
+        with open(partial, "wb") as f:
+            f.write(struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(plans), len(kv)))
+            f.write(b"".join(kv.values()) + b"".join(infos))
             _pad(f)
+            done, shown = 0, -1
+            for p in plans:
+                for chunk in tensor_chunks(p, seed):
+                    f.write(chunk.data)
+                    done += chunk.nbytes
+                    if show and done * 100 // total != shown:
+                        shown = done * 100 // total
+                        percent = f"{shown:3d}% of {total / 2**30:.2f} GiB"
+                        print(f"\r{path.name}: {percent}", end="", file=sys.stderr)
+                _pad(f)
+    except BaseException:  # also Ctrl-C: never leave a partial multi-GiB file behind
+        partial.unlink(missing_ok=True)
+        raise
     if show:
         print(file=sys.stderr)
     os.replace(partial, path)

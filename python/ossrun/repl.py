@@ -7,6 +7,7 @@ one-line summary of tokens and speed.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ from .errors import ContextOverflowError
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 EFFORTS = ("low", "medium", "high")
 BLOCK = '"""'
+# Control characters in model text would move the cursor or restyle the terminal: on a terminal
+# they are shown in caret notation (C0, DEL) or as U+FFFD (C1); newline and tab pass.
+_VISIBLE = {c: f"^{chr(c ^ 0x40)}" for c in [*range(0x20), 0x7F] if c not in (0x09, 0x0A)}
+_VISIBLE.update({c: "\ufffd" for c in range(0x80, 0xA0)})
 
 
 def use_color(stream) -> bool:
@@ -24,15 +29,15 @@ def use_color(stream) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def summary_line(stats, n_ctx: int) -> str:
-    """One line after a reply: token counts, prefill and decode speed, context use."""
+def summary_line(stats, n_past: int, n_ctx: int) -> str:
+    """One line after a reply: token counts, prefill and decode speed, and the context in use
+    (n_past of n_ctx tokens)."""
     def rate(tok_s):
         return f"{tok_s:.1f} tok/s" if tok_s else "-"
 
-    used = stats.prompt_tokens + stats.completion_tokens
     return (f"{stats.prompt_tokens} prompt tokens ({stats.reused_tokens} cached) · "
             f"{stats.completion_tokens} generated · prefill {rate(stats.prefill_tok_s)} · "
-            f"decode {rate(stats.decode_tok_s)} · context {used}/{n_ctx}")
+            f"decode {rate(stats.decode_tok_s)} · context {n_past}/{n_ctx}")
 
 
 class TurnPrinter:
@@ -49,6 +54,7 @@ class TurnPrinter:
         self.show_reasoning = show_reasoning
         self.indicate_thinking = indicate_thinking and color
         self.reply = None
+        self._sanitize = out.isatty()
         self._mode = None  # what is being written: None, "thinking", "reasoning", "content"
         self._at_line_start = True
 
@@ -56,18 +62,19 @@ class TurnPrinter:
         if isinstance(event, ReasoningDelta):
             if self.show_reasoning:
                 self._switch("reasoning")
-                self._emit(event.text)
+                self._emit_model(event.text)
             elif self.indicate_thinking and self._mode is None:
                 self._switch("thinking")
         elif isinstance(event, ContentDelta):
             self._switch("content")
-            self._emit(event.text)
+            self._emit_model(event.text)
         elif isinstance(event, ToolCall):
-            self._note_line(f"→ {event.name}({event.arguments})")
+            args = event.arguments
+            self._note_line(f"→ {event.name}({args if isinstance(args, str) else json.dumps(args)})")
         elif isinstance(event, ToolResult):
             flag = " (error)" if event.is_error else ""
             text = event.content if len(event.content) <= 200 else event.content[:200] + "…"
-            self._note_line(f"← {event.name}{flag}: {text}")
+            self._note_line(f"← {event.name}{flag}: {self._visible(text)}")
         elif isinstance(event, Done):
             self.reply = event.reply
         self.out.flush()
@@ -84,6 +91,12 @@ class TurnPrinter:
         self.finish()
         self._emit("[interrupted]\n")
         self.out.flush()
+
+    def _visible(self, text: str) -> str:
+        return text.translate(_VISIBLE) if self._sanitize else text
+
+    def _emit_model(self, text: str) -> None:
+        self._emit(self._visible(text))
 
     def _emit(self, text: str) -> None:
         if text:
@@ -119,6 +132,10 @@ class TurnPrinter:
         self._emit(f"{DIM}{text}{RESET}\n" if self.color else f"{text}\n")
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _block_open(text: str) -> bool:
     """True while a message started with \"\"\" has not been closed by another \"\"\"."""
     s = text.strip()
@@ -141,6 +158,7 @@ Commands:
   /think show|hide          show or hide the reasoning as it streams
   /effort low|medium|high   reasoning effort for the next replies
   /system TEXT              set the instructions (system prompt); alone: show them
+  /set NAME VALUE           sampling: temperature, top_p, top_k, max_tokens (none = no cap)
   /reset                    start a new conversation
   /save FILE                save the conversation as JSON
   /load FILE                continue a conversation saved with /save
@@ -173,9 +191,10 @@ class Repl:
         self._prompt = self._prompt_session(history_path) if self.stdin.isatty() else None
         self._commands = {
             "think": self._cmd_think, "effort": self._cmd_effort, "system": self._cmd_system,
-            "reset": self._cmd_reset, "save": self._cmd_save, "load": self._cmd_load,
-            "stats": self._cmd_stats, "help": self._cmd_help,
+            "set": self._cmd_set, "reset": self._cmd_reset, "save": self._cmd_save,
+            "load": self._cmd_load, "stats": self._cmd_stats, "help": self._cmd_help,
         }
+        self._last_stats = None  # TurnStats of the last completed reply
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -197,8 +216,13 @@ class Repl:
                 if name in ("exit", "quit", "bye"):
                     return 0
                 self._command(name, arg.strip())
-            else:
+                continue
+            try:
                 self._send(text[1:] if text.startswith("//") else text)
+            except KeyboardInterrupt:
+                # A second Ctrl-C while the first was handled: the chat rolls the turn back
+                # when its stream is closed, at the latest when the next turn starts.
+                self._say(f"{RESET if self.color else ''}\n[interrupted]")
 
     def _read(self) -> str | None:
         if self._prompt is not None:
@@ -267,8 +291,10 @@ class Repl:
             self._error(e)
             return
         reply = printer.finish()
-        if reply is not None:
-            self._note(summary_line(reply.stats, self._n_ctx()))
+        if reply.note:
+            self._note(f"[{reply.note}]")
+        self._last_stats = reply.stats
+        self._note(self._summary(reply.stats))
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -309,6 +335,24 @@ class Repl:
             self._say(f"Instructions: {self.chat.instructions}" if self.chat.instructions
                       else "No instructions set. Usage: /system TEXT")
 
+    def _cmd_set(self, arg: str) -> None:
+        name, _, value = arg.partition(" ")
+        name, value = name.replace("-", "_"), value.strip()
+        parse = {"temperature": float, "top_p": float, "top_k": int,
+                 "max_tokens": lambda v: None if v.lower() in ("none", "off") else int(v)}
+        if name not in parse:
+            self._say("Usage: /set temperature|top_p|top_k|max_tokens VALUE")
+            return
+        if value:
+            try:
+                parsed = parse[name](value)
+            except ValueError:
+                raise ValueError(f"{name}: {value!r} is not a number") from None
+            if name == "max_tokens" and parsed is not None and parsed < 1:
+                raise ValueError(f"max_tokens must be a positive integer or none, got {value!r}")
+            setattr(self.chat, name, parsed)  # the chat's sampler checks the other values
+        self._say(f"{name} = {getattr(self.chat, name)}")
+
     def _cmd_reset(self, arg: str) -> None:
         self.chat.reset()
         self._say("Started a new conversation.")
@@ -319,7 +363,7 @@ class Repl:
             return
         path = Path(arg).expanduser()
         self.chat.save(path)
-        self._say(f"Saved {len(self.chat.messages)} messages to {path}.")
+        self._say(f"Saved {_plural(len(self.chat.messages), 'message')} to {path}.")
 
     def _cmd_load(self, arg: str) -> None:
         if not arg:
@@ -327,16 +371,23 @@ class Repl:
             return
         path = Path(arg).expanduser()
         self.chat = Chat.load(self.model, path)
-        self._say(f"Loaded {len(self.chat.messages)} messages from {path} "
+        self._say(f"Loaded {_plural(len(self.chat.messages), 'message')} from {path} "
                   f"(reasoning effort {self.chat.reasoning}).")
 
     def _cmd_stats(self, arg: str) -> None:
-        m = self.model
-        lines = [f"model      {m.path}", f"compute    {m.threads} threads, {m.isa}, {m.precision}",
-                 f"messages   {len(self.chat.messages)}"]
-        stats = self.chat.stats
-        if stats is not None:
-            lines.append(f"last turn  {summary_line(stats, self._n_ctx())}")
+        m, chat, total = self.model, self.chat, self.chat.stats
+        lines = [
+            f"model       {m.path}",
+            f"compute     {m.threads} threads, {m.isa}, precision {m.precision}",
+            f"context     {chat.session.n_past} of {self._n_ctx()} tokens cached, "
+            f"{len(chat.messages)} messages",
+            f"sampling    temperature {chat.temperature}, top_p {chat.top_p}, top_k {chat.top_k}, "
+            f"max_tokens {chat.max_tokens}, reasoning {chat.reasoning}",
+            f"all turns   {total.turns} turns: {total.prefilled_tokens} tokens prefilled, "
+            f"{total.reused_tokens} reused, {total.generated_tokens} generated",
+        ]
+        if self._last_stats is not None:
+            lines.append(f"last turn   {self._summary(self._last_stats)}")
         self._say("\n".join(lines))
 
     def _cmd_help(self, arg: str) -> None:
@@ -345,7 +396,10 @@ class Repl:
     # -- output -----------------------------------------------------------------------------
 
     def _n_ctx(self) -> int:
-        return getattr(self.chat, "n_ctx", None) or self.model.n_ctx
+        return self.chat.session.n_ctx
+
+    def _summary(self, stats) -> str:
+        return summary_line(stats, self.chat.session.n_past, self._n_ctx())
 
     def _banner(self) -> None:
         m = self.model
@@ -362,8 +416,7 @@ class Repl:
 
     def _error(self, e: BaseException) -> None:
         if isinstance(e, ContextOverflowError):
-            msg = (f"{e}. The conversation no longer fits the context: /reset to start over, "
-                   "or restart with a larger --ctx.")
+            msg = f"{e} (/reset starts over; --ctx sets the context at startup)"
         elif isinstance(e, OSError) and e.strerror and e.filename is not None:
             msg = f"{e.filename}: {e.strerror}"
         else:

@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 
 class Sampler:
     def __init__(self, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed=None):
+        for name, v in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
         if not (temperature >= 0 and np.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if int(top_k) != top_k or top_k < 0:
+        if top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
         self.temperature = float(temperature)
         self.top_p = float(top_p)

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import tiktoken
+from gguf import GGUFValueType
 
 from .errors import ModelError
 
@@ -141,45 +142,64 @@ TOKEN_BYTE = 6
 _PRE_TOKENIZERS = {"gpt-4o": O200K_PATTERN}
 _BPE_TYPES = (TOKEN_NORMAL, TOKEN_BYTE)
 _SPECIAL_TYPES = (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED)
+ARRAY, STRING = GGUFValueType.ARRAY, GGUFValueType.STRING
+_INT_TYPES = frozenset(t for t in GGUFValueType if t.name.startswith(("INT", "UINT")))
+_TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.token_type",
+)
 
 
 def tokenizer_from_gguf(reader) -> Tokenizer | None:
     """The file's own vocabulary (MODEL.md §4.2b) as a tiktoken encoding; None without one.
 
-    reader: an `ossrun.gguf_reader.GgufFile` (metadata already decoded). Normal tokens become mergeable ranks (rank = id: o200k's ids are
-    its merge priorities, so the merges list is not needed); control / user-defined / unused
-    tokens become special tokens named by their strings, except llama.cpp's `[PAD…]` fillers,
-    which get o200k_harmony's `<|reserved_N|>` names. Raises ModelError naming the key on
-    malformed metadata.
+    reader: an `ossrun.gguf_reader.GgufFile` (the loader's fast reader) or a `gguf.GGUFReader`.
+    Normal tokens become mergeable ranks (rank = id: o200k's ids are its merge priorities, so the
+    merges list is not needed); control / user-defined / unused tokens become special tokens
+    named by their strings, except llama.cpp's `[PAD…]` fillers, which get o200k_harmony's
+    `<|reserved_N|>` names. Raises ModelError naming the key on malformed metadata.
     """
-    fields = reader.metadata
-    if "tokenizer.ggml.model" not in fields and "tokenizer.ggml.tokens" not in fields:
+    values, types = _tokenizer_metadata(reader)
+    if "tokenizer.ggml.model" not in values and "tokenizer.ggml.tokens" not in values:
         return None
-    model = _string(fields, "tokenizer.ggml.model")
+    model = _typed(values, types, "tokenizer.ggml.model", {STRING}, "a string")
     if model != "gpt2":
         raise ModelError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2')")
-    pre = _string(fields, "tokenizer.ggml.pre")
+    pre = _typed(values, types, "tokenizer.ggml.pre", {STRING}, "a string")
     if pre not in _PRE_TOKENIZERS:
         known = ", ".join(_PRE_TOKENIZERS)
         raise ModelError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {known})")
 
-    tokens = _string_array(fields, "tokenizer.ggml.tokens")
-    types = _int_array(fields, "tokenizer.ggml.token_type")
-    if len(types) != len(tokens):
+    tokens = _typed(
+        values, types, "tokenizer.ggml.tokens", {(ARRAY, STRING)}, "an array of strings"
+    )
+    token_types = _typed(
+        values,
+        types,
+        "tokenizer.ggml.token_type",
+        {(ARRAY, t) for t in _INT_TYPES},
+        "an array of integers",
+    )
+    token_types = np.asarray(token_types, dtype=np.int64)
+    if not tokens:
+        raise ModelError("tokenizer.ggml.tokens is empty")
+    if len(token_types) != len(tokens):
         raise ModelError(
-            f"tokenizer.ggml.token_type has {len(types)} entries "
+            f"tokenizer.ggml.token_type has {len(token_types)} entries "
             f"but tokenizer.ggml.tokens has {len(tokens)}"
         )
-    unsupported = np.flatnonzero(~np.isin(types, _BPE_TYPES + _SPECIAL_TYPES))
+    unsupported = np.flatnonzero(~np.isin(token_types, _BPE_TYPES + _SPECIAL_TYPES))
     if len(unsupported):
         i = int(unsupported[0])
-        raise ModelError(f"tokenizer.ggml.token_type[{i}] = {types[i]} is not supported")
+        raise ModelError(f"tokenizer.ggml.token_type[{i}] = {token_types[i]} is not supported")
 
-    ranks = _mergeable_ranks(tokens, np.flatnonzero(np.isin(types, _BPE_TYPES)).tolist())
+    ranks = _mergeable_ranks(tokens, np.flatnonzero(np.isin(token_types, _BPE_TYPES)).tolist())
     specials: dict[str, int] = {}
-    for i in np.flatnonzero(np.isin(types, _SPECIAL_TYPES)).tolist():
+    for i in np.flatnonzero(np.isin(token_types, _SPECIAL_TYPES)).tolist():
         name = tokens[i]
-        if types[i] == TOKEN_UNUSED and name.startswith("[PAD"):
+        if token_types[i] == TOKEN_UNUSED and name.startswith("[PAD"):
             name = f"<|reserved_{i}|>"
         if name in specials:
             raise ModelError(
@@ -232,29 +252,41 @@ def _mergeable_ranks(tokens: list[str], ids: list[int]) -> dict[bytes, int]:
     return ranks
 
 
-def _field(fields, key: str):
-    value = fields.get(key)
-    if value is None:
+def _tokenizer_metadata(reader) -> tuple[dict, dict]:
+    """(key -> value, key -> type) as `GgufFile` holds them; array types are (ARRAY, element)."""
+    if hasattr(reader, "metadata"):  # ossrun.gguf_reader.GgufFile: already decoded
+        return reader.metadata, reader.value_types
+    values, types = {}, {}  # gguf.GGUFReader: decode the few keys used here from its parts
+    for key in _TOKENIZER_KEYS:
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        kind = list(field.types)
+        parts = [field.parts[i] for i in field.data]
+        if kind[0] != ARRAY:
+            types[key] = kind[0]
+            values[key] = _decode(key, parts[0]) if kind[0] == STRING else parts[0][0]
+        elif len(kind) == 1:  # an empty array has no element type
+            types[key], values[key] = (ARRAY, None), []
+        else:
+            types[key] = (ARRAY, kind[1])
+            if kind[1] == STRING:
+                values[key] = [_decode(key, p) for p in parts]
+            else:  # one 1-element array per entry; concatenate gathers them in C
+                values[key] = np.concatenate(parts)
+    return values, types
+
+
+def _decode(key: str, raw) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"GGUF key {key} holds a string that is not valid UTF-8") from None
+
+
+def _typed(values: dict, types: dict, key: str, allowed: set, what: str):
+    if key not in values:
         raise ModelError(f"GGUF tokenizer metadata lacks {key}")
-    return value
-
-
-def _string(fields, key: str) -> str:
-    value = _field(fields, key)
-    if not isinstance(value, str):
-        raise ModelError(f"GGUF key {key} must be a string")
-    return value
-
-
-def _string_array(fields, key: str) -> list[str]:
-    value = _field(fields, key)
-    if not isinstance(value, list) or not value:
-        raise ModelError(f"GGUF key {key} must be a non-empty array of strings")
-    return value
-
-
-def _int_array(fields, key: str) -> np.ndarray:
-    value = _field(fields, key)
-    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.integer):
-        raise ModelError(f"GGUF key {key} must be a non-empty array of integers")
-    return value.astype(np.int64)
+    if types.get(key) not in allowed:
+        raise ModelError(f"GGUF key {key} must be {what}")
+    return values[key]

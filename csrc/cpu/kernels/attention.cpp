@@ -24,13 +24,22 @@ void attention_row(const AttentionRowArgs& a) {
         m = std::max(m, s);
     }
     float den = std::exp(a.sink - m);
-    for (int64_t i = 0; i < n; ++i) {
+    const vfloat mv = vsplat(m);
+    int64_t i = 0;
+    vfloat dv = {};
+    for (; i + kVW <= n; i += kVW) {
+        const vfloat e = vexp_nonpositive(vload(a.scores + i) - mv);
+        vstore(a.scores + i, e);
+        dv += e;
+    }
+    den += hsum(dv);
+    for (; i < n; ++i) {
         a.scores[i] = std::exp(a.scores[i] - m);
         den += a.scores[i];
     }
     const float inv = 1.0f / den;
     for (int64_t c = 0; c < d; ++c) a.out[c] = 0.0f;
-    for (int64_t i = 0; i < n; ++i) {
+    for (i = 0; i < n; ++i) {
         const float w = a.scores[i] * inv;
         const float* v = a.v_cache + ((a.j_lo + i) % a.cap) * a.slot_stride;
         const vfloat wv = vsplat(w);
