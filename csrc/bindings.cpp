@@ -186,6 +186,8 @@ auto translated(F&& fn) -> decltype(fn()) {
         return fn();
     } catch (const std::length_error& e) {
         throw py::value_error(e.what());
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
     } catch (const std::out_of_range& e) {
         throw py::index_error(e.what());
     }
@@ -380,6 +382,23 @@ PYBIND11_MODULE(_core, m) {
             });
             return logits;
         }, py::arg("ids"), py::arg("all_logits") = false)
+        .def("prefill_traced", [](Session& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids) {
+            // Debugging aid on a fresh context: logits [n, V] and the residual stream after each
+            // half layer [2L, n, H] (attention half, then MoE half).
+            if (ids.ndim() != 1 || ids.shape(0) < 1) throw py::value_error("ids must be a non-empty 1-D array");
+            const int64_t n = ids.shape(0), V = s.vocab_size();
+            const int64_t L = s.config().block_count, H = s.config().embedding_length;
+            py::array_t<float> logits({n, V});
+            float* out = logits.mutable_data();
+            std::vector<float> res;
+            translated([&] {
+                py::gil_scoped_release nogil;
+                res = s.prefill_traced(ids.data(), n, out);
+            });
+            py::array_t<float> residuals({2 * L, n, H});
+            std::copy(res.begin(), res.end(), residuals.mutable_data());
+            return py::make_tuple(logits, residuals);
+        }, py::arg("ids"))
         .def_property_readonly("n_past", &Session::n_past)
         .def_property_readonly("n_ctx", &Session::n_ctx)
         .def_property_readonly("kv_bytes", &Session::kv_bytes)

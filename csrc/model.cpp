@@ -59,9 +59,11 @@ void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, i
         rmsnorm_rows(s.residual.data(), w.attn_norm, s.normed.data(), T);
         attention_block(kv, s, l, T, pos0);                 // -> s.proj
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
+        trace(s, T);
         rmsnorm_rows(s.residual.data(), w.post_attention_norm, s.normed.data(), T);
         moe_block(s, l, T);                                 // -> s.proj
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
+        trace(s, T);
     }
 
     // Final norm and unembedding, only for the positions whose logits are wanted.
@@ -130,6 +132,10 @@ void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
             }
         }
     });
+}
+
+void Model::trace(Scratch& s, int64_t T) {
+    if (s.trace) s.trace->insert(s.trace->end(), s.residual.begin(), s.residual.begin() + T * config_.embedding_length);
 }
 
 void Model::add_into(float* dst, const float* src, int64_t n) {

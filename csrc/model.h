@@ -36,6 +36,9 @@ struct Scratch {
     std::vector<float> pair_weight;                      // [T * k]
     std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
     std::vector<MatmulArgs> jobs;
+    // When set, forward() appends the residual stream [T, H] after every attention and MoE
+    // half (2 per layer), so a tool can find the first step where we leave the reference.
+    std::vector<float>* trace = nullptr;
 };
 
 class Model {
@@ -66,6 +69,7 @@ private:
     void attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0);
     void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);
+    void trace(Scratch& s, int64_t T);
 
     ModelConfig config_;
     ModelWeights weights_;

@@ -32,6 +32,21 @@ void Session::prefill(const int32_t* ids, int64_t n, float* logits, bool all_log
     }
 }
 
+std::vector<float> Session::prefill_traced(const int32_t* ids, int64_t n, float* logits) {
+    if (n < 1 || n > kMaxChunk) throw std::invalid_argument("a traced prefill takes 1..256 tokens");
+    reset();
+    std::vector<float> residuals;
+    scratch_.trace = &residuals;
+    try {
+        prefill(ids, n, logits, true);
+    } catch (...) {
+        scratch_.trace = nullptr;
+        throw;
+    }
+    scratch_.trace = nullptr;
+    return residuals;
+}
+
 void Session::truncate(int64_t n) {
     if (n < 0 || n > n_past())
         throw std::out_of_range("truncate(" + std::to_string(n) + ") outside [0, n_past = " +

@@ -21,9 +21,13 @@ public:
     const std::vector<int32_t>& tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_.bytes(); }
     int64_t vocab_size() const { return model_->config().vocab_size; }
+    const ModelConfig& config() const { return model_->config(); }
 
     // Appends tokens; writes [n, V] logits when all_logits, else the last position's [V].
     void prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits);
+    // prefill() on a fresh session that also returns the residual stream after every half
+    // layer: [2L][n][H] (n <= kMaxChunk, one chunk).
+    std::vector<float> prefill_traced(const int32_t* ids, int64_t n, float* logits);
     void truncate(int64_t n);
     void reset();
 

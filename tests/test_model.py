@@ -93,6 +93,20 @@ def test_fast_precision_at_least_as_close_as_reference_bf16(fx):
     assert agreement(logits, fx["gold"]) >= 0.95
 
 
+def test_block_residuals_match_golden(fx):
+    # The residual stream after every attention and MoE half against the reference's own
+    # (ref32_attn_L / ref32_mlp_L): this localises a failure to the first step that leaves it.
+    g = np.load(fx["dir"] / "golden.npz")
+    m = load(fx["gguf"], precision="f32")
+    logits, residuals = m.session()._core.prefill_traced(np.asarray(fx["tokens"], np.int32))
+    assert rel_err(logits, fx["gold"]) < TOL
+    for layer in range(m.config.block_count):
+        for half, name in enumerate(("attn", "mlp")):
+            ref = g[f"ref32_{name}_{layer}"]
+            err = rel_err(residuals[2 * layer + half], ref)
+            assert err < TOL, f"layer {layer} {name}: {err:.2e}"
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_decode_token_by_token_equals_golden(fx, isa):
     # Prefill one token, then decode one at a time: every step's logits against the golden row.

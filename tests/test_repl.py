@@ -15,13 +15,12 @@ import os
 import sys
 import time
 
+import ossrun
 import pexpect
 import pytest
-
-import ossrun
 from ossrun import model_maker as mm
 from ossrun.chat import ContentDelta, Done, ReasoningDelta, Reply, ToolCall, TurnStats
-from ossrun.repl import Repl, TurnPrinter, summary_line
+from ossrun.repl import Repl, Spinner, TurnPrinter, summary_line
 
 PROMPT = ">>>"  # prompt_toolkit draws the trailing space as a cursor move
 SUMMARY = "generated ·"  # in every per-reply summary line
@@ -206,9 +205,8 @@ def test_reasoning_without_color_is_framed():
         "Thinking...\nLet me think.\n...done thinking.\n\nThe answer is 4.\n")
 
 
-def test_hidden_reasoning_shows_a_placeholder_then_erases_it():
-    assert render(EVENTS, color=True, show=False) == (
-        "\x1b[2mThinking...\x1b[0m\r\x1b[KThe answer is 4.\n")
+def test_hidden_reasoning():
+    assert render(EVENTS, color=True, show=False) == "The answer is 4.\n"
     assert render(EVENTS, color=False, show=False) == "The answer is 4.\n"
 
 
@@ -222,6 +220,20 @@ def test_tool_calls_are_one_liners():
     out = render([ContentDelta("Checking"), ToolCall("get_weather", {"city": "Paris"})],
                  color=False, show=True)
     assert out == 'Checking\n→ get_weather({"city": "Paris"})\n'
+
+
+def test_spinner_draws_after_its_delay_and_erases_itself():
+    out = FakeTTY()
+    with Spinner("Loading", stream=out, delay=0):
+        time.sleep(0.3)
+    assert "Loading" in out.getvalue() and out.getvalue().endswith("\r\x1b[K")
+    quick = FakeTTY()
+    with Spinner("Loading", stream=quick, delay=5):
+        pass
+    assert quick.getvalue() == ""
+    with Spinner("Loading", stream=io.StringIO(), delay=0) as not_a_tty:
+        time.sleep(0.2)
+    assert not_a_tty.stream.getvalue() == ""
 
 
 def test_summary_line():

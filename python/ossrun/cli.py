@@ -15,8 +15,6 @@ import json
 import math
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 from . import __version__
@@ -190,47 +188,6 @@ def _bench_module():
 # Loading
 
 
-class Spinner:
-    """A spinner line on stderr while a slow call runs: drawn only on a terminal, only after
-    0.5 s (most loads are faster), erased when the call returns."""
-
-    def __init__(self, label: str, stream=None):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._drawn = False
-        utf8 = (getattr(self.stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
-        self._frames = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if utf8 else "|/-\\"
-
-    def __enter__(self):
-        if self.stream.isatty():
-            self._thread = threading.Thread(target=self._spin, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-    def _spin(self):
-        start = time.monotonic()
-        if self._done.wait(0.5):
-            return
-        i = 0
-        while not self._done.is_set():
-            frame = self._frames[i % len(self._frames)]
-            self.stream.write(f"\r{frame} {self.label} {time.monotonic() - start:.1f}s")
-            self.stream.flush()
-            self._drawn = True
-            i += 1
-            self._done.wait(0.1)
-
-
 def _context_length(path) -> int:
     from .gguf_loader import open_gguf
 
@@ -240,6 +197,7 @@ def _context_length(path) -> int:
 def load_model(path, args):
     """Load `path` with the --ctx, --threads and --precision flags, showing a spinner."""
     from .model import Model
+    from .repl import Spinner
 
     path = Path(path).expanduser()
     size = path.stat().st_size if path.is_file() else 0
@@ -265,10 +223,11 @@ def cmd_chat(args) -> int:
 
     path = args.model
     if path is None:
-        from .demo import NOTICE, demo_model
+        from .demo import DEMO_MAX_TOKENS, NOTICE, demo_model
 
         path = demo_model(ossrun_dir("cache"), on_create=lambda msg: print(msg, file=sys.stderr))
         print(NOTICE + "\n", file=sys.stderr)
+        args.max_tokens = args.max_tokens or DEMO_MAX_TOKENS
     model = load_model(path, args)
     repl = Repl(model, new_chat(model, args), history_path=ossrun_dir("data") / "history",
                 show_reasoning=not args.hide_reasoning)
@@ -289,10 +248,12 @@ def cmd_run(args) -> int:
         print(json.dumps(reply_json(reply), indent=2, ensure_ascii=False))
     else:
         printer = TurnPrinter(sys.stdout, color=use_color(sys.stdout),
-                              show_reasoning=args.show_reasoning, indicate_thinking=False)
-        for event in chat.stream(prompt):
-            printer.write(event)
-        reply = printer.finish()
+                              show_reasoning=args.show_reasoning)
+        try:
+            for event in chat.stream(prompt):
+                printer.write(event)
+        finally:
+            reply = printer.finish()
         if reply.note:
             print(f"ossrun: note: {reply.note}", file=sys.stderr)
         elif not reply.content:

@@ -16,11 +16,15 @@ from pathlib import Path
 DEMO_VERSION = 1
 DEMO_SEED = 0
 # gpt-oss proportions at a size that is made in well under a second and decodes quickly.
-DEMO_SHAPE = dict(layers=4, hidden=128, intermediate=128, heads=4, kv_heads=2, head_dim=64,
-                  experts=4, top_k=2, sliding_window=128)
+DEMO_SHAPE = {"layers": 4, "hidden": 128, "intermediate": 128, "heads": 4, "kv_heads": 2,
+              "head_dim": 64, "experts": 4, "top_k": 2, "sliding_window": 128}
+
+# Random weights rarely sample a stop token: replies are capped so that a turn ends quickly.
+DEMO_MAX_TOKENS = 256
 
 NOTICE = (
-    "This is ossrun's built-in demo model: its weights are random, so its replies are noise.\n"
+    "This is ossrun's built-in demo model: its weights are random, so its replies are empty\n"
+    "or noise; it shows that ossrun works on this machine and how fast.\n"
     "For a real model, download a gpt-oss GGUF such as ggml-org/gpt-oss-20b-GGUF and run\n"
     "`ossrun chat path/to/gpt-oss-20b-mxfp4.gguf`."
 )

@@ -10,6 +10,8 @@ import difflib
 import json
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .chat import Chat, ContentDelta, Done, ReasoningDelta, ToolCall, ToolResult
@@ -40,22 +42,75 @@ def summary_line(stats, n_past: int, n_ctx: int) -> str:
             f"decode {rate(stats.decode_tok_s)} · context {n_past}/{n_ctx}")
 
 
+class Spinner:
+    """A spinner line while something slow runs, on a terminal only: drawn after `delay`
+    seconds (most waits are shorter) with the time elapsed, erased by `stop()`. The label may
+    change while it spins."""
+
+    def __init__(self, label: str = "", stream=None, delay: float = 0.5, style: str = ""):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.delay = delay
+        self.style = style
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn = False
+        utf8 = (getattr(self.stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
+        self._frames = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" if utf8 else "|/-\\"
+
+    def start(self) -> Spinner:
+        if self.stream.isatty() and self._thread is None:
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop and erase the line; the caller may write to the stream once this returns."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+
+    def __enter__(self) -> Spinner:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _spin(self) -> None:
+        start = time.monotonic()
+        if self._done.wait(self.delay):
+            return
+        i = 0
+        while not self._done.is_set():
+            label = f"{self.label} " if self.label else ""
+            text = f"{self._frames[i % len(self._frames)]} {label}{time.monotonic() - start:.1f}s"
+            self.stream.write(f"\r{self.style}{text}{RESET if self.style else ''}\x1b[K")
+            self.stream.flush()
+            self._drawn = True
+            i += 1
+            self._done.wait(0.1)
+
+
 class TurnPrinter:
     """Writes one turn's stream events to `out` as they arrive.
 
     Reasoning is dimmed (without color it is framed by "Thinking..." / "...done thinking.");
-    when hidden, a dim "Thinking..." stands in for it on a color terminal until the answer
-    starts (`indicate_thinking`). Tool calls and results are dim one-liners.
+    tool calls and results are dim one-liners. On a terminal a spinner fills the wait for the
+    first visible text (prefill, or reasoning while it is hidden).
     """
 
-    def __init__(self, out, color: bool, show_reasoning: bool, indicate_thinking: bool = True):
+    def __init__(self, out, color: bool, show_reasoning: bool):
         self.out = out
         self.color = color
         self.show_reasoning = show_reasoning
-        self.indicate_thinking = indicate_thinking and color
         self.reply = None
         self._sanitize = out.isatty()
-        self._mode = None  # what is being written: None, "thinking", "reasoning", "content"
+        self._spinner = Spinner(stream=out, style=DIM if color else "").start()
+        self._mode = None  # what is being written: None, "reasoning" or "content"
         self._at_line_start = True
 
     def write(self, event) -> None:
@@ -63,8 +118,8 @@ class TurnPrinter:
             if self.show_reasoning:
                 self._switch("reasoning")
                 self._emit_model(event.text)
-            elif self.indicate_thinking and self._mode is None:
-                self._switch("thinking")
+            else:
+                self._spinner.label = "Thinking"
         elif isinstance(event, ContentDelta):
             self._switch("content")
             self._emit_model(event.text)
@@ -81,6 +136,7 @@ class TurnPrinter:
 
     def finish(self):
         """End the turn's output on a fresh line; returns the Reply (None if not done)."""
+        self._spinner.stop()
         self._switch(None)
         if not self._at_line_start:
             self._emit("\n")
@@ -106,9 +162,8 @@ class TurnPrinter:
     def _switch(self, mode) -> None:
         if mode == self._mode:
             return
-        if self._mode == "thinking":
-            self.out.write("\r\x1b[K")  # erase the placeholder
-        elif self._mode == "reasoning":
+        self._spinner.stop()
+        if self._mode == "reasoning":
             if self.color:
                 self.out.write(RESET)
             if not self._at_line_start:
@@ -117,9 +172,7 @@ class TurnPrinter:
                 self._emit("...done thinking.\n")
             if mode is not None:
                 self._emit("\n")
-        if mode == "thinking":
-            self.out.write(f"{DIM}Thinking...{RESET}")
-        elif mode == "reasoning":
+        if mode == "reasoning":
             if not self._at_line_start:
                 self._emit("\n")
             self._emit(f"{DIM}" if self.color else "Thinking...\n")
@@ -146,10 +199,7 @@ def _message_text(text: str) -> str:
     """The input without surrounding whitespace and without the quotes of a \"\"\" block."""
     s = text.strip()
     if s.startswith(BLOCK):
-        s = s[len(BLOCK):]
-        if s.endswith(BLOCK):
-            s = s[: -len(BLOCK)]
-        s = s.strip("\n")
+        s = s[len(BLOCK):].removesuffix(BLOCK).strip("\n")
     return s
 
 
@@ -379,12 +429,12 @@ class Repl:
         lines = [
             f"model       {m.path}",
             f"compute     {m.threads} threads, {m.isa}, precision {m.precision}",
-            f"context     {chat.session.n_past} of {self._n_ctx()} tokens cached, "
-            f"{len(chat.messages)} messages",
-            f"sampling    temperature {chat.temperature}, top_p {chat.top_p}, top_k {chat.top_k}, "
-            f"max_tokens {chat.max_tokens}, reasoning {chat.reasoning}",
-            f"all turns   {total.turns} turns: {total.prefilled_tokens} tokens prefilled, "
-            f"{total.reused_tokens} reused, {total.generated_tokens} generated",
+            (f"context     {chat.session.n_past} of {self._n_ctx()} tokens cached, "
+             f"{_plural(len(chat.messages), 'message')}"),
+            (f"sampling    temperature {chat.temperature}, top_p {chat.top_p}, "
+             f"top_k {chat.top_k}, max_tokens {chat.max_tokens}, reasoning {chat.reasoning}"),
+            (f"all turns   {_plural(total.turns, 'turn')}: {total.prefilled_tokens} tokens "
+             f"prefilled, {total.reused_tokens} reused, {total.generated_tokens} generated"),
         ]
         if self._last_stats is not None:
             lines.append(f"last turn   {self._summary(self._last_stats)}")
