@@ -346,21 +346,25 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "ossrun's C++ core (internal; use the ossrun package)";
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-        .def(py::init([](const py::dict& cfg, const py::dict& tensors, int threads, const std::string& isa) {
+        .def(py::init([](const py::dict& cfg, const py::dict& tensors, int threads, const std::string& isa,
+                         const std::string& precision) {
                  if (threads < 1 || threads > 1024) throw py::value_error("threads must be in [1, 1024]");
                  ModelConfig c = config_from_dict(cfg);
                  ModelWeights w = weights_from_dict(c, tensors);
                  ModelOptions o;
                  o.threads = threads;
                  o.isa = isa;
+                 o.precision = precision;
                  try {
                      return std::make_shared<Model>(c, std::move(w), o);
                  } catch (const std::invalid_argument& e) {
                      throw py::value_error(e.what());
                  }
              }),
-             py::arg("config"), py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "auto")
+             py::arg("config"), py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "auto",
+             py::arg("precision") = "fast")
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
+        .def_property_readonly("uses_bf16", &Model::uses_bf16)
         .def_property_readonly("threads", &Model::threads);
 
     py::class_<Session>(m, "Session")

@@ -20,6 +20,9 @@ struct MatmulArgs {
     float* y = nullptr;
     int64_t ldy = 0;
     const float* bias = nullptr;  // [rows] or null
+    // Optional bf16 copy of x (same strides), for the fast path: a variant that has a bf16 GEMM
+    // uses it for MXFP4 weights, whose values bf16 holds exactly; the activations lose bits.
+    const uint16_t* x_bf16 = nullptr;
 };
 
 // One query head at one position against keys j_lo..j_hi (inclusive) of a KV cache whose slot
@@ -46,6 +49,8 @@ struct KernelTable {
     void (*attention_row)(const AttentionRowArgs& a);
     // y[i] = g[i] * x[i] / sqrt(mean(x^2) + eps), i < n.
     void (*rmsnorm)(const float* x, const float* g, float* y, int64_t n, float eps);
+    // Round x[n] to bf16 (nearest even); null when this variant or CPU has no bf16 GEMM.
+    void (*to_bf16)(const float* x, int64_t n, uint16_t* out);
 };
 
 // The variants this build has and this CPU can run, best first.

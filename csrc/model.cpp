@@ -42,7 +42,19 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
       weights_(std::move(weights)),
       kernels_(select_kernel_table(options.isa)),
       pool_(options.threads),
-      rope_(make_rope_table(config)) {}
+      rope_(make_rope_table(config)),
+      use_bf16_(options.precision == "fast" && kernels_->to_bf16 != nullptr) {
+    if (options.precision != "fast" && options.precision != "f32")
+        throw std::invalid_argument("precision must be 'fast' or 'f32'");
+}
+
+void Model::to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out) {
+    if (int64_t(out.size()) < n * width) out.resize(size_t(n * width));
+    uint16_t* dst = out.data();
+    pool_.parallel_for(n, 8, [&](int64_t r0, int64_t r1) {
+        kernels_->to_bf16(x + r0 * width, (r1 - r0) * width, dst + r0 * width);
+    });
+}
 
 void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
                     float* logits, bool all_logits) {
@@ -218,6 +230,9 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
     // every down projection in another: real GEMMs over each expert's tokens.
+    // Fast precision hands the GEMMs bf16 activations (decode, T < 4, keeps float32 anyway).
+    const bool bf16 = use_bf16_ && T * k >= 4;
+    if (bf16) to_bf16(s.expert_x.data(), T * k, H, s.expert_x_bf16);
     s.jobs.clear();
     for (int64_t e = 0; e < E; ++e) {
         const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
@@ -226,16 +241,19 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
                                      s.expert_gate.data() + p0 * I, w.gate_exps_b + e * I));
         s.jobs.push_back(matmul_args(w.up_exps, e, s.expert_x.data() + p0 * H, n,
                                      s.expert_up.data() + p0 * I, w.up_exps_b + e * I));
+        if (bf16) s.jobs.end()[-2].x_bf16 = s.jobs.end()[-1].x_bf16 = s.expert_x_bf16.data() + p0 * H;
     }
     matmuls(s.jobs.data(), s.jobs.size());
     swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), T * k * I,
                config_.swiglu_alpha, config_.swiglu_limit);
+    if (bf16) to_bf16(s.expert_h.data(), T * k, I, s.expert_h_bf16);
     s.jobs.clear();
     for (int64_t e = 0; e < E; ++e) {
         const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
         if (n == 0) continue;
         s.jobs.push_back(matmul_args(w.down_exps, e, s.expert_h.data() + p0 * I, n,
                                      s.expert_y.data() + p0 * H, w.down_exps_b + e * H));
+        if (bf16) s.jobs.back().x_bf16 = s.expert_h_bf16.data() + p0 * I;
     }
     matmuls(s.jobs.data(), s.jobs.size());
 

@@ -19,6 +19,9 @@ namespace ossrun {
 struct ModelOptions {
     int threads = 1;
     std::string isa = "auto";  // kernel variant, see kernels.h
+    // "f32": float32 activations end to end. "fast": expert GEMMs may take bf16 activations
+    // where the kernel variant has a bf16 GEMM (weights stay exact).
+    std::string precision = "fast";
 };
 
 // Activation buffers for up to max_chunk tokens, allocated once per session.
@@ -35,6 +38,7 @@ struct Scratch {
     std::vector<int32_t> pair_token;                     // [T * k]
     std::vector<float> pair_weight;                      // [T * k]
     std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
+    std::vector<uint16_t> expert_x_bf16, expert_h_bf16;  // fast precision only
     std::vector<MatmulArgs> jobs;
     // When set, forward() appends the residual stream [T, H] after every attention and MoE
     // half (2 per layer), so a tool can find the first step where we leave the reference.
@@ -49,6 +53,7 @@ public:
     const KernelTable& kernels() const { return *kernels_; }
     int threads() const { return pool_.size(); }
     const RopeTable& rope() const { return rope_; }
+    bool uses_bf16() const { return use_bf16_; }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
@@ -70,12 +75,15 @@ private:
     void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);
     void trace(Scratch& s, int64_t T);
+    // bf16 copy of rows [n, width] for the fast GEMM, converted in parallel.
+    void to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out);
 
     ModelConfig config_;
     ModelWeights weights_;
     const KernelTable* kernels_;
     ThreadPool pool_;
     RopeTable rope_;
+    bool use_bf16_;
 };
 
 }  // namespace ossrun

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ContextOverflowError, OssrunError
+from .harmony import REASONING_EFFORTS
 
-EFFORTS = ("low", "medium", "high")
 # Default context: room for long reasoning at "high" effort while the KV cache of gpt-oss-20b
 # stays small (12 full layers x 8192 x 2 x 8 x 64 x 4 bytes = 384 MiB).
 DEFAULT_CTX = 8192
@@ -112,7 +112,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--effort", choices=EFFORTS, default="medium", help="reasoning effort")
+    p.add_argument("--effort", choices=REASONING_EFFORTS, default="medium", help="reasoning effort")
     p.add_argument("--system", metavar="TEXT",
                    help="instructions for the model (harmony's developer message)")
     p.add_argument("--temperature", type=_temperature, default=1.0, metavar="T",
@@ -377,7 +377,10 @@ def _error_text(e: BaseException) -> str:
         return f"{e} (use a larger --ctx or a smaller --max-tokens)"
     if isinstance(e, (OssrunError, OSError, ValueError)):
         return str(e)
-    return f"{type(e).__name__}: {e} (set OSSRUN_DEBUG=1 for the traceback)"
+    # An unexpected error: its first line only (some messages dump whole arguments).
+    lines = str(e).splitlines() or [""]
+    first = lines[0] if len(lines[0]) <= 200 else lines[0][:200] + "…"
+    return f"{type(e).__name__}: {first} (set OSSRUN_DEBUG=1 for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,8 @@ class Model:
         self.n_ctx = n_ctx
         self.precision = precision
         try:
-            self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto")
+            self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
+                                     precision)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
         self.tokenizer = self._load_tokenizer()

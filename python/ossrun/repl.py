@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from .chat import Chat, ContentDelta, Done, ReasoningDelta, ToolCall, ToolResult
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, OssrunError
+from .harmony import REASONING_EFFORTS
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
-EFFORTS = ("low", "medium", "high")
 BLOCK = '"""'
 # Control characters in model text would move the cursor or restyle the terminal: on a terminal
 # they are shown in caret notation (C0, DEL) or as U+FFFD (C1); newline and tab pass.
@@ -74,7 +74,7 @@ class Spinner:
             self.stream.flush()
             self._drawn = False
 
-    def __enter__(self) -> Spinner:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -370,7 +370,7 @@ class Repl:
         self._say(f"Reasoning is {'shown' if self.show_reasoning else 'hidden'}.")
 
     def _cmd_effort(self, arg: str) -> None:
-        if arg in EFFORTS:
+        if arg in REASONING_EFFORTS:
             self.chat.reasoning = arg
         elif arg:
             self._say("Usage: /effort low|medium|high")
@@ -469,7 +469,9 @@ class Repl:
             msg = f"{e} (/reset starts over; --ctx sets the context at startup)"
         elif isinstance(e, OSError) and e.strerror and e.filename is not None:
             msg = f"{e.filename}: {e.strerror}"
-        else:
-            msg = str(e) or type(e).__name__
+        elif isinstance(e, (OssrunError, ValueError, OSError)):
+            msg = str(e)
+        else:  # unexpected: name the type, keep one line
+            msg = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
         sys.stderr.write(f"error: {msg}\n")
         sys.stderr.flush()
