@@ -26,7 +26,7 @@ static double run_threads(int n, F&& fn) {  // wall time of n threads running fn
     return seconds_since(t);
 }
 
-__attribute__((target("avx2"))) static double read_bandwidth(int threads, size_t bytes) {
+static double read_bandwidth(int threads, size_t bytes) {
     std::vector<uint8_t> buf(bytes, 1);
     double best = 1e30;
     for (int rep = 0; rep < 5; ++rep) {
