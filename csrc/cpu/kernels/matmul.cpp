@@ -125,17 +125,25 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     const int64_t nb = n / kBlockElems;
 #if defined(__AVX512F__)
     const __m512 table = _mm512_loadu_ps(kE2M1);
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // two chains hide FMA latency
-    for (int64_t b = 0; b < nb; ++b) {
+    // One block's contribution, scaled by its E8M0 power of two (exact).
+    auto block = [&](int64_t b) {
         const uint8_t* blk = row + b * kMxfp4BlockBytes;
         const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
         const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(codes, _mm512_set1_epi32(0xF)), table);
         const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
         const float* xb = x + b * kBlockElems;
         const __m512 part = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
-        acc[b & 1] = _mm512_fmadd_ps(part, _mm512_set1_ps(e8m0_to_float(blk[0])), acc[b & 1]);  // exact 2^k
+        return _mm512_mul_ps(part, _mm512_set1_ps(e8m0_to_float(blk[0])));
+    };
+    // Two named accumulators (an indexed array would be spilled to the stack).
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        acc0 = _mm512_add_ps(acc0, block(b));
+        acc1 = _mm512_add_ps(acc1, block(b + 1));
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    if (b < nb) acc0 = _mm512_add_ps(acc0, block(b));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #elif defined(__AVX2__)
     const __m256 mags = _mm256_loadu_ps(kE2M1);
     __m256 acc = _mm256_setzero_ps();
@@ -178,16 +186,22 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
 float dot_q8_0_row(const uint8_t* row, const float* x, int64_t n) {
     const int64_t nb = n / kBlockElems;
 #if defined(__AVX512F__)
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t b = 0; b < nb; ++b) {
+    auto block = [&](int64_t b) {
         const uint8_t* blk = row + b * kQ8BlockBytes;
         const float* xb = x + b * kBlockElems;
         const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
         const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))));
         const __m512 part = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));
-        acc[b & 1] = _mm512_fmadd_ps(part, _mm512_set1_ps(q8_0_scale(blk)), acc[b & 1]);
+        return _mm512_mul_ps(part, _mm512_set1_ps(q8_0_scale(blk)));
+    };
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        acc0 = _mm512_add_ps(acc0, block(b));
+        acc1 = _mm512_add_ps(acc1, block(b + 1));
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    if (b < nb) acc0 = _mm512_add_ps(acc0, block(b));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #elif defined(__AVX2__)
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
