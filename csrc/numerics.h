@@ -31,6 +31,17 @@ inline float e8m0_to_float(uint8_t e) {
     return e == 0 ? bits_to_float(0x00400000u) : bits_to_float(uint32_t(e) << 23);
 }
 
+// All 256 E8M0 values, so a kernel gets a block's scale with one (broadcast) load.
+inline const float* e8m0_table() {
+    static const struct Table {
+        float v[256];
+        Table() {
+            for (int e = 0; e < 256; ++e) v[e] = e8m0_to_float(uint8_t(e));
+        }
+    } table;
+    return table.v;
+}
+
 // E2M1 code -> value (MODEL.md §3.1). Bit 3 is the sign.
 constexpr float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};

@@ -36,10 +36,22 @@ class Sampler:
         p = np.exp(z - z.max())
         p /= p.sum()
         if self.top_p < 1:
-            order = np.argsort(-p, kind="stable")
+            p = self._nucleus(p)
+        # Inverse-CDF draw: one uniform number, no per-call validation of a 201k-entry array.
+        cdf = np.cumsum(p)
+        return int(min(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"), p.size - 1))
+
+    def _nucleus(self, p: np.ndarray) -> np.ndarray:
+        """Keep the most probable ids whose mass first reaches top_p (ties: lower id first)."""
+        n = p.size
+        # The nucleus is almost always small: sort only the top candidates unless they fall short.
+        for m in (min(n, 1024), n):
+            cand = np.argpartition(-p, m - 1)[:m] if m < n else np.arange(n)
+            order = cand[np.lexsort((cand, -p[cand]))]
             cum = np.cumsum(p[order])
-            keep = order[: int(np.searchsorted(cum, self.top_p) + 1)]
-            mask = np.zeros_like(p)
-            mask[keep] = p[keep]
-            p = mask / mask.sum()
-        return int(self.rng.choice(p.size, p=p))
+            if cum[-1] >= self.top_p or m == n:
+                keep = order[: int(np.searchsorted(cum, self.top_p) + 1)]
+                break
+        out = np.zeros_like(p)
+        out[keep] = p[keep]
+        return out / out.sum()

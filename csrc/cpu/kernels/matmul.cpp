@@ -125,24 +125,31 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     const int64_t nb = n / kBlockElems;
 #if defined(__AVX512F__)
     const __m512 table = _mm512_loadu_ps(kE2M1);
-    // One block's contribution, scaled by its E8M0 power of two (exact).
-    auto block = [&](int64_t b) {
+    const float* scales = e8m0_table();
+    // acc += block b · x. The table is scaled by the block's power of two (exact), so each code
+    // becomes its value in one permute; permutexvar reads only the low 4 bits of each index, so
+    // the low nibble needs no mask.
+    auto block = [&](int64_t b, __m512& acc) {
         const uint8_t* blk = row + b * kMxfp4BlockBytes;
         const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
-        const __m512 lo = _mm512_permutexvar_ps(_mm512_and_si512(codes, _mm512_set1_epi32(0xF)), table);
-        const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+        const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(scales[blk[0]]));
         const float* xb = x + b * kBlockElems;
-        const __m512 part = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xb)));
-        return _mm512_mul_ps(part, _mm512_set1_ps(e8m0_to_float(blk[0])));
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(codes, t), _mm512_loadu_ps(xb), acc);
+        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), t), _mm512_loadu_ps(xb + 16), acc);
     };
-    // Two named accumulators (an indexed array would be spilled to the stack).
+    // Four named accumulators: enough independent FMA chains, and no stack spills.
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
     int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        acc0 = _mm512_add_ps(acc0, block(b));
-        acc1 = _mm512_add_ps(acc1, block(b + 1));
+    for (; b + 4 <= nb; b += 4) {
+        block(b, acc0);
+        block(b + 1, acc1);
+        block(b + 2, acc2);
+        block(b + 3, acc3);
     }
-    if (b < nb) acc0 = _mm512_add_ps(acc0, block(b));
+    for (; b < nb; ++b) block(b, acc0);
+    acc0 = _mm512_add_ps(acc0, acc2);
+    acc1 = _mm512_add_ps(acc1, acc3);
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #elif defined(__AVX2__)
     const __m256 mags = _mm256_loadu_ps(kE2M1);
@@ -252,10 +259,16 @@ float dot_row(const Matrix& W, const uint8_t* row, const float* x) {
     }
 }
 
+// Decode streams every weight once from a memory map of 4 KiB pages, where the hardware
+// prefetchers stop; asking for the bytes 4 KiB ahead (into L1) raised one core's MXFP4 GEMV
+// from ~5.9 to ~8.6 GB/s here. Prefetches never fault, so running past the matrix is harmless.
+constexpr size_t kPrefetchAhead = 4096;
+
 void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
+        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 3);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t) a.y[t * a.ldy + r] = dot_row(W, row, a.x + t * a.ldx) + b;
     }
