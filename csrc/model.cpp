@@ -124,20 +124,26 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 }
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
-    // Rows of all jobs form one index space, handed out in grains of 16 rows: enough to keep
-    // both threads busy to the end without much scheduling traffic.
-    constexpr int64_t kGrain = 16;
+    // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
+    // grains of 16 rows keep both threads busy to the end. Decode streams weights from memory:
+    // each thread takes one long contiguous run of a job (rows / threads), which its prefetches
+    // and the hardware's can follow.
+    auto grain_of = [&](const MatmulArgs& j) {
+        if (j.n_tok >= 4) return int64_t(16);
+        const int64_t per_thread = (j.W->rows + pool_.size() - 1) / pool_.size();
+        return std::max<int64_t>(16, (per_thread + 15) / 16 * 16);
+    };
     int64_t total = 0;
-    for (size_t i = 0; i < n_jobs; ++i) total += (jobs[i].W->rows + kGrain - 1) / kGrain;
+    for (size_t i = 0; i < n_jobs; ++i) total += (jobs[i].W->rows + grain_of(jobs[i]) - 1) / grain_of(jobs[i]);
     pool_.parallel_for(total, 1, [&](int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g) {
             int64_t base = 0;
             for (size_t i = 0; i < n_jobs; ++i) {
                 const MatmulArgs& j = jobs[i];
-                const int64_t n = (j.W->rows + kGrain - 1) / kGrain;
+                const int64_t grain = grain_of(j), n = (j.W->rows + grain - 1) / grain;
                 if (g < base + n) {
-                    const int64_t r0 = (g - base) * kGrain;
-                    kernels_->matmul(j, r0, std::min(j.W->rows, r0 + kGrain));
+                    const int64_t r0 = (g - base) * grain;
+                    kernels_->matmul(j, r0, std::min(j.W->rows, r0 + grain));
                     break;
                 }
                 base += n;
