@@ -365,6 +365,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("precision") = "fast")
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
         .def_property_readonly("uses_bf16", &Model::uses_bf16)
+        .def_property_readonly("uses_i16", &Model::uses_i16)
         .def_property_readonly("threads", &Model::threads);
 
     py::class_<Session>(m, "Session")

@@ -43,9 +43,21 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
       kernels_(select_kernel_table(options.isa)),
       pool_(options.threads),
       rope_(make_rope_table(config)),
-      use_bf16_(options.precision == "fast" && kernels_->to_bf16 != nullptr) {
+      use_bf16_(options.precision == "fast" && kernels_->to_bf16 != nullptr),
+      use_i16_(options.precision == "fast" && kernels_->quantize_i16 != nullptr) {
     if (options.precision != "fast" && options.precision != "f32")
         throw std::invalid_argument("precision must be 'fast' or 'f32'");
+}
+
+void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
+    if (!use_i16_ || T >= 4 || a.W->type != DType::Q8_0) return;
+    if (int64_t(s.x_i16.size()) < T * width) {
+        s.x_i16.resize(size_t(T * width));
+        s.x_i16_scale.resize(size_t(T * width / kBlockElems));
+    }
+    kernels_->quantize_i16(x, T * width, s.x_i16.data(), s.x_i16_scale.data());
+    a.x_i16 = s.x_i16.data();
+    a.x_i16_scale = s.x_i16_scale.data();
 }
 
 void Model::to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out) {
@@ -82,7 +94,9 @@ void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, i
     const int64_t first = all_logits ? 0 : T - 1;
     const int64_t n_out = T - first;
     rmsnorm_rows(s.residual.data() + first * H, weights_.output_norm, s.normed.data(), n_out);
-    matmul(weights_.output, 0, s.normed.data(), n_out, logits, nullptr);
+    MatmulArgs out = matmul_args(weights_.output, 0, s.normed.data(), n_out, logits, nullptr);
+    attach_i16(s, s.normed.data(), n_out, config_.embedding_length, out);
+    matmuls(&out, 1);
 }
 
 void Model::embed(Scratch& s, const int32_t* tokens, int64_t T) {
@@ -165,9 +179,12 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
     const int64_t d = config_.key_length, nq = config_.head_count, nkv = config_.head_count_kv;
     const int64_t half = d / 2, group = nq / nkv;
 
-    matmuls({matmul_args(w.attn_q, 0, s.normed.data(), T, s.q.data(), w.attn_q_b),
-             matmul_args(w.attn_k, 0, s.normed.data(), T, s.k.data(), w.attn_k_b),
-             matmul_args(w.attn_v, 0, s.normed.data(), T, s.v.data(), w.attn_v_b)});
+    MatmulArgs qkv[3] = {matmul_args(w.attn_q, 0, s.normed.data(), T, s.q.data(), w.attn_q_b),
+                         matmul_args(w.attn_k, 0, s.normed.data(), T, s.k.data(), w.attn_k_b),
+                         matmul_args(w.attn_v, 0, s.normed.data(), T, s.v.data(), w.attn_v_b)};
+    attach_i16(s, s.normed.data(), T, config_.embedding_length, qkv[0]);
+    for (MatmulArgs& a : qkv) a.x_i16 = qkv[0].x_i16, a.x_i16_scale = qkv[0].x_i16_scale;
+    matmuls(qkv, 3);
 
     // RoPE on q and k (not v), then append K/V to the cache at their positions.
     for (int64_t t = 0; t < T; ++t) {
@@ -206,7 +223,9 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
         }
     });
 
-    matmul(w.attn_output, 0, s.attn.data(), T, s.proj.data(), w.attn_output_b);
+    MatmulArgs out = matmul_args(w.attn_output, 0, s.attn.data(), T, s.proj.data(), w.attn_output_b);
+    attach_i16(s, s.attn.data(), T, config_.q_width(), out);
+    matmuls(&out, 1);
 }
 
 void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {

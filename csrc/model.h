@@ -39,6 +39,8 @@ struct Scratch {
     std::vector<float> pair_weight;                      // [T * k]
     std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
     std::vector<uint16_t> expert_x_bf16, expert_h_bf16;  // fast precision only
+    std::vector<int16_t> x_i16;                          // fast decode only: [T, width]
+    std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;
     // When set, forward() appends the residual stream [T, H] after every attention and MoE
     // half (2 per layer), so a tool can find the first step where we leave the reference.
@@ -54,6 +56,7 @@ public:
     int threads() const { return pool_.size(); }
     const RopeTable& rope() const { return rope_; }
     bool uses_bf16() const { return use_bf16_; }
+    bool uses_i16() const { return use_i16_; }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
@@ -77,6 +80,8 @@ private:
     void trace(Scratch& s, int64_t T);
     // bf16 copy of rows [n, width] for the fast GEMM, converted in parallel.
     void to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out);
+    // Fast decode: give the (few-token) matmul args an int16 copy of their input rows.
+    void attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a);
 
     ModelConfig config_;
     ModelWeights weights_;
@@ -84,6 +89,7 @@ private:
     ThreadPool pool_;
     RopeTable rope_;
     bool use_bf16_;
+    bool use_i16_;
 };
 
 }  // namespace ossrun

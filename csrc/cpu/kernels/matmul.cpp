@@ -421,11 +421,60 @@ OSSRUN_BF16 void gemm_mxfp4_bf16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 
 bool cpu_has_bf16() { return __builtin_cpu_supports("avx512bf16"); }
+
+// ---- Fast decode: int16 activations x int8 Q8_0 weights (AVX512-VNNI vpdpwssd). ------------
+#define OSSRUN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+
+OSSRUN_VNNI void quantize_i16_impl(const float* x, int64_t n, int16_t* q, float* scale) {
+    for (int64_t b = 0; b < n / kBlockElems; ++b) {
+        const __m512 x0 = _mm512_loadu_ps(x + b * kBlockElems), x1 = _mm512_loadu_ps(x + b * kBlockElems + 16);
+        const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float d = m / 32767.0f, inv = m > 0.0f ? 32767.0f / m : 0.0f;
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, _mm512_set1_ps(inv)));  // nearest
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, _mm512_set1_ps(inv)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems), _mm512_cvtsepi32_epi16(q0));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems + 16), _mm512_cvtsepi32_epi16(q1));
+        scale[b] = d;
+    }
+}
+
+// acc += one Q8_0 block · its int16 activations: an exact integer dot, then both scales.
+OSSRUN_VNNI inline __m512 q8_0_i16_block(const uint8_t* blk, const int16_t* xq, float xs, __m512 acc) {
+    const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
+    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(q8_0_scale(blk) * xs), acc);
+}
+
+OSSRUN_VNNI float dot_q8_0_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        acc0 = q8_0_i16_block(row + b * kQ8BlockBytes, xq + b * kBlockElems, xs[b], acc0);
+        acc1 = q8_0_i16_block(row + (b + 1) * kQ8BlockBytes, xq + (b + 1) * kBlockElems, xs[b + 1], acc1);
+    }
+    if (b < nb) acc0 = q8_0_i16_block(row + b * kQ8BlockBytes, xq + b * kBlockElems, xs[b], acc0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    const int64_t nb = W.cols / kBlockElems;
+    for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* row = W.row(a.mat, r);
+        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 3);
+        const float b = a.bias ? a.bias[r] : 0.0f;
+        for (int64_t t = 0; t < a.n_tok; ++t)
+            a.y[t * a.ldy + r] = dot_q8_0_i16_row(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * nb, nb) + b;
+    }
+}
+
+bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 #endif
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
 #if defined(__AVX512F__)
     if (a.x_bf16 && a.W->type == DType::MXFP4 && a.n_tok >= kTileTokens) return gemm_mxfp4_bf16(a, r0, r1);
+    if (a.x_i16 && a.W->type == DType::Q8_0 && a.n_tok < kTileTokens) return gemv_q8_0_i16(a, r0, r1);
 #endif
     if (a.n_tok < kTileTokens) gemv(a, r0, r1);
     else gemm(a, r0, r1);
@@ -433,8 +482,11 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
 
 #if defined(__AVX512F__)
 extern void (*const to_bf16)(const float*, int64_t, uint16_t*) = cpu_has_bf16() ? to_bf16_impl : nullptr;
+extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) =
+    cpu_has_vnni() ? quantize_i16_impl : nullptr;
 #else
 extern void (*const to_bf16)(const float*, int64_t, uint16_t*) = nullptr;
+extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) = nullptr;
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS

@@ -12,10 +12,11 @@ void attention_row(const AttentionRowArgs& a);
 void rmsnorm(const float* x, const float* g, float* y, int64_t n, float eps);
 // Defined where the variant has a bf16 GEMM; null otherwise.
 extern void (*const to_bf16)(const float* x, int64_t n, uint16_t* out);
+extern void (*const quantize_i16)(const float* x, int64_t n, int16_t* q, float* scale);
 
 const KernelTable* table() {
     static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention_row, rmsnorm,
-                               to_bf16};
+                               to_bf16, quantize_i16};
     return &t;
 }
 
