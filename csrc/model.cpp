@@ -72,6 +72,7 @@ void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, i
                     float* logits, bool all_logits) {
     if (T < 1 || T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
     if (pos0 + T > kv.n_ctx()) throw std::invalid_argument("forward: context overflow");
+    std::lock_guard<std::mutex> lock(forward_mutex_);
     const int64_t H = config_.embedding_length;
 
     embed(s, tokens, T);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,7 @@ public:
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
+    // Sessions of one model may be driven from several threads: their forwards take turns.
     void forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
                  float* logits, bool all_logits);
 
@@ -87,6 +89,7 @@ private:
     ModelWeights weights_;
     const KernelTable* kernels_;
     ThreadPool pool_;
+    std::mutex forward_mutex_;  // the pool runs one forward at a time
     RopeTable rope_;
     bool use_bf16_;
     bool use_i16_;

@@ -220,6 +220,28 @@ def test_sessions_of_one_model_are_independent(w128):
     assert a.n_past == 31 and b.n_past == 51
 
 
+def test_sessions_used_from_two_python_threads(w128):
+    # The GIL is released during compute, so two threads can drive two sessions of one model at
+    # once; their forwards take turns on the model's thread pool and both stay exact.
+    import threading
+
+    path, toks, gold = w128
+    m = load(path, precision="f32")
+    results = {}
+
+    def run(name):
+        s = m.session()
+        results[name] = np.stack([s.decode(int(t)) for t in toks[:40]])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in range(2):
+        assert rel_err(results[name], gold[:40]) < TOL
+
+
 def test_threads_do_not_change_results(w128):
     # Work is split over matrix rows and (token, head) pairs; no row's arithmetic depends on
     # the split, so the logits are bit-identical, not merely close.

@@ -1,0 +1,147 @@
+// Internal to the matmul kernels (compiled once per ISA): exact block decoders for the stored
+// weight types (MODEL.md §3.3, §4.3), the shared constants, and the GEMV / GEMM entry points
+// that matmul.cpp dispatches to (gemv.cpp: few tokens, gemm.cpp: many).
+#pragma once
+#include <algorithm>
+#include <vector>
+
+#include "../../kernels.h"
+#include "../../numerics.h"
+#include "../simd.h"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace ossrun::OSSRUN_ISA_NS {
+
+constexpr int kTileTokens = 4;  // below this many tokens a matmul is a GEMV
+constexpr int kPanelRows = 4;   // weight rows decoded together
+constexpr int64_t kTokenBlock = 64;  // activations of a block stay in L2 while panels stream by
+
+// Decode streams every weight once from a memory map of 4 KiB pages, where the hardware
+// prefetchers stop; asking for the bytes 4 KiB ahead (into L1) raised one core's MXFP4 GEMV
+// from ~5.9 to ~8.6 GB/s here. Prefetches never fault, so running past the matrix is harmless.
+constexpr size_t kPrefetchAhead = 4096;
+
+
+inline float q8_0_scale(const uint8_t* blk) {
+    uint16_t d_bits;
+    std::memcpy(&d_bits, blk, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(d_bits);  // hardware conversion, subnormals included
+#else
+    return fp16_to_float(d_bits);
+#endif
+}
+
+// One MXFP4 block (GGUF split order: byte k holds elements k and k + 16) -> 32 floats.
+inline void decode_mxfp4_block(const uint8_t* blk, float* out) {
+    const float scale = e8m0_to_float(blk[0]);
+    const uint8_t* qs = blk + 1;
+#if defined(__AVX512F__)
+    // 16-entry table lookup with a lane permute; the scale multiply is exact (power of two).
+    const __m512 table = _mm512_mul_ps(_mm512_loadu_ps(kE2M1), _mm512_set1_ps(scale));
+    const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+    const __m512i lo = _mm512_and_si512(codes, _mm512_set1_epi32(0xF));
+    const __m512i hi = _mm512_srli_epi32(codes, 4);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(lo, table));
+    _mm512_storeu_ps(out + 16, _mm512_permutexvar_ps(hi, table));
+#elif defined(__AVX2__)
+    // 8-entry magnitude table (permutevar8x32 uses the low 3 bits); bit 3 becomes the sign bit.
+    const __m256 mags = _mm256_mul_ps(_mm256_loadu_ps(kE2M1), _mm256_set1_ps(scale));
+    for (int half = 0; half < 2; ++half) {
+        const __m256i codes = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8 * half)));
+        const __m256i lo = _mm256_and_si256(codes, _mm256_set1_epi32(0xF));
+        const __m256i hi = _mm256_srli_epi32(codes, 4);
+        const __m256i sign_lo = _mm256_slli_epi32(_mm256_and_si256(lo, _mm256_set1_epi32(8)), 28);
+        const __m256i sign_hi = _mm256_slli_epi32(_mm256_and_si256(hi, _mm256_set1_epi32(8)), 28);
+        const __m256 v_lo = _mm256_xor_ps(_mm256_permutevar8x32_ps(mags, lo), _mm256_castsi256_ps(sign_lo));
+        const __m256 v_hi = _mm256_xor_ps(_mm256_permutevar8x32_ps(mags, hi), _mm256_castsi256_ps(sign_hi));
+        _mm256_storeu_ps(out + 8 * half, v_lo);
+        _mm256_storeu_ps(out + 16 + 8 * half, v_hi);
+    }
+#else
+    float table[16];
+    for (int i = 0; i < 16; ++i) table[i] = kE2M1[i] * scale;
+    for (int k = 0; k < 16; ++k) {
+        out[k] = table[qs[k] & 0xF];
+        out[k + 16] = table[qs[k] >> 4];
+    }
+#endif
+}
+
+inline void decode_q8_0_block(const uint8_t* blk, float* out) {
+    const float d = q8_0_scale(blk);
+    const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int i = 0; i < kBlockElems; ++i) out[i] = d * float(q[i]);
+}
+
+inline void decode_row_bytes(const Matrix& W, const uint8_t* src, float* out) {
+    const int64_t n = W.cols;
+    switch (W.type) {
+        case DType::F32: std::memcpy(out, src, size_t(n) * 4); break;
+        case DType::BF16:
+            for (int64_t i = 0; i < n; ++i) {
+                uint16_t b;
+                std::memcpy(&b, src + 2 * i, 2);
+                out[i] = bf16_to_float(b);
+            }
+            break;
+        case DType::F16: {
+            int64_t i = 0;
+#if defined(__F16C__)
+            for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                              reinterpret_cast<const __m128i*>(src + 2 * i))));
+#endif
+            for (; i < n; ++i) {
+                uint16_t h;
+                std::memcpy(&h, src + 2 * i, 2);
+                out[i] = fp16_to_float(h);
+            }
+            break;
+        }
+        case DType::Q8_0:
+            for (int64_t b = 0; b < n / kBlockElems; ++b)
+                decode_q8_0_block(src + b * kQ8BlockBytes, out + b * kBlockElems);
+            break;
+        case DType::MXFP4:
+            for (int64_t b = 0; b < n / kBlockElems; ++b)
+                decode_mxfp4_block(src + b * kMxfp4BlockBytes, out + b * kBlockElems);
+            break;
+    }
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+    vfloat acc0 = {}, acc1 = {};
+    int64_t i = 0;
+    for (; i + 2 * kVW <= n; i += 2 * kVW) {
+        acc0 += vload(a + i) * vload(b + i);
+        acc1 += vload(a + i + kVW) * vload(b + i + kVW);
+    }
+    float s = hsum(acc0 + acc1);
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+// Scratch rows reused by each thread: no allocation once warm.
+inline float* row_scratch(int64_t n) {
+    thread_local std::vector<float> buf;
+    if (int64_t(buf.size()) < n) buf.resize(size_t(n));
+    return buf.data();
+}
+
+// Few tokens: every weight is decoded in registers and used at once (gemv.cpp).
+void gemv(const MatmulArgs& a, int64_t r0, int64_t r1);
+// Many tokens: panels of decoded rows reused across tiles of tokens (gemm.cpp).
+void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
+
+#if defined(__AVX512F__)
+// Fast precision (null kernels where the CPU lacks the instructions, see to_bf16/quantize_i16).
+void gemm_mxfp4_bf16(const MatmulArgs& a, int64_t r0, int64_t r1);  // gemm.cpp, AVX512-BF16
+void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
+#endif
+
+}  // namespace ossrun::OSSRUN_ISA_NS
