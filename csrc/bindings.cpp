@@ -261,32 +261,39 @@ void bind_ops(py::module_& m) {
                        x.shape(1), eps);
         return y;
     }, py::arg("x"), py::arg("g"), py::arg("eps") = 1e-5f, py::arg("isa") = "auto");
-    m.def("attention_row", [](F32Array q, F32Array k_cache, F32Array v_cache, int64_t j_lo,
-                              int64_t j_hi, float sink, float scale, const std::string& isa) {
-        // k_cache / v_cache: [cap, d]; slot of position j is j % cap.
-        if (q.ndim() != 1 || k_cache.ndim() != 2 || v_cache.ndim() != 2 ||
-            k_cache.shape(1) != q.shape(0) || v_cache.shape(1) != q.shape(0) ||
-            k_cache.shape(0) != v_cache.shape(0))
-            throw py::value_error("attention_row wants q [d], k/v [cap, d]");
-        if (j_lo < 0 || j_hi < j_lo - 1 || j_hi - j_lo + 1 > k_cache.shape(0))
+    m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, int64_t j_lo,
+                          int64_t j_hi, F32Array sinks, float scale, const std::string& isa) {
+        // The query heads of one GQA group: q [G, d], sinks [G]; k_cache / v_cache [cap, d]
+        // with the slot of position j at j % cap (keys are transposed here, as the cache does).
+        if (q.ndim() != 2 || k_cache.ndim() != 2 || v_cache.ndim() != 2 || sinks.ndim() != 1 ||
+            sinks.shape(0) != q.shape(0) || k_cache.shape(1) != q.shape(1) ||
+            v_cache.shape(1) != q.shape(1) || k_cache.shape(0) != v_cache.shape(0))
+            throw py::value_error("attention wants q [G, d], k/v [cap, d], sinks [G]");
+        const int64_t G = q.shape(0), d = q.shape(1), cap = k_cache.shape(0);
+        if (j_lo < 0 || j_hi < j_lo - 1 || j_hi - j_lo + 1 > cap)
             throw py::value_error("key range does not fit the cache");
         const KernelTable* k = table_arg(isa);
-        std::vector<float> scores(size_t(std::max<int64_t>(1, j_hi - j_lo + 1)));
-        py::array_t<float> out(q.shape(0));
-        AttentionRowArgs a;
+        std::vector<float> k_t(size_t(d * cap));
+        for (int64_t s = 0; s < cap; ++s)
+            for (int64_t c = 0; c < d; ++c) k_t[size_t(c * cap + s)] = k_cache.data()[s * d + c];
+        std::vector<float> scores(size_t(std::max<int64_t>(1, G * (j_hi - j_lo + 1))));
+        py::array_t<float> out({G, d});
+        AttentionArgs a;
         a.q = q.data();
-        a.k_cache = k_cache.data();
-        a.v_cache = v_cache.data();
-        a.slot_stride = q.shape(0);
-        a.cap = k_cache.shape(0);
+        a.k_t = k_t.data();
+        a.k_stride = cap;
+        a.v = v_cache.data();
+        a.v_stride = d;
+        a.cap = cap;
         a.j_lo = j_lo;
         a.j_hi = j_hi;
-        a.head_dim = q.shape(0);
-        a.sink = sink;
+        a.n_heads = G;
+        a.head_dim = d;
+        a.sinks = sinks.data();
         a.scale = scale;
         a.scores = scores.data();
         a.out = out.mutable_data();
-        k->attention_row(a);
+        k->attention(a);
         return out;
     });
     m.def("rope_theta", [](const py::dict& cfg) {

@@ -29,20 +29,23 @@ struct MatmulArgs {
     const float* x_i16_scale = nullptr;
 };
 
-// One query head at one position against keys j_lo..j_hi (inclusive) of a KV cache whose slot
-// for position j is j % cap; the sink joins the softmax denominator only (MODEL.md §2.5).
-struct AttentionRowArgs {
-    const float* q = nullptr;        // [head_dim]
-    const float* k_cache = nullptr;  // slot s of kv head g at k_cache + s * slot_stride
-    const float* v_cache = nullptr;
-    int64_t slot_stride = 0;
+// The query heads of one KV head (a GQA group) at one position, against keys j_lo..j_hi
+// (inclusive) of a KV cache whose slot for position j is j % cap (MODEL.md §2.5). Keys are stored
+// transposed, k_t[c * k_stride + slot], so scores are computed for a run of keys per vector; each
+// head's sink joins its softmax denominator only (no value, no 1/sqrt(d)).
+struct AttentionArgs {
+    const float* q = nullptr;      // [n_heads][head_dim]
+    const float* k_t = nullptr;    // [head_dim][k_stride], slots 0 .. cap-1 used
+    int64_t k_stride = 0;
+    const float* v = nullptr;      // value of slot s at v + s * v_stride, [head_dim]
+    int64_t v_stride = 0;
     int64_t cap = 0;
     int64_t j_lo = 0, j_hi = -1;
-    int64_t head_dim = 0;
-    float sink = 0.0f;
+    int64_t n_heads = 1, head_dim = 0;
+    const float* sinks = nullptr;  // [n_heads]
     float scale = 0.0f;
-    float* scores = nullptr;  // scratch, >= j_hi - j_lo + 1 floats
-    float* out = nullptr;     // [head_dim]
+    float* scores = nullptr;       // scratch, >= n_heads * (j_hi - j_lo + 1) floats
+    float* out = nullptr;          // [n_heads][head_dim]
 };
 
 struct KernelTable {
@@ -50,7 +53,7 @@ struct KernelTable {
     // Dequantize row r of W[mat] exactly to float32: out[cols].
     void (*decode_row)(const Matrix& W, int64_t mat, int64_t r, float* out);
     void (*matmul)(const MatmulArgs& a, int64_t r0, int64_t r1);
-    void (*attention_row)(const AttentionRowArgs& a);
+    void (*attention)(const AttentionArgs& a);
     // y[i] = g[i] * x[i] / sqrt(mean(x^2) + eps), i < n.
     void (*rmsnorm)(const float* x, const float* g, float* y, int64_t n, float eps);
     // Round x[n] to bf16 (nearest even); null when this variant or CPU has no bf16 GEMM.

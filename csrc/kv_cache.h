@@ -1,4 +1,5 @@
-// The KV cache (MODEL.md §2.5): K after RoPE and V, float32 [slot][n_kv][d] per layer. Full
+// The KV cache (MODEL.md §2.5): K after RoPE and V, float32, per layer. V is [slot][n_kv][d];
+// K is stored transposed, [n_kv][d][slot], so attention scores a run of keys per vector. Full
 // layers hold every position; sliding layers hold a ring of the last positions, big enough for
 // one prefill chunk plus a rollback margin, and remember which position each slot holds so that
 // a truncation that reaches past the ring is detected (the session then replays its tokens).
@@ -20,12 +21,17 @@ public:
 
     int64_t n_ctx() const { return n_ctx_; }
     int64_t capacity(int64_t layer) const { return cap_[size_t(layer)]; }
-    int64_t slot_stride() const { return kv_width_; }  // floats from one slot to the next
-    float* k(int64_t layer) { return k_[size_t(layer)].get(); }
-    float* v(int64_t layer) { return v_[size_t(layer)].get(); }
-    float* k_at(int64_t layer, int64_t pos) { return k(layer) + slot(layer, pos) * kv_width_; }
-    float* v_at(int64_t layer, int64_t pos) { return v(layer) + slot(layer, pos) * kv_width_; }
-    void mark_written(int64_t layer, int64_t pos) { held_[size_t(layer)][size_t(slot(layer, pos))] = pos; }
+    int64_t v_stride() const { return kv_width_; }  // floats from one value slot to the next
+    // Keys of kv head g, transposed: element c of slot s at [c * k_stride(layer) + s].
+    const float* k_t(int64_t layer, int64_t g) const {
+        return k_[size_t(layer)].get() + g * head_dim_ * k_stride(layer);
+    }
+    // A cache line more than the capacity: rows a power of two apart would all fall into the
+    // same L1 sets when attention walks down the 64 rows of a key block.
+    int64_t k_stride(int64_t layer) const { return cap_[size_t(layer)] + 16; }
+    const float* v(int64_t layer) const { return v_[size_t(layer)].get(); }
+    // Writes position pos: k_row and v_row are [n_kv * d] (K after RoPE).
+    void store(int64_t layer, int64_t pos, const float* k_row, const float* v_row);
 
     // True when every layer still holds the keys a query at position n would read below n.
     bool can_resume_at(int64_t n) const;
@@ -36,7 +42,7 @@ private:
     int64_t slot(int64_t layer, int64_t pos) const { return pos % cap_[size_t(layer)]; }
 
     ModelConfig config_;
-    int64_t n_ctx_, kv_width_;
+    int64_t n_ctx_, kv_width_, head_dim_;
     std::vector<int64_t> cap_;
     // Left uninitialised: pages are only touched (and counted in RSS) once positions are written.
     std::vector<std::unique_ptr<float[]>> k_, v_;

@@ -193,34 +193,36 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
         const float* sn = s.rope_sin.data() + t * half;
         apply_rope(s.q.data() + t * nq * d, nq, d, c, sn);
         apply_rope(s.k.data() + t * nkv * d, nkv, d, c, sn);
-        std::copy_n(s.k.data() + t * nkv * d, nkv * d, kv.k_at(layer, pos0 + t));
-        std::copy_n(s.v.data() + t * nkv * d, nkv * d, kv.v_at(layer, pos0 + t));
-        kv.mark_written(layer, pos0 + t);
+        kv.store(layer, pos0 + t, s.k.data() + t * nkv * d, s.v.data() + t * nkv * d);
     }
 
     // Even layers see the last W positions (the query included), odd layers all of them.
     const int64_t window = config_.is_sliding(layer) ? config_.sliding_window : 0;
     const float scale = 1.0f / std::sqrt(float(d));
-    pool_.parallel_for(T * nq, 4, [&](int64_t i0, int64_t i1) {
+    // One task per (token, kv head): the group's query heads share every key and value load.
+    pool_.parallel_for(T * nkv, 1, [&](int64_t i0, int64_t i1) {
         thread_local std::vector<float> scores;
         for (int64_t i = i0; i < i1; ++i) {
-            const int64_t t = i / nq, h = i % nq, g = h / group;  // contiguous GQA groups
+            const int64_t t = i / nkv, g = i % nkv;  // query heads g*group .. (contiguous GQA)
             const int64_t p = pos0 + t;
-            AttentionRowArgs a;
-            a.q = s.q.data() + (t * nq + h) * d;
-            a.k_cache = kv.k(layer) + g * d;
-            a.v_cache = kv.v(layer) + g * d;
-            a.slot_stride = kv.slot_stride();
+            AttentionArgs a;
+            a.q = s.q.data() + (t * nq + g * group) * d;
+            a.k_t = kv.k_t(layer, g);
+            a.k_stride = kv.k_stride(layer);
+            a.v = kv.v(layer) + g * d;
+            a.v_stride = kv.v_stride();
             a.cap = kv.capacity(layer);
             a.j_lo = window ? std::max<int64_t>(0, p - window + 1) : 0;
             a.j_hi = p;
+            a.n_heads = group;
             a.head_dim = d;
-            a.sink = w.attn_sinks[h];
+            a.sinks = w.attn_sinks + g * group;
             a.scale = scale;
-            if (int64_t(scores.size()) < p + 1) scores.resize(size_t(std::max<int64_t>(p + 1, 256)));
+            const size_t need = size_t(group * (a.j_hi - a.j_lo + 1));
+            if (scores.size() < need) scores.resize(std::max<size_t>(need, 4096));
             a.scores = scores.data();
-            a.out = s.attn.data() + (t * nq + h) * d;
-            kernels_->attention_row(a);
+            a.out = s.attn.data() + (t * nq + g * group) * d;
+            kernels_->attention(a);
         }
     });
 

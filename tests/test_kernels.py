@@ -339,6 +339,12 @@ ATTENTION_CASES = {
 }
 
 
+def attention_row(q, k_cache, v_cache, j_lo, j_hi, sink, scale, isa):
+    """One query head through the group kernel (a group of one)."""
+    return ops.attention(q[None, :], k_cache, v_cache, j_lo, j_hi, np.array([sink], np.float32),
+                         scale, isa)[0]
+
+
 def attention_row_ref(q, k_cache, v_cache, j_lo, j_hi, sink):
     js = np.arange(j_lo, j_hi + 1)
     cap = k_cache.shape[0]
@@ -360,7 +366,7 @@ def test_attention_row(isa, rng, case, d):
     if case == "sink_dominates":
         q *= 0.1
     scale = np.float32(1 / math.sqrt(d))
-    out = ops.attention_row(q, k_cache, v_cache, j_lo, j_hi, sink, scale, isa)
+    out = attention_row(q, k_cache, v_cache, j_lo, j_hi, sink, scale, isa)
     ref, k, v = attention_row_ref(q, k_cache, v_cache, j_lo, j_hi, sink)
     # Each logit z_j = scale·q·k_j errs ≤ (d+2)·U·S_j with S_j = scale·Σ|q||k_j|; the exp
     # arguments z_j − m add U·(|z_j|+|m|); a weight's relative error is at most twice the worst
@@ -379,14 +385,34 @@ def test_attention_row_empty_range_is_zero(isa, rng):
     # No visible key (j_hi = j_lo - 1): only the sink is in the softmax, and it has no value.
     q = rng.standard_normal(64).astype(np.float32)
     kv = rng.standard_normal((4, 64)).astype(np.float32)
-    out = ops.attention_row(q, kv, kv, 3, 2, 0.5, 0.125, isa)
+    out = attention_row(q, kv, kv, 3, 2, 0.5, 0.125, isa)
     assert np.array_equal(out, np.zeros(64, np.float32))
 
 
 def test_attention_row_rejects_range_longer_than_cache():
     kv = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="key range"):
-        ops.attention_row(np.zeros(8, np.float32), kv, kv, 0, 4, 0.0, 1.0, "scalar")
+        attention_row(np.zeros(8, np.float32), kv, kv, 0, 4, 0.0, 1.0, "scalar")
+
+
+@pytest.mark.parametrize("heads", [8, 11, 3])  # a full register block, a block plus a tail, tail only
+@pytest.mark.parametrize("case", ["full_causal", "kv_ring_wrapped", "sink_dominates"])
+def test_attention_group_equals_each_head_alone(isa, rng, heads, case):
+    # Heads of one GQA group share the key and value loads; each must get exactly what it would
+    # get alone (same arithmetic per head), with its own sink.
+    cap, j_lo, j_hi, _ = ATTENTION_CASES[case]
+    d = 64
+    q = rng.standard_normal((heads, d)).astype(np.float32)
+    k_cache = rng.standard_normal((cap, d)).astype(np.float32)
+    v_cache = rng.standard_normal((cap, d)).astype(np.float32)
+    sinks = rng.normal(0, 2, heads).astype(np.float32)
+    scale = np.float32(0.125)
+    out = ops.attention(q, k_cache, v_cache, j_lo, j_hi, sinks, scale, isa)
+    for h in range(heads):
+        alone = attention_row(q[h], k_cache, v_cache, j_lo, j_hi, sinks[h], scale, isa)
+        np.testing.assert_array_equal(out[h], alone)
+        ref, _, _ = attention_row_ref(q[h], k_cache, v_cache, j_lo, j_hi, sinks[h])
+        assert np.max(np.abs(out[h] - ref)) <= 1e-5 * np.max(np.abs(ref)) + 1e-7
 
 
 # --------------------------------------------------------------------------- rope
