@@ -359,7 +359,10 @@ def test_generate_greedy_equals_argmax_of_steps(w128):
 def test_generate_seeded_sampling_is_reproducible(w128):
     path, toks, _ = w128
     m = load(path, precision="f32")
-    run = lambda seed: list(m.generate(toks[:10], max_tokens=20, temperature=3.0, seed=seed))
+
+    def run(seed):
+        return list(m.generate(toks[:10], max_tokens=20, temperature=3.0, seed=seed))
+
     assert run(5) == run(5)
     assert run(5) != run(6)  # 20 draws from a flattened distribution: equal by chance ~never
     top1 = list(m.generate(toks[:10], max_tokens=8, temperature=2.0, top_k=1, seed=1))

@@ -12,9 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, quants
-
 import reference as R
+from gguf import GGMLQuantizationType, quants
 
 FIXTURE_NAMES = ["tiny-w4", "tiny-w128"]
 TOL = 2e-5  # max|a−b| / max|b|; the spec measured 5.8e-7 (tiny-w4) and 4.1e-6 (tiny-w128)

@@ -18,7 +18,8 @@ def main() -> int:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "machine_rates"
-        subprocess.run(["g++", "-O2", "-mavx2", "-std=c++17", "-pthread", str(SRC), "-o", str(exe)], check=True)
+        cmd = ["g++", "-O2", "-mavx2", "-std=c++17", "-pthread", str(SRC), "-o", str(exe)]
+        subprocess.run(cmd, check=True)
         return subprocess.run([str(exe), str(a.threads)]).returncode
 
 

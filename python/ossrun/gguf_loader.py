@@ -185,9 +185,9 @@ def _read_config(reader, path: Path) -> ModelConfig:
         if not 0 < getattr(cfg, name) <= _MAX_DIM:
             bad(f"{name} = {getattr(cfg, name)} is out of range")
     if cfg.rope_scaling_factor > 1:
-        half = cfg.key_length / 2
-        low = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_fast * 2 * math.pi)) / math.log(cfg.rope_freq_base)
-        high = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_slow * 2 * math.pi)) / math.log(cfg.rope_freq_base)
+        half, log_base = cfg.key_length / 2, math.log(cfg.rope_freq_base)
+        low = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_fast * 2 * math.pi)) / log_base
+        high = half * math.log(cfg.rope_original_context / (cfg.yarn_beta_slow * 2 * math.pi)) / log_base
         if not 0 < low < high < half - 1:
             bad("the YaRN parameters give a degenerate correction range (need 0 < low < high < d/2 - 1)")
     return cfg

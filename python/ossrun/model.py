@@ -18,6 +18,7 @@ from .gguf_loader import ModelConfig, open_gguf
 from .sampler import Sampler
 
 PRECISIONS = ("fast", "f32")
+PREFILL_PIECE = 1024  # tokens per call into the core (4 of its 256-token chunks)
 
 
 def default_threads() -> int:
@@ -112,7 +113,7 @@ class Model:
     def isa(self) -> str:
         return self._core.isa
 
-    def session(self, n_ctx: int | None = None) -> "Session":
+    def session(self, n_ctx: int | None = None) -> Session:
         """A fresh context (KV cache) of n_ctx tokens (default: the model's n_ctx)."""
         return Session(self, self.n_ctx if n_ctx is None else n_ctx)
 
@@ -126,7 +127,7 @@ class Model:
 
     def generate(self, ids: Sequence[int], max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop: Iterable[int] = (),
-                 session: "Session | None" = None) -> Iterator[int]:
+                 session: Session | None = None) -> Iterator[int]:
         """Yield up to max_tokens sampled ids after the prompt `ids` (temperature 0 = greedy).
 
         Stops early after yielding a token in `stop`. Uses a fresh session unless one is given
@@ -201,7 +202,11 @@ class Session:
         if self.n_past + ids.size > self.n_ctx:
             raise ContextOverflowError(
                 f"{ids.size} more tokens do not fit: {self.n_past} of n_ctx = {self.n_ctx} used")
-        logits = self._core.prefill(ids, all_logits)
+        # Long prompts go in pieces of a few chunks, so Ctrl-C (a signal Python sees between
+        # calls) stops a long prefill within a second or two; what was prefilled stays valid.
+        pieces = [self._core.prefill(ids[i:i + PREFILL_PIECE], all_logits)
+                  for i in range(0, ids.size, PREFILL_PIECE)]
+        logits = pieces[0] if len(pieces) == 1 else (np.concatenate(pieces) if all_logits else pieces[-1])
         if not np.isfinite(logits).all():
             raise ModelError(f"{self.model.path}: the model produced non-finite logits "
                              "(invalid weights, e.g. an MXFP4 scale of 255)")
