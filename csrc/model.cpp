@@ -260,29 +260,29 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
     // every down projection in another: real GEMMs over each expert's tokens.
     // Fast precision hands the GEMMs bf16 activations (decode, T < 4, keeps float32 anyway).
     const bool bf16 = use_bf16_ && T * k >= 4;
+    // One job per routed expert: its pairs' rows of `in` [., in_w] -> the same rows of `out`.
+    auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in,
+                               const uint16_t* in_bf16, int64_t in_w, float* out) {
+        for (int64_t e = 0; e < E; ++e) {
+            const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
+            if (n == 0) continue;
+            MatmulArgs a = matmul_args(W, e, in + p0 * in_w, n, out + p0 * W.rows, bias + e * W.rows);
+            if (in_bf16) a.x_bf16 = in_bf16 + p0 * in_w;
+            s.jobs.push_back(a);
+        }
+    };
     if (bf16) to_bf16(s.expert_x.data(), T * k, H, s.expert_x_bf16);
+    const uint16_t* x_bf16 = bf16 ? s.expert_x_bf16.data() : nullptr;
     s.jobs.clear();
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
-        if (n == 0) continue;
-        s.jobs.push_back(matmul_args(w.gate_exps, e, s.expert_x.data() + p0 * H, n,
-                                     s.expert_gate.data() + p0 * I, w.gate_exps_b + e * I));
-        s.jobs.push_back(matmul_args(w.up_exps, e, s.expert_x.data() + p0 * H, n,
-                                     s.expert_up.data() + p0 * I, w.up_exps_b + e * I));
-        if (bf16) s.jobs.end()[-2].x_bf16 = s.jobs.end()[-1].x_bf16 = s.expert_x_bf16.data() + p0 * H;
-    }
+    add_expert_jobs(w.gate_exps, w.gate_exps_b, s.expert_x.data(), x_bf16, H, s.expert_gate.data());
+    add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), x_bf16, H, s.expert_up.data());
     matmuls(s.jobs.data(), s.jobs.size());
     swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), T * k * I,
                config_.swiglu_alpha, config_.swiglu_limit);
     if (bf16) to_bf16(s.expert_h.data(), T * k, I, s.expert_h_bf16);
     s.jobs.clear();
-    for (int64_t e = 0; e < E; ++e) {
-        const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
-        if (n == 0) continue;
-        s.jobs.push_back(matmul_args(w.down_exps, e, s.expert_h.data() + p0 * I, n,
-                                     s.expert_y.data() + p0 * H, w.down_exps_b + e * H));
-        if (bf16) s.jobs.back().x_bf16 = s.expert_h_bf16.data() + p0 * I;
-    }
+    add_expert_jobs(w.down_exps, w.down_exps_b, s.expert_h.data(), bf16 ? s.expert_h_bf16.data() : nullptr,
+                    I, s.expert_y.data());
     matmuls(s.jobs.data(), s.jobs.size());
 
     // Weighted sum; the down bias sits inside it (MODEL.md §2.6 step 6).
