@@ -44,3 +44,18 @@ def rng(request):
     seed = int(os.environ.get("OSSRUN_TEST_SEED", np.random.SeedSequence().entropy % 2**63))
     print(f"{request.node.nodeid}: OSSRUN_TEST_SEED={seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory, request) -> Path:
+    """The tiny preset as a GGUF, written once per test session: with the real vocabulary when the
+    vocab file exists (chat tests need it), else a byte-level vocabulary of 8192 ids."""
+    from ossrun import model_maker
+
+    try:
+        vocab = request.getfixturevalue("vocab_file")
+    except pytest.skip.Exception:
+        vocab = None
+    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    return model_maker.make_model(path, "tiny", seed=1, vocab_file=vocab, use_byte_vocab=vocab is None,
+                                  **({} if vocab else {"vocab": 8192}))

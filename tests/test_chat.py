@@ -11,18 +11,16 @@ import numpy as np
 import ossrun
 import pytest
 from ossrun import ContextOverflowError
-from ossrun import model_maker as mm
 from ossrun.chat import Chat, ContentDelta, Done, ReasoningDelta, common_prefix
 from ossrun.harmony import Message
 
 _MODEL: dict = {}
 
 
-def tiny_chat_model(vocab_file, tmp_path_factory):
-    """The tiny preset with the real vocabulary, written and loaded once per test session."""
+def tiny_chat_model(vocab_file, tiny_gguf):
+    """The tiny model with the real vocabulary (vocab_file skips without it), loaded once."""
     if "model" not in _MODEL:
-        path = mm.make_model(tmp_path_factory.mktemp("chat") / "tiny-o200k.gguf", "tiny",
-                             vocab_file=vocab_file)
+        path = tiny_gguf
         # Exact precision: the KV-reuse test compares logits across different chunkings, which the
         # fast path (bf16 activations in prefill GEMMs only) would perturb by design.
         _MODEL["model"] = ossrun.load(path, n_ctx=2048, precision="f32")
@@ -30,8 +28,8 @@ def tiny_chat_model(vocab_file, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def model(vocab_file, tmp_path_factory):
-    return tiny_chat_model(vocab_file, tmp_path_factory)
+def model(vocab_file, tiny_gguf):
+    return tiny_chat_model(vocab_file, tiny_gguf)
 
 
 class Script:

@@ -17,14 +17,8 @@ from ossrun import model_maker as mm
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, request):
-    """A tiny random gpt-oss GGUF: the real vocabulary when the vocab file exists, else bytes."""
-    try:
-        vocab = request.getfixturevalue("vocab_file")
-    except pytest.skip.Exception:
-        vocab = None
-    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
-    return mm.make_model(path, "tiny", seed=1, vocab_file=vocab, use_byte_vocab=vocab is None)
+def tiny_model(tiny_gguf):
+    return tiny_gguf
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import time
 import ossrun
 import pexpect
 import pytest
-from ossrun import model_maker as mm
 from ossrun.chat import ContentDelta, Done, ReasoningDelta, Reply, ToolCall, TurnStats
 from ossrun.repl import Repl, Spinner, TurnPrinter, summary_line
 
@@ -27,15 +26,8 @@ SUMMARY = "generated ·"  # in every per-reply summary line
 
 
 @pytest.fixture(scope="session")
-def model_path(tmp_path_factory, request):
-    """A tiny random gpt-oss GGUF: the real vocabulary when the vocab file exists, else bytes."""
-    try:
-        vocab = request.getfixturevalue("vocab_file")
-    except pytest.skip.Exception:
-        vocab = None
-    path = tmp_path_factory.mktemp("repl") / "tiny.gguf"
-    return mm.make_model(path, "tiny", seed=1, vocab_file=vocab, use_byte_vocab=vocab is None,
-                         **({} if vocab else {"vocab": 8192}))
+def model_path(tiny_gguf):
+    return tiny_gguf
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from test_chat import Script, tiny_chat_model
 
 
 @pytest.fixture(scope="session")
-def model(vocab_file, tmp_path_factory):
-    return tiny_chat_model(vocab_file, tmp_path_factory)
+def model(vocab_file, tiny_gguf):
+    return tiny_chat_model(vocab_file, tiny_gguf)
 
 
 class Unit(enum.Enum):

@@ -44,27 +44,36 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _measure(a, prefill, reset) -> tuple[float, float]:
+    """The same protocol for every engine: prefill `--prompt` tokens on an empty context; then
+    from empty, `--depth` tokens of context and `--gen` decoded one at a time (the first one's
+    prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context."""
+    t = time.perf_counter()
+    prefill(_tokens(a.prompt, 1))
+    prefill_s = time.perf_counter() - t
+    reset()
+    if a.depth:
+        prefill(_tokens(a.depth, 2))
+    gen = _tokens(a.gen, 3)
+    prefill(gen[:1])
+    t = time.perf_counter()
+    for tok in gen[1:]:
+        prefill([tok])
+    return prefill_s, time.perf_counter() - t
+
+
+def _n_ctx(a) -> int:
+    return a.depth + max(a.prompt, a.gen) + 8
+
+
 def _worker_ossrun(a) -> dict:
     import ossrun
 
-    n_ctx = a.depth + max(a.prompt, a.gen) + 8
     t = time.perf_counter()
-    model = ossrun.load(a.model, n_ctx=n_ctx, threads=a.threads)
+    model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads)
     load_s = time.perf_counter() - t
     s = model.session()
-    prompt = _tokens(a.prompt, 1)
-    t = time.perf_counter()
-    s.prefill(prompt)
-    prefill_s = time.perf_counter() - t
-    s.reset()
-    if a.depth:
-        s.prefill(_tokens(a.depth, 2))
-    gen = _tokens(a.gen, 3)
-    s.prefill(gen[:1])
-    t = time.perf_counter()
-    for tok in gen[1:]:
-        s.decode(tok)
-    decode_s = time.perf_counter() - t
+    prefill_s, decode_s = _measure(a, s.prefill, s.reset)
     return _result(a, load_s, prefill_s, decode_s, f"ossrun {model.isa}, {model.threads} threads")
 
 
@@ -72,25 +81,13 @@ def _worker_llama_cpp(a) -> dict:
     import llama_cpp
 
     threads = a.threads or os.cpu_count()
-    n_ctx = a.depth + max(a.prompt, a.gen) + 8
     t = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=a.model, n_ctx=n_ctx, n_threads=threads,
+    llm = llama_cpp.Llama(model_path=a.model, n_ctx=_n_ctx(a), n_threads=threads,
                           n_threads_batch=threads, n_batch=max(512, a.prompt), n_ubatch=512,
                           verbose=False)
     load_s = time.perf_counter() - t
-    prompt = _tokens(a.prompt, 1)
-    t = time.perf_counter()
-    llm.eval(prompt)
-    prefill_s = time.perf_counter() - t
-    llm.reset()  # the next eval starts at position 0 and drops the cached positions after it
-    if a.depth:
-        llm.eval(_tokens(a.depth, 2))
-    gen = _tokens(a.gen, 3)
-    llm.eval(gen[:1])
-    t = time.perf_counter()
-    for tok in gen[1:]:
-        llm.eval([tok])
-    decode_s = time.perf_counter() - t
+    # reset(): the next eval starts at position 0 and drops the cached positions after it.
+    prefill_s, decode_s = _measure(a, llm.eval, llm.reset)
     return _result(a, load_s, prefill_s, decode_s, f"llama.cpp via llama-cpp-python {llama_cpp.__version__}")
 
 

@@ -122,8 +122,10 @@ class Model:
         ids = _check_ids(ids, self.n_vocab)
         if ids.size == 0:
             raise ValueError("logits() needs at least one token")
-        s = self.session(max(self.n_ctx, int(ids.size)) if ids.size <= self.config.context_length else None)
-        return s._prefill(ids, all_logits=True)
+        if ids.size > self.config.context_length:
+            raise ContextOverflowError(f"{ids.size} tokens exceed the model's context_length "
+                                       f"{self.config.context_length}")
+        return self.session(max(self.n_ctx, int(ids.size)))._prefill(ids, all_logits=True)
 
     def generate(self, ids: Sequence[int], max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, seed=None, stop: Iterable[int] = (),
