@@ -231,12 +231,24 @@ void bind_ops(py::module_& m) {
         for (int64_t r = 0; r < rows; ++r) k->decode_row(W, 0, r, out.mutable_data() + r * cols);
         return out;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "auto");
+    m.def("quantize_i16", [](F32Array x, const std::string& isa) {
+        if (x.ndim() != 2 || x.shape(1) % kBlockElems) throw py::value_error("x must be [T, 32 * n]");
+        const KernelTable* k = table_arg(isa);
+        if (!k->quantize_i16) throw py::value_error(std::string(k->name) + " has no int16 path on this CPU");
+        py::array_t<int16_t> q({x.shape(0), x.shape(1)});
+        py::array_t<float> scale({x.shape(0), x.shape(1) / kBlockElems});
+        k->quantize_i16(x.data(), int64_t(x.size()), q.mutable_data(), scale.mutable_data());
+        return py::make_tuple(q, scale);
+    }, py::arg("x"), py::arg("isa") = "auto",
+       "int16 blocks of 32 and their scales (max|block| / 32767), as the fast precision makes them.");
     m.def("matmul", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
-                       int64_t cols, F32Array x, std::optional<F32Array> bias, const std::string& isa) {
+                       int64_t cols, F32Array x, std::optional<F32Array> bias, const std::string& isa,
+                       const std::string& precision) {
         Matrix W = raw_matrix(raw, type, rows, cols);
         if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
         if (bias && (bias->ndim() != 1 || bias->shape(0) != rows))
             throw py::value_error("bias must be [rows]");
+        if (precision != "f32" && precision != "fast") throw py::value_error("precision must be 'f32' or 'fast'");
         const KernelTable* k = table_arg(isa);
         py::array_t<float> y({int64_t(x.shape(0)), rows});
         MatmulArgs a;
@@ -247,10 +259,24 @@ void bind_ops(py::module_& m) {
         a.y = y.mutable_data();
         a.ldy = rows;
         a.bias = bias ? bias->data() : nullptr;
-        k->matmul(a, 0, rows);
+        std::vector<int16_t> q;
+        std::vector<float> scale;
+        if (precision == "fast") {  // as the model does: int16 activations where the variant has them
+            if (!k->quantize_i16 || cols % kBlockElems)
+                throw py::value_error(std::string(k->name) + " has no int16 path for this matrix");
+            q.resize(size_t(x.size()));
+            scale.resize(size_t(x.size() / kBlockElems));
+            k->quantize_i16(x.data(), int64_t(x.size()), q.data(), scale.data());
+            a.x_i16 = q.data();
+            a.x_i16_scale = scale.data();
+        }
+        {
+            py::gil_scoped_release release;
+            k->matmul(a, 0, rows);
+        }
         return y;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-       py::arg("bias") = py::none(), py::arg("isa") = "auto");
+       py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("precision") = "f32");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps, const std::string& isa) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
             throw py::value_error("rmsnorm wants x [T, n] and g [n]");
@@ -371,7 +397,6 @@ PYBIND11_MODULE(_core, m) {
              py::arg("config"), py::arg("tensors"), py::arg("threads") = 1, py::arg("isa") = "auto",
              py::arg("precision") = "fast")
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
-        .def_property_readonly("uses_bf16", &Model::uses_bf16)
         .def_property_readonly("uses_i16", &Model::uses_i16)
         .def_property_readonly("threads", &Model::threads);
 

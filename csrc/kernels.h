@@ -20,11 +20,10 @@ struct MatmulArgs {
     float* y = nullptr;
     int64_t ldy = 0;
     const float* bias = nullptr;  // [rows] or null
-    // Optional bf16 copy of x (same strides), for the fast path: a variant that has a bf16 GEMM
-    // uses it for MXFP4 weights, whose values bf16 holds exactly; the activations lose bits.
-    const uint16_t* x_bf16 = nullptr;
-    // Optional int16 copy of x in blocks of 32, one float scale per block (fast decode: a variant
-    // with int16 dot products uses it for Q8_0 weights; ~2^-15 of each block's max is lost).
+    // Optional int16 copy of x (same strides) in blocks of 32 with one float scale per block,
+    // x_i16_scale[t * ldx / 32 + b], for the fast precision: a variant with int16 dot products
+    // uses it for MXFP4 and Q8_0 weights (exact integers times a scale), ~2^-16 of each block's
+    // largest activation is lost.
     const int16_t* x_i16 = nullptr;
     const float* x_i16_scale = nullptr;
 };
@@ -56,8 +55,6 @@ struct KernelTable {
     void (*attention)(const AttentionArgs& a);
     // y[i] = g[i] * x[i] / sqrt(mean(x^2) + eps), i < n.
     void (*rmsnorm)(const float* x, const float* g, float* y, int64_t n, float eps);
-    // Round x[n] to bf16 (nearest even); null when this variant or CPU has no bf16 GEMM.
-    void (*to_bf16)(const float* x, int64_t n, uint16_t* out);
     // q[i] = round(x[i] / scale[i / 32]) with scale = max|block| / 32767, n a multiple of 32;
     // null when this variant or CPU has no int16 dot products.
     void (*quantize_i16)(const float* x, int64_t n, int16_t* q, float* scale);

@@ -43,29 +43,31 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
       kernels_(select_kernel_table(options.isa)),
       pool_(options.threads),
       rope_(make_rope_table(config)),
-      use_bf16_(options.precision == "fast" && kernels_->to_bf16 != nullptr),
       use_i16_(options.precision == "fast" && kernels_->quantize_i16 != nullptr) {
     if (options.precision != "fast" && options.precision != "f32")
         throw std::invalid_argument("precision must be 'fast' or 'f32'");
 }
 
-void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
-    if (!use_i16_ || T >= 4 || a.W->type != DType::Q8_0) return;
-    if (int64_t(s.x_i16.size()) < T * width) {
-        s.x_i16.resize(size_t(T * width));
-        s.x_i16_scale.resize(size_t(T * width / kBlockElems));
+void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
+    if (int64_t(s.x_i16.size()) < n * width) {
+        s.x_i16.resize(size_t(n * width));
+        s.x_i16_scale.resize(size_t(n * width / kBlockElems));
     }
-    kernels_->quantize_i16(x, T * width, s.x_i16.data(), s.x_i16_scale.data());
-    a.x_i16 = s.x_i16.data();
-    a.x_i16_scale = s.x_i16_scale.data();
+    int16_t* q = s.x_i16.data();
+    float* scale = s.x_i16_scale.data();
+    pool_.parallel_for(n, 8, [&](int64_t r0, int64_t r1) {
+        kernels_->quantize_i16(x + r0 * width, (r1 - r0) * width, q + r0 * width, scale + r0 * width / kBlockElems);
+    });
 }
 
-void Model::to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out) {
-    if (int64_t(out.size()) < n * width) out.resize(size_t(n * width));
-    uint16_t* dst = out.data();
-    pool_.parallel_for(n, 8, [&](int64_t r0, int64_t r1) {
-        kernels_->to_bf16(x + r0 * width, (r1 - r0) * width, dst + r0 * width);
-    });
+void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
+    // Q8_0 matmuls always take int16 activations; MXFP4 ones only as GEMMs (the decode GEMV
+    // keeps float32: it is bound by memory, not arithmetic).
+    const DType type = a.W->type;
+    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4))) return;
+    quantize_i16(s, x, T, width);
+    a.x_i16 = s.x_i16.data();
+    a.x_i16_scale = s.x_i16_scale.data();
 }
 
 void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
@@ -258,31 +260,32 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
     // every down projection in another: real GEMMs over each expert's tokens.
-    // Fast precision hands the GEMMs bf16 activations (decode, T < 4, keeps float32 anyway).
-    const bool bf16 = use_bf16_ && T * k >= 4;
+    // The fast precision hands these GEMMs int16 activations, quantized once for gate and up.
+    const bool i16 = use_i16_ && T * k >= 4;
     // One job per routed expert: its pairs' rows of `in` [., in_w] -> the same rows of `out`.
     auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in,
-                               const uint16_t* in_bf16, int64_t in_w, float* out) {
+                               int64_t in_w, float* out) {
         for (int64_t e = 0; e < E; ++e) {
             const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
             if (n == 0) continue;
             MatmulArgs a = matmul_args(W, e, in + p0 * in_w, n, out + p0 * W.rows, bias + e * W.rows);
-            if (in_bf16) a.x_bf16 = in_bf16 + p0 * in_w;
+            if (i16) {
+                a.x_i16 = s.x_i16.data() + p0 * in_w;
+                a.x_i16_scale = s.x_i16_scale.data() + p0 * in_w / kBlockElems;
+            }
             s.jobs.push_back(a);
         }
     };
-    if (bf16) to_bf16(s.expert_x.data(), T * k, H, s.expert_x_bf16);
-    const uint16_t* x_bf16 = bf16 ? s.expert_x_bf16.data() : nullptr;
+    if (i16) quantize_i16(s, s.expert_x.data(), T * k, H);
     s.jobs.clear();
-    add_expert_jobs(w.gate_exps, w.gate_exps_b, s.expert_x.data(), x_bf16, H, s.expert_gate.data());
-    add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), x_bf16, H, s.expert_up.data());
+    add_expert_jobs(w.gate_exps, w.gate_exps_b, s.expert_x.data(), H, s.expert_gate.data());
+    add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), H, s.expert_up.data());
     matmuls(s.jobs.data(), s.jobs.size());
     swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), T * k * I,
                config_.swiglu_alpha, config_.swiglu_limit);
-    if (bf16) to_bf16(s.expert_h.data(), T * k, I, s.expert_h_bf16);
+    if (i16) quantize_i16(s, s.expert_h.data(), T * k, I);
     s.jobs.clear();
-    add_expert_jobs(w.down_exps, w.down_exps_b, s.expert_h.data(), bf16 ? s.expert_h_bf16.data() : nullptr,
-                    I, s.expert_y.data());
+    add_expert_jobs(w.down_exps, w.down_exps_b, s.expert_h.data(), I, s.expert_y.data());
     matmuls(s.jobs.data(), s.jobs.size());
 
     // Weighted sum; the down bias sits inside it (MODEL.md §2.6 step 6).

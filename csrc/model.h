@@ -20,8 +20,8 @@ namespace ossrun {
 struct ModelOptions {
     int threads = 1;
     std::string isa = "auto";  // kernel variant, see kernels.h
-    // "f32": float32 activations end to end. "fast": expert GEMMs may take bf16 activations
-    // where the kernel variant has a bf16 GEMM (weights stay exact).
+    // "f32": float32 activations end to end. "fast": MXFP4 and Q8_0 matmuls take int16
+    // activations where the kernel variant has int16 dot products (weights stay exact).
     std::string precision = "fast";
 };
 
@@ -39,8 +39,7 @@ struct Scratch {
     std::vector<int32_t> pair_token;                     // [T * k]
     std::vector<float> pair_weight;                      // [T * k]
     std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
-    std::vector<uint16_t> expert_x_bf16, expert_h_bf16;  // fast precision only
-    std::vector<int16_t> x_i16;                          // fast decode only: [T, width]
+    std::vector<int16_t> x_i16;                          // fast precision: [rows, width]
     std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;
     // When set, forward() appends the residual stream [T, H] after every attention and MoE
@@ -56,7 +55,6 @@ public:
     const KernelTable& kernels() const { return *kernels_; }
     int threads() const { return pool_.size(); }
     const RopeTable& rope() const { return rope_; }
-    bool uses_bf16() const { return use_bf16_; }
     bool uses_i16() const { return use_i16_; }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
@@ -80,9 +78,9 @@ private:
     void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);
     void trace(Scratch& s, int64_t T);
-    // bf16 copy of rows [n, width] for the fast GEMM, converted in parallel.
-    void to_bf16(const float* x, int64_t n, int64_t width, std::vector<uint16_t>& out);
-    // Fast decode: give the (few-token) matmul args an int16 copy of their input rows.
+    // int16 copy of rows [n, width] (blocks of 32, one scale each) into s.x_i16, in parallel.
+    void quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width);
+    // Fast precision: give the matmul args an int16 copy of their input rows where it pays.
     void attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a);
 
     ModelConfig config_;
@@ -91,7 +89,6 @@ private:
     ThreadPool pool_;
     std::mutex forward_mutex_;  // the pool runs one forward at a time
     RopeTable rope_;
-    bool use_bf16_;
     bool use_i16_;
 };
 

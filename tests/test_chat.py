@@ -22,7 +22,7 @@ def tiny_chat_model(vocab_file, tiny_gguf):
     if "model" not in _MODEL:
         path = tiny_gguf
         # Exact precision: the KV-reuse test compares logits across different chunkings, which the
-        # fast path (bf16 activations in prefill GEMMs only) would perturb by design.
+        # fast path (int16 activations, GEMMs in prefill, GEMVs in decode) would perturb by design.
         _MODEL["model"] = ossrun.load(path, n_ctx=2048, precision="f32")
     return _MODEL["model"]
 

@@ -293,6 +293,91 @@ def test_matmul_exact_when_arithmetic_is_exact(isa, rng, shape, bias):
         assert np.array_equal(y, ref), f"T={T}: {np.argwhere(y != ref)[:3].tolist()}"
 
 
+# --------------------------------------------------------------------------- fast precision
+
+def _has_i16(isa_name):
+    try:
+        ops.quantize_i16(np.zeros((1, 32), np.float32), isa_name)
+        return True
+    except ValueError:
+        return False
+
+
+FAST_ISAS = [i for i in ISAS if _has_i16(i)]
+
+
+def quantize_i16_ref(x):
+    """The int16 blocks the fast precision makes, in numpy: scale = max|block| / 32767 and
+    q = round-half-even(x · (32767 / max)), both in float32 as the kernel computes them."""
+    T, K = x.shape
+    blocks = x.reshape(T, K // 32, 32).astype(np.float32)
+    m = np.abs(blocks).max(axis=2)
+    scale = m / np.float32(32767)
+    inv = np.where(m > 0, np.float32(32767) / np.where(m > 0, m, 1), 0).astype(np.float32)
+    q = np.rint(blocks * inv[:, :, None]).astype(np.int16)
+    return q.reshape(T, K), scale
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+def test_quantize_i16(isa_name, rng):
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    x = (rng.standard_normal((7, 32 * 9)) * rng.uniform(1e-3, 1e3, (7, 1))).astype(np.float32)
+    x[2, 32:64] = 0  # an all-zero block: scale 0, codes 0
+    x[3, 5] = 1e30  # one huge element: the rest of its block rounds to 0
+    q, scale = ops.quantize_i16(x, isa_name)
+    q_ref, scale_ref = quantize_i16_ref(x)
+    assert np.array_equal(scale, scale_ref)
+    assert np.array_equal(q, q_ref)
+    # What it promises: every element within half a step of its block, plus the rounding of
+    # x · (32767 / max) in float32 (≤ 2 U relative at |q| ≤ 32767: < 0.004 steps).
+    step = np.repeat(scale, 32, axis=1).astype(np.float64)
+    assert np.all(np.abs(q * step - x) <= 0.51 * step)
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+@pytest.mark.parametrize("rows", [1, 19, 37], ids=["one_row", "rows19", "rows37"])
+@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
+                                   (MXFP4, 2880)], ids=_shape_id)
+def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
+    """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
+    exact weights. The GEMM (4+ tokens; MXFP4 and Q8_0) and the Q8_0 GEMV use them, the MXFP4
+    GEMV keeps float32. Given the quantized activations, each block's dot product is exact in
+    int32; the rest is float32 rounding: one conversion, one scale product and one accumulation
+    per block, ≤ (blocks + 4)·U·Σ|w||x| (+ the bias add). A misplaced row, pair or scale errs
+    by ~|w||x|."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    ggml_type, cols = shape
+    raw = raw_random(rng, ggml_type, rows, cols)
+    W = R.dequantize(raw, ggml_type, (rows, cols))
+    b = rng.standard_normal(rows).astype(np.float32)
+    for T in TOKENS + [8, 17]:
+        x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
+        y = ops.matmul(raw, ggml_type, rows, cols, x, b, isa_name, "fast")
+        assert y.shape == (T, rows)
+        exact = R.matmul(x.astype(np.float64), W, b.astype(np.float64))
+        if T < 4 and ggml_type == MXFP4:  # float32 GEMV: the bound of the exact tests
+            tol = (cols + 2) * U * (np.abs(x.astype(np.float64)) @ np.abs(W).T + np.abs(b))
+            assert np.all(np.abs(y - exact) <= tol), f"T={T}"
+            continue
+        q, scale = quantize_i16_ref(x)
+        step = np.repeat(scale, 32, axis=1).astype(np.float64)
+        xq = q.astype(np.float64) * step
+        ref = R.matmul(xq, W, b.astype(np.float64))
+        tol = (cols // 32 + 4) * U * (np.abs(xq) @ np.abs(W).T + np.abs(b))
+        err = np.abs(y - ref)
+        assert np.all(err <= tol), f"T={T}: max err {err.max():.3g}, bound {tol.flat[err.argmax()]:.3g}"
+        # Against the activations before quantization: also within half a step per element.
+        assert np.all(np.abs(y - exact) <= tol + 0.51 * step @ np.abs(W).T), f"T={T}"
+
+
+def test_matmul_fast_rejects_bad_precision():
+    raw = np.zeros((2, 34), np.uint8)
+    with pytest.raises(ValueError, match="precision"):
+        ops.matmul(raw, Q8_0, 2, 32, np.zeros((1, 32), np.float32), None, "auto", "int4")
+
+
 def test_matmul_rejects_bad_shapes():
     raw = np.zeros((2, 37 * 4), np.uint8)
     with pytest.raises(ValueError, match="x must be"):

@@ -308,21 +308,22 @@ def test_generated_model_matches_reference(generated, name):
     assert rel_err(np.stack(rows), ref[7:]) < TOL
 
 
-def test_fast_decode_on_q8_0_matrices_matches_reference(generated):
-    # Fast decode gives Q8_0 matmuls int16 activations (one scale per 32: a rounding error of
-    # 2^-16 of each block's max); the logits stay within 1e-3 of the float64 reference, where a
-    # wrong block scale or element order would be off by O(1). Measured here: ~1e-5.
+def test_fast_precision_on_q8_0_and_mxfp4_matches_reference(generated):
+    # The fast precision gives Q8_0 and MXFP4 matmuls int16 activations (one scale per 32: a
+    # rounding error of 2^-16 of each block's max): in prefill (GEMMs, both types) and decode
+    # (Q8_0 GEMVs) the logits stay within 1e-3 of the float64 reference, where a wrong block
+    # scale or element order would be off by O(1). Measured here: ~1e-5.
     path, toks, ref = generated("q8_0_odd_group")
     m = load(path, precision="fast")
+    prefill_err = rel_err(m.logits(toks), ref)
     s = m.session()
-    rows = [s.decode(int(t)) for t in toks]
-    err = rel_err(np.stack(rows), ref)
-    assert err < 1e-3
-    exact = load(path, precision="f32").session()
-    exact_err = rel_err(np.stack([exact.decode(int(t)) for t in toks]), ref)
+    decode_err = rel_err(np.stack([s.decode(int(t)) for t in toks]), ref)
+    assert prefill_err < 1e-3 and decode_err < 1e-3
+    exact = load(path, precision="f32")
+    exact_err = rel_err(exact.logits(toks), ref)
     assert exact_err < TOL
     if m._core.uses_i16:  # the int16 path ran: it must differ from the exact one
-        assert err != exact_err
+        assert prefill_err != exact_err
 
 
 @pytest.mark.parametrize("expert_type", ["Q8_0", "F16", "BF16", "F32"])

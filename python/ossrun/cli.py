@@ -289,12 +289,12 @@ def memory_estimate(cfg, n_ctx: int, file_size: int, threads: int) -> dict:
     slots = sum(ring if layer % 2 == 0 else n_ctx for layer in range(cfg.block_count))
     kv_cache = slots * 2 * kv_width * 4
     # Scratch buffers of one prefill chunk (csrc/model.cpp Scratch): per token, per routed
-    # (token, expert) pair (inputs, gate/up/SwiGLU outputs, their bf16 copies), the last
+    # (token, expert) pair (inputs, gate/up/SwiGLU outputs, the int16 copy of the widest), the last
     # position's logits, and each thread's attention scores for one GQA group.
     H, I, q_width = cfg.embedding_length, cfg.expert_feed_forward_length, cfg.head_count * d
     k, group = cfg.expert_used_count, cfg.head_count // cfg.head_count_kv
     per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + d + 2 + 2 * k
-    per_pair = 2 * H + 3 * I + 2 + (H + I) / 2
+    per_pair = 2 * H + 3 * I + 2 + max(H, I) * 17 / 32  # int16 + a float per 32
     activations = int(4 * (MAX_CHUNK * (per_token + k * per_pair) + 2 * cfg.vocab_size
                            + threads * group * n_ctx))
     return {"n_ctx": n_ctx, "weights": file_size, "kv_cache": kv_cache,

@@ -51,8 +51,9 @@ class Model:
         path: the .gguf file.
         n_ctx: context length of sessions (tokens), at most the model's context_length.
         threads: compute threads; default the number of physical cores.
-        precision: "fast" (default; may trade bits for speed where it stays within the
-            reference's own bf16 error) or "f32" (float32 activations end to end).
+        precision: "fast" (default; matmuls on MXFP4 and Q8_0 weights take int16
+            activations, ~2^-16 of each 32-block's largest value lost) or "f32" (float32
+            activations end to end).
         isa: force a kernel variant ("scalar", "avx2", "avx512", "neon"); default the best
             this CPU runs (or $OSSRUN_ISA).
     """

@@ -11,7 +11,9 @@ void decode_row(const Matrix& W, int64_t mat, int64_t r, float* out) {
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
 #if defined(__AVX512F__)
-    if (a.x_bf16 && a.W->type == DType::MXFP4 && a.n_tok >= kTileTokens) return gemm_mxfp4_bf16(a, r0, r1);
+    if (a.x_i16 && (a.W->type == DType::MXFP4 || a.W->type == DType::Q8_0) && a.n_tok >= kTileTokens &&
+        a.W->row_bytes * 16 < (size_t(1) << 31))  // the panel gathers use 32-bit row offsets
+        return gemm_i16(a, r0, r1);
     if (a.x_i16 && a.W->type == DType::Q8_0 && a.n_tok < kTileTokens) return gemv_q8_0_i16(a, r0, r1);
 #endif
     if (a.n_tok < kTileTokens) gemv(a, r0, r1);

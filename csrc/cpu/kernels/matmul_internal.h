@@ -139,9 +139,9 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 
 #if defined(__AVX512F__)
-// Fast precision (null kernels where the CPU lacks the instructions, see to_bf16/quantize_i16).
-void gemm_mxfp4_bf16(const MatmulArgs& a, int64_t r0, int64_t r1);  // gemm.cpp, AVX512-BF16
+// Fast precision: int16 activations (only reached where the CPU has AVX512-VNNI, see quantize_i16).
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
+void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp, AVX512-VNNI
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS

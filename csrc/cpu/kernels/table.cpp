@@ -10,13 +10,12 @@ void decode_row(const Matrix& W, int64_t mat, int64_t r, float* out);
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1);
 void attention(const AttentionArgs& a);
 void rmsnorm(const float* x, const float* g, float* y, int64_t n, float eps);
-// Defined where the variant has a bf16 GEMM; null otherwise.
-extern void (*const to_bf16)(const float* x, int64_t n, uint16_t* out);
+// Defined where the variant and CPU have int16 dot products; null otherwise.
 extern void (*const quantize_i16)(const float* x, int64_t n, int16_t* q, float* scale);
 
 const KernelTable* table() {
     static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention, rmsnorm,
-                               to_bf16, quantize_i16};
+                               quantize_i16};
     return &t;
 }
 

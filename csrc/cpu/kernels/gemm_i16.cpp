@@ -1,0 +1,170 @@
+// Fast prefill: MXFP4 and Q8_0 weights times int16 activations (AVX512-VNNI `vpdpwssd`).
+//
+// Each 32-element block of activations is an int16 vector with one float scale (quantize_i16:
+// 2^-16 of the block's largest value is lost), and each weight block is an exact small integer
+// with one scale (MXFP4: twice the e2m1 value, -12..12, and half the block's power of two; Q8_0:
+// the int8 and its fp16 scale). A block's dot product is then exact in int32, and one float
+// step per block applies both scales.
+//
+// Layout: a panel holds 16 weight rows with the rows in the vector lanes, so one `vpdpwssd`
+// multiplies 16 rows by the same 2 activations (broadcast) and each 32-element block ends in a
+// vector of 16 row sums: the per-block scale step costs 3 instructions per 16 x 32 products
+// instead of a horizontal reduction per row. The panel is built once per 16 rows by gathering
+// each row's bytes and is reused for every token of the matmul.
+#include "matmul_internal.h"
+
+namespace ossrun::OSSRUN_ISA_NS {
+
+#if defined(__AVX512F__)
+#define OSSRUN_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+
+namespace {
+
+constexpr int kLanes = 16;            // weight rows per panel (one zmm of int32 / float)
+constexpr int kPairsPerBlock = 16;    // int16 pairs per 32-element block: zmm per block
+constexpr int kMaxTileTokens = 8;     // tokens sharing each panel load
+
+// Twice the e2m1 values, as int16, repeated so that vpermw (which reads 5 index bits) needs no
+// mask on the low nibble.
+alignas(64) constexpr int16_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                             0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// Half of each E8M0 scale (the panel holds doubled e2m1 values).
+const float* e8m0_half_table() {
+    static const auto table = [] {
+        std::vector<float> t(256);
+        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
+        return t;
+    }();
+    return table.data();
+}
+
+struct Panel {
+    // Block b: pairs[b * 16 + p] lane i = (w[i][32b + 2p], w[i][32b + 2p + 1]); scale[b * 16 + i].
+    std::vector<__m512i> pairs;
+    std::vector<float> scale;
+};
+
+// Byte offsets of the panel's rows from the first; rows past `R` repeat row 0 (masked off later).
+OSSRUN_VNNI_GEMM inline __m512i row_offsets(const Matrix& W, int64_t R) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i off = _mm512_mullo_epi32(lane, _mm512_set1_epi32(int32_t(W.row_bytes)));
+    return _mm512_maskz_mov_epi32(__mmask16((1u << R) - 1u), off);
+}
+
+OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+    const int64_t nb = W.cols / kBlockElems;
+    const __m512i off = row_offsets(W, R);
+    const __m512i table = _mm512_load_si512(kE2M1x2);
+    const __m512i low_nibble = _mm512_set1_epi32(0x0F), second_byte_low = _mm512_set1_epi32(0x0F0000);
+    const float* half = e8m0_half_table();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row0 + b * kMxfp4BlockBytes;
+        const __m512i e = _mm512_and_si512(_mm512_i32gather_epi32(off, blk, 1), _mm512_set1_epi32(0xFF));
+        _mm512_storeu_ps(P.scale.data() + b * kLanes, _mm512_i32gather_ps(e, half, 4));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock;
+        for (int g = 0; g < 4; ++g) {
+            // Bytes 4g..4g+3 of each row hold elements 4g..4g+3 (low nibbles) and 16+4g.. (high).
+            const __m512i q = _mm512_i32gather_epi32(off, blk + 1 + 4 * g, 1);
+            // Index words: (nibble of byte j, nibble of byte j + 1) for each pair of elements.
+            const __m512i p0 = _mm512_or_si512(_mm512_and_si512(q, low_nibble),
+                                               _mm512_and_si512(_mm512_slli_epi32(q, 8), second_byte_low));
+            const __m512i p1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(q, 16), low_nibble),
+                                               _mm512_and_si512(_mm512_srli_epi32(q, 8), second_byte_low));
+            const __m512i h = _mm512_srli_epi32(q, 4);
+            const __m512i p2 = _mm512_or_si512(_mm512_and_si512(h, low_nibble),
+                                               _mm512_and_si512(_mm512_slli_epi32(h, 8), second_byte_low));
+            const __m512i p3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(h, 16), low_nibble),
+                                               _mm512_and_si512(_mm512_srli_epi32(h, 8), second_byte_low));
+            out[2 * g] = _mm512_permutexvar_epi16(p0, table);
+            out[2 * g + 1] = _mm512_permutexvar_epi16(p1, table);
+            out[8 + 2 * g] = _mm512_permutexvar_epi16(p2, table);
+            out[8 + 2 * g + 1] = _mm512_permutexvar_epi16(p3, table);
+        }
+    }
+}
+
+OSSRUN_VNNI_GEMM void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+    const int64_t nb = W.cols / kBlockElems;
+    const __m512i off = row_offsets(W, R);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row0 + b * kQ8BlockBytes;
+        const __m512i d = _mm512_i32gather_epi32(off, blk, 1);  // low 16 bits: the fp16 scale
+        _mm512_storeu_ps(P.scale.data() + b * kLanes, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock;
+        for (int g = 0; g < 8; ++g) {
+            const __m512i q = _mm512_i32gather_epi32(off, blk + 2 + 4 * g, 1);  // 4 int8 per row
+            const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(q, 8), 8);  // bytes 0, 2
+            const __m512i odd = _mm512_srai_epi16(q, 8);                         // bytes 1, 3
+            out[2 * g] = _mm512_mask_blend_epi16(0xAAAAAAAAu, even, _mm512_slli_epi32(odd, 16));
+            out[2 * g + 1] = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(even, 16), odd);
+        }
+    }
+}
+
+// out[j] (16 rows of token j) = sum over blocks of (int dot) * weight scale * activation scale.
+template <int TT>
+OSSRUN_VNNI_GEMM inline void tile(const Panel& P, int64_t nb, const int16_t* x, int64_t ldx,
+                                  const float* xs, int64_t ldxs, __m512 out[TT]) {
+    __m512 acc[TT];
+    for (int j = 0; j < TT; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const __m512i* w = P.pairs.data() + b * kPairsPerBlock;
+        const int16_t* xb = x + b * kBlockElems;
+        __m512i dot[TT];
+        for (int j = 0; j < TT; ++j) dot[j] = _mm512_setzero_si512();
+        for (int p = 0; p < kPairsPerBlock; ++p) {
+            const __m512i wp = _mm512_load_si512(w + p);
+            for (int j = 0; j < TT; ++j) {
+                int32_t pair;
+                std::memcpy(&pair, xb + j * ldx + 2 * p, 4);
+                dot[j] = _mm512_dpwssd_epi32(dot[j], wp, _mm512_set1_epi32(pair));
+            }
+        }
+        const __m512 ws = _mm512_loadu_ps(P.scale.data() + b * kLanes);
+        for (int j = 0; j < TT; ++j)
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(ws, _mm512_set1_ps(xs[j * ldxs + b])),
+                                     acc[j]);
+    }
+    for (int j = 0; j < TT; ++j) out[j] = acc[j];
+}
+
+}  // namespace
+
+OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    const int64_t nb = W.cols / kBlockElems, ldxs = a.ldx / kBlockElems;
+    thread_local Panel P;
+    if (int64_t(P.scale.size()) < nb * kLanes) {
+        P.pairs.resize(size_t(nb * kPairsPerBlock));
+        P.scale.resize(size_t(nb * kLanes));
+    }
+    for (int64_t r = r0; r < r1; r += kLanes) {
+        const int64_t R = std::min<int64_t>(kLanes, r1 - r);
+        if (W.type == DType::MXFP4) pack_mxfp4(W, W.row(a.mat, r), R, P);
+        else pack_q8_0(W, W.row(a.mat, r), R, P);
+        const __mmask16 rows = __mmask16((1u << R) - 1u);
+        const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(rows, a.bias + r) : _mm512_setzero_ps();
+        for (int64_t t = 0; t < a.n_tok; t += kMaxTileTokens) {
+            const int64_t TT = std::min<int64_t>(kMaxTileTokens, a.n_tok - t);
+            __m512 out[kMaxTileTokens];
+            const int16_t* x = a.x_i16 + t * a.ldx;
+            const float* xs = a.x_i16_scale + t * ldxs;
+            switch (TT) {
+                case 8: tile<8>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 7: tile<7>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 6: tile<6>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 5: tile<5>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 4: tile<4>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 3: tile<3>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 2: tile<2>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                default: tile<1>(P, nb, x, a.ldx, xs, ldxs, out); break;
+            }
+            for (int64_t j = 0; j < TT; ++j)
+                _mm512_mask_storeu_ps(a.y + (t + j) * a.ldy + r, rows, _mm512_add_ps(out[j], bias));
+        }
+    }
+}
+#endif
+
+}  // namespace ossrun::OSSRUN_ISA_NS
