@@ -138,7 +138,7 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
-        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 3);
+        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 2);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t) a.y[t * a.ldy + r] = dot_row(W, row, a.x + t * a.ldx) + b;
     }
@@ -184,7 +184,7 @@ OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const int64_t nb = W.cols / kBlockElems;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
-        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 3);
+        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 2);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t)
             a.y[t * a.ldy + r] = dot_q8_0_i16_row(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * nb, nb) + b;
