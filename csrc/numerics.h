@@ -46,4 +46,18 @@ inline const float* e8m0_table() {
 constexpr float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 
+// The 16 E2M1 values times each of the 256 E8M0 scales (exact products), one 64-byte line per
+// scale: a kernel fetches a block's scaled table with one load instead of a multiply (16 KiB,
+// of which a model's few dozen distinct scales stay in L1).
+inline const float* e2m1_scaled_tables() {
+    static const struct Tables {
+        alignas(64) float v[256 * 16];
+        Tables() {
+            for (int e = 0; e < 256; ++e)
+                for (int i = 0; i < 16; ++i) v[e * 16 + i] = kE2M1[i] * e8m0_to_float(uint8_t(e));
+        }
+    } tables;
+    return tables.v;
+}
+
 }  // namespace ossrun
