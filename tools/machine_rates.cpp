@@ -81,6 +81,18 @@ __attribute__((target("avx512f,avx512vnni"))) static void vnni_loop() {
     (void)s;
 }
 
+__attribute__((target("avx512f,avx512vnni"))) static void vnni16_loop() {
+    __m512i acc[12];
+    for (auto& a : acc) a = _mm512_setzero_si512();
+    __m512i x = _mm512_set1_epi16(1), y = _mm512_set1_epi16(1);
+    for (long k = 0; k < kIters; ++k) {
+        for (auto& a : acc) a = _mm512_dpwssd_epi32(a, x, y);
+        asm volatile("" : "+v"(x));
+    }
+    volatile int s = _mm512_reduce_add_epi32(acc[0]);
+    (void)s;
+}
+
 template <class F>
 static double rate(int threads, double ops_per_iter, F loop) {  // Gop/s
     double t = run_threads(threads, [&](int) { loop(); });
@@ -93,15 +105,18 @@ int main(int argc, char** argv) {
     std::printf("{\"threads\": %d, \"read_gb_s_1\": %.2f, \"read_gb_s_all\": %.2f", n,
                 read_bandwidth(1, bytes), read_bandwidth(n, bytes));
     if (__builtin_cpu_supports("avx512f")) {
-        // 12 vectors x 16 lanes x 2 flops (fma); x 32 pairs x 2 (bf16 dot); x 64 bytes x 2 (vnni).
+        // 12 vectors x 16 lanes x 2 flops (fma); x 32 pairs x 2 (bf16 dot, int16 vnni); x 64
+        // bytes x 2 (int8 vnni).
         std::printf(", \"fma_gflops_1\": %.1f, \"fma_gflops_all\": %.1f", rate(1, 12 * 32, fma_loop),
                     rate(n, 12 * 32, fma_loop));
         if (__builtin_cpu_supports("avx512bf16"))
             std::printf(", \"bf16_gflops_1\": %.1f, \"bf16_gflops_all\": %.1f",
                         rate(1, 12 * 64, bf16_loop), rate(n, 12 * 64, bf16_loop));
         if (__builtin_cpu_supports("avx512vnni"))
-            std::printf(", \"int8_gops_1\": %.1f, \"int8_gops_all\": %.1f", rate(1, 12 * 128, vnni_loop),
-                        rate(n, 12 * 128, vnni_loop));
+            std::printf(", \"int16_gops_1\": %.1f, \"int16_gops_all\": %.1f, \"int8_gops_1\": %.1f, "
+                        "\"int8_gops_all\": %.1f",
+                        rate(1, 12 * 64, vnni16_loop), rate(n, 12 * 64, vnni16_loop),
+                        rate(1, 12 * 128, vnni_loop), rate(n, 12 * 128, vnni_loop));
     }
     std::printf("}\n");
     return 0;

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Builds and runs tools/machine_rates.cpp: this machine's DRAM bandwidth and float32 / bf16 /
-int8 peak rates, the ceilings docs/PERFORMANCE.md compares ossrun against. Prints JSON."""
+int16 / int8 peak rates, the ceilings docs/PERFORMANCE.md compares ossrun against. Prints JSON."""
 
 import argparse
 import os
