@@ -260,8 +260,9 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
     // every down projection in another: real GEMMs over each expert's tokens.
-    // The fast precision hands these GEMMs int16 activations, quantized once for gate and up.
-    const bool i16 = use_i16_ && T * k >= 4;
+    // The fast precision hands these GEMMs int16 activations, quantized once for gate and up
+    // (not in decode: an expert with under 4 tokens runs a GEMV, float32 for MXFP4).
+    const bool i16 = use_i16_ && T >= 4;
     // One job per routed expert: its pairs' rows of `in` [., in_w] -> the same rows of `out`.
     auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in,
                                int64_t in_w, float* out) {
