@@ -1,4 +1,5 @@
-// Fast prefill: MXFP4 and Q8_0 weights times int16 activations (AVX512-VNNI `vpdpwssd`).
+// The fast precision's int16 activations: their quantization, and the prefill GEMM of MXFP4 and
+// Q8_0 weights against them (AVX512-VNNI `vpdpwssd`, 16 rows per vector; AVX2 `vpmaddwd`, 8).
 //
 // Each 32-element block of activations is an int16 vector with one float scale (quantize_i16:
 // 2^-16 of the block's largest value is lost), and each weight block is an exact small integer
@@ -6,17 +7,31 @@
 // the int8 and its fp16 scale). A block's dot product is then exact in int32, and one float
 // step per block applies both scales.
 //
-// Layout: a panel holds 16 weight rows with the rows in the vector lanes, so one `vpdpwssd`
-// multiplies 16 rows by the same 2 activations (broadcast) and each 32-element block ends in a
-// vector of 16 row sums: the per-block scale step costs 3 instructions per 16 x 32 products
-// instead of a horizontal reduction per row. The panel is built once per 16 rows by gathering
-// each row's bytes and is reused for every token of the matmul.
+// Layout: a panel holds 16 (AVX2: 8) weight rows with the rows in the vector lanes, so one
+// `vpdpwssd` multiplies 16 rows by the same 2 activations (broadcast) and each 32-element block
+// ends in a vector of 16 row sums: the per-block scale step costs 3 instructions per 16 x 32
+// products instead of a horizontal reduction per row. The panel is built once per 16 rows by
+// gathering each row's bytes and is reused for every token of the matmul.
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
 
 #if defined(__AVX512F__)
 #define OSSRUN_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+
+OSSRUN_VNNI_GEMM void quantize_i16_impl(const float* x, int64_t n, int16_t* q, float* scale) {
+    for (int64_t b = 0; b < n / kBlockElems; ++b) {
+        const __m512 x0 = _mm512_loadu_ps(x + b * kBlockElems), x1 = _mm512_loadu_ps(x + b * kBlockElems + 16);
+        const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+        const float d = m / 32767.0f, inv = m > 0.0f ? 32767.0f / m : 0.0f;
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, _mm512_set1_ps(inv)));  // nearest
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, _mm512_set1_ps(inv)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems), _mm512_cvtsepi32_epi16(q0));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems + 16), _mm512_cvtsepi32_epi16(q1));
+        scale[b] = d;
+    }
+}
+
 
 namespace {
 
@@ -165,6 +180,173 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
         }
     }
 }
+
+extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) =
+    __builtin_cpu_supports("avx512vnni") ? quantize_i16_impl : nullptr;
+
+#elif defined(__AVX2__)
+// ---- AVX2: 8 rows per panel, `vpmaddwd` + `vpaddd` for each pair of products. ---------------
+
+void quantize_i16_impl(const float* x, int64_t n, int16_t* q, float* scale) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t b = 0; b < n / kBlockElems; ++b) {
+        const float* xb = x + b * kBlockElems;
+        __m256 v[4];
+        for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+        __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                                  _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        const float d = m / 32767.0f, inv = m > 0.0f ? 32767.0f / m : 0.0f;  // as the AVX-512 path
+        __m256i qi[4];
+        for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], _mm256_set1_ps(inv)));
+        // packs works within 128-bit lanes; the permute restores element order.
+        for (int h = 0; h < 2; ++h)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems + 16 * h),
+                                _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2 * h], qi[2 * h + 1]), 0xD8));
+        scale[b] = d;
+    }
+}
+
+namespace {
+
+constexpr int kLanes = 8;
+constexpr int kPairsPerBlock = 16;
+constexpr int kMaxTileTokens = 4;  // 16 ymm registers: 4 int + 4 float accumulators and temps
+
+const float* e8m0_half_table() {
+    static const auto table = [] {
+        std::vector<float> t(256);
+        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
+        return t;
+    }();
+    return table.data();
+}
+
+struct Panel {
+    std::vector<__m256i> pairs;  // block b: pairs[b * 16 + p] lane i = (w[i][32b + 2p], w[i][32b + 2p + 1])
+    std::vector<float> scale;    // block b: scale[b * 8 + i]
+};
+
+inline __m256i row_offsets(const Matrix& W, int64_t R) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in_panel = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(R)), lane);
+    return _mm256_and_si256(_mm256_mullo_epi32(lane, _mm256_set1_epi32(int32_t(W.row_bytes))), in_panel);
+}
+
+// Four int8 per lane -> int16 pairs (elements 0, 1) and (2, 3).
+inline void widen_pairs(__m256i v, __m256i& p01, __m256i& p23) {
+    const __m256i even = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8);  // bytes 0, 2
+    const __m256i odd = _mm256_srai_epi16(v, 8);                         // bytes 1, 3
+    p01 = _mm256_blend_epi16(even, _mm256_slli_epi32(odd, 16), 0xAA);
+    p23 = _mm256_blend_epi16(_mm256_srli_epi32(even, 16), odd, 0xAA);
+}
+
+void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+    const int64_t nb = W.cols / kBlockElems;
+    const __m256i off = row_offsets(W, R);
+    // Twice the e2m1 values as int8, for vpshufb (per 128-bit lane).
+    const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                           0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const float* half = e8m0_half_table();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row0 + b * kMxfp4BlockBytes;
+        const __m256i e = _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), off, 1),
+                                           _mm256_set1_epi32(0xFF));
+        _mm256_storeu_ps(P.scale.data() + b * kLanes, _mm256_i32gather_ps(half, e, 4));
+        __m256i* out = P.pairs.data() + b * kPairsPerBlock;
+        for (int g = 0; g < 4; ++g) {
+            // Bytes 4g..4g+3 of each row: elements 4g.. (low nibbles) and 16+4g.. (high).
+            const __m256i q = _mm256_i32gather_epi32(reinterpret_cast<const int*>(blk + 1 + 4 * g), off, 1);
+            const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(q, nibble));
+            const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(q, 4), nibble));
+            widen_pairs(lo, out[2 * g], out[2 * g + 1]);
+            widen_pairs(hi, out[8 + 2 * g], out[8 + 2 * g + 1]);
+        }
+    }
+}
+
+void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+    const int64_t nb = W.cols / kBlockElems;
+    const __m256i off = row_offsets(W, R);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = row0 + b * kQ8BlockBytes;
+        // Low 16 bits of each lane: the fp16 scale; packed to 8 halves in order, then widened.
+        const __m256i d = _mm256_and_si256(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), off, 1),
+                                           _mm256_set1_epi32(0xFFFF));
+        const __m256i halves = _mm256_permute4x64_epi64(_mm256_packus_epi32(d, d), 0x08);
+        _mm256_storeu_ps(P.scale.data() + b * kLanes, _mm256_cvtph_ps(_mm256_castsi256_si128(halves)));
+        __m256i* out = P.pairs.data() + b * kPairsPerBlock;
+        for (int g = 0; g < 8; ++g)
+            widen_pairs(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk + 2 + 4 * g), off, 1),
+                        out[2 * g], out[2 * g + 1]);
+    }
+}
+
+template <int TT>
+inline void tile(const Panel& P, int64_t nb, const int16_t* x, int64_t ldx, const float* xs, int64_t ldxs,
+                 __m256 out[TT]) {
+    __m256 acc[TT];
+    for (int j = 0; j < TT; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const __m256i* w = P.pairs.data() + b * kPairsPerBlock;
+        const int16_t* xb = x + b * kBlockElems;
+        __m256i dot[TT];
+        for (int j = 0; j < TT; ++j) dot[j] = _mm256_setzero_si256();
+        for (int p = 0; p < kPairsPerBlock; ++p) {
+            const __m256i wp = _mm256_load_si256(w + p);
+            for (int j = 0; j < TT; ++j) {
+                int32_t pair;
+                std::memcpy(&pair, xb + j * ldx + 2 * p, 4);
+                dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(wp, _mm256_set1_epi32(pair)));
+            }
+        }
+        const __m256 ws = _mm256_loadu_ps(P.scale.data() + b * kLanes);
+        for (int j = 0; j < TT; ++j)
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[j]), _mm256_mul_ps(ws, _mm256_set1_ps(xs[j * ldxs + b])),
+                                     acc[j]);
+    }
+    for (int j = 0; j < TT; ++j) out[j] = acc[j];
+}
+
+}  // namespace
+
+void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    const int64_t nb = W.cols / kBlockElems, ldxs = a.ldx / kBlockElems;
+    thread_local Panel P;
+    if (int64_t(P.scale.size()) < nb * kLanes) {
+        P.pairs.resize(size_t(nb * kPairsPerBlock));
+        P.scale.resize(size_t(nb * kLanes));
+    }
+    for (int64_t r = r0; r < r1; r += kLanes) {
+        const int64_t R = std::min<int64_t>(kLanes, r1 - r);
+        if (W.type == DType::MXFP4) pack_mxfp4(W, W.row(a.mat, r), R, P);
+        else pack_q8_0(W, W.row(a.mat, r), R, P);
+        const __m256i rows = _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(R)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 bias = a.bias ? _mm256_maskload_ps(a.bias + r, rows) : _mm256_setzero_ps();
+        for (int64_t t = 0; t < a.n_tok; t += kMaxTileTokens) {
+            const int64_t TT = std::min<int64_t>(kMaxTileTokens, a.n_tok - t);
+            __m256 out[kMaxTileTokens];
+            const int16_t* x = a.x_i16 + t * a.ldx;
+            const float* xs = a.x_i16_scale + t * ldxs;
+            switch (TT) {
+                case 4: tile<4>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 3: tile<3>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                case 2: tile<2>(P, nb, x, a.ldx, xs, ldxs, out); break;
+                default: tile<1>(P, nb, x, a.ldx, xs, ldxs, out); break;
+            }
+            for (int64_t j = 0; j < TT; ++j)
+                _mm256_maskstore_ps(a.y + (t + j) * a.ldy + r, rows, _mm256_add_ps(out[j], bias));
+        }
+    }
+}
+
+extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) = quantize_i16_impl;
+#else
+extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) = nullptr;
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS

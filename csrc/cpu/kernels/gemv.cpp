@@ -1,6 +1,7 @@
 // Decode-time matmuls (few tokens), compiled once per ISA: each weight row is decoded in
 // registers and consumed at once, streaming the weights from memory exactly once. The fast path
-// gives Q8_0 rows int16 activations (AVX512-VNNI). Shape contract in kernels.h (MatmulArgs).
+// gives Q8_0 rows int16 activations (AVX512-VNNI; quantized by gemm_i16.cpp's quantize_i16).
+// Shape contract in kernels.h (MatmulArgs).
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
@@ -148,19 +149,6 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
 // ---- Fast decode: int16 activations x int8 Q8_0 weights (AVX512-VNNI vpdpwssd). ------------
 #define OSSRUN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
 
-OSSRUN_VNNI void quantize_i16_impl(const float* x, int64_t n, int16_t* q, float* scale) {
-    for (int64_t b = 0; b < n / kBlockElems; ++b) {
-        const __m512 x0 = _mm512_loadu_ps(x + b * kBlockElems), x1 = _mm512_loadu_ps(x + b * kBlockElems + 16);
-        const float m = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-        const float d = m / 32767.0f, inv = m > 0.0f ? 32767.0f / m : 0.0f;
-        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, _mm512_set1_ps(inv)));  // nearest
-        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, _mm512_set1_ps(inv)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems), _mm512_cvtsepi32_epi16(q0));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kBlockElems + 16), _mm512_cvtsepi32_epi16(q1));
-        scale[b] = d;
-    }
-}
-
 // acc += one Q8_0 block · its int16 activations: an exact integer dot, then both scales.
 OSSRUN_VNNI inline __m512 q8_0_i16_block(const uint8_t* blk, const int16_t* xq, float xs, __m512 acc) {
     const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
@@ -191,11 +179,6 @@ OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     }
 }
 
-
-extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) =
-    __builtin_cpu_supports("avx512vnni") ? quantize_i16_impl : nullptr;
-#else
-extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) = nullptr;
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS

@@ -140,10 +140,12 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1);
 // Many tokens: panels of decoded rows reused across tiles of tokens (gemm.cpp).
 void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 
+// Fast precision: int16 activations (only reached where quantize_i16 is non-null).
 #if defined(__AVX512F__)
-// Fast precision: int16 activations (only reached where the CPU has AVX512-VNNI, see quantize_i16).
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
-void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp, AVX512-VNNI
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS
