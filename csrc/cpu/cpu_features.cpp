@@ -3,12 +3,19 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include "../kernels.h"
 
 namespace ossrun {
 namespace scalar { const KernelTable* table(); }
 #ifdef OSSRUN_HAVE_AVX2
 namespace avx2 { const KernelTable* table(); }
+#endif
+#ifdef OSSRUN_HAVE_AVX2VNNI
+namespace avx2vnni { const KernelTable* table(); }
 #endif
 #ifdef OSSRUN_HAVE_AVX512
 namespace avx512 { const KernelTable* table(); }
@@ -27,8 +34,15 @@ std::vector<const KernelTable*> available_kernel_tables() {
 #endif
 #if defined(OSSRUN_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("f16c")) {
+#ifdef OSSRUN_HAVE_AVX2VNNI
+        // GCC 12's __builtin_cpu_supports does not know AVX-VNNI: CPUID leaf 7.1, EAX bit 4.
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+        if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 4 & 1u))
+            out.push_back(avx2vnni::table());
+#endif
         out.push_back(avx2::table());
+    }
 #endif
 #ifdef OSSRUN_HAVE_NEON
     out.push_back(neon::table());  // NEON is part of the arm64 baseline

@@ -54,7 +54,7 @@ class Model:
         precision: "fast" (default; matmuls on MXFP4 and Q8_0 weights take int16
             activations, ~2^-16 of each 32-block's largest value lost) or "f32" (float32
             activations end to end).
-        isa: force a kernel variant ("scalar", "avx2", "avx512", "neon"); default the best
+        isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "neon"); default the best
             this CPU runs (or $OSSRUN_ISA).
     """
 

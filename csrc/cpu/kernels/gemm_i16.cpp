@@ -185,7 +185,8 @@ extern void (*const quantize_i16)(const float*, int64_t, int16_t*, float*) =
     __builtin_cpu_supports("avx512vnni") ? quantize_i16_impl : nullptr;
 
 #elif defined(__AVX2__)
-// ---- AVX2: 8 rows per panel, `vpmaddwd` + `vpaddd` for each pair of products. ---------------
+// ---- AVX2: 8 rows per panel, `vpmaddwd` + `vpaddd` per pair of products (one `vpdpwssd` with
+// AVX-VNNI, the avx2vnni variant). ------------------------------------------------------------
 
 void quantize_i16_impl(const float* x, int64_t n, int16_t* q, float* scale) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
@@ -300,7 +301,11 @@ inline void tile(const Panel& P, int64_t nb, const int16_t* x, int64_t ldx, cons
             for (int j = 0; j < TT; ++j) {
                 int32_t pair;
                 std::memcpy(&pair, xb + j * ldx + 2 * p, 4);
+#if defined(__AVXVNNI__)
+                dot[j] = _mm256_dpwssd_avx_epi32(dot[j], wp, _mm256_set1_epi32(pair));
+#else
                 dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(wp, _mm256_set1_epi32(pair)));
+#endif
             }
         }
         const __m256 ws = _mm256_loadu_ps(P.scale.data() + b * kLanes);
