@@ -125,16 +125,17 @@ OSSRUN_VNNI_GEMM inline void tile(const Panel& P, int64_t nb, const int16_t* x, 
     for (int j = 0; j < TT; ++j) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const __m512i* w = P.pairs.data() + b * kPairsPerBlock;
-        const int16_t* xb = x + b * kBlockElems;
+        // The tile's activations of this block side by side: every broadcast below is then one
+        // base register plus a constant (strided rows needed a register per token, and spilled).
+        alignas(64) int32_t xt[TT][kPairsPerBlock];
+        for (int j = 0; j < TT; ++j)
+            _mm512_store_si512(xt[j], _mm512_loadu_si512(x + j * ldx + b * kBlockElems));
         __m512i dot[TT];
         for (int j = 0; j < TT; ++j) dot[j] = _mm512_setzero_si512();
+#pragma GCC unroll 16
         for (int p = 0; p < kPairsPerBlock; ++p) {
             const __m512i wp = _mm512_load_si512(w + p);
-            for (int j = 0; j < TT; ++j) {
-                int32_t pair;
-                std::memcpy(&pair, xb + j * ldx + 2 * p, 4);
-                dot[j] = _mm512_dpwssd_epi32(dot[j], wp, _mm512_set1_epi32(pair));
-            }
+            for (int j = 0; j < TT; ++j) dot[j] = _mm512_dpwssd_epi32(dot[j], wp, _mm512_set1_epi32(xt[j][p]));
         }
         const __m512 ws = _mm512_loadu_ps(P.scale.data() + b * kLanes);
         for (int j = 0; j < TT; ++j)
