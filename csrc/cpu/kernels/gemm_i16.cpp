@@ -35,9 +35,10 @@ OSSRUN_VNNI_GEMM void quantize_i16_impl(const float* x, int64_t n, int16_t* q, f
 
 namespace {
 
-constexpr int kLanes = 16;            // weight rows per panel (one zmm of int32 / float)
-constexpr int kPairsPerBlock = 16;    // int16 pairs per 32-element block: zmm per block
-constexpr int kMaxTileTokens = 8;     // tokens sharing each panel load
+constexpr int kLanes = 16;            // weight rows per vector (one zmm of int32 / float)
+constexpr int kHalves = 2;            // vectors of rows per panel: 32 rows share each broadcast
+constexpr int kPairsPerBlock = 16;    // int16 pairs per 32-element block
+constexpr int kMaxTileTokens = 6;     // 2 x 6 int32 + 2 x 6 float accumulators in registers
 
 // Twice the e2m1 values, as int16, repeated so that vpermw (which reads 5 index bits) needs no
 // mask on the low nibble.
@@ -55,7 +56,8 @@ const float* e8m0_half_table() {
 }
 
 struct Panel {
-    // Block b: pairs[b * 16 + p] lane i = (w[i][32b + 2p], w[i][32b + 2p + 1]); scale[b * 16 + i].
+    // Block b, half h: pairs[(b * 16 + p) * 2 + h] lane i = (w[16h + i][32b + 2p], .. + 1), and
+    // scale[(b * 2 + h) * 16 + i].
     std::vector<__m512i> pairs;
     std::vector<float> scale;
 };
@@ -67,7 +69,7 @@ OSSRUN_VNNI_GEMM inline __m512i row_offsets(const Matrix& W, int64_t R) {
     return _mm512_maskz_mov_epi32(__mmask16((1u << R) - 1u), off);
 }
 
-OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P, int h) {
     const int64_t nb = W.cols / kBlockElems;
     const __m512i off = row_offsets(W, R);
     const __m512i table = _mm512_load_si512(kE2M1x2);
@@ -76,8 +78,8 @@ OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row0 + b * kMxfp4BlockBytes;
         const __m512i e = _mm512_and_si512(_mm512_i32gather_epi32(off, blk, 1), _mm512_set1_epi32(0xFF));
-        _mm512_storeu_ps(P.scale.data() + b * kLanes, _mm512_i32gather_ps(e, half, 4));
-        __m512i* out = P.pairs.data() + b * kPairsPerBlock;
+        _mm512_storeu_ps(P.scale.data() + (b * kHalves + h) * kLanes, _mm512_i32gather_ps(e, half, 4));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock * kHalves + h;
         for (int g = 0; g < 4; ++g) {
             // Bytes 4g..4g+3 of each row hold elements 4g..4g+3 (low nibbles) and 16+4g.. (high).
             const __m512i q = _mm512_i32gather_epi32(off, blk + 1 + 4 * g, 1);
@@ -91,58 +93,66 @@ OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R
                                                _mm512_and_si512(_mm512_slli_epi32(h, 8), second_byte_low));
             const __m512i p3 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(h, 16), low_nibble),
                                                _mm512_and_si512(_mm512_srli_epi32(h, 8), second_byte_low));
-            out[2 * g] = _mm512_permutexvar_epi16(p0, table);
-            out[2 * g + 1] = _mm512_permutexvar_epi16(p1, table);
-            out[8 + 2 * g] = _mm512_permutexvar_epi16(p2, table);
-            out[8 + 2 * g + 1] = _mm512_permutexvar_epi16(p3, table);
+            out[kHalves * (2 * g)] = _mm512_permutexvar_epi16(p0, table);
+            out[kHalves * (2 * g + 1)] = _mm512_permutexvar_epi16(p1, table);
+            out[kHalves * (8 + 2 * g)] = _mm512_permutexvar_epi16(p2, table);
+            out[kHalves * (8 + 2 * g + 1)] = _mm512_permutexvar_epi16(p3, table);
         }
     }
 }
 
-OSSRUN_VNNI_GEMM void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P) {
+OSSRUN_VNNI_GEMM void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R, Panel& P, int h) {
     const int64_t nb = W.cols / kBlockElems;
     const __m512i off = row_offsets(W, R);
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row0 + b * kQ8BlockBytes;
         const __m512i d = _mm512_i32gather_epi32(off, blk, 1);  // low 16 bits: the fp16 scale
-        _mm512_storeu_ps(P.scale.data() + b * kLanes, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
-        __m512i* out = P.pairs.data() + b * kPairsPerBlock;
+        _mm512_storeu_ps(P.scale.data() + (b * kHalves + h) * kLanes, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock * kHalves + h;
         for (int g = 0; g < 8; ++g) {
             const __m512i q = _mm512_i32gather_epi32(off, blk + 2 + 4 * g, 1);  // 4 int8 per row
             const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(q, 8), 8);  // bytes 0, 2
             const __m512i odd = _mm512_srai_epi16(q, 8);                         // bytes 1, 3
-            out[2 * g] = _mm512_mask_blend_epi16(0xAAAAAAAAu, even, _mm512_slli_epi32(odd, 16));
-            out[2 * g + 1] = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(even, 16), odd);
+            out[kHalves * (2 * g)] = _mm512_mask_blend_epi16(0xAAAAAAAAu, even, _mm512_slli_epi32(odd, 16));
+            out[kHalves * (2 * g + 1)] = _mm512_mask_blend_epi16(0xAAAAAAAAu, _mm512_srli_epi32(even, 16), odd);
         }
     }
 }
 
-// out[j] (16 rows of token j) = sum over blocks of (int dot) * weight scale * activation scale.
+// out[h][j] (rows 16h.. of token j) = sum over blocks of (int dot) * weight scale * activation
+// scale. Each broadcast activation pair feeds both halves; each weight load feeds TT tokens.
 template <int TT>
 OSSRUN_VNNI_GEMM inline void tile(const Panel& P, int64_t nb, const int16_t* x, int64_t ldx,
-                                  const float* xs, int64_t ldxs, __m512 out[TT]) {
-    __m512 acc[TT];
-    for (int j = 0; j < TT; ++j) acc[j] = _mm512_setzero_ps();
+                                  const float* xs, int64_t ldxs, __m512 out[kHalves][kMaxTileTokens]) {
+    __m512 acc0[TT], acc1[TT];
+    for (int j = 0; j < TT; ++j) acc0[j] = acc1[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        const __m512i* w = P.pairs.data() + b * kPairsPerBlock;
+        const __m512i* w = P.pairs.data() + b * kPairsPerBlock * kHalves;
         // The tile's activations of this block side by side: every broadcast below is then one
         // base register plus a constant (strided rows needed a register per token, and spilled).
         alignas(64) int32_t xt[TT][kPairsPerBlock];
         for (int j = 0; j < TT; ++j)
             _mm512_store_si512(xt[j], _mm512_loadu_si512(x + j * ldx + b * kBlockElems));
-        __m512i dot[TT];
-        for (int j = 0; j < TT; ++j) dot[j] = _mm512_setzero_si512();
+        __m512i dot0[TT], dot1[TT];
+        for (int j = 0; j < TT; ++j) dot0[j] = dot1[j] = _mm512_setzero_si512();
 #pragma GCC unroll 16
         for (int p = 0; p < kPairsPerBlock; ++p) {
-            const __m512i wp = _mm512_load_si512(w + p);
-            for (int j = 0; j < TT; ++j) dot[j] = _mm512_dpwssd_epi32(dot[j], wp, _mm512_set1_epi32(xt[j][p]));
+            const __m512i w0 = _mm512_load_si512(w + kHalves * p), w1 = _mm512_load_si512(w + kHalves * p + 1);
+            for (int j = 0; j < TT; ++j) {
+                const __m512i xp = _mm512_set1_epi32(xt[j][p]);
+                dot0[j] = _mm512_dpwssd_epi32(dot0[j], w0, xp);
+                dot1[j] = _mm512_dpwssd_epi32(dot1[j], w1, xp);
+            }
         }
-        const __m512 ws = _mm512_loadu_ps(P.scale.data() + b * kLanes);
-        for (int j = 0; j < TT; ++j)
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(ws, _mm512_set1_ps(xs[j * ldxs + b])),
-                                     acc[j]);
+        const __m512 ws0 = _mm512_loadu_ps(P.scale.data() + b * kHalves * kLanes);
+        const __m512 ws1 = _mm512_loadu_ps(P.scale.data() + (b * kHalves + 1) * kLanes);
+        for (int j = 0; j < TT; ++j) {
+            const __m512 xsj = _mm512_set1_ps(xs[j * ldxs + b]);
+            acc0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0[j]), _mm512_mul_ps(ws0, xsj), acc0[j]);
+            acc1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1[j]), _mm512_mul_ps(ws1, xsj), acc1[j]);
+        }
     }
-    for (int j = 0; j < TT; ++j) out[j] = acc[j];
+    for (int j = 0; j < TT; ++j) out[0][j] = acc0[j], out[1][j] = acc1[j];
 }
 
 }  // namespace
@@ -150,25 +160,31 @@ OSSRUN_VNNI_GEMM inline void tile(const Panel& P, int64_t nb, const int16_t* x, 
 OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems, ldxs = a.ldx / kBlockElems;
+    constexpr int64_t kPanelRows = kLanes * kHalves;
     thread_local Panel P;
-    if (int64_t(P.scale.size()) < nb * kLanes) {
-        P.pairs.resize(size_t(nb * kPairsPerBlock));
-        P.scale.resize(size_t(nb * kLanes));
+    if (int64_t(P.scale.size()) < nb * kPanelRows) {
+        P.pairs.resize(size_t(nb * kPairsPerBlock * kHalves));
+        P.scale.resize(size_t(nb * kPanelRows));
     }
-    for (int64_t r = r0; r < r1; r += kLanes) {
-        const int64_t R = std::min<int64_t>(kLanes, r1 - r);
-        if (W.type == DType::MXFP4) pack_mxfp4(W, W.row(a.mat, r), R, P);
-        else pack_q8_0(W, W.row(a.mat, r), R, P);
-        const __mmask16 rows = __mmask16((1u << R) - 1u);
-        const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(rows, a.bias + r) : _mm512_setzero_ps();
+    for (int64_t r = r0; r < r1; r += kPanelRows) {
+        const int64_t R = std::min<int64_t>(kPanelRows, r1 - r);
+        __mmask16 rows[kHalves];
+        __m512 bias[kHalves];
+        for (int h = 0; h < kHalves; ++h) {
+            // A half past the last row repeats the panel's first rows (read, never stored).
+            const int64_t Rh = std::clamp<int64_t>(R - h * kLanes, 0, kLanes);
+            const uint8_t* first = W.row(a.mat, Rh > 0 ? r + h * kLanes : r);
+            if (W.type == DType::MXFP4) pack_mxfp4(W, first, Rh, P, h);
+            else pack_q8_0(W, first, Rh, P, h);
+            rows[h] = __mmask16((1u << Rh) - 1u);
+            bias[h] = a.bias && Rh > 0 ? _mm512_maskz_loadu_ps(rows[h], a.bias + r + h * kLanes) : _mm512_setzero_ps();
+        }
         for (int64_t t = 0; t < a.n_tok; t += kMaxTileTokens) {
             const int64_t TT = std::min<int64_t>(kMaxTileTokens, a.n_tok - t);
-            __m512 out[kMaxTileTokens];
+            __m512 out[kHalves][kMaxTileTokens];
             const int16_t* x = a.x_i16 + t * a.ldx;
             const float* xs = a.x_i16_scale + t * ldxs;
             switch (TT) {
-                case 8: tile<8>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 7: tile<7>(P, nb, x, a.ldx, xs, ldxs, out); break;
                 case 6: tile<6>(P, nb, x, a.ldx, xs, ldxs, out); break;
                 case 5: tile<5>(P, nb, x, a.ldx, xs, ldxs, out); break;
                 case 4: tile<4>(P, nb, x, a.ldx, xs, ldxs, out); break;
@@ -176,8 +192,9 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
                 case 2: tile<2>(P, nb, x, a.ldx, xs, ldxs, out); break;
                 default: tile<1>(P, nb, x, a.ldx, xs, ldxs, out); break;
             }
-            for (int64_t j = 0; j < TT; ++j)
-                _mm512_mask_storeu_ps(a.y + (t + j) * a.ldy + r, rows, _mm512_add_ps(out[j], bias));
+            for (int h = 0; h < kHalves; ++h)
+                for (int64_t j = 0; j < TT; ++j)
+                    _mm512_mask_storeu_ps(a.y + (t + j) * a.ldy + r + h * kLanes, rows[h], _mm512_add_ps(out[h][j], bias[h]));
         }
     }
 }
