@@ -142,9 +142,9 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
     // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
-    // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams weights from memory:
-    // each thread takes one long contiguous run of a job (rows / threads), which its prefetches
-    // and the hardware's can follow.
+    // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams
+    // weights from memory: each thread takes one long contiguous run of a job (rows / threads),
+    // which its prefetches and the hardware's can follow.
     auto grain_of = [&](const MatmulArgs& j) {
         if (j.n_tok >= 4) return int64_t(32);
         const int64_t per_thread = (j.W->rows + pool_.size() - 1) / pool_.size();

@@ -29,6 +29,7 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
+        prefetch_ahead(row + b * kMxfp4BlockBytes);
         block(b, acc0);
         block(b + 1, acc1);
         block(b + 2, acc2);
@@ -43,6 +44,7 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * kMxfp4BlockBytes;
+        if (b % 4 == 0) prefetch_ahead(blk);
         const float* xb = x + b * kBlockElems;
         __m256 part = _mm256_setzero_ps();
         for (int half = 0; half < 2; ++half) {
@@ -64,6 +66,7 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     float acc = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * kMxfp4BlockBytes;
+        if (b % 4 == 0) prefetch_ahead(blk);
         const float* xb = x + b * kBlockElems;
         float part = 0.0f;
         for (int k = 0; k < 16; ++k)
@@ -88,6 +91,7 @@ float dot_q8_0_row(const uint8_t* row, const float* x, int64_t n) {
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
+        prefetch_ahead(row + b * kQ8BlockBytes);
         acc0 = _mm512_add_ps(acc0, block(b));
         acc1 = _mm512_add_ps(acc1, block(b + 1));
     }
@@ -97,6 +101,7 @@ float dot_q8_0_row(const uint8_t* row, const float* x, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * kQ8BlockBytes;
+        if (b % 2 == 0) prefetch_ahead(blk);
         const float* xb = x + b * kBlockElems;
         __m256 part = _mm256_setzero_ps();
         for (int j = 0; j < 4; ++j) {
@@ -110,6 +115,7 @@ float dot_q8_0_row(const uint8_t* row, const float* x, int64_t n) {
     float acc = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + b * kQ8BlockBytes;
+        if (b % 2 == 0) prefetch_ahead(blk);
         const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
         const float* xb = x + b * kBlockElems;
         float part = 0.0f;
@@ -139,7 +145,8 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
-        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 2);
+        if (W.type != DType::MXFP4 && W.type != DType::Q8_0)  // their dot loops prefetch as they go
+            for (size_t off = 0; off < W.row_bytes; off += 64) prefetch_ahead(row + off);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t) a.y[t * a.ldy + r] = dot_row(W, row, a.x + t * a.ldx) + b;
     }
@@ -160,6 +167,7 @@ OSSRUN_VNNI float dot_q8_0_i16_row(const uint8_t* row, const int16_t* xq, const 
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
+        prefetch_ahead(row + b * kQ8BlockBytes);
         acc0 = q8_0_i16_block(row + b * kQ8BlockBytes, xq + b * kBlockElems, xs[b], acc0);
         acc1 = q8_0_i16_block(row + (b + 1) * kQ8BlockBytes, xq + (b + 1) * kBlockElems, xs[b + 1], acc1);
     }
@@ -172,7 +180,6 @@ OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const int64_t nb = W.cols / kBlockElems;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
-        for (size_t off = 0; off < W.row_bytes; off += 64) __builtin_prefetch(row + kPrefetchAhead + off, 0, 2);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t)
             a.y[t * a.ldy + r] = dot_q8_0_i16_row(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * nb, nb) + b;
