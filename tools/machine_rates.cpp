@@ -1,5 +1,5 @@
 // Measures the ceilings that bound ossrun on this machine: DRAM read bandwidth and the peak
-// rates of float32 FMA, bf16 dot products and int8 dot products (VNNI), per core and for all
+// rates of float32 FMA, bf16, int16 and int8 dot products (VNNI), per core and for all
 // threads. Built and run by tools/machine_rates.py; prints one JSON object.
 #include <immintrin.h>
 
@@ -43,55 +43,37 @@ static double read_bandwidth(int threads, size_t bytes) {
     return bytes / best / 1e9;
 }
 
-constexpr long kIters = 20000000;
+constexpr long kIters = 50000000;
 
-__attribute__((target("avx512f"))) static void fma_loop() {
-    __m512 acc[12];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    __m512 x = _mm512_set1_ps(1e-9f), y = _mm512_set1_ps(1.0f);
-    for (long k = 0; k < kIters; ++k) {
-        for (auto& a : acc) a = _mm512_fmadd_ps(x, y, a);
-        asm volatile("" : "+v"(x));
-    }
-    volatile float s = _mm512_reduce_add_ps(acc[0]);
-    (void)s;
-}
+// Twelve independent accumulators per iteration, in inline assembly, held in registers: the
+// first version of this probe kept them in an array that the compiler stored back every
+// iteration, and fed the float loops denormals; it measured a third of the real rates.
+#define OSSRUN_TWELVE(op)                                                                         \
+    asm volatile(op " %[x], %[y], %[a0]\n\t" op " %[x], %[y], %[a1]\n\t" op " %[x], %[y], %[a2]\n\t"  \
+                 op " %[x], %[y], %[a3]\n\t" op " %[x], %[y], %[a4]\n\t" op " %[x], %[y], %[a5]\n\t"  \
+                 op " %[x], %[y], %[a6]\n\t" op " %[x], %[y], %[a7]\n\t" op " %[x], %[y], %[a8]\n\t"  \
+                 op " %[x], %[y], %[a9]\n\t" op " %[x], %[y], %[a10]\n\t" op " %[x], %[y], %[a11]"    \
+                 : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4),       \
+                   [a5] "+v"(a5), [a6] "+v"(a6), [a7] "+v"(a7), [a8] "+v"(a8), [a9] "+v"(a9),      \
+                   [a10] "+v"(a10), [a11] "+v"(a11)                                                \
+                 : [x] "v"(x), [y] "v"(y))
 
-__attribute__((target("avx512f,avx512bf16"))) static void bf16_loop() {
-    __m512 acc[12];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = x;
-    for (long k = 0; k < kIters; ++k) {
-        for (auto& a : acc) a = _mm512_dpbf16_ps(a, x, y);
-        asm volatile("" : "+v"(x));
+#define OSSRUN_PEAK_LOOP(name, features, op)                                                      \
+    __attribute__((target(features))) static void name() {                                       \
+        /* named, not an array: an array's elements were stored back every iteration */        \
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0; \
+        __m512i a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;                                     \
+        /* normal numbers both as float32 and as bf16 pairs: no denormal assists */            \
+        const __m512i x = _mm512_set1_epi32(0x3B003B00), y = _mm512_set1_epi32(0x3F803F80);       \
+        for (long k = 0; k < kIters; ++k) OSSRUN_TWELVE(op);                                      \
+        volatile int s = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a11), a5)); \
+        (void)s;                                                                                  \
     }
-    volatile float s = _mm512_reduce_add_ps(acc[0]);
-    (void)s;
-}
 
-__attribute__((target("avx512f,avx512vnni"))) static void vnni_loop() {
-    __m512i acc[12];
-    for (auto& a : acc) a = _mm512_setzero_si512();
-    __m512i x = _mm512_set1_epi8(1), y = _mm512_set1_epi8(1);
-    for (long k = 0; k < kIters; ++k) {
-        for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, y);
-        asm volatile("" : "+v"(x));
-    }
-    volatile int s = _mm512_reduce_add_epi32(acc[0]);
-    (void)s;
-}
-
-__attribute__((target("avx512f,avx512vnni"))) static void vnni16_loop() {
-    __m512i acc[12];
-    for (auto& a : acc) a = _mm512_setzero_si512();
-    __m512i x = _mm512_set1_epi16(1), y = _mm512_set1_epi16(1);
-    for (long k = 0; k < kIters; ++k) {
-        for (auto& a : acc) a = _mm512_dpwssd_epi32(a, x, y);
-        asm volatile("" : "+v"(x));
-    }
-    volatile int s = _mm512_reduce_add_epi32(acc[0]);
-    (void)s;
-}
+OSSRUN_PEAK_LOOP(fma_loop, "avx512f", "vfmadd231ps")
+OSSRUN_PEAK_LOOP(bf16_loop, "avx512f,avx512bf16", "vdpbf16ps")
+OSSRUN_PEAK_LOOP(vnni16_loop, "avx512f,avx512vnni", "vpdpwssd")
+OSSRUN_PEAK_LOOP(vnni_loop, "avx512f,avx512vnni", "vpdpbusd")
 
 template <class F>
 static double rate(int threads, double ops_per_iter, F loop) {  // Gop/s
