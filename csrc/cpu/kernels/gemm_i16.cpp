@@ -7,14 +7,27 @@
 // the int8 and its fp16 scale). A block's dot product is then exact in int32, and one float
 // step per block applies both scales.
 //
-// Layout: a panel holds 16 (AVX2: 8) weight rows with the rows in the vector lanes, so one
-// `vpdpwssd` multiplies 16 rows by the same 2 activations (broadcast) and each 32-element block
-// ends in a vector of 16 row sums: the per-block scale step costs 3 instructions per 16 x 32
-// products instead of a horizontal reduction per row. The panel is built once per 16 rows by
-// gathering each row's bytes and is reused for every token of the matmul.
+// Layout: a panel's weight rows sit in the vector lanes (AVX-512: two vectors of 16 rows; AVX2:
+// one of 8), so one `vpdpwssd` multiplies 16 rows by the same 2 activations (a broadcast, shared
+// by both vectors) and each 32-element block ends in a vector of 16 row sums: the per-block
+// scale step costs 3 instructions per 16 x 32 products instead of a horizontal reduction per
+// row. The panel is built once by gathering each row's bytes and is reused for every token of
+// the matmul, a few tokens at a time.
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
+
+namespace {
+// Half of each E8M0 scale (the panels hold doubled e2m1 values).
+[[maybe_unused]] const float* e8m0_half_table() {
+    static const auto table = [] {
+        std::vector<float> t(256);
+        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
+        return t;
+    }();
+    return table.data();
+}
+}  // namespace
 
 #if defined(__AVX512F__)
 #define OSSRUN_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
@@ -32,7 +45,6 @@ OSSRUN_VNNI_GEMM void quantize_i16_impl(const float* x, int64_t n, int16_t* q, f
     }
 }
 
-
 namespace {
 
 constexpr int kLanes = 16;            // weight rows per vector (one zmm of int32 / float)
@@ -44,16 +56,6 @@ constexpr int kMaxTileTokens = 6;     // 2 x 6 int32 + 2 x 6 float accumulators 
 // mask on the low nibble.
 alignas(64) constexpr int16_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
                                              0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
-// Half of each E8M0 scale (the panel holds doubled e2m1 values).
-const float* e8m0_half_table() {
-    static const auto table = [] {
-        std::vector<float> t(256);
-        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
-        return t;
-    }();
-    return table.data();
-}
 
 struct Panel {
     // Block b, half h: pairs[(b * 16 + p) * 2 + h] lane i = (w[16h + i][32b + 2p], .. + 1), and
@@ -233,15 +235,6 @@ namespace {
 constexpr int kLanes = 8;
 constexpr int kPairsPerBlock = 16;
 constexpr int kMaxTileTokens = 4;  // 16 ymm registers: 4 int + 4 float accumulators and temps
-
-const float* e8m0_half_table() {
-    static const auto table = [] {
-        std::vector<float> t(256);
-        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
-        return t;
-    }();
-    return table.data();
-}
 
 struct Panel {
     std::vector<__m256i> pairs;  // block b: pairs[b * 16 + p] lane i = (w[i][32b + 2p], w[i][32b + 2p + 1])
