@@ -12,10 +12,10 @@ float dot_mxfp4_row(const uint8_t* row, const float* x, int64_t n) {
     const int64_t nb = n / kBlockElems;
 #if defined(__AVX512F__)
     const float* tables = e2m1_scaled_tables();
-    // acc += block b · x. The table of values times the block's power of two is one load (the
-    // multiply it replaces competed with the FMAs for the one port that runs both), so each code
-    // becomes its value in one permute; permutexvar reads only the low 4 bits of each index, so
-    // the low nibble needs no mask.
+    // acc += block b · x. The table of values times the block's power of two is one load (a
+    // multiply fewer per block on the ports that run the FMAs), so each code becomes its value in
+    // one permute; permutexvar reads only the low 4 bits of each index, so the low nibble needs
+    // no mask.
     auto block = [&](int64_t b, __m512& acc) {
         const uint8_t* blk = row + b * kMxfp4BlockBytes;
         const __m512i codes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
