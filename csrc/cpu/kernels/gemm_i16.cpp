@@ -186,14 +186,7 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
             __m512 out[kHalves][kMaxTileTokens];
             const int16_t* x = a.x_i16 + t * a.ldx;
             const float* xs = a.x_i16_scale + t * ldxs;
-            switch (TT) {
-                case 6: tile<6>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 5: tile<5>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 4: tile<4>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 3: tile<3>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 2: tile<2>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                default: tile<1>(P, nb, x, a.ldx, xs, ldxs, out); break;
-            }
+            with_tile_tokens<kMaxTileTokens>(TT, [&](auto n) { tile<n>(P, nb, x, a.ldx, xs, ldxs, out); });
             for (int h = 0; h < kHalves; ++h)
                 for (int64_t j = 0; j < TT; ++j)
                     _mm512_mask_storeu_ps(a.y + (t + j) * a.ldy + r + h * kLanes, rows[h], _mm512_add_ps(out[h][j], bias[h]));
@@ -348,12 +341,7 @@ void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
             __m256 out[kMaxTileTokens];
             const int16_t* x = a.x_i16 + t * a.ldx;
             const float* xs = a.x_i16_scale + t * ldxs;
-            switch (TT) {
-                case 4: tile<4>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 3: tile<3>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                case 2: tile<2>(P, nb, x, a.ldx, xs, ldxs, out); break;
-                default: tile<1>(P, nb, x, a.ldx, xs, ldxs, out); break;
-            }
+            with_tile_tokens<kMaxTileTokens>(TT, [&](auto n) { tile<n>(P, nb, x, a.ldx, xs, ldxs, out); });
             for (int64_t j = 0; j < TT; ++j)
                 _mm256_maskstore_ps(a.y + (t + j) * a.ldy + r, rows, _mm256_add_ps(out[j], bias));
         }
