@@ -164,10 +164,9 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 
 // Fast precision: int16 activations (only reached where quantize_i16 is non-null).
-#if defined(__AVX512F__)
-void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
-#endif
 #if defined(__AVX512F__) || defined(__AVX2__)
+void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp (AVX-512), gemv_i16.cpp (AVX2)
+void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);   // gemv_i16.cpp
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp
 #endif
 
