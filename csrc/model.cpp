@@ -186,6 +186,7 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 }
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
+    for (size_t i = 0; i < n_jobs; ++i) weight_bytes_read_ += uint64_t(jobs[i].W->rows) * jobs[i].W->row_bytes;
     // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
     // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams
     // weights from memory: each thread takes one long contiguous run of a job (rows / threads),
