@@ -107,7 +107,8 @@ def test_fused_qkv_is_a_view_of_the_file(files):
     for part in ("attn_q", "attn_k", "attn_v"):
         assert np.shares_memory(raw[f"blk.1.{part}.weight"], fused)
     q = raw["blk.1.attn_q.weight"]
-    assert q.ctypes.data == fused.ctypes.data and q.nbytes + 2 * raw["blk.1.attn_k.weight"].nbytes == fused.nbytes
+    assert q.ctypes.data == fused.ctypes.data
+    assert q.nbytes + 2 * raw["blk.1.attn_k.weight"].nbytes == fused.nbytes
 
 
 @pytest.mark.parametrize("pre", [None, "default"])
