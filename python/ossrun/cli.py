@@ -1,5 +1,6 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
-a GGUF file holds and what it will cost in memory), `convert` (a checkpoint folder to GGUF), and
+a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
+`convert` (a checkpoint folder to GGUF), and
 `bench` when `ossrun.bench` is present.
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
@@ -166,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(func=cmd_info)
 
+    serve = sub.add_parser("serve", help="serve the model over OpenAI's HTTP API",
+                           description="An OpenAI-compatible server: /v1/chat/completions, "
+                                       "/v1/responses, /v1/completions, /v1/models.")
+    from .server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve, _positive_int)
+    _add_model_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
     conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
                           description="Convert a gpt-oss checkpoint folder (transformers layout with "
                                       "MXFP4 or BF16 experts, or OpenAI's original/ layout) into a "
@@ -288,6 +298,12 @@ def cmd_convert(args) -> int:
     path = convert(args.src, out, dense=args.dense, vocab_file=args.vocab_file, progress=True)
     print(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import main
+
+    return main(args)
 
 
 def reply_json(reply) -> dict:
