@@ -175,8 +175,11 @@ class GgufFile:
                 block, type_size = GGML_QUANT_SIZES[qtype]
             except (ValueError, KeyError):
                 raise ValueError(f"tensor '{name}' has unknown ggml type {raw_type}") from None
-            if any(d <= 0 or d > (1 << 40) for d in ne) or ne[0] % block:
+            if any(d <= 0 or d > (1 << 40) for d in ne):
                 raise ValueError(f"tensor '{name}' has invalid dimensions {list(ne)}")
+            if ne[0] % block:
+                raise ValueError(f"tensor '{name}': rows of {ne[0]} elements are not whole "
+                                 f"{qtype.name} blocks of {block}")
             n_elems = int(np.prod(ne, dtype=object))
             n_bytes = n_elems // block * type_size
             start = data_start + offset
