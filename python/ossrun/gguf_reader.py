@@ -52,6 +52,13 @@ def type_size(ggml_type: int) -> tuple[int, int]:
         raise ValueError(f"unknown ggml type {ggml_type}") from None
 
 
+def _type_name(ggml_type: int) -> str:
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
+
+
 @dataclass
 class TensorInfo:
     name: str
@@ -193,7 +200,7 @@ class GgufFile:
                 raise ValueError(f"tensor '{name}' has invalid dimensions {list(ne)}")
             if ne[0] % block:
                 raise ValueError(f"tensor '{name}': rows of {ne[0]} elements are not whole "
-                                 f"{qtype.name} blocks of {block}")
+                                 f"{_type_name(raw_type)} blocks of {block}")
             n_elems = int(np.prod(ne, dtype=object))
             n_bytes = n_elems // block * block_bytes
             start = data_start + offset

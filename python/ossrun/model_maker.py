@@ -170,7 +170,7 @@ def check_hparams(hp: HParams, matrix_type: str = "q8_0", role_types: dict | Non
             raise ValueError(f"{role} type {t!r} is not one of {', '.join(MATRIX_TYPES)}")
         block = GGML_QUANT_SIZES[MATRIX_TYPES[t]][0]
         if n % block:
-            raise ValueError(f"{what} ({n}) must be a multiple of {block} for {role} type {t}")
+            raise ValueError(f"{what} ({n}) must be a multiple of {block} for {t} ({role})")
 
 
 # ---------------------------------------------------------------------------------------------
