@@ -456,9 +456,9 @@ def write_model(
     """Write a random gpt-oss GGUF; returns its path (the first shard's, when split).
 
     vocab: the tokenizer metadata, default `byte_vocab(hparams.vocab)`; its size must equal
-    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama" or "ollama-fused"
-    (ossrun.layout_writers). split_max_size: bytes of tensor data per shard, written as
-    gguf-split does (`path` without .gguf names the shards).
+    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama", "ollama-qkv" or
+    "ollama-fused" (ossrun.layout_writers). split_max_size: bytes of tensor data per shard,
+    written as gguf-split does (`path` without .gguf names the shards).
     """
     check_hparams(hparams, matrix_type)
     if seed < 0:
@@ -487,11 +487,13 @@ def write_gguf(
     *,
     seed: int = 0,
     progress: bool | None = None,
+    chunks=None,
 ) -> Path:
     """Write a GGUF v3 file from serialised KV entries and tensor plans, streaming the data.
 
     The file appears under its name only when complete. progress: a percentage line on stderr
-    (default: for files over 1 GiB).
+    (default: for files over 1 GiB). chunks: plan -> iterable of arrays holding the tensor's bytes
+    (default: seeded random values, `tensor_chunks`); ossrun.convert passes a checkpoint's.
     """
     infos, offset = [], 0
     for p in plans:
@@ -512,13 +514,17 @@ def write_gguf(
             _pad(f)
             done, shown = 0, -1
             for p in plans:
-                for chunk in tensor_chunks(p, seed):
+                written = 0
+                for chunk in tensor_chunks(p, seed) if chunks is None else chunks(p):
                     f.write(chunk.data)
+                    written += chunk.nbytes
                     done += chunk.nbytes
                     if show and done * 100 // total != shown:
                         shown = done * 100 // total
                         percent = f"{shown:3d}% of {total / 2**30:.2f} GiB"
                         print(f"\r{path.name}: {percent}", end="", file=sys.stderr)
+                if written != p.nbytes:  # a wrong chunk source would shift every later tensor
+                    raise AssertionError(f"{p.name}: wrote {written} bytes, expected {p.nbytes}")
                 _pad(f)
     except BaseException:  # also Ctrl-C: never leave a partial multi-GiB file behind
         partial.unlink(missing_ok=True)
@@ -601,9 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab.add_argument(
         "--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b"
     )
-    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-fused"), default="ggml-org",
-                    help="ggml-org's (default), Ollama's gptoss blob, or Ollama's refused "
-                         "Aug-Oct 2025 fused blob")
+    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-qkv", "ollama-fused"), default="ggml-org",
+                    help="ggml-org's (default), Ollama's gptoss blob (-qkv: with a fused "
+                         "attn_qkv), or Ollama's refused Aug-Oct 2025 fused blob")
     ap.add_argument("--split-max-size", metavar="SIZE",
                     help="write shards of at most SIZE of tensor data (e.g. 100M, 2G), as "
                          "llama.cpp's gguf-split names them: OUT-00001-of-0000N.gguf")
