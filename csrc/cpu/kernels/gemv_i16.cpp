@@ -1,5 +1,5 @@
-// Fast decode GEMVs (few tokens) for MXFP4 rows, and for Q8_0 rows on AVX2 (AVX-512's is in
-// gemv.cpp): int16 activations (quantize_i16's blocks of 32, one float
+// Fast decode GEMVs for one token of MXFP4 (AVX-512; gemv.cpp's gemv_mxfp4_i16 calls it, and
+// runs batches of 2-8 tokens itself) and, on AVX2, for 1-3 tokens of MXFP4 and Q8_0: int16 activations (quantize_i16's blocks of 32, one float
 // scale each) times the exact weights, one integer dot product per block. Twice each e2m1 value
 // is an integer in -12..12, so a block's 32 products sum exactly in int32 and one float step
 // applies half the block's power of two and the activation scale.
@@ -36,6 +36,8 @@ namespace {
 alignas(64) constexpr int16_t kDoubledE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
                                                     0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
+}  // namespace
+
 float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
     const float* halves = e8m0_halves();
     const __m512i values = _mm512_load_si512(kDoubledE2M1x2);
@@ -65,7 +67,6 @@ float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, 
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc2), _mm512_add_ps(acc1, acc3)));
 }
 
-}  // namespace
 #elif defined(__AVX2__)
 namespace {
 
@@ -149,7 +150,7 @@ void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 #endif
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX2__) && !defined(__AVX512F__)
 void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems;
