@@ -37,25 +37,19 @@ ROLLBACK_MARGIN = 1024
 def ossrun_dir(kind: str) -> Path:
     """Where ossrun keeps `kind` files: "data" (input history) or "cache" (the demo model).
 
-    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, as the
-    platformdirs package computes it: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share,
-    ~/.cache) on Linux and BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, from
+    platformdirs: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share, ~/.cache) on Linux and
+    BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
     """
     if kind not in ("data", "cache"):
         raise ValueError(f"unknown folder kind {kind!r}")
     home = os.environ.get("OSSRUN_HOME")
     if home:
         return Path(home).expanduser() / kind
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
-        return Path(local) / "ossrun" / ("Cache" if kind == "cache" else "Data")
-    if sys.platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return Path.home() / "Library" / sub / "ossrun"
-    var, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
-    base = os.environ.get(var, "")
-    # The XDG spec says relative paths are invalid and must be ignored.
-    return (Path(base) if os.path.isabs(base) else Path.home() / default) / "ossrun"
+    import platformdirs
+
+    where = platformdirs.user_cache_dir if kind == "cache" else platformdirs.user_data_dir
+    return Path(where("ossrun", appauthor=False))
 
 
 # ---------------------------------------------------------------------------------------------
