@@ -117,6 +117,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, metavar="N", help="random seed, for reproducible runs")
     p.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="most tokens generated per reply (default: until the context is full)")
+    p.add_argument("--reasoning-budget", type=_nonnegative_int, metavar="N",
+                   help="most reasoning tokens per reply; then the answer is started")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
     out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     run.add_argument("--stats", action="store_true", help="print token counts and speed on stderr")
+    run.add_argument("--json-schema", metavar="FILE",
+                     help="constrain the answer (not the reasoning) to the JSON Schema in FILE")
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
@@ -205,7 +209,9 @@ def new_chat(model, args):
     """A chat on `model` with the sampling flags of `args`."""
     return model.chat(instructions=args.system, reasoning=args.effort,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                      seed=args.seed, max_tokens=args.max_tokens)
+                      seed=args.seed, max_tokens=args.max_tokens,
+                      max_reasoning_tokens=args.reasoning_budget,
+                      response_format=getattr(args, "response_format", None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +241,8 @@ def cmd_run(args) -> int:
     prompt = prompt.rstrip("\n")
     if not prompt.strip():
         raise OssrunError("the prompt is empty")
+    if args.json_schema:
+        args.response_format = _read_schema(args.json_schema)
     model = load_model(args.model, args)
     chat = new_chat(model, args)
     if args.json:
@@ -257,6 +265,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _read_schema(path) -> dict:
+    try:
+        schema = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise OssrunError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(schema, dict):
+        raise OssrunError(f"{path}: a JSON Schema must be a JSON object")
+    return schema
+
+
 def reply_json(reply) -> dict:
     """An ossrun.chat.Reply as JSON-ready data (what `run --json` prints)."""
     stats = reply.stats
@@ -266,6 +284,9 @@ def reply_json(reply) -> dict:
         "tool_calls": [dataclasses.asdict(c) for c in reply.tool_calls],
         "finish_reason": reply.finish_reason,
         "note": reply.note,
+        "parsed": reply.parsed if isinstance(reply.parsed, (dict, list, str, int, float)) else None,
+        "citations": [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
+                      for c in reply.citations],
         "messages": [m.to_dict() for m in reply.messages],
         "stats": {**dataclasses.asdict(stats), "prefill_tok_s": stats.prefill_tok_s,
                   "decode_tok_s": stats.decode_tok_s},

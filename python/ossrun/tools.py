@@ -91,6 +91,19 @@ def json_schema(schema: dict) -> dict:
     return convert(schema)
 
 
+def closed_schema(schema: Any) -> Any:
+    """The schema with every object that lists its properties closed to other ones (unless it
+    says otherwise), as OpenAI's strict mode reads schemas: what strict decoding generates."""
+    if isinstance(schema, list):
+        return [closed_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed_schema(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 # -- docstrings --------------------------------------------------------------------------------
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -133,10 +146,11 @@ class Tool:
         return ToolDescription(self.name, self.description, self.parameters)
 
     def arguments_schema(self) -> dict:
-        """The arguments as standard JSON Schema (what strict decoding constrains them to)."""
+        """The arguments as standard JSON Schema, objects closed (what strict decoding
+        constrains them to)."""
         if self.parameters is None:
             return {"type": "object", "properties": {}, "additionalProperties": False}
-        return json_schema(self.parameters)
+        return closed_schema(json_schema(self.parameters))
 
     def parse_arguments(self, text: str) -> dict:
         """Decode and check the JSON arguments the model wrote; ToolArgumentError if invalid.
