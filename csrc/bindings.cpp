@@ -25,7 +25,9 @@ using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 DType checked_dtype(int t, const std::string& what) {
     switch (t) {
-        case 0: case 1: case 8: case 30: case 39: return DType(t);
+        case 0: case 1: case 2: case 3: case 6: case 7: case 8: case 10: case 11: case 12: case 13:
+        case 14: case 20: case 30: case 39:
+            return DType(t);
     }
     throw py::value_error(what + ": unsupported ggml type " + std::to_string(t));
 }
@@ -83,7 +85,8 @@ Matrix matrix_arg(const py::dict& tensors, const std::string& name, int64_t n_ma
     m.row_bytes = row_bytes_for(t.type, cols);
     if (m.row_bytes == 0)
         throw py::value_error("tensor '" + name + "': " + std::to_string(cols) +
-                              " columns do not fit " + dtype_name(t.type) + " blocks of 32");
+                              " columns do not fit " + dtype_name(t.type) + " blocks of " +
+                              std::to_string(block_shape(t.type).elems));
     if (t.nbytes != m.total_bytes())
         throw py::value_error("tensor '" + name + "' holds " + std::to_string(t.nbytes) +
                               " bytes, expected " + std::to_string(m.total_bytes()));

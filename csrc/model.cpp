@@ -63,9 +63,12 @@ void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
 
 void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
     // Q8_0 matmuls always take int16 activations; MXFP4 ones only as GEMMs (the decode GEMV
-    // keeps float32: it is bound by memory, not arithmetic).
+    // keeps float32: it is bound by memory, not arithmetic); the other dense quants only as
+    // GEMVs (their GEMMs decode float panels).
     const DType type = a.W->type;
-    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4))) return;
+    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4) ||
+                       (is_dense_quant(type) && T < 4)))
+        return;
     quantize_i16(s, x, T, width);
     a.x_i16 = s.x_i16.data();
     a.x_i16_scale = s.x_i16_scale.data();
