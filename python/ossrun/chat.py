@@ -312,6 +312,8 @@ class Chat:
         builtins: dict[str, Any] = {}
         for t in tools or ():
             builtin = builtin_tool(t)
+            if builtin is False:
+                continue  # a built-in tool that cannot run here (a warning said why)
             if builtin is not None:
                 if builtin.name in builtins:
                     raise ValueError(f"two {builtin.name} tools were given")
@@ -603,7 +605,8 @@ class Chat:
         if namespace in self._builtins:
             session = self._tool_sessions.get(namespace)
             if session is None:
-                session = self._tool_sessions[namespace] = self._builtins[namespace].open_session()
+                session = self._tool_sessions[namespace] = \
+                    self._builtins[namespace].open_session(self.tokenizer)
             return session.call(recipient, call.text)
         tool = None
         if recipient.startswith(FUNCTIONS_PREFIX):
@@ -718,11 +721,12 @@ def _check_tool_choice(value: str) -> str:
 
 def builtin_tool(obj: Any):
     """The built-in tool an entry of `tools=` names ("browser", "python", or a configured
-    `ossrun.Browser` / `ossrun.PythonTool`), or None for a function tool."""
-    if isinstance(obj, str):
-        from .builtin_tools import default_builtin
+    `ossrun.Browser` / `ossrun.PythonTool`); False for one that cannot run here; None for a
+    function tool."""
+    from .builtin_tools import default_builtin, offered
 
-        return default_builtin(obj)
+    if isinstance(obj, str):
+        return default_builtin(obj) or False
     if hasattr(obj, "namespace") and hasattr(obj, "open_session"):
-        return obj
+        return offered(obj) or False
     return None
