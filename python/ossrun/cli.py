@@ -1,5 +1,6 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
-a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server), and
+a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
+`convert` (a checkpoint folder to GGUF), and
 `bench` when `ossrun.bench` is present.
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
@@ -173,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
+    conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
+                          description="Convert a gpt-oss checkpoint folder (transformers layout with "
+                                      "MXFP4 or BF16 experts, or OpenAI's original/ layout) into a "
+                                      "GGUF file in ggml-org's layout. MXFP4 experts are kept bit "
+                                      "for bit.")
+    conv.add_argument("src", metavar="SRC", help="the checkpoint folder (config.json + *.safetensors)")
+    conv.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write")
+    conv.add_argument("--dense", choices=("bf16", "q8_0", "f16", "f32"), default="bf16",
+                      help="type of the embedding, output and attention matrices (and of BF16 "
+                           "experts); default bf16, lossless for bf16 checkpoints")
+    conv.add_argument("--vocab-file", metavar="FILE",
+                      help="o200k_base.tiktoken, for a checkpoint without tokenizer.json")
+    conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    conv.set_defaults(func=cmd_convert)
+
     bench = _bench_module()
     if bench is not None:
         b = sub.add_parser("bench", help="measure prefill and decode speed")
@@ -283,6 +299,17 @@ def _read_schema(path) -> dict:
     if not isinstance(schema, dict):
         raise OssrunError(f"{path}: a JSON Schema must be a JSON object")
     return schema
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        raise OssrunError(f"{out} exists (use --force to overwrite it)")
+    path = convert(args.src, out, dense=args.dense, vocab_file=args.vocab_file, progress=True)
+    print(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
+    return 0
 
 
 def cmd_serve(args) -> int:

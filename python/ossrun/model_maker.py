@@ -487,11 +487,13 @@ def write_gguf(
     *,
     seed: int = 0,
     progress: bool | None = None,
+    chunks=None,
 ) -> Path:
     """Write a GGUF v3 file from serialised KV entries and tensor plans, streaming the data.
 
     The file appears under its name only when complete. progress: a percentage line on stderr
-    (default: for files over 1 GiB).
+    (default: for files over 1 GiB). chunks: plan -> iterable of arrays holding the tensor's bytes
+    (default: seeded random values, `tensor_chunks`); ossrun.convert passes a checkpoint's.
     """
     infos, offset = [], 0
     for p in plans:
@@ -512,13 +514,17 @@ def write_gguf(
             _pad(f)
             done, shown = 0, -1
             for p in plans:
-                for chunk in tensor_chunks(p, seed):
+                written = 0
+                for chunk in tensor_chunks(p, seed) if chunks is None else chunks(p):
                     f.write(chunk.data)
+                    written += chunk.nbytes
                     done += chunk.nbytes
                     if show and done * 100 // total != shown:
                         shown = done * 100 // total
                         percent = f"{shown:3d}% of {total / 2**30:.2f} GiB"
                         print(f"\r{path.name}: {percent}", end="", file=sys.stderr)
+                if written != p.nbytes:  # a wrong chunk source would shift every later tensor
+                    raise AssertionError(f"{p.name}: wrote {written} bytes, expected {p.nbytes}")
                 _pad(f)
     except BaseException:  # also Ctrl-C: never leave a partial multi-GiB file behind
         partial.unlink(missing_ok=True)
