@@ -156,8 +156,10 @@ def _read_config(reader, path: Path, layout: layouts.Layout = layouts.GGML_ORG) 
         # Not written by Ollama: the rows of an expert's gate matrix (MODEL.md §4.3).
         found = layouts.locate(reader, layout, "blk.0.ffn_gate_exps.weight")
         if found is None or len(found[0].ne) != 3:
-            raise ModelError(f"{path}: metadata key '{layout.key_prefix}expert_feed_forward_length' "
-                             "is missing")
+            key = f"{layout.key_prefix}expert_feed_forward_length"
+            raise ModelError(f"{path}: metadata key '{key}' is missing" if found else
+                             f"{path}: tensor 'blk.0.ffn_gate_exps.weight' is missing (the file "
+                             f"lacks metadata key '{key}' too, which it would give)")
         values["expert_feed_forward_length"] = int(found[0].ne[1])
     values.setdefault("feed_forward_length", values["expert_feed_forward_length"])
     values.setdefault("rope_scaling_type", "yarn")

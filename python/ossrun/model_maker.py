@@ -456,9 +456,9 @@ def write_model(
     """Write a random gpt-oss GGUF; returns its path (the first shard's, when split).
 
     vocab: the tokenizer metadata, default `byte_vocab(hparams.vocab)`; its size must equal
-    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama" or "ollama-fused"
-    (ossrun.layout_writers). split_max_size: bytes of tensor data per shard, written as
-    gguf-split does (`path` without .gguf names the shards).
+    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama", "ollama-qkv" or
+    "ollama-fused" (ossrun.layout_writers). split_max_size: bytes of tensor data per shard,
+    written as gguf-split does (`path` without .gguf names the shards).
     """
     check_hparams(hparams, matrix_type)
     if seed < 0:
@@ -607,9 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab.add_argument(
         "--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b"
     )
-    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-fused"), default="ggml-org",
-                    help="ggml-org's (default), Ollama's gptoss blob, or Ollama's refused "
-                         "Aug-Oct 2025 fused blob")
+    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-qkv", "ollama-fused"), default="ggml-org",
+                    help="ggml-org's (default), Ollama's gptoss blob (-qkv: with a fused "
+                         "attn_qkv), or Ollama's refused Aug-Oct 2025 fused blob")
     ap.add_argument("--split-max-size", metavar="SIZE",
                     help="write shards of at most SIZE of tensor data (e.g. 100M, 2G), as "
                          "llama.cpp's gguf-split names them: OUT-00001-of-0000N.gguf")
