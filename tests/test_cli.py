@@ -75,6 +75,17 @@ def test_run_json_schema_and_reasoning_budget(env, tiny_model, tmp_path, vocab_f
                          "not a JSON file")
 
 
+def test_run_tool_flags(env, tiny_model, tmp_path):
+    r = ossrun(env, "run", tiny_model, "Hi", "--browser", "--max-tokens", 4, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "the browser tool is not offered: no search backend" in r.stderr
+    (tmp_path / "a.md").write_text("# A\n")
+    r = ossrun(env, "run", tiny_model, "Hi", "--docs", tmp_path, "--max-tokens", 4, "--json")
+    assert r.returncode == 0 and "not offered" not in r.stderr, r.stderr
+    assert_clean_failure(ossrun(env, "run", tiny_model, "Hi", "--docs", tmp_path / "none"), 1,
+                         "not a folder")
+
+
 def test_run_json_reads_stdin(env, tiny_model):
     r = ossrun(env, "run", tiny_model, "-", "--max-tokens", 8, "--seed", 1, "--json",
                input="What is 2 + 2?\n")

@@ -174,3 +174,29 @@ def test_without_bubblewrap_the_tool_is_not_offered(monkeypatch, vocab_file, tin
         assert PythonTool(sandbox="none").unavailable() is None  # explicit and dangerous
     finally:
         sandbox.sandbox_problem.cache_clear()
+
+
+@needs_bwrap
+def test_tool_loop_end_to_end_with_scripted_output(vocab_file, tiny_gguf):
+    from ossrun.chat import ToolCall, ToolResult
+    from test_chat import Script, tiny_chat_model
+
+    model = tiny_chat_model(vocab_file, tiny_gguf)
+    script = Script(model.tokenizer,
+                    "<|channel|>analysis to=python code<|message|>x = 6 * 7\nprint(x)<|call|>",
+                    "<|channel|>analysis to=python code<|message|>x + 1<|call|>",
+                    "<|channel|>final<|message|>It is 42.<|return|>")
+    tool = PythonTool(timeout_s=10)
+    chat = script.attach(model.chat(sampler=script, date="2025-06-28", tools=[tool]))
+    prompt = model.tokenizer.decode(chat.render())
+    assert "## python\n\nUse this tool to execute Python code" in prompt
+    assert "time out after 10.0 seconds" in prompt
+    events = list(chat.stream("What is 6 times 7?"))
+    assert [e.name for e in events if isinstance(e, ToolCall)] == ["python", "python"]
+    assert [(e.content, e.is_error) for e in events if isinstance(e, ToolResult)] == [
+        ("42\n", False), ("43\n", False)]  # one kernel, its state kept across calls
+    assert events[-1].reply.content == "It is 42."
+    text = model.tokenizer.decode(script.prompts[1])
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in text
+    chat.reset()  # a new conversation gets a new kernel
+    assert chat._tool_sessions == {}

@@ -251,3 +251,33 @@ def test_reasoning_budget_closes_analysis_and_opens_final(model):
     assert (reply.reasoning, reply.content) == ("", "OK")
     with pytest.raises(ValueError, match="max_reasoning_tokens"):
         model.chat(max_reasoning_tokens=-1)
+
+
+def test_server_seam_masks_by_the_same_grammar(model):
+    """ossrun serve's constraints.token_mask_for: the request's json_schema (both APIs' shapes)
+    and tool_choice, over the ids generated so far."""
+    from ossrun.harmony import ToolDescription
+    from ossrun.server.constraints import token_mask_for
+
+    tok = model.tokenizer
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    assert token_mask_for(None, [], "auto", tok, model.n_vocab) is None
+    assert token_mask_for({"type": "text"}, [], "auto", tok, model.n_vocab) is None
+    ids = tok.encode('<|channel|>analysis<|message|>free {text<|end|><|start|>assistant'
+                     '<|channel|>final<|message|>{"n":12}<|return|>', allowed_special="all")
+    for fmt in ({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+                {"type": "json_schema", "name": "x", "schema": schema}):
+        mask = token_mask_for(fmt, [], "auto", tok, model.n_vocab)
+        for i, t in enumerate(ids):
+            allowed = mask(ids[:i])
+            assert allowed.shape == (model.n_vocab,) and allowed[t], (i, tok.decode([t]))
+        bad = tok.encode('<|channel|>final<|message|>{"m"', allowed_special="all")
+        mask = token_mask_for(fmt, [], "auto", tok, model.n_vocab)
+        first_refused = next(i for i in range(len(bad)) if not mask(bad[:i])[bad[i]])
+        assert tok.decode(bad[first_refused:first_refused + 1]) in ('m', '"m', 'm"')
+    tools = [ToolDescription("get_weather", "", {"type": "object"})]
+    mask = token_mask_for(None, tools, {"type": "function", "function": {"name": "get_weather"}},
+                          tok, model.n_vocab)
+    final = tok.encode("<|channel|>final", allowed_special="all")
+    assert mask([])[final[0]] and not mask(final[:1])[final[1]]  # no answer: a call is forced

@@ -123,6 +123,41 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    help="most reasoning tokens per reply; then the answer is started")
 
 
+def _add_tool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("built-in tools")
+    g.add_argument("--browser", action="store_true",
+                   help="offer the browser tool (needs --docs or --searx to search)")
+    g.add_argument("--docs", metavar="DIR", help="search this folder of documents (implies --browser)")
+    g.add_argument("--searx", metavar="URL", help="search with this SearXNG instance (implies --browser)")
+    g.add_argument("--allow-private", action="store_true",
+                   help="let the browser open loopback and private-network URLs")
+    g.add_argument("--python", action="store_true",
+                   help="offer the python tool (a sandboxed Jupyter kernel; needs bubblewrap)")
+
+
+def build_tools(args) -> list:
+    """The built-in tools the flags ask for; one that cannot run here is left out with a note
+    on stderr saying why."""
+    tools = []
+    if getattr(args, "browser", False) or getattr(args, "docs", None) or getattr(args, "searx", None):
+        from .browser import Browser
+
+        tools.append(Browser(docs=args.docs, searx_url=args.searx,
+                             allow_private=args.allow_private))
+    if getattr(args, "python", False):
+        from .python_tool import PythonTool
+
+        tools.append(PythonTool())
+    offered = []
+    for tool in tools:
+        problem = tool.unavailable()
+        if problem:
+            print(f"ossrun: note: the {tool.name} tool is not offered: {problem}", file=sys.stderr)
+        else:
+            offered.append(tool)
+    return offered
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ossrun", description="Run OpenAI's gpt-oss models locally.",
@@ -136,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("model", nargs="?", metavar="MODEL", help="a gpt-oss .gguf file")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
+    _add_tool_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
                       help="do not show the reasoning as it streams (/think show|hide)")
     chat.set_defaults(func=cmd_chat)
@@ -146,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
+    _add_tool_flags(run)
     out = run.add_mutually_exclusive_group()
     out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
     out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
@@ -237,7 +274,8 @@ def new_chat(model, args):
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                       seed=args.seed, max_tokens=args.max_tokens,
                       max_reasoning_tokens=args.reasoning_budget,
-                      response_format=getattr(args, "response_format", None))
+                      response_format=getattr(args, "response_format", None),
+                      tools=build_tools(args))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,10 @@ def response_format(fmt: Any) -> ResponseFormat | None:
     kind = fmt.get("type")
     if kind == "json_object":
         return ResponseFormat("json_object", {"type": "object"})
+    if kind == "text":
+        return None
+    if kind == "json_schema" and isinstance(fmt.get("schema"), dict):  # Responses' text.format
+        return ResponseFormat("json_schema", fmt["schema"], fmt.get("name") or "response")
     if kind == "json_schema" and isinstance(fmt.get("json_schema"), dict):
         inner = fmt["json_schema"]
         if not isinstance(inner.get("schema"), dict):
@@ -249,6 +253,14 @@ class Constraint:
             logits[allowed.size:] = -np.inf
         np.copyto(logits[:allowed.size], -np.inf, where=~allowed)
         return logits
+
+    def allowed(self, n_vocab: int) -> np.ndarray:
+        """The mask as a boolean array over `n_vocab` ids (True = allowed)."""
+        self.wait()
+        bits = np.unpackbits(self._mask.view(np.uint8), bitorder="little").view(bool)
+        out = np.zeros(n_vocab, dtype=bool)
+        out[:min(n_vocab, bits.size)] = bits[:n_vocab]
+        return out
 
     def forced_tokens(self) -> list[int]:
         """Tokens the grammar forces next (possibly none); not consumed."""
