@@ -1,6 +1,6 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
 a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
-`convert` (a checkpoint folder to GGUF), and
+`pull` (a GGUF from the Hugging Face Hub), `convert` (a checkpoint folder to GGUF), and
 `bench` when `ossrun.bench` is present.
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with a model in the terminal",
                           description="Chat with a model. Without MODEL, runs a small built-in "
                                       "demo model with random weights.")
-    chat.add_argument("model", nargs="?", metavar="MODEL", help="a gpt-oss .gguf file")
+    chat.add_argument("model", nargs="?", metavar="MODEL",
+                      help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer one prompt and exit",
                          description="Answer one prompt and print the final answer.")
-    run.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    run.add_argument("model", metavar="MODEL",
+                     help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
@@ -159,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
-    info.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    info.add_argument("model", metavar="MODEL",
+                      help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -175,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve, _positive_int)
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    pull = sub.add_parser("pull", help="download a gpt-oss GGUF from the Hugging Face Hub",
+                          description="Download a GGUF (all shards of a split one) from the Hugging "
+                                      "Face Hub into its cache (resumable) and print its path. "
+                                      "Without FILE, the repo's gpt-oss GGUF is chosen.")
+    pull.add_argument("ref", metavar="REPO[:FILE]", help="e.g. ggml-org/gpt-oss-20b-GGUF")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default main)")
+    pull.set_defaults(func=cmd_pull)
 
     conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
                           description="Convert a gpt-oss checkpoint folder (transformers layout with "
@@ -220,12 +231,22 @@ def _context_length(path) -> int:
     return open_gguf(path).config.context_length
 
 
+def model_path(arg) -> Path:
+    """A MODEL argument as a local path: a Hugging Face ref (OWNER/REPO[:FILE]) that is no local
+    path comes from the Hub cache, pulled on first use after asking (only on a terminal)."""
+    from .hub import looks_like_ref, resolve
+
+    if looks_like_ref(str(arg)):
+        return resolve(str(arg), interactive=sys.stdin.isatty() and sys.stderr.isatty())
+    return Path(arg).expanduser()
+
+
 def load_model(path, args):
     """Load `path` with the --ctx, --threads and --precision flags, showing a spinner."""
     from .model import Model
     from .repl import Spinner
 
-    path = Path(path).expanduser()
+    path = model_path(path)
     size = path.stat().st_size if path.is_file() else 0
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
@@ -289,6 +310,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    print(pull(args.ref, revision=args.revision))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .convert import convert
 
@@ -349,7 +377,7 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
 
-    g = open_gguf(Path(path).expanduser())
+    g = open_gguf(model_path(path))
     cfg = g.config
     n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
     types: dict[str, dict] = {}
