@@ -25,8 +25,11 @@ ARCH = "gpt-oss"
 
 # ggml type ids we accept (MODEL.md §4.3), and those allowed per tensor role.
 F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
-TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4"}
-MATRIX_TYPES = (F32, F16, BF16, Q8_0)
+# The dense quants of community files: 32-element blocks, then 256-element K-quants.
+DENSE_QUANTS = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 20: "IQ4_NL",
+                10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4", **DENSE_QUANTS}
+MATRIX_TYPES = (F32, F16, BF16, Q8_0, *DENSE_QUANTS)
 EXPERT_TYPES = (MXFP4, Q8_0, F16, BF16, F32)
 
 
