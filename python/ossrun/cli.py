@@ -1,7 +1,9 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
 a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
-`pull` (a GGUF from the Hugging Face Hub), `convert` (a checkpoint folder to GGUF), and
-`bench` when `ossrun.bench` is present.
+`pull` (a GGUF from the Hugging Face Hub), `convert` (a checkpoint folder to GGUF), `list` (the
+gpt-oss models other tools keep on this machine), and `bench` when `ossrun.bench` is present.
+MODEL is a .gguf file (any shard of a split one), a folder holding one, an Ollama model name such
+as gpt-oss:20b (ossrun.resolve), or a Hugging Face repo OWNER/REPO[:FILE] (ossrun.hub).
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -20,8 +22,9 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ContextOverflowError, OssrunError
+from .errors import ContextOverflowError, ModelError, OssrunError
 from .harmony import REASONING_EFFORTS
+from .resolve import resolve_model
 
 # Default context: room for long reasoning at "high" effort while the KV cache of gpt-oss-20b
 # stays small (12 full layers x 8192 x 2 x 8 x 64 x 4 bytes = 384 MiB).
@@ -138,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Chat with a model. Without MODEL, runs a small built-in "
                                       "demo model with random weights.")
     chat.add_argument("model", nargs="?", metavar="MODEL",
-                      help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                           "or a Hugging Face repo (OWNER/REPO[:FILE])")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
@@ -148,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer one prompt and exit",
                          description="Answer one prompt and print the final answer.")
     run.add_argument("model", metavar="MODEL",
-                     help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
+                     help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                          "or a Hugging Face repo (OWNER/REPO[:FILE])")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
@@ -162,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
     info.add_argument("model", metavar="MODEL",
-                      help="a gpt-oss .gguf file, or OWNER/REPO[:FILE] on the Hugging Face Hub")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name or a "
+                           "Hugging Face repo (OWNER/REPO[:FILE])")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -202,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     conv.set_defaults(func=cmd_convert)
 
+    lst = sub.add_parser("list", help="list the gpt-oss models found on this machine",
+                         description="gpt-oss GGUF files in the Hugging Face cache, Ollama's store "
+                                     "and LM Studio's folders, with size and layout.")
+    lst.add_argument("--json", action="store_true", help="print the list as JSON")
+    lst.set_defaults(func=cmd_list)
+
     bench = _bench_module()
     if bench is not None:
         b = sub.add_parser("bench", help="measure prefill and decode speed")
@@ -232,13 +244,17 @@ def _context_length(path) -> int:
 
 
 def model_path(arg) -> Path:
-    """A MODEL argument as a local path: a Hugging Face ref (OWNER/REPO[:FILE]) that is no local
-    path comes from the Hub cache, pulled on first use after asking (only on a terminal)."""
+    """A MODEL argument as a local GGUF file (ossrun.resolve: file, folder, Ollama name); failing
+    that, a Hugging Face ref (OWNER/REPO[:FILE]) that is no local path comes from the Hub cache,
+    pulled on first use after asking (only on a terminal)."""
     from .hub import looks_like_ref, resolve
 
-    if looks_like_ref(str(arg)):
-        return resolve(str(arg), interactive=sys.stdin.isatty() and sys.stderr.isatty())
-    return Path(arg).expanduser()
+    try:
+        return resolve_model(arg)
+    except ModelError:
+        if not looks_like_ref(str(arg)):
+            raise
+    return resolve(str(arg), interactive=sys.stdin.isatty() and sys.stderr.isatty())
 
 
 def load_model(path, args):
@@ -247,7 +263,7 @@ def load_model(path, args):
     from .repl import Spinner
 
     path = model_path(path)
-    size = path.stat().st_size if path.is_file() else 0
+    size = path.stat().st_size
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
@@ -390,6 +406,8 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     return {
         "path": str(g.path),
         "file_size": g.file_size,
+        "layout": g.layout.name,
+        "shards": [str(p) for p in g.paths],
         "name": field_value(g.reader, "general.name"),
         "architecture": field_value(g.reader, "general.architecture"),
         "parameters": n_params,
@@ -410,6 +428,8 @@ def cmd_info(args) -> int:
     vocab = info["vocabulary"]
     rows = [
         ("file", f"{info['path']} ({_human_bytes(info['file_size'])})"),
+        ("layout", info["layout"] + (f", split in {len(info['shards'])} shards"
+                                     if len(info["shards"]) > 1 else "")),
         ("name", info["name"] or "-"),
         ("architecture", info["architecture"]),
         ("parameters", f"{info['parameters'] / 1e9:.2f} B" if info["parameters"] >= 1e8
@@ -429,6 +449,25 @@ def cmd_info(args) -> int:
               for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
                                  ("activations", "activations"), ("total", "total"))]
     print("\n".join(lines))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .resolve import find_local_models
+
+    models = find_local_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    if not models:
+        print("no gpt-oss models found in the Hugging Face cache, Ollama's store or LM Studio's "
+              "folders", file=sys.stderr)
+        return 0
+    width = max(len(m.name) for m in models)
+    for m in models:
+        print(f"{m.source:<12}{m.name:<{width + 2}}{_human_bytes(m.size):>11}  {m.layout}")
+        if m.name != str(m.path):
+            print(f"{'':<12}{m.path}")
     return 0
 
 
