@@ -42,25 +42,19 @@ ROLLBACK_MARGIN = 1024
 def ossrun_dir(kind: str) -> Path:
     """Where ossrun keeps `kind` files: "data" (input history) or "cache" (the demo model).
 
-    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, as the
-    platformdirs package computes it: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share,
-    ~/.cache) on Linux and BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, from
+    platformdirs: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share, ~/.cache) on Linux and
+    BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
     """
     if kind not in ("data", "cache"):
         raise ValueError(f"unknown folder kind {kind!r}")
     home = os.environ.get("OSSRUN_HOME")
     if home:
         return Path(home).expanduser() / kind
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
-        return Path(local) / "ossrun" / ("Cache" if kind == "cache" else "Data")
-    if sys.platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return Path.home() / "Library" / sub / "ossrun"
-    var, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
-    base = os.environ.get(var, "")
-    # The XDG spec says relative paths are invalid and must be ignored.
-    return (Path(base) if os.path.isabs(base) else Path.home() / default) / "ossrun"
+    import platformdirs
+
+    where = platformdirs.user_cache_dir if kind == "cache" else platformdirs.user_data_dir
+    return Path(where("ossrun", appauthor=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +122,43 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, metavar="N", help="random seed, for reproducible runs")
     p.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="most tokens generated per reply (default: until the context is full)")
+    p.add_argument("--reasoning-budget", type=_nonnegative_int, metavar="N",
+                   help="most reasoning tokens per reply; then the answer is started")
+
+
+def _add_tool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("built-in tools")
+    g.add_argument("--browser", action="store_true",
+                   help="offer the browser tool (needs --docs or --searx to search)")
+    g.add_argument("--docs", metavar="DIR", help="search this folder of documents (implies --browser)")
+    g.add_argument("--searx", metavar="URL", help="search with this SearXNG instance (implies --browser)")
+    g.add_argument("--allow-private", action="store_true",
+                   help="let the browser open loopback and private-network URLs")
+    g.add_argument("--python", action="store_true",
+                   help="offer the python tool (a sandboxed Jupyter kernel; needs bubblewrap)")
+
+
+def build_tools(args) -> list:
+    """The built-in tools the flags ask for; one that cannot run here is left out with a note
+    on stderr saying why."""
+    tools = []
+    if getattr(args, "browser", False) or getattr(args, "docs", None) or getattr(args, "searx", None):
+        from .browser import Browser
+
+        tools.append(Browser(docs=args.docs, searx_url=args.searx,
+                             allow_private=args.allow_private))
+    if getattr(args, "python", False):
+        from .python_tool import PythonTool
+
+        tools.append(PythonTool())
+    offered = []
+    for tool in tools:
+        problem = tool.unavailable()
+        if problem:
+            print(f"ossrun: note: the {tool.name} tool is not offered: {problem}", file=sys.stderr)
+        else:
+            offered.append(tool)
+    return offered
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "or a Hugging Face repo (OWNER/REPO[:FILE])")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
+    _add_tool_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
                       help="do not show the reasoning as it streams (/think show|hide)")
     chat.set_defaults(func=cmd_chat)
@@ -157,10 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
+    _add_tool_flags(run)
     out = run.add_mutually_exclusive_group()
     out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
     out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     run.add_argument("--stats", action="store_true", help="print token counts and speed on stderr")
+    run.add_argument("--json-schema", metavar="FILE",
+                     help="constrain the answer (not the reasoning) to the JSON Schema in FILE")
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
@@ -274,7 +309,10 @@ def new_chat(model, args):
     """A chat on `model` with the sampling flags of `args`."""
     return model.chat(instructions=args.system, reasoning=args.effort,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                      seed=args.seed, max_tokens=args.max_tokens)
+                      seed=args.seed, max_tokens=args.max_tokens,
+                      max_reasoning_tokens=args.reasoning_budget,
+                      response_format=getattr(args, "response_format", None),
+                      tools=build_tools(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +342,8 @@ def cmd_run(args) -> int:
     prompt = prompt.rstrip("\n")
     if not prompt.strip():
         raise OssrunError("the prompt is empty")
+    if args.json_schema:
+        args.response_format = _read_schema(args.json_schema)
     model = load_model(args.model, args)
     chat = new_chat(model, args)
     if args.json:
@@ -333,6 +373,16 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def _read_schema(path) -> dict:
+    try:
+        schema = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise OssrunError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(schema, dict):
+        raise OssrunError(f"{path}: a JSON Schema must be a JSON object")
+    return schema
+
+
 def cmd_convert(args) -> int:
     from .convert import convert
 
@@ -359,6 +409,9 @@ def reply_json(reply) -> dict:
         "tool_calls": [dataclasses.asdict(c) for c in reply.tool_calls],
         "finish_reason": reply.finish_reason,
         "note": reply.note,
+        "parsed": reply.parsed if isinstance(reply.parsed, (dict, list, str, int, float)) else None,
+        "citations": [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
+                      for c in reply.citations],
         "messages": [m.to_dict() for m in reply.messages],
         "stats": {**dataclasses.asdict(stats), "prefill_tok_s": stats.prefill_tok_s,
                   "decode_tok_s": stats.decode_tok_s},
