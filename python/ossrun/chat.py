@@ -622,13 +622,16 @@ class Chat:
     # -- persistence -------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        """Settings and messages as JSON-ready data (tools and the sampler's state are not
-        saved: pass `tools=` again to `from_dict`)."""
+        """Settings and messages as JSON-ready data (tools, the response format and the
+        sampler's state are not saved: pass `tools=` / `response_format=` again to
+        `from_dict`)."""
         settings = {"system": self.system, "instructions": self.instructions,
                     "reasoning": self.reasoning, "date": self.date,
                     "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                     "seed": self.seed, "max_tokens": self.max_tokens,
-                    "max_tool_rounds": self.max_tool_rounds, "n_ctx": self.session.n_ctx}
+                    "max_tool_rounds": self.max_tool_rounds, "n_ctx": self.session.n_ctx,
+                    "tool_choice": self.tool_choice,
+                    "max_reasoning_tokens": self.max_reasoning_tokens}
         return {"format": SAVE_FORMAT, "settings": settings, "stats": asdict(self.stats),
                 "messages": [m.to_dict() for m in self.messages]}
 
