@@ -1,7 +1,8 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
 a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
-`convert` (a checkpoint folder to GGUF), and
-`bench` when `ossrun.bench` is present.
+`convert` (a checkpoint folder to GGUF), `list` (the gpt-oss models other tools keep on this
+machine), and `bench` when `ossrun.bench` is present. MODEL is a .gguf file (any shard of a split
+one), a folder holding one, or an Ollama model name such as gpt-oss:20b (ossrun.resolve).
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -22,6 +23,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ContextOverflowError, OssrunError
 from .harmony import REASONING_EFFORTS
+from .resolve import resolve_model
 
 # Default context: room for long reasoning at "high" effort while the KV cache of gpt-oss-20b
 # stays small (12 full layers x 8192 x 2 x 8 x 64 x 4 bytes = 384 MiB).
@@ -39,25 +41,19 @@ ROLLBACK_MARGIN = 1024
 def ossrun_dir(kind: str) -> Path:
     """Where ossrun keeps `kind` files: "data" (input history) or "cache" (the demo model).
 
-    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, as the
-    platformdirs package computes it: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share,
-    ~/.cache) on Linux and BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, from
+    platformdirs: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share, ~/.cache) on Linux and
+    BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
     """
     if kind not in ("data", "cache"):
         raise ValueError(f"unknown folder kind {kind!r}")
     home = os.environ.get("OSSRUN_HOME")
     if home:
         return Path(home).expanduser() / kind
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
-        return Path(local) / "ossrun" / ("Cache" if kind == "cache" else "Data")
-    if sys.platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return Path.home() / "Library" / sub / "ossrun"
-    var, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
-    base = os.environ.get(var, "")
-    # The XDG spec says relative paths are invalid and must be ignored.
-    return (Path(base) if os.path.isabs(base) else Path.home() / default) / "ossrun"
+    import platformdirs
+
+    where = platformdirs.user_cache_dir if kind == "cache" else platformdirs.user_data_dir
+    return Path(where("ossrun", appauthor=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +121,43 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, metavar="N", help="random seed, for reproducible runs")
     p.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="most tokens generated per reply (default: until the context is full)")
+    p.add_argument("--reasoning-budget", type=_nonnegative_int, metavar="N",
+                   help="most reasoning tokens per reply; then the answer is started")
+
+
+def _add_tool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("built-in tools")
+    g.add_argument("--browser", action="store_true",
+                   help="offer the browser tool (needs --docs or --searx to search)")
+    g.add_argument("--docs", metavar="DIR", help="search this folder of documents (implies --browser)")
+    g.add_argument("--searx", metavar="URL", help="search with this SearXNG instance (implies --browser)")
+    g.add_argument("--allow-private", action="store_true",
+                   help="let the browser open loopback and private-network URLs")
+    g.add_argument("--python", action="store_true",
+                   help="offer the python tool (a sandboxed Jupyter kernel; needs bubblewrap)")
+
+
+def build_tools(args) -> list:
+    """The built-in tools the flags ask for; one that cannot run here is left out with a note
+    on stderr saying why."""
+    tools = []
+    if getattr(args, "browser", False) or getattr(args, "docs", None) or getattr(args, "searx", None):
+        from .browser import Browser
+
+        tools.append(Browser(docs=args.docs, searx_url=args.searx,
+                             allow_private=args.allow_private))
+    if getattr(args, "python", False):
+        from .python_tool import PythonTool
+
+        tools.append(PythonTool())
+    offered = []
+    for tool in tools:
+        problem = tool.unavailable()
+        if problem:
+            print(f"ossrun: note: the {tool.name} tool is not offered: {problem}", file=sys.stderr)
+        else:
+            offered.append(tool)
+    return offered
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,29 +170,36 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat with a model in the terminal",
                           description="Chat with a model. Without MODEL, runs a small built-in "
                                       "demo model with random weights.")
-    chat.add_argument("model", nargs="?", metavar="MODEL", help="a gpt-oss .gguf file")
+    chat.add_argument("model", nargs="?", metavar="MODEL",
+                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
+    _add_tool_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
                       help="do not show the reasoning as it streams (/think show|hide)")
     chat.set_defaults(func=cmd_chat)
 
     run = sub.add_parser("run", help="answer one prompt and exit",
                          description="Answer one prompt and print the final answer.")
-    run.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    run.add_argument("model", metavar="MODEL",
+                     help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
+    _add_tool_flags(run)
     out = run.add_mutually_exclusive_group()
     out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
     out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     run.add_argument("--stats", action="store_true", help="print token counts and speed on stderr")
+    run.add_argument("--json-schema", metavar="FILE",
+                     help="constrain the answer (not the reasoning) to the JSON Schema in FILE")
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
-    info.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    info.add_argument("model", metavar="MODEL",
+                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -190,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="o200k_base.tiktoken, for a checkpoint without tokenizer.json")
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     conv.set_defaults(func=cmd_convert)
+
+    lst = sub.add_parser("list", help="list the gpt-oss models found on this machine",
+                         description="gpt-oss GGUF files in the Hugging Face cache, Ollama's store "
+                                     "and LM Studio's folders, with size and layout.")
+    lst.add_argument("--json", action="store_true", help="print the list as JSON")
+    lst.set_defaults(func=cmd_list)
 
     bench = _bench_module()
     if bench is not None:
@@ -225,8 +271,8 @@ def load_model(path, args):
     from .model import Model
     from .repl import Spinner
 
-    path = Path(path).expanduser()
-    size = path.stat().st_size if path.is_file() else 0
+    path = resolve_model(path)
+    size = path.stat().st_size
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
@@ -237,7 +283,10 @@ def new_chat(model, args):
     """A chat on `model` with the sampling flags of `args`."""
     return model.chat(instructions=args.system, reasoning=args.effort,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                      seed=args.seed, max_tokens=args.max_tokens)
+                      seed=args.seed, max_tokens=args.max_tokens,
+                      max_reasoning_tokens=args.reasoning_budget,
+                      response_format=getattr(args, "response_format", None),
+                      tools=build_tools(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +316,8 @@ def cmd_run(args) -> int:
     prompt = prompt.rstrip("\n")
     if not prompt.strip():
         raise OssrunError("the prompt is empty")
+    if args.json_schema:
+        args.response_format = _read_schema(args.json_schema)
     model = load_model(args.model, args)
     chat = new_chat(model, args)
     if args.json:
@@ -287,6 +338,16 @@ def cmd_run(args) -> int:
     if args.stats:
         print(summary_line(reply.stats, chat.session.n_past, chat.session.n_ctx), file=sys.stderr)
     return 0
+
+
+def _read_schema(path) -> dict:
+    try:
+        schema = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise OssrunError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(schema, dict):
+        raise OssrunError(f"{path}: a JSON Schema must be a JSON object")
+    return schema
 
 
 def cmd_convert(args) -> int:
@@ -315,6 +376,9 @@ def reply_json(reply) -> dict:
         "tool_calls": [dataclasses.asdict(c) for c in reply.tool_calls],
         "finish_reason": reply.finish_reason,
         "note": reply.note,
+        "parsed": reply.parsed if isinstance(reply.parsed, (dict, list, str, int, float)) else None,
+        "citations": [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
+                      for c in reply.citations],
         "messages": [m.to_dict() for m in reply.messages],
         "stats": {**dataclasses.asdict(stats), "prefill_tok_s": stats.prefill_tok_s,
                   "decode_tok_s": stats.decode_tok_s},
@@ -349,7 +413,7 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
 
-    g = open_gguf(Path(path).expanduser())
+    g = open_gguf(path)
     cfg = g.config
     n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
     types: dict[str, dict] = {}
@@ -362,6 +426,8 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     return {
         "path": str(g.path),
         "file_size": g.file_size,
+        "layout": g.layout.name,
+        "shards": [str(p) for p in g.paths],
         "name": field_value(g.reader, "general.name"),
         "architecture": field_value(g.reader, "general.architecture"),
         "parameters": n_params,
@@ -382,6 +448,8 @@ def cmd_info(args) -> int:
     vocab = info["vocabulary"]
     rows = [
         ("file", f"{info['path']} ({_human_bytes(info['file_size'])})"),
+        ("layout", info["layout"] + (f", split in {len(info['shards'])} shards"
+                                     if len(info["shards"]) > 1 else "")),
         ("name", info["name"] or "-"),
         ("architecture", info["architecture"]),
         ("parameters", f"{info['parameters'] / 1e9:.2f} B" if info["parameters"] >= 1e8
@@ -401,6 +469,25 @@ def cmd_info(args) -> int:
               for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
                                  ("activations", "activations"), ("total", "total"))]
     print("\n".join(lines))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .resolve import find_local_models
+
+    models = find_local_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    if not models:
+        print("no gpt-oss models found in the Hugging Face cache, Ollama's store or LM Studio's "
+              "folders", file=sys.stderr)
+        return 0
+    width = max(len(m.name) for m in models)
+    for m in models:
+        print(f"{m.source:<12}{m.name:<{width + 2}}{_human_bytes(m.size):>11}  {m.layout}")
+        if m.name != str(m.path):
+            print(f"{'':<12}{m.path}")
     return 0
 
 

@@ -11,7 +11,6 @@ missing or mismatched shard — becomes a `ModelError` that names the file and t
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 from . import layouts
 from .errors import ModelError
 from .gguf_split import GgufShards, open_shards
+from .resolve import resolve_model
 
 ARCH = "gpt-oss"
 
@@ -114,12 +114,9 @@ def field_value(reader, key: str):
 
 
 def open_gguf(path) -> GgufModel:
-    """Open and validate `path`; raises ModelError on anything that is not a good gpt-oss file."""
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelError(f"{path}: not a regular file")
+    """Open and validate `path` (or what it names, see ossrun.resolve); raises ModelError on
+    anything that is not a good gpt-oss file."""
+    path = resolve_model(path)  # a file, a folder holding one, or an Ollama model name
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
