@@ -268,6 +268,17 @@ inline vfloat int8_to_vfloat(const int8_t* p) {
 #endif
 }
 
+// f in every lane, as one broadcast (simd.h's vsplat compiles to a masked insert per lane here).
+inline vfloat broadcast(float f) {
+#if defined(__AVX512F__)
+    return vfloat(_mm512_set1_ps(f));
+#elif defined(__AVX2__)
+    return vfloat(_mm256_set1_ps(f));
+#else
+    return vsplat(f);
+#endif
+}
+
 // One block -> its kElems floats, exactly: s * q - m per element (see the header).
 template <class F>
 inline void decode_quant_block(const uint8_t* blk, float* out) {
@@ -275,7 +286,7 @@ inline void decode_quant_block(const uint8_t* blk, float* out) {
     float s[F::kGroups], m[F::kGroups];
     F::unpack(blk, q, s, m);
     for (int g = 0; g < F::kGroups; ++g) {
-        const vfloat sv = vsplat(s[g]), mv = vsplat(m[g]);
+        const vfloat sv = broadcast(s[g]), mv = broadcast(m[g]);
         for (int i = 0; i < kGroupElems; i += kVW)
             vstore(out + g * kGroupElems + i, int8_to_vfloat(q + g * kGroupElems + i) * sv - mv);
     }

@@ -31,7 +31,7 @@ void quant_rows_f32(const MatmulArgs& a, int64_t r0, int64_t r1) {
             F::unpack(row + b * F::kBytes, q, s, m);
             // Groups in pairs, one accumulator each: two FMA chains that stay in registers.
             auto group = [&](int g, int parity) {
-                const vfloat sv = vsplat(s[g]), mv = vsplat(m[g]);
+                const vfloat sv = broadcast(s[g]), mv = broadcast(m[g]);
                 for (int i = 0; i < kGroupElems; i += kVW) {
                     const int64_t k = b * F::kElems + g * kGroupElems + i;
                     const vfloat w = int8_to_vfloat(q + g * kGroupElems + i) * sv - mv;  // exact
