@@ -1,8 +1,9 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
 a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
-`convert` (a checkpoint folder to GGUF), `list` (the gpt-oss models other tools keep on this
-machine), and `bench` when `ossrun.bench` is present. MODEL is a .gguf file (any shard of a split
-one), a folder holding one, or an Ollama model name such as gpt-oss:20b (ossrun.resolve).
+`pull` (a GGUF from the Hugging Face Hub), `convert` (a checkpoint folder to GGUF), `list` (the
+gpt-oss models other tools keep on this machine), and `bench` when `ossrun.bench` is present.
+MODEL is a .gguf file (any shard of a split one), a folder holding one, an Ollama model name such
+as gpt-oss:20b (ossrun.resolve), or a Hugging Face repo OWNER/REPO[:FILE] (ossrun.hub).
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ContextOverflowError, OssrunError
+from .errors import ContextOverflowError, ModelError, OssrunError
 from .harmony import REASONING_EFFORTS
 from .resolve import resolve_model
 
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Chat with a model. Without MODEL, runs a small built-in "
                                       "demo model with random weights.")
     chat.add_argument("model", nargs="?", metavar="MODEL",
-                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                           "or a Hugging Face repo (OWNER/REPO[:FILE])")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
     _add_tool_flags(chat)
@@ -182,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="answer one prompt and exit",
                          description="Answer one prompt and print the final answer.")
     run.add_argument("model", metavar="MODEL",
-                     help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
+                     help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                          "or a Hugging Face repo (OWNER/REPO[:FILE])")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
@@ -199,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
     info.add_argument("model", metavar="MODEL",
-                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name or a "
+                           "Hugging Face repo (OWNER/REPO[:FILE])")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -215,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve, _positive_int)
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    pull = sub.add_parser("pull", help="download a gpt-oss GGUF from the Hugging Face Hub",
+                          description="Download a GGUF (all shards of a split one) from the Hugging "
+                                      "Face Hub into its cache (resumable) and print its path. "
+                                      "Without FILE, the repo's gpt-oss GGUF is chosen.")
+    pull.add_argument("ref", metavar="REPO[:FILE]", help="e.g. ggml-org/gpt-oss-20b-GGUF")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default main)")
+    pull.set_defaults(func=cmd_pull)
 
     conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
                           description="Convert a gpt-oss checkpoint folder (transformers layout with "
@@ -266,12 +278,26 @@ def _context_length(path) -> int:
     return open_gguf(path).config.context_length
 
 
+def model_path(arg) -> Path:
+    """A MODEL argument as a local GGUF file (ossrun.resolve: file, folder, Ollama name); failing
+    that, a Hugging Face ref (OWNER/REPO[:FILE]) that is no local path comes from the Hub cache,
+    pulled on first use after asking (only on a terminal)."""
+    from .hub import looks_like_ref, resolve
+
+    try:
+        return resolve_model(arg)
+    except ModelError:
+        if not looks_like_ref(str(arg)):
+            raise
+    return resolve(str(arg), interactive=sys.stdin.isatty() and sys.stderr.isatty())
+
+
 def load_model(path, args):
     """Load `path` with the --ctx, --threads and --precision flags, showing a spinner."""
     from .model import Model
     from .repl import Spinner
 
-    path = resolve_model(path)
+    path = model_path(path)
     size = path.stat().st_size
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
@@ -337,6 +363,13 @@ def cmd_run(args) -> int:
             print("ossrun: note: the reply has no final answer", file=sys.stderr)
     if args.stats:
         print(summary_line(reply.stats, chat.session.n_past, chat.session.n_ctx), file=sys.stderr)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    print(pull(args.ref, revision=args.revision))
     return 0
 
 
@@ -413,7 +446,7 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
 
-    g = open_gguf(path)
+    g = open_gguf(model_path(path))
     cfg = g.config
     n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
     types: dict[str, dict] = {}
