@@ -11,7 +11,7 @@ import time
 
 from fastapi import Request
 
-from .constraints import token_mask_for
+from .constraints import reasoning_budget, token_mask_for
 from .conversation import (
     OutputParser,
     PromptSpec,
@@ -169,7 +169,7 @@ async def create(body: ChatCompletionRequest, request: Request, engine: Engine):
         max_tokens=body.max_completion_tokens or body.max_tokens, stop_ids=engine.stop_ids,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         mask=token_mask_for(body.response_format, spec.tools, spec.tool_choice, tokenizer,
-                            engine.model.n_vocab))
+                            engine.model.n_vocab, reasoning_budget(body)))
     reply = ChatReply(tokenizer, stops, bool(body.logprobs))
     meta = {"id": new_id("chatcmpl", "-"), "created": int(time.time()), "model": engine.model_id,
             "system_fingerprint": None}

@@ -12,7 +12,7 @@ import time
 
 from fastapi import Request
 
-from .constraints import token_mask_for
+from .constraints import reasoning_budget, token_mask_for
 from .conversation import (
     OutputParser,
     PromptSpec,
@@ -262,7 +262,8 @@ async def create(body: ResponsesRequest, request: Request, engine: Engine, store
     engine.check_prompt(prompt)
     gen = Generation(prompt, engine.sampler(prompt, body.temperature, body.top_p, body.seed), emit=None,
                      max_tokens=body.max_output_tokens, stop_ids=engine.stop_ids,
-                     mask=token_mask_for(fmt, spec.tools, spec.tool_choice, tokenizer, engine.model.n_vocab))
+                     mask=token_mask_for(fmt, spec.tools, spec.tool_choice, tokenizer,
+                                         engine.model.n_vocab, reasoning_budget(body)))
     base = {"id": new_id("resp"), "object": "response", "created_at": int(time.time()),
             "model": engine.model_id, "error": None, "incomplete_details": None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
