@@ -200,3 +200,21 @@ def test_tool_loop_end_to_end_with_scripted_output(vocab_file, tiny_gguf):
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in text
     chat.reset()  # a new conversation gets a new kernel
     assert chat._tool_sessions == {}
+
+
+def test_a_tool_that_fails_to_start_reaches_the_model_as_an_error(vocab_file, tiny_gguf):
+    from ossrun.chat import ToolResult
+    from test_chat import Script, tiny_chat_model
+
+    class Broken(PythonTool):
+        def open_session(self, tokenizer=None):
+            raise RuntimeError("the python kernel did not start: no ipykernel")
+
+    model = tiny_chat_model(vocab_file, tiny_gguf)
+    script = Script(model.tokenizer, "<|channel|>analysis to=python code<|message|>1<|call|>",
+                    "<|channel|>final<|message|>Sorry.<|return|>")
+    chat = script.attach(model.chat(sampler=script, tools=[Broken(sandbox="none")]))
+    events = list(chat.stream("Compute"))
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result.is_error and "no ipykernel" in result.content
+    assert events[-1].reply.content == "Sorry."
