@@ -147,12 +147,12 @@ def test_uninterruptible_code_and_fork_bomb_restart_the_kernel():
         t0 = time.monotonic()
         text, is_error = run(session, bomb)
         assert is_error and "restarted" in text, text
-        assert time.monotonic() - t0 < 3 + 2 + 30
+        assert time.monotonic() - t0 < 3 + 2 + 60  # a restart is slow on a loaded machine
         assert run(session, "2 + 2") == ("4\n", False)
         assert _sandbox_processes(session) == baseline  # the bomb's processes are gone
         nobody = [p for p in psutil.process_iter(["uids"]) if p.info["uids"]
-                  and p.info["uids"].real == sandbox.NOBODY]
-        assert len(nobody) < 48
+                  and p.info["uids"].real == session.uid]
+        assert len(nobody) < 48  # (as root: the session's own uid; else ours, limited)
     finally:
         session.close()
 
