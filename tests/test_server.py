@@ -393,9 +393,9 @@ def test_loading_is_503_and_responses_survive_a_restart(server, client, model_id
     store = server.log.parent / "responses.sqlite3"
     other_dir = tmp_path
     late = Server(tiny_gguf, other_dir, "--ctx", 512, "--parallel", 1, "--store", store,
-                  "--test-load-delay", 1.5, wait=False)
+                  "--test-load-delay", 3, wait=False)
     try:
-        assert wait_for(lambda: _status(late.base + "/health") == 503)
+        assert wait_for(lambda: _status(late.base + "/health") == 503, timeout=90)
         r2 = httpx.get(late.url + "/models", headers=late.headers(), timeout=10)
         assert r2.status_code == 503 and r2.json()["error"]["code"] == "model_loading"
         late.wait_ready()

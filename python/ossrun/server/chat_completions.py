@@ -144,13 +144,14 @@ class ChatReply:
             return "stop"
         if self.done is not None and self.done.finish_reason == "length":
             return "length"
-        return "tool_calls" if self.parser.calls else "stop"
+        return "tool_calls" if any(c.complete for c in self.parser.calls) else "stop"
 
     def message(self) -> dict:
         reasoning = self.parser.reasoning_text
-        msg = {"role": "assistant", "content": self.content if self.content or not self.parser.calls else None,
+        content = self.content if self.content or not self.parser.calls else None
+        msg = {"role": "assistant", "content": content,
                "reasoning": reasoning or None, "reasoning_content": reasoning or None, "refusal": None}
-        calls = [c for c in self.parser.calls if c.arguments or self.finish_reason != "length"]
+        calls = [c for c in self.parser.calls if c.complete]  # a call cut off by length is not one
         if calls:
             msg["tool_calls"] = [{"id": c.call_id, "type": "function",
                                   "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
