@@ -25,7 +25,9 @@ using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 DType checked_dtype(int t, const std::string& what) {
     switch (t) {
-        case 0: case 1: case 8: case 30: case 39: return DType(t);
+        case 0: case 1: case 2: case 3: case 6: case 7: case 8: case 10: case 11: case 12: case 13:
+        case 14: case 20: case 30: case 39:
+            return DType(t);
     }
     throw py::value_error(what + ": unsupported ggml type " + std::to_string(t));
 }
@@ -83,7 +85,8 @@ Matrix matrix_arg(const py::dict& tensors, const std::string& name, int64_t n_ma
     m.row_bytes = row_bytes_for(t.type, cols);
     if (m.row_bytes == 0)
         throw py::value_error("tensor '" + name + "': " + std::to_string(cols) +
-                              " columns do not fit " + dtype_name(t.type) + " blocks of 32");
+                              " columns do not fit " + dtype_name(t.type) + " blocks of " +
+                              std::to_string(block_shape(t.type).elems));
     if (t.nbytes != m.total_bytes())
         throw py::value_error("tensor '" + name + "' holds " + std::to_string(t.nbytes) +
                               " bytes, expected " + std::to_string(m.total_bytes()));
@@ -447,6 +450,43 @@ PYBIND11_MODULE(_core, m) {
             });
         })
         .def("reset", &Session::reset);
+
+    // Batched steps over several sessions (continuous batching); owns the activation scratch.
+    py::class_<Scratch>(m, "Batch")
+        .def(py::init([](std::shared_ptr<Model> model, int64_t rows) {
+                 if (rows < 1 || rows > Session::kMaxChunk)
+                     throw py::value_error("rows must be in [1, " + std::to_string(Session::kMaxChunk) + "]");
+                 return new Scratch(model->config(), rows);
+             }),
+             py::arg("model"), py::arg("rows") = Session::kMaxChunk)
+        .def_property_readonly("rows", [](const Scratch& s) { return s.max_chunk; })
+        .def("step", [](Scratch& scratch, const py::list& sessions, const py::list& ids, const py::list& all_logits) {
+            // One forward: sessions[i] appends ids[i]; returns each one's logits ([n, V] or [V]).
+            const size_t n = sessions.size();
+            if (ids.size() != n || all_logits.size() != n)
+                throw py::value_error("step wants as many id arrays and all_logits flags as sessions");
+            std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> id_arrays;
+            std::vector<py::array_t<float>> outs;
+            std::vector<SessionStep> steps(n);
+            for (size_t i = 0; i < n; ++i) {
+                Session* s = sessions[i].cast<Session*>();
+                id_arrays.emplace_back(py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(ids[i]));
+                const auto& a = id_arrays.back();
+                if (!a || a.ndim() != 1 || a.shape(0) < 1)
+                    throw py::value_error("ids[" + std::to_string(i) + "] must be a non-empty 1-D sequence of token ids");
+                const bool all = all_logits[i].cast<bool>();
+                const int64_t len = a.shape(0), V = s->vocab_size();
+                outs.push_back(all ? py::array_t<float>({len, V}) : py::array_t<float>(V));
+                steps[i] = SessionStep{s, a.data(), len, outs.back().mutable_data(), all};
+            }
+            translated([&] {
+                py::gil_scoped_release nogil;
+                Session::step(steps.data(), n, scratch);
+            });
+            py::list result;
+            for (auto& o : outs) result.append(o);
+            return result;
+        }, py::arg("sessions"), py::arg("ids"), py::arg("all_logits"));
 
     py::module_ ops = m.def_submodule("ops", "single kernels, for tests");
     bind_ops(ops);

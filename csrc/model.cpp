@@ -35,6 +35,7 @@ Scratch::Scratch(const ModelConfig& c, int64_t chunk) : max_chunk(chunk) {
     expert_h.resize(P * I);
     expert_y.resize(P * H);
     jobs.reserve(2 * E);
+    row_segment.resize(T);
 }
 
 Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions& options)
@@ -62,9 +63,12 @@ void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
 
 void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
     // Q8_0 matmuls always take int16 activations; MXFP4 ones only as GEMMs (the decode GEMV
-    // keeps float32: it is bound by memory, not arithmetic).
+    // keeps float32: it is bound by memory, not arithmetic); the other dense quants only as
+    // GEMVs (their GEMMs decode float panels).
     const DType type = a.W->type;
-    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4))) return;
+    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4) ||
+                       (is_dense_quant(type) && T < 4)))
+        return;
     quantize_i16(s, x, T, width);
     a.x_i16 = s.x_i16.data();
     a.x_i16_scale = s.x_i16_scale.data();
@@ -72,19 +76,45 @@ void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, Mat
 
 void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
                     float* logits, bool all_logits) {
-    if (T < 1 || T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
-    if (pos0 + T > kv.n_ctx()) throw std::invalid_argument("forward: context overflow");
-    std::lock_guard<std::mutex> lock(forward_mutex_);
-    const int64_t H = config_.embedding_length;
+    Segment seg;
+    seg.kv = &kv;
+    seg.tokens = tokens;
+    seg.n = T;
+    seg.pos0 = pos0;
+    seg.logits = logits;
+    seg.all_logits = all_logits;
+    forward_batch(&seg, 1, s);
+}
 
-    embed(s, tokens, T);
-    for (int64_t t = 0; t < T; ++t) s.positions[size_t(t)] = pos0 + t;
+void Model::forward_batch(const Segment* segs, size_t n_segs, Scratch& s) {
+    if (n_segs < 1) throw std::invalid_argument("forward: no segments");
+    int64_t T = 0, n_out = 0;
+    for (size_t i = 0; i < n_segs; ++i) {
+        const Segment& g = segs[i];
+        if (!g.kv || !g.tokens || !g.logits || g.n < 1) throw std::invalid_argument("forward: empty segment");
+        if (g.pos0 < 0 || g.pos0 + g.n > g.kv->n_ctx()) throw std::invalid_argument("forward: context overflow");
+        for (size_t j = 0; j < i; ++j)
+            if (segs[j].kv == g.kv) throw std::invalid_argument("forward: two segments share one KV cache");
+        T += g.n;
+        n_out += g.all_logits ? g.n : 1;
+    }
+    if (T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
+    std::lock_guard<std::mutex> lock(forward_mutex_);
+    const int64_t H = config_.embedding_length, V = config_.vocab_size;
+
+    for (size_t i = 0, row = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
+        embed(s, segs[i].tokens, segs[i].n, int64_t(row));
+        for (int64_t t = 0; t < segs[i].n; ++t) {
+            s.positions[row + size_t(t)] = segs[i].pos0 + t;
+            s.row_segment[row + size_t(t)] = int32_t(i);
+        }
+    }
     rope_cos_sin(rope_, s.positions.data(), T, s.rope_cos.data(), s.rope_sin.data());
 
     for (int64_t l = 0; l < config_.block_count; ++l) {
         const LayerWeights& w = weights_.layers[size_t(l)];
         rmsnorm_rows(s.residual.data(), w.attn_norm, s.normed.data(), T);
-        attention_block(kv, s, l, T, pos0);                 // -> s.proj
+        attention_block(segs, s, l, T);                     // -> s.proj
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
         trace(s, T);
         rmsnorm_rows(s.residual.data(), w.post_attention_norm, s.normed.data(), T);
@@ -93,23 +123,38 @@ void Model::forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, i
         trace(s, T);
     }
 
-    // Final norm and unembedding, only for the positions whose logits are wanted.
-    const int64_t first = all_logits ? 0 : T - 1;
-    const int64_t n_out = T - first;
-    rmsnorm_rows(s.residual.data() + first * H, weights_.output_norm, s.normed.data(), n_out);
+    // Final norm and unembedding, only for the positions whose logits are wanted, of all segments
+    // in one matmul (the output matrix is the largest dense read of a decode step).
+    for (size_t i = 0, row = 0, out = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
+        const int64_t first = segs[i].all_logits ? 0 : segs[i].n - 1, count = segs[i].n - first;
+        rmsnorm_rows(s.residual.data() + (int64_t(row) + first) * H, weights_.output_norm,
+                     s.normed.data() + int64_t(out) * H, count);
+        out += size_t(count);
+    }
+    float* logits = segs[0].logits;
+    if (n_segs > 1) {
+        if (int64_t(s.logits.size()) < n_out * V) s.logits.resize(size_t(n_out * V));
+        logits = s.logits.data();
+    }
     MatmulArgs out = matmul_args(weights_.output, 0, s.normed.data(), n_out, logits, nullptr);
     attach_i16(s, s.normed.data(), n_out, config_.embedding_length, out);
     matmuls(&out, 1);
+    if (n_segs > 1)
+        for (size_t i = 0, o = 0; i < n_segs; ++i) {
+            const int64_t count = segs[i].all_logits ? segs[i].n : 1;
+            std::copy_n(logits + int64_t(o) * V, count * V, segs[i].logits);
+            o += size_t(count);
+        }
 }
 
-void Model::embed(Scratch& s, const int32_t* tokens, int64_t T) {
+void Model::embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0) {
     const int64_t H = config_.embedding_length;
     for (int64_t t = 0; t < T; ++t) {
         if (tokens[t] < 0 || tokens[t] >= config_.vocab_size)
             throw std::out_of_range("token id " + std::to_string(tokens[t]) +
                                     " is outside the vocabulary [0, " +
                                     std::to_string(config_.vocab_size) + ")");
-        kernels_->decode_row(weights_.token_embd, 0, tokens[t], s.residual.data() + t * H);
+        kernels_->decode_row(weights_.token_embd, 0, tokens[t], s.residual.data() + (row0 + t) * H);
     }
 }
 
@@ -177,7 +222,7 @@ void Model::add_into(float* dst, const float* src, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
 }
 
-void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0) {
+void Model::attention_block(const Segment* segs, Scratch& s, int64_t layer, int64_t T) {
     const LayerWeights& w = weights_.layers[size_t(layer)];
     const int64_t d = config_.key_length, nq = config_.head_count, nkv = config_.head_count_kv;
     const int64_t half = d / 2, group = nq / nkv;
@@ -189,13 +234,14 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
     for (MatmulArgs& a : qkv) a.x_i16 = qkv[0].x_i16, a.x_i16_scale = qkv[0].x_i16_scale;
     matmuls(qkv, 3);
 
-    // RoPE on q and k (not v), then append K/V to the cache at their positions.
+    // RoPE on q and k (not v), then append K/V to each row's cache at its position.
     for (int64_t t = 0; t < T; ++t) {
         const float* c = s.rope_cos.data() + t * half;
         const float* sn = s.rope_sin.data() + t * half;
         apply_rope(s.q.data() + t * nq * d, nq, d, c, sn);
         apply_rope(s.k.data() + t * nkv * d, nkv, d, c, sn);
-        kv.store(layer, pos0 + t, s.k.data() + t * nkv * d, s.v.data() + t * nkv * d);
+        segs[s.row_segment[size_t(t)]].kv->store(layer, s.positions[size_t(t)], s.k.data() + t * nkv * d,
+                                                 s.v.data() + t * nkv * d);
     }
 
     // Even layers see the last W positions (the query included), odd layers all of them.
@@ -206,7 +252,8 @@ void Model::attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, i
         thread_local std::vector<float> scores;
         for (int64_t i = i0; i < i1; ++i) {
             const int64_t t = i / nkv, g = i % nkv;  // query heads g*group .. (contiguous GQA)
-            const int64_t p = pos0 + t;
+            const int64_t p = s.positions[size_t(t)];
+            const KvCache& kv = *segs[s.row_segment[size_t(t)]].kv;
             AttentionArgs a;
             a.q = s.q.data() + (t * nq + g * group) * d;
             a.k_t = kv.k_t(layer, g);

@@ -42,9 +42,24 @@ struct Scratch {
     std::vector<int16_t> x_i16;                          // fast precision: [rows, width]
     std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;
+    // Batched forwards: the segment of each row, and the wanted logits rows of all segments
+    // before they are copied to each segment's own buffer.
+    std::vector<int32_t> row_segment;  // [T]
+    std::vector<float> logits;
     // When set, forward() appends the residual stream [T, H] after every attention and MoE
     // half (2 per layer), so a tool can find the first step where we leave the reference.
     std::vector<float>* trace = nullptr;
+};
+
+// One sequence's part of a batched forward: n tokens at positions pos0 .. pos0+n-1 of its own
+// cache. logits receives [n, V] when all_logits, else the last token's [V].
+struct Segment {
+    KvCache* kv = nullptr;
+    const int32_t* tokens = nullptr;
+    int64_t n = 0;
+    int64_t pos0 = 0;
+    float* logits = nullptr;
+    bool all_logits = false;
 };
 
 class Model {
@@ -62,9 +77,14 @@ public:
     // Sessions of one model may be driven from several threads: their forwards take turns.
     void forward(KvCache& kv, Scratch& s, const int32_t* tokens, int64_t T, int64_t pos0,
                  float* logits, bool all_logits);
+    // Several sequences in one forward (continuous batching): their rows are stacked (at most
+    // s.max_chunk in all), so every matmul reads its weights once for all of them and each expert
+    // once for all tokens routed to it; RoPE and attention use each row's own position and cache.
+    // Each segment needs its own cache. forward() is the one-segment case.
+    void forward_batch(const Segment* segs, size_t n_segs, Scratch& s);
 
 private:
-    void embed(Scratch& s, const int32_t* tokens, int64_t T);
+    void embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0);
     void rmsnorm_rows(const float* x, const float* g, float* y, int64_t T);
     // y[T, W.rows] = x[T, W.cols] · W[mat]^T + bias, rows split across threads.
     void matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
@@ -74,7 +94,7 @@ private:
     void matmuls(std::initializer_list<MatmulArgs> jobs) { matmuls(jobs.begin(), jobs.size()); }
     MatmulArgs matmul_args(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
                            const float* bias) const;
-    void attention_block(KvCache& kv, Scratch& s, int64_t layer, int64_t T, int64_t pos0);
+    void attention_block(const Segment* segs, Scratch& s, int64_t layer, int64_t T);
     void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);
     void trace(Scratch& s, int64_t T);

@@ -10,6 +10,17 @@
 
 namespace ossrun {
 
+class Session;
+
+// One session's part of a batched step: ids appended to its end, logits as in prefill().
+struct SessionStep {
+    Session* session = nullptr;
+    const int32_t* ids = nullptr;
+    int64_t n = 0;
+    float* logits = nullptr;
+    bool all_logits = false;
+};
+
 class Session {
 public:
     static constexpr int64_t kMaxChunk = 256;
@@ -31,10 +42,17 @@ public:
     void truncate(int64_t n);
     void reset();
 
+    // One forward over several sessions of one model (continuous batching), each appending its
+    // ids (n <= kMaxChunk in all) in one chunk; uses `scratch` (rows >= the total), not theirs.
+    static void step(const SessionStep* steps, size_t n_steps, Scratch& scratch);
+
 private:
+    Scratch& scratch();
+
     std::shared_ptr<Model> model_;
     KvCache kv_;
-    Scratch scratch_;
+    // Made on first use: sessions driven only by step() never need their own.
+    std::unique_ptr<Scratch> scratch_;
     std::vector<int32_t> tokens_;
 };
 

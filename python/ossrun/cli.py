@@ -1,5 +1,6 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
-a GGUF file holds and what it will cost in memory), and `bench` when `ossrun.bench` is present.
+a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server), and
+`bench` when `ossrun.bench` is present.
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -165,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(func=cmd_info)
 
+    serve = sub.add_parser("serve", help="serve the model over OpenAI's HTTP API",
+                           description="An OpenAI-compatible server: /v1/chat/completions, "
+                                       "/v1/responses, /v1/completions, /v1/models.")
+    from .server import add_arguments as add_serve_arguments
+
+    add_serve_arguments(serve, _positive_int)
+    _add_model_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
     bench = _bench_module()
     if bench is not None:
         b = sub.add_parser("bench", help="measure prefill and decode speed")
@@ -261,6 +271,12 @@ def cmd_run(args) -> int:
     if args.stats:
         print(summary_line(reply.stats, chat.session.n_past, chat.session.n_ctx), file=sys.stderr)
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import main
+
+    return main(args)
 
 
 def reply_json(reply) -> dict:

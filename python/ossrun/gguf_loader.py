@@ -1,9 +1,11 @@
 """Opens a gpt-oss GGUF file and checks it against MODEL.md §4 before anything computes.
 
-`gguf_reader.GgufFile` memory-maps the file; tensors are handed to the core as views into that
-map (zero copy), so RSS stays small until weights are touched. Every problem — not a GGUF, another
-architecture, a missing or malformed key, a tensor with the wrong name, shape, type or extent —
-becomes a `ModelError` that names the key or tensor.
+`gguf_split.open_shards` memory-maps the file (every shard of a split one, `gguf_split`);
+tensors are handed to the core as views into those maps (zero copy), so RSS stays small until
+weights are touched. Files in Ollama's layout are read through `layouts`, which says under which
+keys and names each hyperparameter and tensor lies. Every problem — not a GGUF, another
+architecture, a missing or malformed key, a tensor with the wrong name, shape, type or extent, a
+missing or mismatched shard — becomes a `ModelError` that names the file and the key or tensor.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layouts
 from .errors import ModelError
-from .gguf_reader import GgufFile
+from .gguf_split import GgufShards, open_shards
 
 ARCH = "gpt-oss"
 
@@ -63,7 +66,7 @@ _HPARAMS = [
     ("context_length", "context_length", int, True),
     ("embedding_length", "embedding_length", int, True),
     ("feed_forward_length", "feed_forward_length", int, False),
-    ("expert_feed_forward_length", "expert_feed_forward_length", int, True),
+    ("expert_feed_forward_length", "expert_feed_forward_length", int, False),
     ("head_count", "attention.head_count", int, True),
     ("head_count_kv", "attention.head_count_kv", int, True),
     ("key_length", "attention.key_length", int, True),
@@ -89,14 +92,20 @@ class GgufModel:
     """A validated, memory-mapped gpt-oss GGUF file."""
 
     path: Path
-    reader: GgufFile  # keeps the memory map alive
+    reader: GgufShards  # keeps the memory maps alive
     config: ModelConfig
     tensors: dict  # name -> (array view, ggml type, logical numpy shape)
     tensor_types: dict  # name -> type name, for `ossrun info`
-    file_size: int
+    file_size: int  # of all shards together
+    layout: layouts.Layout = layouts.GGML_ORG
+
+    @property
+    def paths(self) -> list[Path]:
+        """The file, or every shard of a split model in order."""
+        return self.reader.paths
 
 
-def field_value(reader: GgufFile, key: str):
+def field_value(reader, key: str):
     """A metadata value (scalar, str, list of str or numpy array), or None when absent."""
     return reader.metadata.get(key)
 
@@ -108,33 +117,22 @@ def open_gguf(path) -> GgufModel:
         raise ModelError(f"{path}: no such file")
     if not path.is_file():
         raise ModelError(f"{path}: not a regular file")
-    size = path.stat().st_size
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
 
-    try:
-        reader = GgufFile(path)
-    except (ValueError, OverflowError, OSError) as e:
-        raise ModelError(f"{path}: corrupt or truncated GGUF file ({e})") from None
-
-    arch = field_value(reader, "general.architecture")
-    if arch != ARCH:
-        raise ModelError(
-            f"{path}: architecture is {arch!r}, but ossrun runs only '{ARCH}' models"
-            if arch is not None
-            else f"{path}: metadata key 'general.architecture' is missing"
-        )
-    config = _read_config(reader, path)
-    tensors, types = _check_tensors(reader, config, path, size)
-    return GgufModel(path, reader, config, tensors, types, size)
+    reader = open_shards(path)
+    layout = layouts.detect(reader, path)
+    config = _read_config(reader, path, layout)
+    tensors, types = _check_tensors(reader, config, path, layout)
+    return GgufModel(path, reader, config, tensors, types, reader.size, layout)
 
 
-def _read_config(reader, path: Path) -> ModelConfig:
+def _read_config(reader, path: Path, layout: layouts.Layout = layouts.GGML_ORG) -> ModelConfig:
     values = {}
     for name, suffix, typ, required in _HPARAMS:
-        key = f"{ARCH}.{suffix}"
+        key = layout.key_prefix + suffix
         v = field_value(reader, key)
         if v is None:
             if required:
@@ -154,6 +152,13 @@ def _read_config(reader, path: Path) -> ModelConfig:
             if typ is int and v > (1 << 24):
                 raise ModelError(f"{path}: metadata key '{key}' = {v} is implausibly large")
         values[name] = v
+    if "expert_feed_forward_length" not in values:
+        # Not written by Ollama: the rows of an expert's gate matrix (MODEL.md §4.3).
+        found = layouts.locate(reader, layout, "blk.0.ffn_gate_exps.weight")
+        if found is None or len(found[0].ne) != 3:
+            raise ModelError(f"{path}: metadata key '{layout.key_prefix}expert_feed_forward_length' "
+                             "is missing")
+        values["expert_feed_forward_length"] = int(found[0].ne[1])
     values.setdefault("feed_forward_length", values["expert_feed_forward_length"])
     values.setdefault("rope_scaling_type", "yarn")
 
@@ -230,30 +235,37 @@ def iter_expected_tensors(cfg: ModelConfig):
         }.items()
 
 
-def _check_tensors(reader: GgufFile, cfg: ModelConfig, path: Path, file_size: int):
-    # GgufFile has already checked that every tensor's bytes lie inside the file. Expected names
-    # are generated lazily: a hostile block_count stops at the first missing tensor.
-    tensors, types = {}, {}
+def _check_tensors(reader: GgufShards, cfg: ModelConfig, path: Path,
+                   layout: layouts.Layout = layouts.GGML_ORG):
+    # GgufFile has already checked that every tensor's bytes lie inside its file. Expected names
+    # are generated lazily: a hostile block_count stops at the first missing tensor. Messages
+    # name the tensor as the file does, and the shard that holds it.
+    kv = cfg.head_count_kv * cfg.key_length
+    head_rows = (cfg.head_count * cfg.key_length, kv, kv)  # of a fused attn_qkv
+    tensors, types, used = {}, {}, set()
     for name, (shape, allowed) in iter_expected_tensors(cfg):
-        t = reader.tensors.get(name)
-        if t is None:
-            raise ModelError(f"{path}: tensor '{name}' is missing")
+        found = layouts.locate(reader, layout, name, head_rows)
+        if found is None:
+            raise ModelError(f"{path}: tensor '{layouts.file_name(layout, name)}' is missing")
+        t, raw = found
+        where = reader.shard_of(t.name)
         type_name = TYPE_NAMES.get(t.ggml_type, _ggml_type_name(t.ggml_type))
         if t.ggml_type not in allowed:
             raise ModelError(
-                f"{path}: tensor '{name}' has type {type_name}; expected one of "
+                f"{where}: tensor '{t.name}' has type {type_name}; expected one of "
                 + ", ".join(TYPE_NAMES[a] for a in allowed)
             )
         if t.shape != shape:
-            raise ModelError(f"{path}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)}")
+            raise ModelError(f"{where}: tensor '{t.name}' has shape {list(t.shape)}, expected {list(shape)}")
         if t.ggml_type == F32 and t.offset % 4:
-            raise ModelError(f"{path}: tensor '{name}' is not 4-byte aligned")
-        tensors[name] = (reader.tensor_bytes(name), t.ggml_type, shape)
+            raise ModelError(f"{where}: tensor '{t.name}' is not 4-byte aligned")
+        tensors[name] = (raw, t.ggml_type, shape)
         types[name] = type_name
-    extra = sorted(set(reader.tensors) - set(tensors))
+        used.add(t.name)
+    extra = sorted(set(reader.tensors) - used)
     if extra:
-        raise ModelError(f"{path}: unexpected tensor '{extra[0]}' for a gpt-oss model with "
-                         f"{cfg.block_count} blocks")
+        raise ModelError(f"{reader.shard_of(extra[0])}: unexpected tensor '{extra[0]}' for a "
+                         f"gpt-oss model with {cfg.block_count} blocks")
     return tensors, types
 
 

@@ -3,8 +3,9 @@
 `gguf.GGUFReader` builds numpy views for every element of every metadata array, which takes
 ~20 s for the 201k-token vocabulary and 446k merges of a real gpt-oss file. This reader parses
 the header with `struct` in one pass, skips arrays nobody asked for (the merges) and decodes the
-string arrays it keeps in bulk; type ids and block sizes come from the `gguf` library. Every read
-is bounds-checked, so a truncated or hostile header raises ValueError, never reads past the map.
+string arrays it keeps in bulk; type ids and block sizes come from the `gguf` library, except
+MXFP4's, listed here (see `type_size`). Every read is bounds-checked, so a truncated or hostile
+header raises ValueError, never reads past the map.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ _NUMPY_TYPES = {
 # Metadata arrays the runtime never reads; they are skipped, not decoded.
 SKIPPED_KEYS = frozenset({"tokenizer.ggml.merges"})
 _MAX_DIMS = 4
+# (elements, bytes) per block of types whose size this reader must know even where the `gguf`
+# library does not: MXFP4 (type 39), and the retired id 4 under which Ollama's gpt-oss blobs of
+# August-October 2025 stored MXFP4 (the loader recognises them to refuse them clearly).
+_OWN_TYPE_SIZES = {39: (32, 17), 4: (32, 17)}
+
+
+def type_size(ggml_type: int) -> tuple[int, int]:
+    """(elements, bytes) of one block of `ggml_type`; ValueError for an unknown type."""
+    if ggml_type in _OWN_TYPE_SIZES:
+        return _OWN_TYPE_SIZES[ggml_type]
+    try:
+        return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown ggml type {ggml_type}") from None
 
 
 @dataclass
@@ -171,14 +186,13 @@ class GgufFile:
             if name in self.tensors:
                 raise ValueError(f"tensor '{name}' appears twice")
             try:
-                qtype = GGMLQuantizationType(raw_type)
-                block, type_size = GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
+                block, block_bytes = type_size(raw_type)
+            except ValueError:
                 raise ValueError(f"tensor '{name}' has unknown ggml type {raw_type}") from None
             if any(d <= 0 or d > (1 << 40) for d in ne) or ne[0] % block:
                 raise ValueError(f"tensor '{name}' has invalid dimensions {list(ne)}")
             n_elems = int(np.prod(ne, dtype=object))
-            n_bytes = n_elems // block * type_size
+            n_bytes = n_elems // block * block_bytes
             start = data_start + offset
             if offset % alignment or start + n_bytes > self.size:
                 raise ValueError(f"tensor '{name}' lies outside the file (offset {offset}, "

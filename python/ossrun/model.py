@@ -100,7 +100,7 @@ class Model:
     def _load_tokenizer(self):
         from .tokenizer import tokenizer_from_gguf
 
-        return tokenizer_from_gguf(self._file.reader)
+        return tokenizer_from_gguf(self._file.reader, default_pre=self._file.layout.default_pre)
 
     @property
     def n_vocab(self) -> int:

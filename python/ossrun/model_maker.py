@@ -281,7 +281,7 @@ def _str(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-_SCALAR_FORMATS = {VT.UINT32: "<I", VT.FLOAT32: "<f"}
+_SCALAR_FORMATS = {VT.UINT16: "<H", VT.UINT32: "<I", VT.INT32: "<i", VT.FLOAT32: "<f", VT.BOOL: "<?"}
 
 
 def _kv(key: str, vtype: VT, value) -> bytes:
@@ -339,9 +339,17 @@ class TensorPlan:
     ggml_type: GGMLType
     std: float
     mean: float = 0.0
+    # Other layouts (ossrun.layout_writers): the name whose seed gives the values, so a renamed
+    # tensor holds the same weights; tensors whose rows are those of `parts` in turn (a fused
+    # attn_qkv); the type id written when it is not ggml_type's (a retired id of the same format).
+    seed_name: str = ""
+    parts: tuple = ()
+    stored_type: int | None = None
 
     @property
     def nbytes(self) -> int:
+        if self.parts:
+            return sum(p.nbytes for p in self.parts)
         block, size = GGML_QUANT_SIZES[self.ggml_type]
         return math.prod(self.ne) // block * size
 
@@ -438,8 +446,12 @@ def _random_bytes(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def tensor_chunks(plan: TensorPlan, seed: int):
     """Yield the tensor's bytes chunk by chunk; chunk k is seeded by (seed, name, k)."""
+    if plan.parts:
+        for part in plan.parts:
+            yield from tensor_chunks(part, seed)
+        return
     n_rows = math.prod(plan.ne[1:])
-    name_key = zlib.crc32(plan.name.encode())
+    name_key = zlib.crc32((plan.seed_name or plan.name).encode())
     for k, row in enumerate(range(0, n_rows, plan.rows_per_chunk)):
         rng = np.random.default_rng([seed, name_key, k])
         yield _chunk_bytes(plan, rng, min(plan.rows_per_chunk, n_rows - row))
@@ -453,11 +465,15 @@ def write_model(
     matrix_type: str = "q8_0",
     vocab: Vocabulary | None = None,
     progress: bool | None = None,
+    layout: str = "ggml-org",
+    split_max_size: int | None = None,
 ) -> Path:
-    """Write a random gpt-oss GGUF; returns its path.
+    """Write a random gpt-oss GGUF; returns its path (the first shard's, when split).
 
     vocab: the tokenizer metadata, default `byte_vocab(hparams.vocab)`; its size must equal
-    hparams.vocab. progress: see `write_gguf`.
+    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama" or "ollama-fused"
+    (ossrun.layout_writers). split_max_size: bytes of tensor data per shard, written as
+    gguf-split does (`path` without .gguf names the shards).
     """
     check_hparams(hparams, matrix_type)
     if seed < 0:
@@ -468,8 +484,15 @@ def write_model(
         raise ValueError(
             f"the vocabulary has {len(vocab.tokens)} tokens but hparams.vocab is {hparams.vocab}"
         )
-    kv = _model_kv(hparams, f"ossrun random gpt-oss (seed {seed})") | vocab.kv
-    return write_gguf(path, kv, tensor_plans(hparams, matrix_type), seed=seed, progress=progress)
+    from . import layout_writers
+
+    kv, plans = layout_writers.layout_model(layout, hparams, vocab,
+                                            f"ossrun random gpt-oss (seed {seed})",
+                                            tensor_plans(hparams, matrix_type))
+    if split_max_size is not None:
+        return layout_writers.write_split(path, kv, plans, split_max_size, seed=seed,
+                                          progress=progress)[0]
+    return write_gguf(path, kv, plans, seed=seed, progress=progress)
 
 
 def write_gguf(
@@ -490,7 +513,8 @@ def write_gguf(
     infos, offset = [], 0
     for p in plans:
         infos.append(
-            _str(p.name) + struct.pack(f"<I{len(p.ne)}QIQ", len(p.ne), *p.ne, p.ggml_type, offset)
+            _str(p.name) + struct.pack(f"<I{len(p.ne)}QIQ", len(p.ne), *p.ne,
+                                       p.ggml_type if p.stored_type is None else p.stored_type, offset)
         )
         offset += -(-p.nbytes // GGUF_DEFAULT_ALIGNMENT) * GGUF_DEFAULT_ALIGNMENT
     total = offset
@@ -610,9 +634,12 @@ def make_model(
     vocab_file: str | os.PathLike | None = None,
     use_byte_vocab: bool = False,
     progress: bool | None = None,
+    layout: str = "ggml-org",
+    split_max_size: int | None = None,
     **overrides,
 ) -> Path:
-    """A preset plus overrides, with the vocabulary chosen as the CLI does.
+    """A preset plus overrides, with the vocabulary chosen as the CLI does (layout and
+    split_max_size: see `write_model`).
 
     The real o200k vocabulary comes from vocab_file, or for the 20b/120b presets from
     `default_vocab_file()` when one exists; otherwise (and with use_byte_vocab) a byte vocabulary.
@@ -627,7 +654,8 @@ def make_model(
         hp = dataclasses.replace(hp, vocab=N_VOCAB_HARMONY)
     check_hparams(hp, matrix_type)
     vocab = o200k_vocab(vocab_file, hp.vocab) if vocab_file is not None else byte_vocab(hp.vocab)
-    return write_model(path, hp, seed=seed, matrix_type=matrix_type, vocab=vocab, progress=progress)
+    return write_model(path, hp, seed=seed, matrix_type=matrix_type, vocab=vocab, progress=progress,
+                       layout=layout, split_max_size=split_max_size)
 
 
 _CLI_FLAGS = {  # flag -> HParams field
@@ -665,9 +693,18 @@ def main(argv: list[str] | None = None) -> int:
     vocab.add_argument(
         "--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b"
     )
+    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-fused"), default="ggml-org",
+                    help="ggml-org's (default), Ollama's gptoss blob, or Ollama's refused "
+                         "Aug-Oct 2025 fused blob")
+    ap.add_argument("--split-max-size", metavar="SIZE",
+                    help="write shards of at most SIZE of tensor data (e.g. 100M, 2G), as "
+                         "llama.cpp's gguf-split names them: OUT-00001-of-0000N.gguf")
     a = ap.parse_args(argv)
     overrides = {f: getattr(a, f) for f in _CLI_FLAGS.values() if getattr(a, f) is not None}
     try:
+        from .layout_writers import parse_size
+
+        split = None if a.split_max_size is None else parse_size(a.split_max_size)
         out = make_model(
             a.out,
             a.preset,
@@ -675,11 +712,21 @@ def main(argv: list[str] | None = None) -> int:
             matrix_type=a.matrix_type,
             vocab_file=a.vocab_file,
             use_byte_vocab=a.byte_vocab,
+            layout=a.layout,
+            split_max_size=split,
             **overrides,
         )
     except (ValueError, OSError) as e:
         ap.error(str(e))
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    if split is None:
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    else:
+        from .gguf_split import shard_path, split_name
+
+        prefix, _, count = split_name(out)
+        sizes = [shard_path(prefix, i, count).stat().st_size for i in range(count)]
+        print(f"wrote {count} shards, {out} and the {count - 1} beside it "
+              f"({sum(sizes) / 2**20:.1f} MiB)")
     return 0
 
 

@@ -152,7 +152,7 @@ _TOKENIZER_KEYS = (
 )
 
 
-def tokenizer_from_gguf(reader) -> Tokenizer | None:
+def tokenizer_from_gguf(reader, default_pre: str | None = None) -> Tokenizer | None:
     """The file's own vocabulary (MODEL.md §4.2b) as a tiktoken encoding; None without one.
 
     reader: an `ossrun.gguf_reader.GgufFile` (the loader's fast reader) or a `gguf.GGUFReader`.
@@ -160,6 +160,8 @@ def tokenizer_from_gguf(reader) -> Tokenizer | None:
     merges list is not needed); control / user-defined / unused tokens become special tokens
     named by their strings, except llama.cpp's `[PAD…]` fillers, which get o200k_harmony's
     `<|reserved_N|>` names. Raises ModelError naming the key on malformed metadata.
+    default_pre: the pre-tokenizer to assume when `tokenizer.ggml.pre` is absent or "default"
+    (Ollama's files, whose architecture implies it); without it such a file is refused.
     """
     values, types = _tokenizer_metadata(reader)
     if "tokenizer.ggml.model" not in values and "tokenizer.ggml.tokens" not in values:
@@ -167,7 +169,10 @@ def tokenizer_from_gguf(reader) -> Tokenizer | None:
     model = _typed(values, types, "tokenizer.ggml.model", {STRING}, "a string")
     if model != "gpt2":
         raise ModelError(f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2')")
-    pre = _typed(values, types, "tokenizer.ggml.pre", {STRING}, "a string")
+    if default_pre is not None and values.get("tokenizer.ggml.pre") in (None, "default"):
+        pre = default_pre
+    else:
+        pre = _typed(values, types, "tokenizer.ggml.pre", {STRING}, "a string")
     if pre not in _PRE_TOKENIZERS:
         known = ", ".join(_PRE_TOKENIZERS)
         raise ModelError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {known})")

@@ -18,6 +18,8 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
 #if defined(__AVX512F__)
     if (a.x_i16 && a.W->type == DType::Q8_0 && a.n_tok < kTileTokens) return gemv_q8_0_i16(a, r0, r1);
 #endif
+    // The dense quants' GEMVs (float32 or int16 activations); their GEMMs decode float panels.
+    if (a.n_tok < kTileTokens && (gemv_legacy_quant(a, r0, r1) || gemv_k_quant(a, r0, r1))) return;
     if (a.n_tok < kTileTokens) gemv(a, r0, r1);
     else gemm(a, r0, r1);
 }

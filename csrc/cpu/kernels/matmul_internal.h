@@ -93,6 +93,13 @@ inline void decode_q8_0_block(const uint8_t* blk, float* out) {
     for (int i = 0; i < kBlockElems; ++i) out[i] = d * float(q[i]);
 }
 
+// The dense quants, one source per family (quant_legacy.cpp: 32-element blocks, quant_k.cpp:
+// 256-element K-quants). Each returns false when the type is not of its family.
+bool decode_legacy_quant_row(DType t, const uint8_t* row, int64_t cols, float* out);
+bool decode_k_quant_row(DType t, const uint8_t* row, int64_t cols, float* out);
+bool gemv_legacy_quant(const MatmulArgs& a, int64_t r0, int64_t r1);  // few tokens (< kTileTokens)
+bool gemv_k_quant(const MatmulArgs& a, int64_t r0, int64_t r1);
+
 inline void decode_row_bytes(const Matrix& W, const uint8_t* src, float* out) {
     const int64_t n = W.cols;
     switch (W.type) {
@@ -125,6 +132,9 @@ inline void decode_row_bytes(const Matrix& W, const uint8_t* src, float* out) {
         case DType::MXFP4:
             for (int64_t b = 0; b < n / kBlockElems; ++b)
                 decode_mxfp4_block(src + b * kMxfp4BlockBytes, out + b * kBlockElems);
+            break;
+        default:
+            if (!decode_legacy_quant_row(W.type, src, n, out)) decode_k_quant_row(W.type, src, n, out);
             break;
     }
 }

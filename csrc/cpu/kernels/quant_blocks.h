@@ -1,0 +1,254 @@
+// The dense quant formats of community gpt-oss files (ggml's block_q4_0 .. block_q6_K), compiled
+// once per ISA. Every format is unpacked into one common form: a small signed integer per element
+// and, per 16 elements, a float scale s and offset m, so that element = s * q - m exactly
+// (s is an fp16 times an integer of at most 8 bits, s * q needs at most 25 significant bits:
+// the only rounding is the final one, as in ggml's own dequantization). The GEMVs of
+// quant_legacy.cpp / quant_k.cpp are written once over that form (quant_gemv.h).
+#pragma once
+#include "matmul_internal.h"
+
+namespace ossrun::OSSRUN_ISA_NS {
+
+constexpr int kGroupElems = 16;  // elements per scale/offset pair (K-quants' finest sub-block)
+
+inline float half_at(const uint8_t* p) { return q8_0_scale(p); }
+
+inline uint32_t u32_at(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// Each format: kElems per block of kBytes; unpack writes q[kElems], s[kGroups], m[kGroups].
+// kHasMin: whether m can be non-zero (the others write m = 0).
+
+// ---- 32-element blocks (quant_legacy.cpp) ---------------------------------------------------
+
+// Element j of the block is the low nibble of byte j (j < 16) or the high nibble of byte j - 16.
+inline void unpack_nibbles32(const uint8_t* qs, int8_t* q, int bias) {
+    for (int j = 0; j < 16; ++j) {
+        q[j] = int8_t((qs[j] & 0xF) - bias);
+        q[j + 16] = int8_t((qs[j] >> 4) - bias);
+    }
+}
+
+// Bit j of the little-endian 32-bit qh is bit 4 of element j.
+inline void add_high_bits32(uint32_t qh, int8_t* q) {
+    for (int j = 0; j < 32; ++j) q[j] = int8_t(q[j] + int(((qh >> j) & 1u) << 4));
+}
+
+struct Q4_0Format {
+    static constexpr int kElems = 32, kBytes = 18, kGroups = 2;
+    static constexpr bool kHasMin = false;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        unpack_nibbles32(blk + 2, q, 8);  // (nibble - 8) * d
+        s[0] = s[1] = half_at(blk);
+        m[0] = m[1] = 0.0f;
+    }
+};
+
+struct Q4_1Format {
+    static constexpr int kElems = 32, kBytes = 20, kGroups = 2;
+    static constexpr bool kHasMin = true;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        unpack_nibbles32(blk + 4, q, 0);  // nibble * d + min
+        s[0] = s[1] = half_at(blk);
+        m[0] = m[1] = -half_at(blk + 2);
+    }
+};
+
+struct Q5_0Format {
+    static constexpr int kElems = 32, kBytes = 22, kGroups = 2;
+    static constexpr bool kHasMin = false;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        unpack_nibbles32(blk + 6, q, 0);
+        add_high_bits32(u32_at(blk + 2), q);
+        for (int j = 0; j < 32; ++j) q[j] = int8_t(q[j] - 16);  // (5-bit value - 16) * d
+        s[0] = s[1] = half_at(blk);
+        m[0] = m[1] = 0.0f;
+    }
+};
+
+struct Q5_1Format {
+    static constexpr int kElems = 32, kBytes = 24, kGroups = 2;
+    static constexpr bool kHasMin = true;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        unpack_nibbles32(blk + 8, q, 0);
+        add_high_bits32(u32_at(blk + 4), q);
+        s[0] = s[1] = half_at(blk);
+        m[0] = m[1] = -half_at(blk + 2);
+    }
+};
+
+// IQ4_NL: each nibble indexes a fixed non-linear table of int8 levels, times the fp16 d.
+alignas(16) constexpr int8_t kIq4nlLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                 1,    13,   25,  38,  53,  69,  89,  113};
+
+struct Iq4NlFormat {
+    static constexpr int kElems = 32, kBytes = 18, kGroups = 2;
+    static constexpr bool kHasMin = false;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        const uint8_t* qs = blk + 2;
+        for (int j = 0; j < 16; ++j) {
+            q[j] = kIq4nlLevels[qs[j] & 0xF];
+            q[j + 16] = kIq4nlLevels[qs[j] >> 4];
+        }
+        s[0] = s[1] = half_at(blk);
+        m[0] = m[1] = 0.0f;
+    }
+};
+
+// ---- 256-element super-blocks (quant_k.cpp) -------------------------------------------------
+// Element e = 128h + 32j + l (h < 2, j < 4, l < 32) of Q2_K / Q3_K: bits 2j, 2j+1 of quant byte
+// 32h + l; Q3_K's third bit is bit 4h + j of hmask byte l.
+
+struct Q2_KFormat {
+    static constexpr int kElems = 256, kBytes = 84, kGroups = 16;
+    static constexpr bool kHasMin = true;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        const uint8_t* scales = blk;  // per 16 elements: low nibble scale, high nibble min
+        const uint8_t* qs = blk + 16;
+        const float d = half_at(blk + 80), dmin = half_at(blk + 82);
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) q[128 * h + 32 * j + l] = int8_t((qs[32 * h + l] >> (2 * j)) & 3);
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * float(scales[g] & 0xF);
+            m[g] = dmin * float(scales[g] >> 4);
+        }
+    }
+};
+
+struct Q3_KFormat {
+    static constexpr int kElems = 256, kBytes = 110, kGroups = 16;
+    static constexpr bool kHasMin = false;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        const uint8_t* hmask = blk;
+        const uint8_t* qs = blk + 32;
+        const uint8_t* sc = blk + 96;  // 16 6-bit scales, biased by 32
+        const float d = half_at(blk + 108);
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) {
+                    const int low = (qs[32 * h + l] >> (2 * j)) & 3;
+                    const int high_clear = ((hmask[l] >> (4 * h + j)) & 1) ^ 1;  // clear bit: -4
+                    q[128 * h + 32 * j + l] = int8_t(low - 4 * high_clear);
+                }
+        for (int g = 0; g < 16; ++g) {
+            // Low 4 bits: nibbles of bytes 0-7 (scales 0-7 low, 8-15 high); high 2 bits: bytes
+            // 8-11, bit pair g / 4 of byte 8 + g % 4.
+            const int low = g < 8 ? sc[g] & 0xF : sc[g - 8] >> 4;
+            const int high = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
+            s[g] = d * float((low | high << 4) - 32);
+            m[g] = 0.0f;
+        }
+    }
+};
+
+// Q4_K / Q5_K: eight sub-blocks of 32 with 6-bit scales and mins packed in 12 bytes (ggml's
+// get_scale_min_k4): sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scale) and 4-7 (min),
+// 4-7 in the nibbles of bytes 8-11 plus the top 2 bits of bytes 0-3 (scale) and 4-7 (min).
+inline void k4_scale_min(const uint8_t* sc, int j, int& scale, int& min) {
+    if (j < 4) {
+        scale = sc[j] & 63;
+        min = sc[j + 4] & 63;
+    } else {
+        scale = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+        min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+    }
+}
+
+inline void k4_scales(const uint8_t* blk, float* s, float* m) {
+    const float d = half_at(blk), dmin = half_at(blk + 2);
+    for (int j = 0; j < 8; ++j) {
+        int scale, min;
+        k4_scale_min(blk + 4, j, scale, min);
+        s[2 * j] = s[2 * j + 1] = d * float(scale);
+        m[2 * j] = m[2 * j + 1] = dmin * float(min);
+    }
+}
+
+// Element e = 64c + 32hi + l: nibble hi of quant byte 32c + l.
+inline void unpack_nibbles256(const uint8_t* qs, int8_t* q) {
+    for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < 32; ++l) {
+            q[64 * c + l] = int8_t(qs[32 * c + l] & 0xF);
+            q[64 * c + 32 + l] = int8_t(qs[32 * c + l] >> 4);
+        }
+}
+
+struct Q4_KFormat {
+    static constexpr int kElems = 256, kBytes = 144, kGroups = 16;
+    static constexpr bool kHasMin = true;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        unpack_nibbles256(blk + 16, q);
+        k4_scales(blk, s, m);
+    }
+};
+
+struct Q5_KFormat {
+    static constexpr int kElems = 256, kBytes = 176, kGroups = 16;
+    static constexpr bool kHasMin = true;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        const uint8_t* qh = blk + 16;  // bit e / 32 of byte e % 32: bit 4 of element e
+        unpack_nibbles256(blk + 48, q);
+        for (int e = 0; e < 256; ++e) q[e] = int8_t(q[e] | (((qh[e % 32] >> (e / 32)) & 1) << 4));
+        k4_scales(blk, s, m);
+    }
+};
+
+// Q6_K: element e = 128h + 32p + l: low nibble (p < 2) or high nibble (p >= 2) of ql byte
+// 64h + 32(p & 1) + l, bits 2p, 2p+1 of qh byte 32h + l on top; minus 32; int8 scale per 16.
+struct Q6_KFormat {
+    static constexpr int kElems = 256, kBytes = 210, kGroups = 16;
+    static constexpr bool kHasMin = false;
+    static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
+        const uint8_t* ql = blk;
+        const uint8_t* qh = blk + 128;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const float d = half_at(blk + 208);
+        for (int h = 0; h < 2; ++h)
+            for (int p = 0; p < 4; ++p)
+                for (int l = 0; l < 32; ++l) {
+                    const uint8_t byte = ql[64 * h + 32 * (p & 1) + l];
+                    const int low = p < 2 ? byte & 0xF : byte >> 4;
+                    const int high = (qh[32 * h + l] >> (2 * p)) & 3;
+                    q[128 * h + 32 * p + l] = int8_t((low | high << 4) - 32);
+                }
+        for (int g = 0; g < 16; ++g) {
+            s[g] = d * float(sc[g]);
+            m[g] = 0.0f;
+        }
+    }
+};
+
+// ---- the common form, consumed --------------------------------------------------------------
+
+// kVW int8 -> kVW floats.
+inline vfloat int8_to_vfloat(const int8_t* p) {
+    typedef int8_t vi8 __attribute__((vector_size(kVW)));
+    typedef int32_t vi32 __attribute__((vector_size(OSSRUN_VBYTES)));
+    vi8 v;
+    std::memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(__builtin_convertvector(v, vi32), vfloat);
+}
+
+// One block -> its kElems floats, exactly: s * q - m per element (see the header).
+template <class F>
+inline void decode_quant_block(const uint8_t* blk, float* out) {
+    alignas(64) int8_t q[F::kElems];
+    float s[F::kGroups], m[F::kGroups];
+    F::unpack(blk, q, s, m);
+    for (int g = 0; g < F::kGroups; ++g) {
+        const vfloat sv = vsplat(s[g]), mv = vsplat(m[g]);
+        for (int i = 0; i < kGroupElems; i += kVW)
+            vstore(out + g * kGroupElems + i, int8_to_vfloat(q + g * kGroupElems + i) * sv - mv);
+    }
+}
+
+template <class F>
+inline void decode_quant_row(const uint8_t* row, int64_t cols, float* out) {
+    for (int64_t b = 0; b < cols / F::kElems; ++b) decode_quant_block<F>(row + b * F::kBytes, out + b * F::kElems);
+}
+
+}  // namespace ossrun::OSSRUN_ISA_NS

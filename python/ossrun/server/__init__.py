@@ -1,0 +1,54 @@
+"""`ossrun serve`: an OpenAI-compatible HTTP server (Chat Completions, Responses, Completions)
+with continuous batching over several sequences that share one copy of the weights.
+
+    ossrun serve gpt-oss-20b-mxfp4.gguf --port 8000
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_PORT = 8000
+
+
+def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
+    p.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                        "exposes the server to the network)")
+    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--parallel", type=positive_int, metavar="N",
+                   help="sequences generated at once, each with its own KV cache (default: what "
+                        "fits in half the memory left, at most 4)")
+    p.add_argument("--queue", type=positive_int, default=64, metavar="N",
+                   help="requests that may wait for a free sequence; more get HTTP 429 (default 64)")
+    p.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' (default: $OSSRUN_API_KEY; none)")
+    p.add_argument("--name", metavar="ID", help="model id clients use (default: the file's name)")
+    p.add_argument("--store", metavar="FILE",
+                   help="SQLite file of stored responses (default: responses.sqlite3 in ossrun's "
+                        "data folder)")
+    # Test seams, not for users: scripted model output and a slow start.
+    p.add_argument("--test-script", help=argparse.SUPPRESS)
+    p.add_argument("--test-load-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def main(args) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine import EngineOptions
+    from .store import default_store_path
+
+    options = EngineOptions(args.model, n_ctx=args.ctx, parallel=args.parallel, threads=args.threads,
+                            precision=args.precision, name=args.name, max_queue=args.queue,
+                            test_script=args.test_script, test_load_delay=args.test_load_delay)
+    api_key = args.api_key or os.environ.get("OSSRUN_API_KEY") or None
+    app = create_app(options, api_key=api_key, store_path=args.store or default_store_path())
+    print(f"ossrun: serving {args.model} on http://{args.host}:{args.port}/v1"
+          + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
+    return 0

@@ -1,0 +1,82 @@
+"""The server's pieces without a server: request -> harmony prompt, sampled ids -> reply pieces,
+stop strings across deltas."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from ossrun.server.conversation import OutputParser, PromptSpec, ToolCallOut, Turn, render_prompt  # noqa: E402
+from ossrun.server.sse import StopMatcher  # noqa: E402
+from ossrun.tokenizer import o200k_harmony_from_tiktoken_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok(vocab_file):
+    return o200k_harmony_from_tiktoken_file(vocab_file)
+
+
+def test_assistant_turn_with_reasoning_and_call_renders_as_analysis_and_call(tok):
+    spec = PromptSpec(turns=[
+        Turn("user", "Weather?"),
+        Turn("assistant", reasoning="Need it.", tool_calls=[ToolCallOut("call_1", "get_weather", '{"c":1}')]),
+        Turn("tool", "sunny", tool_name="get_weather")], instructions=["Be brief."], effort="high")
+    text = tok.decode(render_prompt(spec, tok, date="2025-01-01"))
+    assert ("<|start|>assistant<|channel|>analysis<|message|>Need it.<|end|>"
+            "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
+            '<|message|>{"c":1}<|call|>'
+            "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny<|end|>"
+            "<|start|>assistant") in text
+    assert "Reasoning: high" in text and "# Instructions\n\nBe brief." in text
+
+
+def test_tool_choice_none_drops_the_tools(tok):
+    from ossrun.harmony import ToolDescription
+
+    tools = [ToolDescription("f", "does f")]
+    with_tools = tok.decode(render_prompt(PromptSpec([Turn("user", "x")], tools=tools), tok, "2025-01-01"))
+    without = tok.decode(render_prompt(PromptSpec([Turn("user", "x")], tools=tools, tool_choice="none"),
+                                       tok, "2025-01-01"))
+    assert "namespace functions" in with_tools and "namespace functions" not in without
+
+
+def feed_all(parser, text, tok):
+    pieces = []
+    for t in tok.encode(text, allowed_special="all"):
+        pieces += parser.feed(t)
+    return pieces + parser.finish()
+
+
+def test_output_parser_separates_reasoning_content_and_calls(tok):
+    p = OutputParser(tok)
+    pieces = feed_all(p, "<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis"
+                         "<|message|>two<|end|><|start|>assistant<|channel|>final<|message|>answer<|return|>", tok)
+    assert "".join(x.text for x in pieces if x.kind == "reasoning") == "one\n\ntwo" == p.reasoning_text
+    assert "".join(x.text for x in pieces if x.kind == "content") == "answer" == p.content_text
+    p = OutputParser(tok)
+    pieces = feed_all(p, '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a":1}<|call|>', tok)
+    assert [x.kind for x in pieces if x.kind != "call_args"] == ["call_start", "call_done"]
+    assert p.calls[0].name == "f" and p.calls[0].arguments == '{"a":1}'
+
+
+def test_output_parser_never_raises_on_bad_output(tok):
+    for text in ("<|channel|>final a b c<|message|>kept<|return|>", "plain text<|end|>more text",
+                 "<|message|><|message|>x", "<|channel|>", "<|end|><|end|>"):
+        p = OutputParser(tok)
+        feed_all(p, text, tok)
+    p = OutputParser(tok)
+    feed_all(p, "<|channel|>final a b c<|message|>kept<|return|>", tok)
+    assert "kept" in p.content_text
+
+
+def test_stop_matcher_holds_back_a_possible_stop():
+    m = StopMatcher(["END", "xy"])
+    out = [m.feed(t) for t in ("ab", "cE", "N", "x", "D more")]
+    assert out == ["ab", "c", "", "EN", "xD more"]  # held while it could still be a stop
+    m = StopMatcher(["END"])
+    assert m.feed("abE") == "ab" and m.feed("N") == "" and m.feed("Dzz") == "" and m.stopped
+    m = StopMatcher(["END"])
+    assert m.feed("abE") == "ab" and m.feed("x") == "Ex" and m.flush() == ""
+    m = StopMatcher(["END"])
+    assert m.feed("abEN") == "ab" and m.flush() == "EN"
