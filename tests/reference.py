@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import quant_reference
 
 # ggml type ids (MODEL.md §4.3).
 GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16, GGML_MXFP4 = 0, 1, 8, 30, 39
@@ -121,6 +122,9 @@ def dequantize(raw, ggml_type: int, numpy_shape) -> np.ndarray:
         return dequant_q8_0(raw, n_rows, n_cols).reshape(shape)
     if ggml_type == GGML_MXFP4:
         return dequant_mxfp4_gguf(raw, n_rows, n_cols).reshape(shape)
+    if ggml_type in quant_reference.TYPE_NAMES:  # the dense quants of community files
+        raw = _as_bytes(raw).reshape(n_rows, -1)
+        return quant_reference.dequantize(raw, quant_reference.TYPE_NAMES[ggml_type], n_cols).reshape(shape)
     raise ValueError(f"unsupported ggml type {ggml_type}")
 
 

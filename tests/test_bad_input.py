@@ -332,7 +332,7 @@ def test_tensor_with_wrong_shape(src, tmp_path, name, shape):
 @pytest.mark.parametrize(
     "name,ggml_type,type_name",
     [
-        ("blk.0.attn_q.weight", 2, "Q4_0"),  # a quantization we do not support
+        ("blk.0.attn_q.weight", 9, "Q8_1"),  # a quantization we do not support
         ("blk.0.ffn_up_exps.weight", 6, "Q5_0"),
         ("blk.0.attn_q.bias", 1, "F16"),  # biases must be F32
         ("token_embd.weight", 39, "MXFP4"),  # MXFP4 is for experts only

@@ -209,9 +209,13 @@ def test_context_overflow_rolls_back_and_chat_stays_usable(model):
     with pytest.raises(ContextOverflowError, match="n_ctx = 160"):
         chat.send("long " * 200)  # the prompt alone does not fit
     assert chat.messages == history
-    with pytest.raises(ContextOverflowError, match="did not fit"):
-        chat.send("ramble")  # the reply runs into the end of the context
-    assert chat.messages == history and chat.stats.turns == 1
+    cut = chat.send("ramble")  # the reply runs into the end of the context: kept, marked
+    assert cut.finish_reason == "length" and "n_ctx = 160" in cut.note
+    assert cut.content.startswith("on and on") and chat.session.n_past == 160
+    assert chat.messages[:len(history)] == history and chat.stats.turns == 2
+    with pytest.raises(ContextOverflowError):
+        chat.send("more")  # nothing fits after a full context
+    chat.messages = history
     script.play(2)
     assert chat.send("again").content == "fine"
     assert chat.messages[:len(history)] == history

@@ -110,6 +110,18 @@ def test_run_context_overflow(env, tiny_model):
     assert_clean_failure(r, 1, "--ctx")
 
 
+def test_run_reply_cut_by_the_context_is_kept(env, tiny_model):
+    # The tiny model's random reply never stops by itself: the context ends it.
+    r = ossrun(env, "run", tiny_model, "hi", "--ctx", 120, "--json", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["finish_reason"] == "length" and "n_ctx = 120" in reply["note"]
+    # the context holds the prompt and all but the last token (sampled, never fed back)
+    assert reply["stats"]["completion_tokens"] == 120 - reply["stats"]["prompt_tokens"] + 1
+    r = ossrun(env, "run", tiny_model, "hi", "--ctx", 120, "--temperature", "0", "--show-reasoning")
+    assert r.returncode == 0 and "cut off" in r.stderr and "n_ctx = 120" in r.stderr
+
+
 def test_no_command_is_a_usage_error(env):
     assert_clean_failure(ossrun(env), 2, "required")
 

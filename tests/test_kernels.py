@@ -341,8 +341,8 @@ def test_quantize_i16(isa_name, rng):
                                    (MXFP4, 2880)], ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
-    exact weights. The GEMM (4+ tokens; MXFP4 and Q8_0) and AVX-512's Q8_0 GEMV use them, other
-    GEMVs keep float32. Given the quantized activations, each block's dot product is exact in
+    exact weights. The GEMM (4+ tokens; MXFP4 and Q8_0), AVX-512's Q8_0 GEMV and its MXFP4 GEMV
+    for decode batches (4-8 tokens) use them, other GEMVs keep float32. Given the quantized activations, each block's dot product is exact in
     int32; the rest is float32 rounding: one conversion, one scale product and one accumulation
     per block, ≤ (blocks + 4)·U·Σ|w||x| (+ the bias add). A misplaced row, pair or scale errs
     by ~|w||x|."""
@@ -352,7 +352,7 @@ def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     raw = raw_random(rng, ggml_type, rows, cols)
     W = R.dequantize(raw, ggml_type, (rows, cols))
     b = rng.standard_normal(rows).astype(np.float32)
-    for T in TOKENS + [8, 10, 11, 15, 17]:  # every tail of the 8-token tile
+    for T in TOKENS + [2, 6, 7, 8, 9, 10, 11, 15, 17]:  # every tail of the 8-token tile and GEMV group
         x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
         y = ops.matmul(raw, ggml_type, rows, cols, x, b, isa_name, "fast")
         assert y.shape == (T, rows)

@@ -314,8 +314,10 @@ def test_bad_hparams(tmp_path, overrides, message):
 def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown preset"):
         mm.preset("7b")
-    with pytest.raises(ValueError, match="matrix type 'q4_0'"):
-        mm.write_model(tmp_path / "x.gguf", mm.preset("tiny"), matrix_type="q4_0")
+    with pytest.raises(ValueError, match="matrix type 'q8_1'"):
+        mm.write_model(tmp_path / "x.gguf", mm.preset("tiny"), matrix_type="q8_1")
+    with pytest.raises(ValueError, match=r"hidden \(64\) must be a multiple of 256 for q4_k \(embd\)"):
+        mm.write_model(tmp_path / "x.gguf", mm.preset("tiny"), role_types={"embd": "q4_k"})
     with pytest.raises(ValueError, match="seed must be non-negative"):
         mm.write_model(tmp_path / "x.gguf", mm.preset("tiny"), seed=-1)
     with pytest.raises(ValueError, match="has 512 tokens but hparams.vocab is 300"):

@@ -23,7 +23,7 @@ ENGINES = ("ossrun", "llama_cpp")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a gpt-oss .gguf file")
+    p.add_argument("model", help="a gpt-oss .gguf file, a folder holding one, or an Ollama name")
     p.add_argument("--threads", type=int, default=None, help="compute threads (default: physical cores)")
     p.add_argument("--prompt", type=int, default=512, help="prefill length in tokens (default 512)")
     p.add_argument("--gen", type=int, default=128, help="tokens to decode (default 128)")

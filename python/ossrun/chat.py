@@ -103,9 +103,9 @@ class Reply:
     content: the final answer (final-channel messages joined by a blank line); reasoning: the
     analysis text likewise; tool_calls: the calls made; messages: the messages the model and the
     tools added to the conversation this turn (the user message excluded).
-    finish_reason: "stop" (the model finished), "length" (max_tokens reached), "tool_limit"
-    (max_tool_rounds reached) or "malformed" (output that is not harmony); `note` explains any
-    reason but "stop".
+    finish_reason: "stop" (the model finished), "length" (max_tokens or the end of the context
+    reached; what was generated is kept), "tool_limit" (max_tool_rounds reached) or "malformed"
+    (output that is not harmony); `note` explains any reason but "stop".
     """
 
     content: str
@@ -354,7 +354,10 @@ class Chat:
                     break
                 if reason == "length":
                     finish = reason
-                    note = f"The reply was cut off at max_tokens = {self.max_tokens}."
+                    note = (f"The reply was cut off at max_tokens = {self.max_tokens}."
+                            if error == "max_tokens" else
+                            f"The reply was cut off: the context (n_ctx = {self.session.n_ctx}) is "
+                            "full; reset the chat or use a larger context.")
                     break
                 call = parsed[-1] if reason == "call" and parsed else None
                 if call is None or call.recipient is None:
@@ -393,7 +396,8 @@ class Chat:
 
     def _generate(self, prompt: list[int], stats: TurnStats, texts: dict):
         """One assistant generation after `prompt`; yields deltas and returns
-        (parsed messages, reason, error) with reason "stop", "call", "length" or "malformed"."""
+        (parsed messages, reason, detail) with reason "stop", "call", "length" (detail: what cut
+        it, "max_tokens" or "context") or "malformed" (detail: the parse error)."""
         session = self.session
         if len(prompt) > session.n_ctx:
             raise ContextOverflowError(
@@ -411,7 +415,7 @@ class Chat:
 
         sample = self._sample or self._sampler
         parser = StreamParser(self.tokenizer, role="assistant", strict=False)
-        n = 0
+        n, cut_by = 0, "max_tokens"
         try:
             while True:
                 t0 = time.perf_counter()
@@ -425,15 +429,14 @@ class Chat:
                 if self.max_tokens is not None and n >= self.max_tokens:
                     break
                 if session.n_past >= session.n_ctx:
-                    raise ContextOverflowError(
-                        f"the reply did not fit the context (n_ctx = {session.n_ctx}) after "
-                        f"{n} tokens; reset the chat, use a larger n_ctx or set max_tokens")
+                    cut_by = "context"  # the reply is kept as far as it got
+                    break
                 t0 = time.perf_counter()
                 logits = session.decode(token)
                 stats.decode_seconds += time.perf_counter() - t0
             if parser.state != HEADER:  # a half-written header is dropped (§12)
                 yield from self._feed(parser, texts, None)
-            return parser.messages, "length", None
+            return parser.messages, "length", cut_by
         except HarmonyError as e:
             return parser.messages, "malformed", str(e)
 

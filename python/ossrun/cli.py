@@ -1,6 +1,8 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
-a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server), and
-`bench` when `ossrun.bench` is present.
+a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
+`convert` (a checkpoint folder to GGUF), `list` (the gpt-oss models other tools keep on this
+machine), and `bench` when `ossrun.bench` is present. MODEL is a .gguf file (any shard of a split
+one), a folder holding one, or an Ollama model name such as gpt-oss:20b (ossrun.resolve).
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -21,6 +23,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ContextOverflowError, OssrunError
 from .harmony import REASONING_EFFORTS
+from .resolve import resolve_model
 
 # Default context: room for long reasoning at "high" effort while the KV cache of gpt-oss-20b
 # stays small (12 full layers x 8192 x 2 x 8 x 64 x 4 bytes = 384 MiB).
@@ -137,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Chat with a model. Without MODEL, runs ossrun's built-in "
                                       "nano model (a tiny trained demo of the architecture, "
                                       "not gpt-oss).")
-    chat.add_argument("model", nargs="?", metavar="MODEL", help="a gpt-oss .gguf file")
+    chat.add_argument("model", nargs="?", metavar="MODEL",
+                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
@@ -148,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Answer one prompt and print the final answer. Without "
                                      "MODEL, uses ossrun's built-in nano model.")
     run.add_argument("model", nargs="?", metavar="MODEL",
-                     help="a gpt-oss .gguf file (default: the built-in nano model)")
+                     help="a gpt-oss .gguf file, a folder holding one, or an Ollama name "
+                          "(gpt-oss:20b); default: the built-in nano model")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
@@ -161,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
-    info.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    info.add_argument("model", metavar="MODEL",
+                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -177,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve, _positive_int)
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
+                          description="Convert a gpt-oss checkpoint folder (transformers layout with "
+                                      "MXFP4 or BF16 experts, or OpenAI's original/ layout) into a "
+                                      "GGUF file in ggml-org's layout. MXFP4 experts are kept bit "
+                                      "for bit.")
+    conv.add_argument("src", metavar="SRC", help="the checkpoint folder (config.json + *.safetensors)")
+    conv.add_argument("out", metavar="OUT.gguf", help="the GGUF file to write")
+    conv.add_argument("--dense", choices=("bf16", "q8_0", "f16", "f32"), default="bf16",
+                      help="type of the embedding, output and attention matrices (and of BF16 "
+                           "experts); default bf16, lossless for bf16 checkpoints")
+    conv.add_argument("--vocab-file", metavar="FILE",
+                      help="o200k_base.tiktoken, for a checkpoint without tokenizer.json")
+    conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    conv.set_defaults(func=cmd_convert)
+
+    lst = sub.add_parser("list", help="list the gpt-oss models found on this machine",
+                         description="gpt-oss GGUF files in the Hugging Face cache, Ollama's store "
+                                     "and LM Studio's folders, with size and layout.")
+    lst.add_argument("--json", action="store_true", help="print the list as JSON")
+    lst.set_defaults(func=cmd_list)
 
     bench = _bench_module()
     if bench is not None:
@@ -212,8 +239,8 @@ def load_model(path, args):
     from .model import Model
     from .repl import Spinner
 
-    path = Path(path).expanduser()
-    size = path.stat().st_size if path.is_file() else 0
+    path = resolve_model(path)
+    size = path.stat().st_size
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
@@ -290,6 +317,17 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        raise OssrunError(f"{out} exists (use --force to overwrite it)")
+    path = convert(args.src, out, dense=args.dense, vocab_file=args.vocab_file, progress=True)
+    print(f"wrote {path} ({_human_bytes(path.stat().st_size)})")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .server import main
 
@@ -340,7 +378,7 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
 
-    g = open_gguf(Path(path).expanduser())
+    g = open_gguf(path)
     cfg = g.config
     n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
     types: dict[str, dict] = {}
@@ -353,6 +391,8 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     return {
         "path": str(g.path),
         "file_size": g.file_size,
+        "layout": g.layout.name,
+        "shards": [str(p) for p in g.paths],
         "name": field_value(g.reader, "general.name"),
         "architecture": field_value(g.reader, "general.architecture"),
         "parameters": n_params,
@@ -373,6 +413,8 @@ def cmd_info(args) -> int:
     vocab = info["vocabulary"]
     rows = [
         ("file", f"{info['path']} ({_human_bytes(info['file_size'])})"),
+        ("layout", info["layout"] + (f", split in {len(info['shards'])} shards"
+                                     if len(info["shards"]) > 1 else "")),
         ("name", info["name"] or "-"),
         ("architecture", info["architecture"]),
         ("parameters", f"{info['parameters'] / 1e9:.2f} B" if info["parameters"] >= 1e8
@@ -392,6 +434,25 @@ def cmd_info(args) -> int:
               for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
                                  ("activations", "activations"), ("total", "total"))]
     print("\n".join(lines))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .resolve import find_local_models
+
+    models = find_local_models()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    if not models:
+        print("no gpt-oss models found in the Hugging Face cache, Ollama's store or LM Studio's "
+              "folders", file=sys.stderr)
+        return 0
+    width = max(len(m.name) for m in models)
+    for m in models:
+        print(f"{m.source:<12}{m.name:<{width + 2}}{_human_bytes(m.size):>11}  {m.layout}")
+        if m.name != str(m.path):
+            print(f"{'':<12}{m.path}")
     return 0
 
 

@@ -11,7 +11,6 @@ missing or mismatched shard — becomes a `ModelError` that names the file and t
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,13 +19,17 @@ import numpy as np
 from . import layouts
 from .errors import ModelError
 from .gguf_split import GgufShards, open_shards
+from .resolve import resolve_model
 
 ARCH = "gpt-oss"
 
 # ggml type ids we accept (MODEL.md §4.3), and those allowed per tensor role.
 F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
-TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4"}
-MATRIX_TYPES = (F32, F16, BF16, Q8_0)
+# The dense quants of community files: 32-element blocks, then 256-element K-quants.
+DENSE_QUANTS = {2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 20: "IQ4_NL",
+                10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4", **DENSE_QUANTS}
+MATRIX_TYPES = (F32, F16, BF16, Q8_0, *DENSE_QUANTS)
 EXPERT_TYPES = (MXFP4, Q8_0, F16, BF16, F32)
 
 
@@ -111,12 +114,9 @@ def field_value(reader, key: str):
 
 
 def open_gguf(path) -> GgufModel:
-    """Open and validate `path`; raises ModelError on anything that is not a good gpt-oss file."""
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelError(f"{path}: not a regular file")
+    """Open and validate `path` (or what it names, see ossrun.resolve); raises ModelError on
+    anything that is not a good gpt-oss file."""
+    path = resolve_model(path)  # a file, a folder holding one, or an Ollama model name
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
@@ -156,8 +156,10 @@ def _read_config(reader, path: Path, layout: layouts.Layout = layouts.GGML_ORG) 
         # Not written by Ollama: the rows of an expert's gate matrix (MODEL.md §4.3).
         found = layouts.locate(reader, layout, "blk.0.ffn_gate_exps.weight")
         if found is None or len(found[0].ne) != 3:
-            raise ModelError(f"{path}: metadata key '{layout.key_prefix}expert_feed_forward_length' "
-                             "is missing")
+            key = f"{layout.key_prefix}expert_feed_forward_length"
+            raise ModelError(f"{path}: metadata key '{key}' is missing" if found else
+                             f"{path}: tensor 'blk.0.ffn_gate_exps.weight' is missing (the file "
+                             f"lacks metadata key '{key}' too, which it would give)")
         values["expert_feed_forward_length"] = int(found[0].ne[1])
     values.setdefault("feed_forward_length", values["expert_feed_forward_length"])
     values.setdefault("rope_scaling_type", "yarn")

@@ -52,6 +52,13 @@ def type_size(ggml_type: int) -> tuple[int, int]:
         raise ValueError(f"unknown ggml type {ggml_type}") from None
 
 
+def _type_name(ggml_type: int) -> str:
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
+
+
 @dataclass
 class TensorInfo:
     name: str
@@ -189,8 +196,11 @@ class GgufFile:
                 block, block_bytes = type_size(raw_type)
             except ValueError:
                 raise ValueError(f"tensor '{name}' has unknown ggml type {raw_type}") from None
-            if any(d <= 0 or d > (1 << 40) for d in ne) or ne[0] % block:
+            if any(d <= 0 or d > (1 << 40) for d in ne):
                 raise ValueError(f"tensor '{name}' has invalid dimensions {list(ne)}")
+            if ne[0] % block:
+                raise ValueError(f"tensor '{name}': rows of {ne[0]} elements are not whole "
+                                 f"{_type_name(raw_type)} blocks of {block}")
             n_elems = int(np.prod(ne, dtype=object))
             n_bytes = n_elems // block * block_bytes
             start = data_start + offset

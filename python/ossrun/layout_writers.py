@@ -5,6 +5,8 @@
   would take the current one past the limit; the first shard keeps all metadata.
 - `layout_model("ollama", ...)`: Ollama's gptoss blob (ossrun.layouts), holding the same weights
   as the ggml-org file of the same seed (values are seeded by the ggml-org name).
+- `layout_model("ollama-qkv", ...)`: the same with one fused attn_qkv per layer (rows q | k | v),
+  as Ollama converts OpenAI's `original/` checkpoints; again the same weights.
 - `layout_model("ollama-fused", ...)`: Ollama's August-October 2025 blob (fused attn_qkv,
   ffn_gate_up_exps, MXFP4 under type id 4), which the loader refuses.
 """
@@ -25,7 +27,7 @@ from .gguf_split import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT, shard_path
 from .layouts import LEGACY_OLLAMA_MXFP4, OLLAMA, file_name
 from .tokenizer import TOKEN_UNUSED, TOKEN_USER_DEFINED
 
-LAYOUTS = ("ggml-org", "ollama", "ollama-fused")
+LAYOUTS = ("ggml-org", "ollama", "ollama-qkv", "ollama-fused")
 _UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}  # decimal, as gguf-split's M and G
 
 
@@ -92,7 +94,7 @@ def layout_model(layout: str, hp, vocab, name: str, plans: list) -> tuple[dict, 
     renamed = [dataclasses.replace(p, name=file_name(OLLAMA, p.name), seed_name=p.name) for p in plans]
     if layout == "ollama":
         return kv, renamed
-    return kv, _fuse(renamed, hp)
+    return kv, _fuse(renamed, experts=layout == "ollama-fused")
 
 
 def _ollama_kv(hp, name: str) -> dict:
@@ -148,29 +150,30 @@ def _ollama_vocab_kv(vocab) -> dict:
     }
 
 
-def _fuse(plans: list, hp) -> list:
-    """Ollama's Aug-Oct 2025 tensors: attn_qkv (q | k | v rows), ffn_gate_up_exps (2I rows per
-    expert) and MXFP4 experts under type id 4. The weights are random; only the layout matters."""
+def _fuse(plans: list, experts: bool) -> list:
+    """attn_qkv (q | k | v rows, the same values); with `experts` also Ollama's Aug-Oct 2025
+    ffn_gate_up_exps (2I rows per expert) and MXFP4 under type id 4, whose values are random:
+    only that layout matters, as the loader refuses it."""
     by_name = {p.name: p for p in plans}
     out = []
     for p in plans:
         base, _, kind = p.name.rpartition(".")
         stem = base.rsplit(".", 1)[-1]
-        if stem in ("attn_k", "attn_v", "ffn_up_exps"):
+        if stem in ("attn_k", "attn_v") or experts and stem == "ffn_up_exps":
             continue  # written inside the fused tensor
         if stem == "attn_q":
             prefix = base[: -len("attn_q")]
             parts = tuple(by_name[f"{prefix}{s}.{kind}"] for s in ("attn_q", "attn_k", "attn_v"))
             ne = (*p.ne[:-1], sum(q.ne[-1] for q in parts))
             p = dataclasses.replace(p, name=f"{prefix}attn_qkv.{kind}", ne=ne, parts=parts)
-        elif stem == "ffn_gate_exps":
+        elif experts and stem == "ffn_gate_exps":
             prefix = base[: -len("ffn_gate_exps")]
             up = by_name[f"{prefix}ffn_up_exps.{kind}"]
             ne = list(p.ne)
             ne[-2] *= 2  # gate_up rows of each expert
             p = dataclasses.replace(p, name=f"{prefix}ffn_gate_up_exps.{kind}", ne=tuple(ne),
                                     parts=(p, up))
-        if p.ggml_type == GGMLType.MXFP4:
+        if experts and p.ggml_type == GGMLType.MXFP4:
             p = dataclasses.replace(p, stored_type=LEGACY_OLLAMA_MXFP4)
         out.append(p)
     return out

@@ -131,8 +131,7 @@ def _qkv_rows(reader, fused: str, which: int, head_rows):
     n = head_rows[which]
     ne = (info.ne[0], n) if len(info.ne) == 2 else (n,)
     raw = reader.tensor_bytes(fused)[first * row_bytes:(first + n) * row_bytes]
-    part = TensorInfo(f"{fused}[rows {first}:{first + n}]", ne, info.ggml_type,
-                      info.offset + first * row_bytes, n * row_bytes)
+    part = TensorInfo(fused, ne, info.ggml_type, info.offset + first * row_bytes, n * row_bytes)
     return part, raw
 
 

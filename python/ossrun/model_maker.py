@@ -24,6 +24,7 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUF_VERS
 from gguf import GGMLQuantizationType as GGMLType
 from gguf import GGUFValueType as VT
 
+from .quantize import QUANTIZERS, quantize
 from .tokenizer import (
     N_VOCAB_HARMONY,
     TOKEN_CONTROL,
@@ -100,7 +101,16 @@ MATRIX_TYPES = {
     "f16": GGMLType.F16,
     "bf16": GGMLType.BF16,
     "q8_0": GGMLType.Q8_0,
+    # the dense quants of community files (python/ossrun/quantize.py)
+    **{name.lower(): GGMLType[name] for name in QUANTIZERS},
 }
+# Matrix roles whose type can be chosen apart from --matrix-type (the router defaults to f32).
+MATRIX_ROLES = ("embd", "output", "attn_qkv", "attn_output", "router")
+
+
+def _role_type(role: str, matrix_type: str, role_types: dict | None) -> str:
+    default = "f32" if role == "router" else matrix_type
+    return (role_types or {}).get(role) or default
 
 # The 21 named specials that follow the BPE tokens (MODEL.md §4.2b), by offset from the first one.
 # GGUF files name 200018 <|endofprompt|> (tiktoken does too; openai-harmony calls it reserved).
@@ -126,14 +136,19 @@ def preset(name: str, **overrides) -> HParams:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-def check_hparams(hp: HParams, matrix_type: str = "q8_0") -> None:
-    """Raise ValueError with a sentence when the shape cannot be a gpt-oss GGUF."""
+def check_hparams(hp: HParams, matrix_type: str = "q8_0", role_types: dict | None = None) -> None:
+    """Raise ValueError with a sentence when the shape cannot be a gpt-oss GGUF.
+
+    role_types: optional per-role matrix types (keys of MATRIX_ROLES) over matrix_type."""
     for f in dataclasses.fields(hp):
         value = getattr(hp, f.name)
         if not value > 0:
             raise ValueError(f"{f.name} must be positive, got {value}")
     if matrix_type not in MATRIX_TYPES:
         raise ValueError(f"matrix type {matrix_type!r} is not one of {', '.join(MATRIX_TYPES)}")
+    for role in role_types or {}:
+        if role not in MATRIX_ROLES:
+            raise ValueError(f"matrix role {role!r} is not one of {', '.join(MATRIX_ROLES)}")
     if hp.heads % hp.kv_heads:
         raise ValueError(f"heads ({hp.heads}) must be a multiple of kv_heads ({hp.kv_heads})")
     if hp.head_dim % 2:
@@ -146,10 +161,17 @@ def check_hparams(hp: HParams, matrix_type: str = "q8_0") -> None:
             f"hidden ({hp.hidden}) and intermediate ({hp.intermediate}) must be "
             "multiples of 32 (MXFP4 blocks)"
         )
-    if matrix_type == "q8_0" and (hp.heads * hp.head_dim) % 32:
-        raise ValueError(
-            f"heads*head_dim ({hp.heads * hp.head_dim}) must be a multiple of 32 for q8_0"
-        )
+    # Each quantized matrix's rows (ne0) are whole blocks of its type: 32, or 256 for K-quants.
+    row_length = {"embd": ("hidden", hp.hidden), "output": ("hidden", hp.hidden),
+                  "attn_qkv": ("hidden", hp.hidden), "router": ("hidden", hp.hidden),
+                  "attn_output": ("heads*head_dim", hp.heads * hp.head_dim)}
+    for role, (what, n) in row_length.items():
+        t = _role_type(role, matrix_type, role_types)
+        if t not in MATRIX_TYPES:
+            raise ValueError(f"{role} type {t!r} is not one of {', '.join(MATRIX_TYPES)}")
+        block = GGML_QUANT_SIZES[MATRIX_TYPES[t]][0]
+        if n % block:
+            raise ValueError(f"{what} ({n}) must be a multiple of {block} for {t} ({role})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,18 +384,22 @@ class TensorPlan:
         return max(1, (1 << 22) // self.ne[0])
 
 
-def tensor_plans(hp: HParams, matrix_type: str = "q8_0") -> list[TensorPlan]:
+def tensor_plans(
+    hp: HParams, matrix_type: str = "q8_0", role_types: dict | None = None
+) -> list[TensorPlan]:
     """Every tensor of the file in write order, with names, ne and types of MODEL.md §4.3."""
-    mt = MATRIX_TYPES[matrix_type]
+    embd_t, output_t, mt, attn_out_t, router_t = (
+        MATRIX_TYPES[_role_type(r, matrix_type, role_types)] for r in MATRIX_ROLES
+    )
     H, I, E, V = hp.hidden, hp.intermediate, hp.experts, hp.vocab
     q, kv = hp.heads * hp.head_dim, hp.kv_heads * hp.head_dim
     f32 = GGMLType.F32
     # Matrices get std 1/sqrt(fan-in), so unit-RMS inputs give unit-RMS outputs; the embedding
     # gets std 1 (RMSNorm follows). Biases are small, norms near 1, sinks ~N(0, 1).
     plans = [
-        TensorPlan("token_embd.weight", (H, V), mt, 1.0),
+        TensorPlan("token_embd.weight", (H, V), embd_t, 1.0),
         TensorPlan("output_norm.weight", (H,), f32, 0.1, 1.0),
-        TensorPlan("output.weight", (H, V), mt, H**-0.5),
+        TensorPlan("output.weight", (H, V), output_t, H**-0.5),
     ]
     for n in range(hp.layers):
         b = f"blk.{n}."
@@ -385,11 +411,11 @@ def tensor_plans(hp: HParams, matrix_type: str = "q8_0") -> list[TensorPlan]:
             TensorPlan(b + "attn_k.bias", (kv,), f32, 0.1),
             TensorPlan(b + "attn_v.weight", (H, kv), mt, H**-0.5),
             TensorPlan(b + "attn_v.bias", (kv,), f32, 0.1),
-            TensorPlan(b + "attn_output.weight", (q, H), mt, q**-0.5),
+            TensorPlan(b + "attn_output.weight", (q, H), attn_out_t, q**-0.5),
             TensorPlan(b + "attn_output.bias", (H,), f32, 0.1),
             TensorPlan(b + "attn_sinks.weight", (hp.heads,), f32, 1.0),
             TensorPlan(b + "post_attention_norm.weight", (H,), f32, 0.1, 1.0),
-            TensorPlan(b + "ffn_gate_inp.weight", (H, E), f32, H**-0.5),
+            TensorPlan(b + "ffn_gate_inp.weight", (H, E), router_t, H**-0.5),
             TensorPlan(b + "ffn_gate_inp.bias", (E,), f32, 0.1),
             TensorPlan(b + "ffn_gate_exps.weight", (H, I, E), GGMLType.MXFP4, H**-0.5),
             TensorPlan(b + "ffn_gate_exps.bias", (I, E), f32, 0.1),
@@ -427,6 +453,8 @@ def _chunk_bytes(plan: TensorPlan, rng: np.random.Generator, rows: int) -> np.nd
         blocks["d"] = d
         return blocks
     values = rng.standard_normal(n, dtype=np.float32) * np.float32(plan.std) + np.float32(plan.mean)
+    if t.name in QUANTIZERS:
+        return quantize(values, t.name)
     if t == GGMLType.F32:
         return values
     if t == GGMLType.F16:
@@ -467,15 +495,17 @@ def write_model(
     progress: bool | None = None,
     layout: str = "ggml-org",
     split_max_size: int | None = None,
+    role_types: dict | None = None,
 ) -> Path:
     """Write a random gpt-oss GGUF; returns its path (the first shard's, when split).
 
     vocab: the tokenizer metadata, default `byte_vocab(hparams.vocab)`; its size must equal
-    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama" or "ollama-fused"
-    (ossrun.layout_writers). split_max_size: bytes of tensor data per shard, written as
-    gguf-split does (`path` without .gguf names the shards).
+    hparams.vocab. progress: see `write_gguf`. layout: "ggml-org", "ollama", "ollama-qkv" or
+    "ollama-fused" (ossrun.layout_writers). split_max_size: bytes of tensor data per shard,
+    written as gguf-split does (`path` without .gguf names the shards). role_types: per-role
+    matrix types over matrix_type, e.g. {"attn_output": "q4_k", "router": "q8_0"} (MATRIX_ROLES).
     """
-    check_hparams(hparams, matrix_type)
+    check_hparams(hparams, matrix_type, role_types)
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     if vocab is None:
@@ -488,7 +518,7 @@ def write_model(
 
     kv, plans = layout_writers.layout_model(layout, hparams, vocab,
                                             f"ossrun random gpt-oss (seed {seed})",
-                                            tensor_plans(hparams, matrix_type))
+                                            tensor_plans(hparams, matrix_type, role_types))
     if split_max_size is not None:
         return layout_writers.write_split(path, kv, plans, split_max_size, seed=seed,
                                           progress=progress)[0]
@@ -502,13 +532,13 @@ def write_gguf(
     *,
     seed: int = 0,
     progress: bool | None = None,
-    data: dict[str, np.ndarray] | None = None,
+    chunks=None,
 ) -> Path:
     """Write a GGUF v3 file from serialised KV entries and tensor plans, streaming the data.
 
-    data: name -> encoded bytes of a tensor (as `encode_tensor` makes them) instead of seeded
-    random values. The file appears under its name only when complete. progress: a percentage
-    line on stderr (default: for files over 1 GiB).
+    The file appears under its name only when complete. progress: a percentage line on stderr
+    (default: for files over 1 GiB). chunks: plan -> iterable of arrays holding the tensor's bytes
+    (default: seeded random values, `tensor_chunks`); ossrun.convert passes a checkpoint's.
     """
     infos, offset = [], 0
     for p in plans:
@@ -529,14 +559,17 @@ def write_gguf(
             _pad(f)
             done, shown = 0, -1
             for p in plans:
-                chunks = tensor_chunks(p, seed) if data is None else [data[p.name]]
-                for chunk in chunks:
+                written = 0
+                for chunk in tensor_chunks(p, seed) if chunks is None else chunks(p):
                     f.write(chunk.data)
+                    written += chunk.nbytes
                     done += chunk.nbytes
                     if show and done * 100 // total != shown:
                         shown = done * 100 // total
                         percent = f"{shown:3d}% of {total / 2**30:.2f} GiB"
                         print(f"\r{path.name}: {percent}", end="", file=sys.stderr)
+                if written != p.nbytes:  # a wrong chunk source would shift every later tensor
+                    raise AssertionError(f"{p.name}: wrote {written} bytes, expected {p.nbytes}")
                 _pad(f)
     except BaseException:  # also Ctrl-C: never leave a partial multi-GiB file behind
         partial.unlink(missing_ok=True)
@@ -622,7 +655,7 @@ def write_trained_model(
         data[p.name] = encode_tensor(value, p.ggml_type)
     vocab = bpe_vocab(tokens, merges, hp.vocab)
     kv = _model_kv(hp, name) | vocab.kv
-    return write_gguf(path, kv, plans, data=data, progress=False)
+    return write_gguf(path, kv, plans, progress=False, chunks=lambda p: [data[p.name]])
 
 
 def make_model(
@@ -636,6 +669,7 @@ def make_model(
     progress: bool | None = None,
     layout: str = "ggml-org",
     split_max_size: int | None = None,
+    role_types: dict | None = None,
     **overrides,
 ) -> Path:
     """A preset plus overrides, with the vocabulary chosen as the CLI does (layout and
@@ -652,10 +686,10 @@ def make_model(
     hp = preset(preset_name, **overrides)
     if vocab_file is not None and "vocab" not in overrides:
         hp = dataclasses.replace(hp, vocab=N_VOCAB_HARMONY)
-    check_hparams(hp, matrix_type)
+    check_hparams(hp, matrix_type, role_types)
     vocab = o200k_vocab(vocab_file, hp.vocab) if vocab_file is not None else byte_vocab(hp.vocab)
     return write_model(path, hp, seed=seed, matrix_type=matrix_type, vocab=vocab, progress=progress,
-                       layout=layout, split_max_size=split_max_size)
+                       layout=layout, split_max_size=split_max_size, role_types=role_types)
 
 
 _CLI_FLAGS = {  # flag -> HParams field
@@ -683,19 +717,28 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(flag, dest=field, type=int, help=f"override the preset's {field}")
     ap.add_argument(
         "--matrix-type",
+        "--dense-type",
         choices=list(MATRIX_TYPES),
         default="q8_0",
         help="type of token_embd/output/attention matrices (default q8_0)",
     )
+    for role in MATRIX_ROLES:
+        ap.add_argument(
+            f"--{role.replace('_', '-')}-type",
+            dest=f"{role}_type",
+            choices=list(MATRIX_TYPES),
+            help=f"type of the {role} matrices (default: --matrix-type"
+            + (", f32 for the router)" if role == "router" else ")"),
+        )
     ap.add_argument("--seed", type=int, default=0)
     vocab = ap.add_mutually_exclusive_group()
     vocab.add_argument("--vocab-file", help="o200k_base.tiktoken for the real vocabulary")
     vocab.add_argument(
         "--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b"
     )
-    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-fused"), default="ggml-org",
-                    help="ggml-org's (default), Ollama's gptoss blob, or Ollama's refused "
-                         "Aug-Oct 2025 fused blob")
+    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-qkv", "ollama-fused"), default="ggml-org",
+                    help="ggml-org's (default), Ollama's gptoss blob (-qkv: with a fused "
+                         "attn_qkv), or Ollama's refused Aug-Oct 2025 fused blob")
     ap.add_argument("--split-max-size", metavar="SIZE",
                     help="write shards of at most SIZE of tensor data (e.g. 100M, 2G), as "
                          "llama.cpp's gguf-split names them: OUT-00001-of-0000N.gguf")
@@ -714,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             use_byte_vocab=a.byte_vocab,
             layout=a.layout,
             split_max_size=split,
+            role_types={r: getattr(a, f"{r}_type") for r in MATRIX_ROLES if getattr(a, f"{r}_type")},
             **overrides,
         )
     except (ValueError, OSError) as e:

@@ -166,6 +166,9 @@ void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 // Fast precision: int16 activations (only reached where quantize_i16 is non-null).
 #if defined(__AVX512F__)
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
+void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);   // gemv.cpp, AVX512-VNNI
+// Up to this many tokens, AVX-512's int16 GEMVs beat the GEMM (decode batches of a few sequences).
+constexpr int kGemvI16MaxTokens = 8;
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp

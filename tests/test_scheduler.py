@@ -1,0 +1,102 @@
+"""The server's scheduler in process: continuous batching over slots, longest-prefix slot choice,
+cancellation, the queue bound and the token-mask seam of constrained decoding."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import ossrun
+import pytest
+from ossrun import model_maker
+from ossrun.sampler import Sampler
+
+pytest.importorskip("fastapi")
+
+from ossrun.server.scheduler import DoneEvent, Generation, QueueFull, Scheduler, TokenEvent  # noqa: E402
+
+VOCAB = 4096
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = model_maker.make_model(tmp_path_factory.mktemp("sched") / "tiny.gguf", "tiny", seed=5,
+                                  vocab=VOCAB, use_byte_vocab=True)
+    return ossrun.load(path, n_ctx=512, precision="f32")
+
+
+def run(sched, prompt, max_tokens=8, **kw):
+    q: queue.Queue = queue.Queue()
+    gen = Generation(list(prompt), Sampler(0), q.put, max_tokens=max_tokens, **kw)
+    sched.submit(gen)
+    return gen, q
+
+
+def collect(q, timeout=30):
+    tokens = []
+    while True:
+        ev = q.get(timeout=timeout)
+        if isinstance(ev, DoneEvent):
+            return tokens, ev
+        assert isinstance(ev, TokenEvent)
+        tokens.append(ev.token)
+
+
+def greedy_alone(model, prompt, n):
+    return list(model.generate(prompt, n, temperature=0))
+
+
+def test_batched_generations_equal_greedy_alone_and_reuse_prefixes(model, rng):
+    sched = Scheduler(model, n_slots=3, n_ctx=256)
+    try:
+        prompts = [list(rng.integers(0, VOCAB, n)) for n in (5, 40, 17, 3)]
+        runs = [run(sched, p) for p in prompts]  # 4 requests, 3 slots: one waits
+        for (gen, q), p in zip(runs, prompts):
+            tokens, done = collect(q)
+            assert tokens == greedy_alone(model, p, 8) and done.finish_reason == "length"
+        # The same 40-token prompt with another ending lands on the slot that holds it.
+        again = prompts[1][:30] + [1, 2, 3]
+        _, q = run(sched, again)
+        tokens, done = collect(q)
+        assert done.cached_tokens == 30 and tokens == greedy_alone(model, again, 8)
+        assert sched.status()["active"] == 0
+    finally:
+        sched.close()
+
+
+def test_stop_ids_cancel_queue_bound_and_mask(model):
+    sched = Scheduler(model, n_slots=1, n_ctx=256, max_queue=1)
+    try:
+        expected = greedy_alone(model, [7, 8, 9], 8)
+        _, q = run(sched, [7, 8, 9], stop_ids=frozenset({expected[2]}))
+        tokens, done = collect(q)
+        assert tokens == expected[:3] and done.finish_reason == "stop"
+        long_gen, long_q = run(sched, [1, 2], max_tokens=200)
+        assert isinstance(long_q.get(timeout=30), TokenEvent)  # it holds the only slot
+        waiting, wq = run(sched, [3, 4])
+        with pytest.raises(QueueFull):
+            run(sched, [5, 6])
+        sched.cancel(long_gen)
+        _, done = collect(long_q)
+        assert done.finish_reason == "cancelled" and done.completion_tokens < 200
+        collect(wq)
+        # The constrained-decoding seam: the mask's allowed ids are the only ones sampled.
+        allowed = np.zeros(VOCAB, bool)
+        allowed[[11, 12]] = True
+        _, q = run(sched, [1, 2, 3], max_tokens=6, mask=lambda out: allowed)
+        tokens, _ = collect(q)
+        assert set(tokens) <= {11, 12} and len(tokens) == 6
+        with pytest.raises(ValueError, match="no room"):
+            run(sched, list(range(256)))
+    finally:
+        sched.close()
+
+
+def test_the_context_end_is_length(model):
+    sched = Scheduler(model, n_slots=1, n_ctx=20)
+    try:
+        _, q = run(sched, list(range(10)), max_tokens=None)
+        tokens, done = collect(q)
+        assert done.finish_reason == "length" and len(tokens) == 11  # the last one is never fed
+    finally:
+        sched.close()

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Benchmark `ossrun serve`: aggregate decode speed with 1, 2, 4, 8 concurrent streams, and the
+time to first token of a long prompt whose prefix was seen in an earlier request versus cold.
+
+    python tools/bench_serve.py /work/models/gpt-oss-20b-4layer.gguf [--repeats 3]
+
+Starts the server itself (a subprocess on a free loopback port, --parallel 8) unless --url points
+at a running one. Decode: each of N streams generates --tokens tokens (greedy, raw completions);
+aggregate tok/s counts the tokens of all streams inside the window where all N are decoding
+(after the last first token, before the first last token), so prefill is left out. TTFT: a
+non-streamed completion of one token, i.e. prefill plus one decode step. Each figure is the
+median of --repeats runs; runs of the cases alternate, so that a noisy neighbour hits all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    store = tempfile.mkdtemp(prefix="bench-serve-")
+    cmd = [sys.executable, "-m", "ossrun", "serve", args.model, "--port", str(port), "--parallel",
+           str(max(args.streams)), "--ctx", str(args.ctx), "--store", f"{store}/r.sqlite3"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("the server exited while loading")
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def stream_times(url: str, model: str, prompt: str, n_tokens: int) -> list[float]:
+    """Arrival time of every streamed token of one raw completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
+    times = []
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                times.append(time.perf_counter())
+    return times
+
+
+def aggregate_decode(url: str, model: str, n: int, n_tokens: int, run: int) -> float:
+    prompts = [f"Stream {i} of run {run}: tell me a story about the number {i * 7 + run}." for i in range(n)]
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        all_times = list(pool.map(lambda p: stream_times(url, model, p, n_tokens), prompts))
+    start = max(t[0] for t in all_times)
+    end = min(t[-1] for t in all_times)
+    tokens = sum(sum(start < x <= end for x in t) for t in all_times)
+    return tokens / (end - start) if end > start else float("nan")
+
+
+def first_token_seconds(url: str, model: str, prompt: str) -> float:
+    t0 = time.perf_counter()
+    r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 1,
+                                                  "temperature": 0}, timeout=600)
+    r.raise_for_status()
+    return time.perf_counter() - t0
+
+
+def words(rng: random.Random, n: int) -> str:
+    vocab = ["river", "stone", "light", "engine", "paper", "window", "garden", "signal", "cloud", "metal",
+             "orange", "silver", "forest", "market", "bridge", "winter", "summer", "number", "letter"]
+    return " ".join(rng.choice(vocab) for _ in range(n))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="a gpt-oss .gguf file (with the real vocabulary)")
+    ap.add_argument("--url", help="a running server instead of starting one")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", type=int, default=48, help="tokens per stream (default 48)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt-tokens", type=int, default=2048, help="TTFT prompt length (default 2048)")
+    ap.add_argument("--seen-tokens", type=int, default=1900, help="of which seen before (default 1900)")
+    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    proc = None
+    if args.url:
+        url = args.url.rstrip("/").removesuffix("/v1")
+    else:
+        proc, url = start_server(args)
+    try:
+        model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+        tok = _tokenizer(args.model)
+        rng = random.Random(0)
+        decode: dict[int, list[float]] = {n: [] for n in args.streams}
+        warm, cold = [], []
+        aggregate_decode(url, model, 1, 4, -1)  # warm-up: page in the weights
+        for run in range(args.repeats):
+            for n in args.streams:
+                decode[n].append(aggregate_decode(url, model, n, args.tokens, run))
+            # TTFT: a fresh 2k prompt; its first 1.9k tokens sent before (with another ending).
+            prefix = _text_of_tokens(tok, words(rng, args.seen_tokens * 2), args.seen_tokens)
+            rest = args.prompt_tokens - args.seen_tokens
+            first_token_seconds(url, model, prefix + _text_of_tokens(tok, words(rng, rest * 2), rest))
+            warm.append(first_token_seconds(url, model, prefix + _text_of_tokens(tok, words(rng, rest * 2), rest)))
+            cold_prompt = _text_of_tokens(tok, words(rng, args.prompt_tokens * 2), args.prompt_tokens)
+            cold.append(first_token_seconds(url, model, cold_prompt))
+        result = {"model": args.model, "tokens_per_stream": args.tokens, "repeats": args.repeats,
+                  "decode_tok_s": {n: statistics.median(v) for n, v in decode.items()},
+                  "decode_tok_s_runs": decode,
+                  "ttft_s": {"seen_prefix": statistics.median(warm), "cold": statistics.median(cold)},
+                  "ttft_runs": {"seen_prefix": warm, "cold": cold}}
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            base = result["decode_tok_s"][args.streams[0]]
+            print(f"{'streams':>8} {'aggregate tok/s':>16} {'vs 1':>6}   (median of {args.repeats})")
+            for n, v in result["decode_tok_s"].items():
+                print(f"{n:>8} {v:>16.2f} {v / base:>6.2f}")
+            t = result["ttft_s"]
+            print(f"TTFT {args.prompt_tokens}-token prompt: cold {t['cold']:.2f} s, first "
+                  f"{args.seen_tokens} seen before {t['seen_prefix']:.2f} s "
+                  f"({100 * t['seen_prefix'] / t['cold']:.0f} % of cold)")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    return 0
+
+
+def _tokenizer(path):
+    from ossrun.gguf_loader import open_gguf
+    from ossrun.tokenizer import tokenizer_from_gguf
+
+    return tokenizer_from_gguf(open_gguf(path).reader)
+
+
+def _text_of_tokens(tok, text: str, n: int) -> str:
+    """The first n tokens of `text`, as text (a prompt of exactly about n tokens)."""
+    return tok.decode(tok.encode(text)[:n])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
