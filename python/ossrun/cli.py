@@ -258,11 +258,11 @@ def new_chat(model, args):
 # Commands
 
 
-def model_path_or_builtin(args, banner: bool = False) -> Path:
-    """args.model, or the built-in nano model (saying so on stderr) when none is named; its
-    replies are capped at BUILTIN_MAX_TOKENS unless --max-tokens says otherwise."""
+def model_path_or_builtin(args, banner: bool = False):
+    """args.model as given, or the built-in nano model's path (saying so on stderr) when none
+    is named; its replies are capped at BUILTIN_MAX_TOKENS unless --max-tokens says otherwise."""
     if args.model is not None:
-        return Path(args.model)
+        return args.model
     from .builtin_model import BANNER, BUILTIN_MAX_TOKENS, builtin_model_path
 
     path = builtin_model_path()
