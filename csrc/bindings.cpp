@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 
+#include "cpu/machine_probe.h"
 #include "kernels.h"
 #include "model.h"
 #include "moe_ops.h"
@@ -226,6 +227,21 @@ void bind_ops(py::module_& m) {
         for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
         return names;
     }, "Kernel variants this build has and this CPU runs, best first.");
+    m.def("read_bandwidth", [](int threads, int64_t mib) {
+        if (threads < 1 || mib < 1) throw py::value_error("threads and mib must be positive");
+        py::gil_scoped_release release;
+        return measure_read_bandwidth(threads, size_t(mib) << 20);
+    }, py::arg("threads"), py::arg("mib") = 1024, "GB/s that `threads` threads read from a buffer of `mib` MiB.");
+    m.def("int16_peak", [](int threads) {
+        if (threads < 1) throw py::value_error("threads must be positive");
+        std::string instruction;
+        double gops;
+        {
+            py::gil_scoped_release release;
+            gops = measure_int16_peak(threads, &instruction);
+        }
+        return py::make_tuple(gops, instruction);
+    }, py::arg("threads"), "(G int16 ops/s, instruction): the int16 dot-product peak of `threads` threads.");
     m.def("decode_rows", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
                             int64_t cols, const std::string& isa) {
         Matrix W = raw_matrix(raw, type, rows, cols);
@@ -401,6 +417,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("precision") = "fast")
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
         .def_property_readonly("uses_i16", &Model::uses_i16)
+        .def_property_readonly("weight_bytes_read", &Model::weight_bytes_read)
         .def_property_readonly("threads", &Model::threads);
 
     py::class_<Session>(m, "Session")

@@ -62,11 +62,11 @@ void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
 }
 
 void Model::attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a) {
-    // Q8_0 matmuls always take int16 activations; MXFP4 ones only as GEMMs (the decode GEMV
-    // keeps float32: it is bound by memory, not arithmetic); the other dense quants only as
-    // GEMVs (their GEMMs decode float panels).
+    // Q8_0 and MXFP4 matmuls always take int16 activations (the float32 MXFP4 GEMV is bound by
+    // its instructions on Zen 5, gemv_i16.cpp); the other dense quants only as GEMVs (their
+    // GEMMs decode float panels).
     const DType type = a.W->type;
-    if (!use_i16_ || !(type == DType::Q8_0 || (type == DType::MXFP4 && T >= 4) ||
+    if (!use_i16_ || !(type == DType::Q8_0 || type == DType::MXFP4 ||
                        (is_dense_quant(type) && T < 4)))
         return;
     quantize_i16(s, x, T, width);
@@ -186,6 +186,7 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 }
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
+    for (size_t i = 0; i < n_jobs; ++i) weight_bytes_read_ += uint64_t(jobs[i].W->rows) * jobs[i].W->row_bytes;
     // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
     // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams
     // weights from memory: each thread takes one long contiguous run of a job (rows / threads),
@@ -307,9 +308,9 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
     // every down projection in another: real GEMMs over each expert's tokens.
-    // The fast precision hands these GEMMs int16 activations, quantized once for gate and up
-    // (not in decode: an expert with under 4 tokens runs a GEMV, float32 for MXFP4).
-    const bool i16 = use_i16_ && T >= 4;
+    // The fast precision hands these GEMMs (and the decode GEMVs) int16 activations, quantized
+    // once for gate and up.
+    const bool i16 = use_i16_;
     // One job per routed expert: its pairs' rows of `in` [., in_w] -> the same rows of `out`.
     auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in,
                                int64_t in_w, float* out) {

@@ -71,6 +71,9 @@ public:
     int threads() const { return pool_.size(); }
     const RopeTable& rope() const { return rope_; }
     bool uses_i16() const { return use_i16_; }
+    // Bytes of weight matrices read by matmuls since load (each matmul's rows once, however many
+    // tokens share them): what `ossrun bench` divides by the tokens decoded.
+    uint64_t weight_bytes_read() const { return weight_bytes_read_; }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
@@ -110,6 +113,7 @@ private:
     std::mutex forward_mutex_;  // the pool runs one forward at a time
     RopeTable rope_;
     bool use_i16_;
+    uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
 };
 
 }  // namespace ossrun

@@ -58,6 +58,34 @@ def test_run_is_reproducible_with_a_seed(env, tiny_model):
     assert json.loads(a.stdout)["messages"] == json.loads(b.stdout)["messages"]
 
 
+def test_run_json_schema_and_reasoning_budget(env, tiny_model, tmp_path, vocab_file):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    r = ossrun(env, "run", tiny_model, "Count", "--json-schema", path, "--reasoning-budget", 4,
+               "--max-tokens", 200, "--seed", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    reply = json.loads(r.stdout)
+    assert reply["finish_reason"] == "stop" and 0 <= json.loads(reply["content"])["n"] <= 9
+    assert reply["parsed"] == json.loads(reply["content"])
+    path.write_text("[1, 2")
+    assert_clean_failure(ossrun(env, "run", tiny_model, "x", "--json-schema", path), 1,
+                         "not a JSON file")
+
+
+def test_run_tool_flags(env, tiny_model, tmp_path):
+    r = ossrun(env, "run", tiny_model, "Hi", "--browser", "--max-tokens", 4, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "the browser tool is not offered: no search backend" in r.stderr
+    (tmp_path / "a.md").write_text("# A\n")
+    r = ossrun(env, "run", tiny_model, "Hi", "--docs", tmp_path, "--max-tokens", 4, "--json")
+    assert r.returncode == 0 and "not offered" not in r.stderr, r.stderr
+    assert_clean_failure(ossrun(env, "run", tiny_model, "Hi", "--docs", tmp_path / "none"), 1,
+                         "not a folder")
+
+
 def test_run_json_reads_stdin(env, tiny_model):
     r = ossrun(env, "run", tiny_model, "-", "--max-tokens", 8, "--seed", 1, "--json",
                input="What is 2 + 2?\n")

@@ -274,3 +274,24 @@ def test_piped_input(model_path, monkeypatch, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert [e.split()[:2] for e in errors] == [["error:", "temperature:"],
                                                ["error:", "max_tokens"], ["error:", "top_p"]]
+
+
+def test_tools_command_lists_enables_and_disables(model_path, tmp_path):
+    model = ossrun.load(model_path, n_ctx=512)
+    from ossrun.browser import Browser
+
+    (tmp_path / "note.md").write_text("# A note\n")
+
+    def ping() -> str:
+        """Answer pong."""
+        return "pong"
+
+    chat = model.chat(tools=[ping, Browser(docs=str(tmp_path))], max_tokens=4)
+    script = "/tools\n/tools disable browser\n/tools\n/tools enable browser\n/tools disable nope\n"
+    out = io.StringIO()
+    assert Repl(model, chat, stdin=io.StringIO(script), stdout=out).run() == 0
+    text = out.getvalue()
+    assert "ping         on   Answer pong." in text
+    assert "browser      on   built-in: search, open and find pages" in text
+    assert "browser      off" in text and "No tool named 'nope'" in text
+    assert [t.name for t in chat.tools] == ["ping", "browser"]

@@ -6,6 +6,7 @@ every kind of failure reaches the model as a tool message, never the user as an 
 from __future__ import annotations
 
 import enum
+import re
 from typing import Literal, Optional
 
 import pytest
@@ -119,15 +120,27 @@ def test_validation():
     schema = function_tool(search).parameters
     assert validate({"query": "q", "limit": 3, "tags": None}, schema) == []
     assert validate({}, schema) == ["missing required argument 'query'"]
-    assert validate({"query": 1}, schema) == ["query must be of type string, got integer"]
-    assert validate({"query": "q", "exact": 1}, schema) == [
-        "exact must be of type boolean, got integer"]
+    # Messages are jsonschema's (raw-schema tools) and pydantic's (function tools), naming the
+    # argument; they were hand-written ones before the validators were replaced by libraries.
+    assert validate({"query": 1}, schema) == ["query: 1 is not of type 'string'"]
+    assert validate({"query": "q", "exact": 1}, schema) == ["exact: 1 is not of type 'boolean'"]
     assert validate({"query": "q", "limit": True}, schema) == [
-        "limit must be of type number, got boolean"]
+        "limit: True is not of type 'number'"]
     assert validate({"query": "q", "mode": "slow"}, schema) == [
-        'mode must be one of ["fast", "deep"], got "slow"']
+        "mode: 'slow' is not one of ['fast', 'deep']"]
     assert validate({"query": "q", "tags": ["a", 2]}, schema) == [
-        "tags[1] must be of type string, got integer"]
+        "tags[1]: 2 is not of type 'string'"]
+    assert validate({"query": "q", "tags": None, "options": None}, schema) == []  # nullable
+    strict = function_tool(search)
+    for text, error in [('{"query": 1}', "query: Input should be a valid string"),
+                        ('{"query": "q", "exact": 1}', "exact: Input should be a valid boolean"),
+                        ('{"query": "q", "tags": ["a", 2]}', "tags[1]: Input should be a valid string"),
+                        ('{"query": "q", "x": 2}', "unexpected keyword argument 'x'")]:
+        with pytest.raises(ToolArgumentError, match=re.escape(error)):
+            strict.parse_arguments(text)
+    assert strict.parse_arguments('{"query": "q", "limit": 3}') == {"query": "q", "limit": 3}
+    assert function_tool(get_weather).parse_arguments('{"city": "Oslo", "unit": "fahrenheit"}') \
+        == {"city": "Oslo", "unit": Unit.FAHRENHEIT}
     tool = function_tool(get_weather)
     with pytest.raises(ToolArgumentError, match="JSON object"):
         tool.parse_arguments("[1, 2]")
@@ -195,7 +208,7 @@ def test_tool_call_loop_end_to_end(model):
 @pytest.mark.parametrize("name, arguments, error", [
     ("get_weather", '{"city": "Paris"', "not valid JSON"),
     ("get_wether", '{"city": "Paris"}', "unknown tool 'functions.get_wether'"),
-    ("get_weather", '{"city": 75001}', "city must be of type string, got integer"),
+    ("get_weather", '{"city": 75001}', "city: Input should be a valid string"),
     ("get_weather", '{}', "missing required argument 'city'"),
     ("get_weather", '{"city": "Paris", "when": "now"}', "unexpected keyword argument 'when'"),
     ("explode", '{"reason": "test"}', "explode raised RuntimeError: boom: test"),

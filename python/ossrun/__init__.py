@@ -8,7 +8,7 @@
 
 from .errors import ContextOverflowError, ModelError, OssrunError
 
-__all__ = ["ContextOverflowError", "ModelError", "OssrunError", "load"]
+__all__ = ["Browser", "ContextOverflowError", "ModelError", "OssrunError", "PythonTool", "load"]
 __version__ = "0.1.0"
 
 
@@ -17,3 +17,16 @@ def load(path, n_ctx: int = 4096, threads=None, precision: str = "fast", **kwarg
     from .model import Model
 
     return Model(path, n_ctx=n_ctx, threads=threads, precision=precision, **kwargs)
+
+
+def __getattr__(name: str):
+    """The built-in tools' settings, imported on first use (they bring httpx, jupyter_client)."""
+    if name == "Browser":
+        from .browser import Browser
+
+        return Browser
+    if name == "PythonTool":
+        from .python_tool import PythonTool
+
+        return PythonTool
+    raise AttributeError(f"module 'ossrun' has no attribute {name!r}")

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="also run llama.cpp (llama-cpp-python) on the same file, alternating runs")
+    p.add_argument("--bandwidth", type=float, default=None, metavar="GBS",
+                   help="the machine's DRAM read bandwidth in GB/s (default: measured before the runs)")
 
 
 def _tokens(n: int, seed: int) -> list[int]:
@@ -44,10 +46,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _measure(a, prefill, reset) -> tuple[float, float]:
+def _measure(a, prefill, reset, counter=lambda: 0) -> tuple[float, float, int]:
     """The same protocol for every engine: prefill `--prompt` tokens on an empty context; then
     from empty, `--depth` tokens of context and `--gen` decoded one at a time (the first one's
-    prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context."""
+    prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context; `counter()`
+    is a running count of weight bytes read, returned as its growth over the timed decode."""
     t = time.perf_counter()
     prefill(_tokens(a.prompt, 1))
     prefill_s = time.perf_counter() - t
@@ -56,10 +59,11 @@ def _measure(a, prefill, reset) -> tuple[float, float]:
         prefill(_tokens(a.depth, 2))
     gen = _tokens(a.gen, 3)
     prefill(gen[:1])
+    c0 = counter()
     t = time.perf_counter()
     for tok in gen[1:]:
         prefill([tok])
-    return prefill_s, time.perf_counter() - t
+    return prefill_s, time.perf_counter() - t, counter() - c0
 
 
 def _n_ctx(a) -> int:
@@ -73,8 +77,29 @@ def _worker_ossrun(a) -> dict:
     model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads)
     load_s = time.perf_counter() - t
     s = model.session()
-    prefill_s, decode_s = _measure(a, s.prefill, s.reset)
-    return _result(a, load_s, prefill_s, decode_s, f"ossrun {model.isa}, {model.threads} threads")
+    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read)
+    r = _result(a, load_s, prefill_s, decode_s, f"ossrun {model.isa}, {model.threads} threads")
+    # Weights actually read per decoded token: the routed experts of each step, counted in the core.
+    r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
+    r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)
+    return r
+
+
+def _prefill_macs_per_token(c, prompt: int) -> float:
+    """Multiply-adds per prefilled token of a `prompt`-token prompt from an empty context
+    (MODEL.md §2): q/k/v/o, router, the routed experts' three matrices, and attention's scores
+    and value sums over the keys each position sees (sliding layers: at most the window)."""
+    H, d = c.embedding_length, c.key_length
+    q, kv = c.head_count * d, c.head_count_kv * d
+    dense = H * (q + 2 * kv) + q * H + H * c.expert_count
+    experts = c.expert_used_count * 3 * H * c.expert_feed_forward_length
+    mean_keys_full = (prompt + 1) / 2
+    mean_keys_window = sum(min(p + 1, c.sliding_window) for p in range(prompt)) / prompt
+    attn = 0.0
+    for layer in range(c.block_count):
+        keys = mean_keys_window if layer % 2 == 0 and c.sliding_window else mean_keys_full
+        attn += 2 * c.head_count * d * keys
+    return c.block_count * (dense + experts) + attn
 
 
 def _worker_llama_cpp(a) -> dict:
@@ -87,7 +112,7 @@ def _worker_llama_cpp(a) -> dict:
                           verbose=False)
     load_s = time.perf_counter() - t
     # reset(): the next eval starts at position 0 and drops the cached positions after it.
-    prefill_s, decode_s = _measure(a, llm.eval, llm.reset)
+    prefill_s, decode_s, _ = _measure(a, llm.eval, llm.reset)
     return _result(a, load_s, prefill_s, decode_s, f"llama.cpp via llama-cpp-python {llama_cpp.__version__}")
 
 
@@ -114,8 +139,9 @@ def _run_worker(engine: str, a) -> dict:
 
 
 def _median(runs: list[dict]) -> dict:
-    keys = ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb")
-    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    keys = ("load_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "decode_weight_bytes_per_token",
+            "prefill_int16_ops_per_token")
+    out = {k: statistics.median(r[k] for r in runs) for k in keys if k in runs[0]}
     out["engine"] = runs[0]["engine"]
     out["runs"] = runs
     return out
@@ -144,6 +170,10 @@ def main(a) -> int:
             print("ossrun bench: --vs-llama-cpp needs llama-cpp-python (pip install llama-cpp-python)",
                   file=sys.stderr)
             return 1
+    if a.bandwidth is not None and not a.bandwidth > 0:
+        print("ossrun bench: --bandwidth must be positive", file=sys.stderr)
+        return 2
+    ceilings = _ceilings(a)
     engines = ENGINES if a.vs_llama_cpp else ENGINES[:1]
     runs: dict[str, list] = {e: [] for e in engines}
     try:
@@ -160,7 +190,8 @@ def main(a) -> int:
         return 1
     result = _median(runs["ossrun"])
     result.update(model=os.fspath(a.model), threads=a.threads, prompt=a.prompt, gen=a.gen,
-                  depth=a.depth, reps=a.reps)
+                  depth=a.depth, reps=a.reps, **ceilings)
+    _add_roofline(result)
     if a.vs_llama_cpp:
         ll = _median(runs["llama_cpp"])
         result["llama_cpp"] = ll
@@ -171,6 +202,43 @@ def main(a) -> int:
     else:
         _print_table(result)
     return 0
+
+
+def _ceilings(a) -> dict:
+    """The machine's DRAM read bandwidth (given, or measured here with the bench's threads on a
+    1 GiB buffer) and int16 dot-product peak, measured before the runs."""
+    from ._core import ops
+
+    threads = a.threads or os.cpu_count() or 1
+    measured = a.bandwidth is None
+    bw = ops.read_bandwidth(threads, 1024) if measured else a.bandwidth
+    peak, instruction = ops.int16_peak(threads)
+    return {"bandwidth_gb_s": bw, "bandwidth_measured": measured, "int16_peak_gops": peak,
+            "int16_instruction": instruction, "cpu": _cpu_name()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _add_roofline(r: dict) -> None:
+    """Decode: weight bytes per token x tok/s against the read bandwidth. Prefill: int16
+    operations per token x tok/s against the int16 peak."""
+    if "decode_weight_bytes_per_token" in r:
+        gbs = r["decode_weight_bytes_per_token"] * r["decode_tok_s"] / 1e9
+        r["decode_gb_s"] = gbs
+        r["decode_fraction_of_bandwidth"] = gbs / r["bandwidth_gb_s"]
+    if "prefill_int16_ops_per_token" in r and r["int16_peak_gops"] > 0:
+        gops = r["prefill_int16_ops_per_token"] * r["prefill_tok_s"] / 1e9
+        r["prefill_gops"] = gops
+        r["prefill_fraction_of_int16_peak"] = gops / r["int16_peak_gops"]
 
 
 def _print_table(r: dict) -> None:
@@ -184,6 +252,15 @@ def _print_table(r: dict) -> None:
     if "llama_cpp" in r:
         print(f"ratio      {r['ratio_prefill']:10.2f}x {r['ratio_decode']:15.2f}x")
     print(f"(medians of {r['reps']} alternating runs; {r['engine']})")
+    bw = "measured" if r["bandwidth_measured"] else "given"
+    print(f"machine: {r['cpu'] or 'unknown CPU'}; DRAM read {r['bandwidth_gb_s']:.1f} GB/s ({bw}); "
+          f"int16 peak {r['int16_peak_gops']:.0f} GOP/s ({r['int16_instruction'] or 'none'})")
+    if "decode_gb_s" in r:
+        print(f"decode: {r['decode_weight_bytes_per_token'] / 1e9:.3f} GB of weights per token, "
+              f"{r['decode_gb_s']:.1f} GB/s = {100 * r['decode_fraction_of_bandwidth']:.0f} % of the read bandwidth")
+    if "prefill_gops" in r:
+        print(f"prefill: {r['prefill_int16_ops_per_token'] / 1e9:.2f} G int16 ops per token, "
+              f"{r['prefill_gops']:.0f} GOP/s = {100 * r['prefill_fraction_of_int16_peak']:.0f} % of the int16 peak")
 
 
 def _worker_main(argv: list[str]) -> int:

@@ -22,8 +22,8 @@ BANNER = (
     "This is ossrun's built-in nano model: a 2-million-parameter demo of the gpt-oss\n"
     "architecture trained on a few synthetic tasks (greetings, small sums, unit conversions,\n"
     "get_weather/get_time/calculator tool calls, JSON answers). It is not gpt-oss.\n"
-    "For the real model, download a gpt-oss GGUF such as ggml-org/gpt-oss-20b-GGUF and run\n"
-    "`ossrun chat path/to/gpt-oss-20b-mxfp4.gguf`."
+    "For the real gpt-oss: `ossrun chat ggml-org/gpt-oss-20b-GGUF` (downloads 12 GiB once;\n"
+    "needs 16 GB of RAM), or `ossrun chat path/to/gpt-oss-20b-mxfp4.gguf`."
 )
 
 

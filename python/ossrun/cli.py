@@ -1,8 +1,9 @@
 """The `ossrun` command: `chat` (the interactive REPL), `run` (one prompt, one answer), `info` (what
 a GGUF file holds and what it will cost in memory), `serve` (OpenAI's HTTP API, ossrun.server),
-`convert` (a checkpoint folder to GGUF), `list` (the gpt-oss models other tools keep on this
-machine), and `bench` when `ossrun.bench` is present. MODEL is a .gguf file (any shard of a split
-one), a folder holding one, or an Ollama model name such as gpt-oss:20b (ossrun.resolve).
+`pull` (a GGUF from the Hugging Face Hub), `convert` (a checkpoint folder to GGUF), `list` (the
+gpt-oss models other tools keep on this machine), and `bench` when `ossrun.bench` is present.
+MODEL is a .gguf file (any shard of a split one), a folder holding one, an Ollama model name such
+as gpt-oss:20b (ossrun.resolve), or a Hugging Face repo OWNER/REPO[:FILE] (ossrun.hub).
 
 Every failure ends as one line on stderr and a non-zero exit (argparse's usage errors exit 2);
 set OSSRUN_DEBUG=1 to see the traceback of an unexpected one.
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ContextOverflowError, OssrunError
+from .errors import ContextOverflowError, ModelError, OssrunError
 from .harmony import REASONING_EFFORTS
 from .resolve import resolve_model
 
@@ -41,25 +42,19 @@ ROLLBACK_MARGIN = 1024
 def ossrun_dir(kind: str) -> Path:
     """Where ossrun keeps `kind` files: "data" (input history) or "cache".
 
-    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, as the
-    platformdirs package computes it: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share,
-    ~/.cache) on Linux and BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
+    $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, from
+    platformdirs: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share, ~/.cache) on Linux and
+    BSD, ~/Library on macOS, %LOCALAPPDATA% on Windows.
     """
     if kind not in ("data", "cache"):
         raise ValueError(f"unknown folder kind {kind!r}")
     home = os.environ.get("OSSRUN_HOME")
     if home:
         return Path(home).expanduser() / kind
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
-        return Path(local) / "ossrun" / ("Cache" if kind == "cache" else "Data")
-    if sys.platform == "darwin":
-        sub = "Caches" if kind == "cache" else "Application Support"
-        return Path.home() / "Library" / sub / "ossrun"
-    var, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
-    base = os.environ.get(var, "")
-    # The XDG spec says relative paths are invalid and must be ignored.
-    return (Path(base) if os.path.isabs(base) else Path.home() / default) / "ossrun"
+    import platformdirs
+
+    where = platformdirs.user_cache_dir if kind == "cache" else platformdirs.user_data_dir
+    return Path(where("ossrun", appauthor=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +122,43 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, metavar="N", help="random seed, for reproducible runs")
     p.add_argument("--max-tokens", type=_positive_int, metavar="N",
                    help="most tokens generated per reply (default: until the context is full)")
+    p.add_argument("--reasoning-budget", type=_nonnegative_int, metavar="N",
+                   help="most reasoning tokens per reply; then the answer is started")
+
+
+def _add_tool_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("built-in tools")
+    g.add_argument("--browser", action="store_true",
+                   help="offer the browser tool (needs --docs or --searx to search)")
+    g.add_argument("--docs", metavar="DIR", help="search this folder of documents (implies --browser)")
+    g.add_argument("--searx", metavar="URL", help="search with this SearXNG instance (implies --browser)")
+    g.add_argument("--allow-private", action="store_true",
+                   help="let the browser open loopback and private-network URLs")
+    g.add_argument("--python", action="store_true",
+                   help="offer the python tool (a sandboxed Jupyter kernel; needs bubblewrap)")
+
+
+def build_tools(args) -> list:
+    """The built-in tools the flags ask for; one that cannot run here is left out with a note
+    on stderr saying why."""
+    tools = []
+    if getattr(args, "browser", False) or getattr(args, "docs", None) or getattr(args, "searx", None):
+        from .browser import Browser
+
+        tools.append(Browser(docs=args.docs, searx_url=args.searx,
+                             allow_private=args.allow_private))
+    if getattr(args, "python", False):
+        from .python_tool import PythonTool
+
+        tools.append(PythonTool())
+    offered = []
+    for tool in tools:
+        problem = tool.unavailable()
+        if problem:
+            print(f"ossrun: note: the {tool.name} tool is not offered: {problem}", file=sys.stderr)
+        else:
+            offered.append(tool)
+    return offered
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "nano model (a tiny trained demo of the architecture, "
                                       "not gpt-oss).")
     chat.add_argument("model", nargs="?", metavar="MODEL",
-                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name (gpt-oss:20b)")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                           "or a Hugging Face repo (OWNER/REPO[:FILE])")
     _add_model_flags(chat)
     _add_sampling_flags(chat)
+    _add_tool_flags(chat)
     chat.add_argument("--hide-reasoning", action="store_true",
                       help="do not show the reasoning as it streams (/think show|hide)")
     chat.set_defaults(func=cmd_chat)
@@ -152,22 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Answer one prompt and print the final answer. Without "
                                      "MODEL, uses ossrun's built-in nano model.")
     run.add_argument("model", nargs="?", metavar="MODEL",
-                     help="a gpt-oss .gguf file, a folder holding one, or an Ollama name "
-                          "(gpt-oss:20b); default: the built-in nano model")
+                     help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
+                          "or a Hugging Face repo (OWNER/REPO[:FILE]); default: the built-in "
+                          "nano model")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
+    _add_tool_flags(run)
     out = run.add_mutually_exclusive_group()
     out.add_argument("--show-reasoning", action="store_true", help="print the reasoning too")
     out.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     run.add_argument("--stats", action="store_true", help="print token counts and speed on stderr")
+    run.add_argument("--json-schema", metavar="FILE",
+                     help="constrain the answer (not the reasoning) to the JSON Schema in FILE")
     run.set_defaults(func=cmd_run)
 
     info = sub.add_parser("info", help="describe a GGUF file and its memory needs",
                           description="Architecture, hyperparameters, tensor types and a memory "
                                       "estimate of a gpt-oss GGUF file.")
     info.add_argument("model", metavar="MODEL",
-                      help="a gpt-oss .gguf file, a folder holding one, or an Ollama name")
+                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name or a "
+                           "Hugging Face repo (OWNER/REPO[:FILE])")
     info.add_argument("--ctx", type=_positive_int, metavar="N",
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
@@ -183,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve, _positive_int)
     _add_model_flags(serve)
     serve.set_defaults(func=cmd_serve)
+
+    pull = sub.add_parser("pull", help="download a gpt-oss GGUF from the Hugging Face Hub",
+                          description="Download a GGUF (all shards of a split one) from the Hugging "
+                                      "Face Hub into its cache (resumable) and print its path. "
+                                      "Without FILE, the repo's gpt-oss GGUF is chosen.")
+    pull.add_argument("ref", metavar="REPO[:FILE]", help="e.g. ggml-org/gpt-oss-20b-GGUF")
+    pull.add_argument("--revision", metavar="REV", help="branch, tag or commit (default main)")
+    pull.set_defaults(func=cmd_pull)
 
     conv = sub.add_parser("convert", help="convert a Hugging Face / OpenAI checkpoint to GGUF",
                           description="Convert a gpt-oss checkpoint folder (transformers layout with "
@@ -234,12 +281,26 @@ def _context_length(path) -> int:
     return open_gguf(path).config.context_length
 
 
+def model_path(arg) -> Path:
+    """A MODEL argument as a local GGUF file (ossrun.resolve: file, folder, Ollama name); failing
+    that, a Hugging Face ref (OWNER/REPO[:FILE]) that is no local path comes from the Hub cache,
+    pulled on first use after asking (only on a terminal)."""
+    from .hub import looks_like_ref, resolve
+
+    try:
+        return resolve_model(arg)
+    except ModelError:
+        if not looks_like_ref(str(arg)):
+            raise
+    return resolve(str(arg), interactive=sys.stdin.isatty() and sys.stderr.isatty())
+
+
 def load_model(path, args):
     """Load `path` with the --ctx, --threads and --precision flags, showing a spinner."""
     from .model import Model
     from .repl import Spinner
 
-    path = resolve_model(path)
+    path = model_path(path)
     size = path.stat().st_size
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
@@ -251,7 +312,10 @@ def new_chat(model, args):
     """A chat on `model` with the sampling flags of `args`."""
     return model.chat(instructions=args.system, reasoning=args.effort,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                      seed=args.seed, max_tokens=args.max_tokens)
+                      seed=args.seed, max_tokens=args.max_tokens,
+                      max_reasoning_tokens=args.reasoning_budget,
+                      response_format=getattr(args, "response_format", None),
+                      tools=build_tools(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +359,8 @@ def cmd_run(args) -> int:
         raise OssrunError("the prompt is empty")
     if args.model is None and prompt.endswith(".gguf") and Path(prompt).is_file():
         raise OssrunError(f"{prompt} looks like a model file: give a PROMPT after it")
+    if args.json_schema:
+        args.response_format = _read_schema(args.json_schema)
     model = load_model(model_path_or_builtin(args), args)
     chat = new_chat(model, args)
     if args.json:
@@ -315,6 +381,23 @@ def cmd_run(args) -> int:
     if args.stats:
         print(summary_line(reply.stats, chat.session.n_past, chat.session.n_ctx), file=sys.stderr)
     return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    print(pull(args.ref, revision=args.revision))
+    return 0
+
+
+def _read_schema(path) -> dict:
+    try:
+        schema = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise OssrunError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(schema, dict):
+        raise OssrunError(f"{path}: a JSON Schema must be a JSON object")
+    return schema
 
 
 def cmd_convert(args) -> int:
@@ -344,6 +427,9 @@ def reply_json(reply) -> dict:
         "tool_calls": [dataclasses.asdict(c) for c in reply.tool_calls],
         "finish_reason": reply.finish_reason,
         "note": reply.note,
+        "parsed": reply.parsed if isinstance(reply.parsed, (dict, list, str, int, float)) else None,
+        "citations": [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c
+                      for c in reply.citations],
         "messages": [m.to_dict() for m in reply.messages],
         "stats": {**dataclasses.asdict(stats), "prefill_tok_s": stats.prefill_tok_s,
                   "decode_tok_s": stats.decode_tok_s},
@@ -378,7 +464,7 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
 
-    g = open_gguf(path)
+    g = open_gguf(model_path(path))
     cfg = g.config
     n_ctx = n_ctx or min(DEFAULT_CTX, cfg.context_length)
     types: dict[str, dict] = {}

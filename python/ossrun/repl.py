@@ -185,6 +185,11 @@ class TurnPrinter:
         self._emit(f"{DIM}{text}{RESET}\n" if self.color else f"{text}\n")
 
 
+def _tool_kind(tool) -> str:
+    return {"browser": "built-in: search, open and find pages",
+            "python": "built-in: run Python in a sandboxed kernel"}.get(tool.name, "function")
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -213,6 +218,7 @@ Commands:
   /save FILE                save the conversation as JSON
   /load FILE                continue a conversation saved with /save
   /stats                    model, context use and speed so far
+  /tools [enable|disable NAME]  list the tools, or turn one on or off
   /help                     this help
   /exit                     quit (also Ctrl-D)
 Keys:
@@ -243,7 +249,9 @@ class Repl:
             "think": self._cmd_think, "effort": self._cmd_effort, "system": self._cmd_system,
             "set": self._cmd_set, "reset": self._cmd_reset, "save": self._cmd_save,
             "load": self._cmd_load, "stats": self._cmd_stats, "help": self._cmd_help,
+            "tools": self._cmd_tools,
         }
+        self._disabled_tools: dict[str, object] = {}  # name -> tool taken out by /tools disable
         self._last_stats = None  # TurnStats of the last completed reply
 
     # -- loop -------------------------------------------------------------------------------
@@ -439,6 +447,32 @@ class Repl:
         if self._last_stats is not None:
             lines.append(f"last turn   {self._summary(self._last_stats)}")
         self._say("\n".join(lines))
+
+    def _cmd_tools(self, arg: str) -> None:
+        action, _, name = arg.partition(" ")
+        name = name.strip()
+        current = {t.name: t for t in self.chat.tools}
+        if action in ("enable", "disable") and name:
+            if action == "disable" and name in current:
+                self._disabled_tools[name] = current.pop(name)
+            elif action == "enable" and name in self._disabled_tools:
+                current[name] = self._disabled_tools.pop(name)
+            elif name not in current and name not in self._disabled_tools:
+                known = ", ".join([*current, *self._disabled_tools]) or "none"
+                self._say(f"No tool named {name!r} (tools: {known}).")
+                return
+            self.chat.tools = list(current.values())
+        elif arg:
+            self._say("Usage: /tools, /tools enable NAME, /tools disable NAME")
+            return
+        if not current and not self._disabled_tools:
+            self._say("No tools. Start with --browser --docs DIR, --searx URL or --python.")
+            return
+        lines = [f"  {n:12s} on   {getattr(t, 'description', '') or _tool_kind(t)}"
+                 for n, t in current.items()]
+        lines += [f"  {n:12s} off  {getattr(t, 'description', '') or _tool_kind(t)}"
+                  for n, t in self._disabled_tools.items()]
+        self._say("Tools:\n" + "\n".join(lines))
 
     def _cmd_help(self, arg: str) -> None:
         self._say(HELP)

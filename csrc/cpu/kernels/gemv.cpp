@@ -263,6 +263,13 @@ OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 
 OSSRUN_VNNI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const Matrix& W = *a.W;
+    if (a.n_tok == 1) {  // decode of one sequence: gemv_i16.cpp's leaner single-token loop
+        for (int64_t r = r0; r < r1; ++r)
+            a.y[r] = dot_mxfp4_i16_row(W.row(a.mat, r), a.x_i16, a.x_i16_scale, W.cols / kBlockElems) +
+                     (a.bias ? a.bias[r] : 0.0f);
+        return;
+    }
     gemv_i16_groups(a, r0, r1, [](auto nt, const uint8_t* row, const int16_t* xq, const float* xs, int64_t ldx,
                                   int64_t n, float* out) { mxfp4_i16_rows<decltype(nt)::value>(row, xq, xs, ldx, n, out); });
 }

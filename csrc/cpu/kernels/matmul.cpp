@@ -14,16 +14,15 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
     // A decode batch (a few tokens): GEMVs that widen each weight block once for several tokens.
     if (a.x_i16 && a.n_tok <= kGemvI16MaxTokens) {
         if (a.W->type == DType::Q8_0) return gemv_q8_0_i16(a, r0, r1);
-        if (a.W->type == DType::MXFP4 && a.n_tok >= kTileTokens) return gemv_mxfp4_i16(a, r0, r1);
+        if (a.W->type == DType::MXFP4) return gemv_mxfp4_i16(a, r0, r1);
     }
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
     if (a.x_i16 && (a.W->type == DType::MXFP4 || a.W->type == DType::Q8_0) && a.n_tok >= kTileTokens &&
         a.W->row_bytes * 16 < (size_t(1) << 31))  // the panel gathers use 32-bit row offsets
         return gemm_i16(a, r0, r1);
-#endif
-#if defined(__AVX512F__)
     if (a.x_i16 && a.W->type == DType::Q8_0 && a.n_tok < kTileTokens) return gemv_q8_0_i16(a, r0, r1);
+    if (a.x_i16 && a.W->type == DType::MXFP4 && a.n_tok < kTileTokens) return gemv_mxfp4_i16(a, r0, r1);
 #endif
     // The dense quants' GEMVs (float32 or int16 activations); their GEMMs decode float panels.
     if (a.n_tok < kTileTokens && (gemv_legacy_quant(a, r0, r1) || gemv_k_quant(a, r0, r1))) return;

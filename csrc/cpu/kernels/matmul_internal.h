@@ -165,12 +165,15 @@ void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 
 // Fast precision: int16 activations (only reached where quantize_i16 is non-null).
 #if defined(__AVX512F__)
-void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // gemv.cpp, AVX512-VNNI
-void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);   // gemv.cpp, AVX512-VNNI
 // Up to this many tokens, AVX-512's int16 GEMVs beat the GEMM (decode batches of a few sequences).
 constexpr int kGemvI16MaxTokens = 8;
+// One MXFP4 row · one token's int16 activations (gemv_i16.cpp): the lone-token decode GEMV.
+float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb);
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
+// gemv.cpp on AVX-512 (1-8 tokens), gemv_i16.cpp on AVX2 (1-3 tokens).
+void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
+void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp
 #endif
 

@@ -1,0 +1,55 @@
+"""What `ossrun bench` divides by (issue 9): the core's count of weight bytes read, which must be
+the routed experts and the dense matrices of each decode step, and the machine probes."""
+
+from __future__ import annotations
+
+import ossrun
+import pytest
+from ossrun import bench, model_maker
+from ossrun._core import ops
+from ossrun.gguf_reader import GgufFile
+
+
+@pytest.fixture(scope="module")
+def expert_model(tmp_path_factory):
+    hp = model_maker.preset("tiny", layers=3, hidden=128, intermediate=96, experts=16, top_k=4,
+                            heads=4, kv_heads=2)
+    return model_maker.write_model(tmp_path_factory.mktemp("bench") / "m.gguf", hp, seed=3)
+
+
+def test_decode_step_reads_routed_experts_and_dense_matrices(expert_model):
+    f = GgufFile(expert_model)
+    t = f.tensors
+    model = ossrun.load(expert_model, n_ctx=64, threads=2)
+    c = model.config
+    s = model.session()
+    s.prefill([5, 6, 7])
+    per_layer_dense = sum(t[f"blk.0.{n}.weight"].n_bytes
+                          for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_inp"))
+    # One token routes to top_k distinct experts per layer; each reads its gate, up and down matrix.
+    per_expert = sum(t[f"blk.0.{n}.weight"].n_bytes // c.expert_count
+                     for n in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"))
+    output = t["output.weight"].n_bytes if "output.weight" in t else t["token_embd.weight"].n_bytes
+    expected = c.block_count * (per_layer_dense + c.expert_used_count * per_expert) + output
+    for tok in (8, 9):
+        before = model._core.weight_bytes_read
+        s.prefill([tok])
+        assert model._core.weight_bytes_read - before == expected
+
+
+def test_prefill_macs_count_the_routed_experts():
+    hp = model_maker.preset("20b")
+    c = type("C", (), dict(embedding_length=hp.hidden, key_length=hp.head_dim, head_count=hp.heads,
+                           head_count_kv=hp.kv_heads, expert_count=hp.experts,
+                           expert_used_count=hp.top_k, expert_feed_forward_length=hp.intermediate,
+                           block_count=hp.layers, sliding_window=hp.sliding_window))
+    # gpt-oss-20b: ~3.0 G multiply-adds per token without the output matrix (docs/PERFORMANCE.md).
+    assert 2.9e9 < bench._prefill_macs_per_token(c, 1) < 3.1e9
+
+
+def test_machine_probes_measure_something():
+    assert ops.read_bandwidth(1, 64) > 0.1
+    gops, instruction = ops.int16_peak(1)
+    assert (gops > 1.0) == bool(instruction)
+    with pytest.raises(ValueError):
+        ops.read_bandwidth(0, 64)
