@@ -80,3 +80,9 @@ def test_stop_matcher_holds_back_a_possible_stop():
     assert m.feed("abE") == "ab" and m.feed("x") == "Ex" and m.flush() == ""
     m = StopMatcher(["END"])
     assert m.feed("abEN") == "ab" and m.flush() == "EN"
+
+
+def test_a_call_cut_off_is_not_complete(tok):
+    p = OutputParser(tok)
+    feed_all(p, '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a":', tok)
+    assert p.calls and not p.calls[0].complete

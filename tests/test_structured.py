@@ -281,3 +281,29 @@ def test_server_seam_masks_by_the_same_grammar(model):
                           tok, model.n_vocab)
     final = tok.encode("<|channel|>final", allowed_special="all")
     assert mask([])[final[0]] and not mask(final[:1])[final[1]]  # no answer: a call is forced
+
+
+def test_server_reasoning_budget_forces_the_final_channel(model):
+    from ossrun.server.constraints import token_mask_for
+
+    tok = model.tokenizer
+    mask = token_mask_for(None, [], "auto", tok, model.n_vocab, max_reasoning_tokens=3)
+    output = tok.encode("<|channel|>analysis<|message|>", allowed_special="all")
+    word = tok.encode(" hmm")[0]
+    for _ in range(3):
+        assert mask(output) is None  # free while under the budget
+        output.append(word)
+    close = tok.encode("<|end|><|start|>assistant<|channel|>final<|message|>",
+                       allowed_special="all")
+    for t in close:
+        allowed = mask(output)
+        assert np.flatnonzero(allowed).tolist() == [t]
+        output.append(t)
+    assert mask(output + [word]) is None  # the answer is free again
+    mask = token_mask_for({"type": "json_object"}, [], "auto", tok, model.n_vocab,
+                          max_reasoning_tokens=0)
+    output = tok.encode("<|channel|>analysis<|message|>", allowed_special="all")
+    for t in close:
+        assert np.flatnonzero(mask(output)).tolist() == [t]
+        output.append(t)
+    assert mask(output)[tok.encode("{")[0]] and not mask(output)[word]

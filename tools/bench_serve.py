@@ -4,8 +4,11 @@ time to first token of a long prompt whose prefix was seen in an earlier request
 
     python tools/bench_serve.py /work/models/gpt-oss-20b-4layer.gguf [--repeats 3]
 
-Starts the server itself (a subprocess on a free loopback port, --parallel 8) unless --url points
-at a running one. Decode: each of N streams generates --tokens tokens (greedy, raw completions);
+Starts the server itself (a subprocess on a free loopback port, --parallel = the most streams)
+unless --url points at a running one; --llama-server PATH also starts llama.cpp's server on the
+same file (-np = the most streams) and alternates the two, case by case.
+
+Decode: each of N streams generates --tokens tokens (greedy, raw completions);
 aggregate tok/s counts the tokens of all streams inside the window where all N are decoding
 (after the last first token, before the first last token), so prefill is left out. TTFT: a
 non-streamed completion of one token, i.e. prefill plus one decode step. Each figure is the
@@ -42,30 +45,36 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    return proc, _wait_health(proc, f"http://127.0.0.1:{port}")
+
+
+def _wait_health(proc, url: str) -> str:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
+                return url
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit("the server exited while loading")
+            raise SystemExit(f"the server at {url} exited while loading")
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("the server did not start")
+    raise SystemExit(f"the server at {url} did not start")
 
 
 def stream_times(url: str, model: str, prompt: str, n_tokens: int) -> list[float]:
-    """Arrival time of every streamed token of one raw completion."""
+    """Arrival time of every streamed token of one raw completion (one chunk per token; the
+    chunk that carries the finish reason is not one)."""
     body = {"model": model, "prompt": prompt, "max_tokens": n_tokens, "temperature": 0, "stream": True}
     times = []
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
-                times.append(time.perf_counter())
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("finish_reason") is None:
+                    times.append(time.perf_counter())
     return times
 
 
@@ -93,63 +102,104 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(vocab) for _ in range(n))
 
 
+def start_llama_server(args) -> tuple[subprocess.Popen, str]:
+    """llama.cpp's server on the same file: -np slots of --ctx tokens each, the same threads."""
+    port = free_port()
+    n = max(args.streams)
+    cmd = [args.llama_server, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(n),
+           "-c", str(n * args.ctx), "-t", str(args.threads or _physical_cores())]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, _wait_health(proc, f"http://127.0.0.1:{port}")
+
+
+def _physical_cores() -> int:
+    from ossrun.model import default_threads
+
+    return default_threads()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", help="a gpt-oss .gguf file (with the real vocabulary)")
-    ap.add_argument("--url", help="a running server instead of starting one")
+    ap.add_argument("--url", help="a running ossrun server instead of starting one")
+    ap.add_argument("--llama-server", metavar="PATH", help="also measure llama.cpp's llama-server "
+                    "(started on the same file with -np = the most streams), alternating with ossrun")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tokens", type=int, default=48, help="tokens per stream (default 48)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=2048, help="TTFT prompt length (default 2048)")
     ap.add_argument("--seen-tokens", type=int, default=1900, help="of which seen before (default 1900)")
-    ap.add_argument("--ctx", type=int, default=4096)
+    ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (default 4096)")
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    proc = None
-    if args.url:
-        url = args.url.rstrip("/").removesuffix("/v1")
-    else:
-        proc, url = start_server(args)
+    procs, engines = [], {}
     try:
-        model = httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+        if args.url:
+            engines["ossrun"] = args.url.rstrip("/").removesuffix("/v1")
+        else:
+            proc, url = start_server(args)
+            procs.append(proc)
+            engines["ossrun"] = url
+        if args.llama_server:
+            proc, url = start_llama_server(args)
+            procs.append(proc)
+            engines["llama-server"] = url
+        models = {name: httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
+                  for name, url in engines.items()}
         tok = _tokenizer(args.model)
         rng = random.Random(0)
-        decode: dict[int, list[float]] = {n: [] for n in args.streams}
-        warm, cold = [], []
-        aggregate_decode(url, model, 1, 4, -1)  # warm-up: page in the weights
+        decode = {name: {n: [] for n in args.streams} for name in engines}
+        ttft = {name: {"seen_prefix": [], "cold": []} for name in engines}
+        for name, url in engines.items():
+            aggregate_decode(url, models[name], 1, 4, -1)  # warm-up: page in the weights
         for run in range(args.repeats):
             for n in args.streams:
-                decode[n].append(aggregate_decode(url, model, n, args.tokens, run))
-            # TTFT: a fresh 2k prompt; its first 1.9k tokens sent before (with another ending).
+                for name, url in engines.items():
+                    decode[name][n].append(aggregate_decode(url, models[name], n, args.tokens, run))
+            # TTFT: a fresh 2k prompt whose first 1.9k tokens were sent before (another ending),
+            # and a cold 2k prompt.
             prefix = _text_of_tokens(tok, words(rng, args.seen_tokens * 2), args.seen_tokens)
             rest = args.prompt_tokens - args.seen_tokens
-            first_token_seconds(url, model, prefix + _text_of_tokens(tok, words(rng, rest * 2), rest))
-            warm.append(first_token_seconds(url, model, prefix + _text_of_tokens(tok, words(rng, rest * 2), rest)))
+            endings = [_text_of_tokens(tok, words(rng, rest * 2), rest) for _ in range(2)]
             cold_prompt = _text_of_tokens(tok, words(rng, args.prompt_tokens * 2), args.prompt_tokens)
-            cold.append(first_token_seconds(url, model, cold_prompt))
+            for name, url in engines.items():
+                first_token_seconds(url, models[name], prefix + endings[0])
+                ttft[name]["seen_prefix"].append(first_token_seconds(url, models[name], prefix + endings[1]))
+                ttft[name]["cold"].append(first_token_seconds(url, models[name], cold_prompt))
+        med = statistics.median
         result = {"model": args.model, "tokens_per_stream": args.tokens, "repeats": args.repeats,
-                  "decode_tok_s": {n: statistics.median(v) for n, v in decode.items()},
-                  "decode_tok_s_runs": decode,
-                  "ttft_s": {"seen_prefix": statistics.median(warm), "cold": statistics.median(cold)},
-                  "ttft_runs": {"seen_prefix": warm, "cold": cold}}
+                  "decode_tok_s": {name: {n: med(v) for n, v in d.items()} for name, d in decode.items()},
+                  "ttft_s": {name: {k: med(v) for k, v in t.items()} for name, t in ttft.items()},
+                  "runs": {"decode_tok_s": decode, "ttft_s": ttft}}
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            base = result["decode_tok_s"][args.streams[0]]
-            print(f"{'streams':>8} {'aggregate tok/s':>16} {'vs 1':>6}   (median of {args.repeats})")
-            for n, v in result["decode_tok_s"].items():
-                print(f"{n:>8} {v:>16.2f} {v / base:>6.2f}")
-            t = result["ttft_s"]
-            print(f"TTFT {args.prompt_tokens}-token prompt: cold {t['cold']:.2f} s, first "
-                  f"{args.seen_tokens} seen before {t['seen_prefix']:.2f} s "
-                  f"({100 * t['seen_prefix'] / t['cold']:.0f} % of cold)")
+            print(_table(result, args))
     finally:
-        if proc is not None:
+        for proc in procs:
             proc.terminate()
             proc.wait(30)
     return 0
+
+
+def _table(result: dict, args) -> str:
+    names = list(result["decode_tok_s"])
+    lines = [f"aggregate decode tok/s, median of {args.repeats} (x: vs 1 stream of the same engine)",
+             f"{'streams':>8}" + "".join(f" {name:>20}" for name in names)]
+    for n in args.streams:
+        row = f"{n:>8}"
+        for name in names:
+            d = result["decode_tok_s"][name]
+            row += f" {d[n]:>12.2f} ({d[n] / d[args.streams[0]]:.2f}x)"
+        lines.append(row)
+    for name in names:
+        t = result["ttft_s"][name]
+        lines.append(f"{name}: TTFT of a {args.prompt_tokens}-token prompt: cold {t['cold']:.2f} s, "
+                     f"first {args.seen_tokens} seen before {t['seen_prefix']:.2f} s "
+                     f"({100 * t['seen_prefix'] / t['cold']:.0f} % of cold)")
+    return "\n".join(lines)
 
 
 def _tokenizer(path):

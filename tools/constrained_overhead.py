@@ -17,7 +17,6 @@ import statistics
 import time
 
 import numpy as np
-
 import ossrun
 from ossrun.constrain import Constraint, harmony_grammar, response_format
 from ossrun.sampler import Sampler

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .constrain import TOOL_CHOICES, Constraint, ConstraintError, harmony_grammar
+from .constrain import response_format as as_response_format
 from .errors import ContextOverflowError
 from .harmony import (
     CONTENT,
@@ -32,8 +34,6 @@ from .harmony import (
     stop_token_ids,
     system_message,
 )
-from .constrain import TOOL_CHOICES, Constraint, ConstraintError, harmony_grammar
-from .constrain import response_format as as_response_format
 from .sampler import Sampler
 from .tools import Tool, as_tool
 

@@ -32,10 +32,10 @@ for limit, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
     resource.setrlimit(limit, (value, value))
 if os.getuid() == 0:
     os.setgroups([])
-    os.setgid(%(uid)d)
-    os.setuid(%(uid)d)
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
 os.execv(sys.argv[5], sys.argv[5:])
-""" % {"uid": NOBODY}
+""".replace("NOBODY", str(NOBODY))
 
 
 @dataclass

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
                         "exposes the server to the network)")
-    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT,
+                   help=f"TCP port (default {DEFAULT_PORT})")
     p.add_argument("--parallel", type=positive_int, metavar="N",
                    help="sequences generated at once, each with its own KV cache (default: what "
                         "fits in half the memory left, at most 4)")

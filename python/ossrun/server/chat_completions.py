@@ -11,7 +11,7 @@ import time
 
 from fastapi import Request
 
-from .constraints import token_mask_for
+from .constraints import reasoning_budget, token_mask_for
 from .conversation import (
     OutputParser,
     PromptSpec,
@@ -144,13 +144,14 @@ class ChatReply:
             return "stop"
         if self.done is not None and self.done.finish_reason == "length":
             return "length"
-        return "tool_calls" if self.parser.calls else "stop"
+        return "tool_calls" if any(c.complete for c in self.parser.calls) else "stop"
 
     def message(self) -> dict:
         reasoning = self.parser.reasoning_text
-        msg = {"role": "assistant", "content": self.content if self.content or not self.parser.calls else None,
+        content = self.content if self.content or not self.parser.calls else None
+        msg = {"role": "assistant", "content": content,
                "reasoning": reasoning or None, "reasoning_content": reasoning or None, "refusal": None}
-        calls = [c for c in self.parser.calls if c.arguments or self.finish_reason != "length"]
+        calls = [c for c in self.parser.calls if c.complete]  # a call cut off by length is not one
         if calls:
             msg["tool_calls"] = [{"id": c.call_id, "type": "function",
                                   "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
@@ -169,7 +170,7 @@ async def create(body: ChatCompletionRequest, request: Request, engine: Engine):
         max_tokens=body.max_completion_tokens or body.max_tokens, stop_ids=engine.stop_ids,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         mask=token_mask_for(body.response_format, spec.tools, spec.tool_choice, tokenizer,
-                            engine.model.n_vocab))
+                            engine.model.n_vocab, reasoning_budget(body)))
     reply = ChatReply(tokenizer, stops, bool(body.logprobs))
     meta = {"id": new_id("chatcmpl", "-"), "created": int(time.time()), "model": engine.model_id,
             "system_fingerprint": None}

@@ -115,8 +115,9 @@ async def create(body: CompletionRequest, request: Request, engine: Engine):
                     if out.stop.stopped:
                         break
         out.finish()
+        logprobs = out.logprobs_json(len(echo)) if body.logprobs is not None else None
         return {**meta, "choices": [{"index": 0, "text": echo + out.text, "finish_reason": finish_reason(),
-                                     "logprobs": out.logprobs_json(len(echo)) if body.logprobs is not None else None}],
+                                     "logprobs": logprobs}],
                 "usage": usage()}
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -124,7 +125,8 @@ async def create(body: CompletionRequest, request: Request, engine: Engine):
     events = await events_cm.__aenter__()
 
     def chunk(text: str, finish=None) -> str:
-        return sse({**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]})
+        return sse({**meta, "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                                         "logprobs": None}]})
 
     async def chunks():
         try:
@@ -135,9 +137,7 @@ async def create(body: CompletionRequest, request: Request, engine: Engine):
                     if isinstance(event, DoneEvent):
                         done.append(event)
                         continue
-                    text = out.token(event)
-                    if text:
-                        yield chunk(text)
+                    yield chunk(out.token(event))  # one chunk per token, as OpenAI streams
                     if out.stop.stopped:
                         break
             except APIError as e:

@@ -8,6 +8,10 @@ The grammar is the chat's (ossrun.constrain): reasoning runs free, then the fina
 `response_format` / `text.format` (json_schema, json_object), or a call is forced by
 `tool_choice` "required" / a named function. The scheduler asks for the mask after the forward
 pass, so here it is computed then (not overlapped as in `ossrun.chat`).
+
+The extension field `max_reasoning_tokens` (both APIs) is a reasoning budget: once the analysis
+reaches it, the mask forces `<|end|><|start|>assistant<|channel|>final<|message|>` one token a
+step, as `ossrun.chat` does.
 """
 
 from __future__ import annotations
@@ -47,9 +51,73 @@ class _GrammarMask:
             return None
 
 
+def reasoning_budget(body) -> int | None:
+    """The request's `max_reasoning_tokens` extension field (None: no budget)."""
+    from .errors import APIError
+
+    value = (body.model_extra or {}).get("max_reasoning_tokens")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise APIError(400, "Invalid value for 'max_reasoning_tokens': it must be an integer >= 0.",
+                       param="max_reasoning_tokens")
+    return value
+
+
+class _BudgetMask:
+    """Counts the reasoning tokens of the output; at the budget, forces the tokens that close
+    the analysis and open the final channel (unless the grammar under it forbids them)."""
+
+    def __init__(self, inner, tokenizer, budget: int, n_vocab: int):
+        from ..harmony import StreamParser
+
+        self.inner, self.budget, self.n_vocab = inner, budget, n_vocab
+        self.parser = StreamParser(tokenizer, role="assistant", strict=False)
+        self.close = tokenizer.encode("<|end|><|start|>assistant<|channel|>final<|message|>",
+                                      allowed_special="all")
+        self.fed = self.used = 0
+        self.forcing_from: int | None = None
+
+    def __call__(self, output: list[int]) -> np.ndarray | None:
+        from ..chat import _in_reasoning
+        from ..harmony import HarmonyError
+
+        for t in output[self.fed:]:
+            was = _in_reasoning(self.parser)
+            try:
+                self.parser.process(t)
+            except HarmonyError:
+                self.budget = None  # not harmony: nothing to count
+                break
+            if was and _in_reasoning(self.parser):
+                self.used += 1
+        self.fed = len(output)
+        allowed = self.inner(output) if self.inner is not None else None
+        if self.budget is None:
+            return allowed
+        if self.forcing_from is None and self.used >= self.budget and _in_reasoning(self.parser):
+            self.forcing_from = len(output)
+        if self.forcing_from is not None:
+            step = len(output) - self.forcing_from
+            if step < len(self.close):
+                token = self.close[step]
+                if allowed is None or allowed[token]:
+                    forced = np.zeros(self.n_vocab, dtype=bool)
+                    forced[token] = True
+                    return forced
+                self.budget = None  # the grammar leads from here (e.g. a required call)
+        return allowed
+
+
 def token_mask_for(response_format: dict | None, tools: list, tool_choice, tokenizer,
-                   n_vocab: int) -> TokenMask | None:
-    """A token mask provider for this request's format and tool choice, or None."""
+                   n_vocab: int, max_reasoning_tokens: int | None = None) -> TokenMask | None:
+    """A token mask provider for this request's format, tool choice and reasoning budget, or
+    None."""
+    grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab)
+    if max_reasoning_tokens is None:
+        return grammar
+    return _BudgetMask(grammar, tokenizer, max_reasoning_tokens, n_vocab)
+
+
+def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab):
     from ..constrain import Constraint, harmony_grammar
     from ..constrain import response_format as as_format
 

@@ -44,6 +44,7 @@ class ToolCallOut:
     call_id: str
     name: str
     arguments: str = ""
+    complete: bool = True  # False while the model writes it, and if it was cut off
 
 
 @dataclass
@@ -182,6 +183,7 @@ class OutputParser:
         self.reasoning_tokens = 0
         self.malformed: str | None = None
         self._open = None       # (kind, call) of the message being read
+        self._at_eos = False
         self._emitted = ""      # its text emitted so far
 
     @property
@@ -209,6 +211,7 @@ class OutputParser:
         """End of output (a stop token was fed, or generation was cut)."""
         if self.malformed is not None:
             return []
+        self._at_eos = True  # a call that ends here, without <|call|>, was cut off
         n_done = len(self.parser.messages)
         try:
             self.parser.process_eos()
@@ -227,7 +230,7 @@ class OutputParser:
                 self._emitted = ""
                 if self._open[0] == "call":
                     recipient = p.current_recipient
-                    call = ToolCallOut(new_id("call"), recipient.removeprefix(FUNCTIONS))
+                    call = ToolCallOut(new_id("call"), recipient.removeprefix(FUNCTIONS), complete=False)
                     self._open = ("call", call)
                     self.calls.append(call)
                     out.append(Piece("call_start", call=call))
@@ -280,6 +283,7 @@ class OutputParser:
             if message.text.startswith(shown) and len(message.text) > len(shown):
                 out += self._text(message.text[len(shown):])
         if kind == "call":
+            call.complete = message is not None and not self._at_eos
             out.append(Piece("call_done", call=call))
         self._open, self._emitted = None, ""
         return out

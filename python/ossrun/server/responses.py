@@ -12,7 +12,7 @@ import time
 
 from fastapi import Request
 
-from .constraints import token_mask_for
+from .constraints import reasoning_budget, token_mask_for
 from .conversation import (
     OutputParser,
     PromptSpec,
@@ -73,7 +73,8 @@ def items_to_spec(items: list[dict], spec: PromptSpec) -> None:
             else:
                 raise APIError(400, f"Invalid value for '{param}.role': {role!r}.", param=f"{param}.role")
         elif kind == "reasoning":
-            text = _text(item.get("content"), f"{param}.content") or _text(item.get("summary"), f"{param}.summary")
+            text = (_text(item.get("content"), f"{param}.content")
+                    or _text(item.get("summary"), f"{param}.summary"))
             if text:
                 spec.turns.append(Turn("assistant", reasoning=text))
         elif kind == "function_call":
@@ -83,15 +84,16 @@ def items_to_spec(items: list[dict], spec: PromptSpec) -> None:
                                param=f"{param}.name")
             args = item.get("arguments", "")
             call_names[call_id] = name
-            spec.turns.append(Turn("assistant", tool_calls=[ToolCallOut(call_id, name, args if isinstance(args, str) else "")]))
+            call = ToolCallOut(call_id, name, args if isinstance(args, str) else "")
+            spec.turns.append(Turn("assistant", tool_calls=[call]))
         elif kind == "function_call_output":
             name = call_names.get(item.get("call_id"))
             if name is None:
                 raise APIError(400, f"Invalid value for '{param}.call_id': no function_call before it "
                                     f"has the call_id {item.get('call_id')!r}.", param=f"{param}.call_id")
             output = item.get("output", "")
-            spec.turns.append(Turn("tool", output if isinstance(output, str) else _text(output, f"{param}.output"),
-                                   tool_name=name))
+            text = output if isinstance(output, str) else _text(output, f"{param}.output")
+            spec.turns.append(Turn("tool", text, tool_name=name))
         else:
             raise APIError(400, f"Invalid value for '{param}.type': {kind!r} is not supported "
                                 "(message, function_call, function_call_output, reasoning).",
@@ -104,7 +106,8 @@ def tools_of(body: ResponsesRequest):
         if t.get("type") != "function":
             raise APIError(400, f"Invalid value for 'tools[{i}].type': only function tools are "
                                 f"supported, not {t.get('type')!r}.", param=f"tools[{i}].type")
-        tools.append(tool_description(t.get("name"), t.get("description"), t.get("parameters"), f"tools[{i}]"))
+        tools.append(tool_description(t.get("name"), t.get("description"), t.get("parameters"),
+                                      f"tools[{i}]"))
     return tools
 
 
@@ -262,7 +265,8 @@ async def create(body: ResponsesRequest, request: Request, engine: Engine, store
     engine.check_prompt(prompt)
     gen = Generation(prompt, engine.sampler(prompt, body.temperature, body.top_p, body.seed), emit=None,
                      max_tokens=body.max_output_tokens, stop_ids=engine.stop_ids,
-                     mask=token_mask_for(fmt, spec.tools, spec.tool_choice, tokenizer, engine.model.n_vocab))
+                     mask=token_mask_for(fmt, spec.tools, spec.tool_choice, tokenizer,
+                                         engine.model.n_vocab, reasoning_budget(body)))
     base = {"id": new_id("resp"), "object": "response", "created_at": int(time.time()),
             "model": engine.model_id, "error": None, "incomplete_details": None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
