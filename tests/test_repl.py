@@ -113,7 +113,8 @@ def test_the_builtin_model_shows_reasoning_and_an_answer(home):
         child.expect_exact("built-in nano model")
         child.expect_exact(PROMPT)
         child.send("Hi\r")
-        child.expect_exact("The user")  # the reasoning
+        child.expect_exact("greets me")  # the reasoning
+        child.expect_exact("Hello")  # the answer
         child.expect_exact(SUMMARY)
         child.expect_exact(PROMPT)
         quit_with_ctrl_d(child)
