@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from gguf import quants
 
 from . import model_maker as mm
 from .errors import ModelError
-from .safetensors_reader import StoredTensor, read_folder
+from .safetensors_reader import StoredTensor, read_folder, release_pages
 from .tokenizer import N_VOCAB_HARMONY, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNUSED, TOKEN_USER_DEFINED
 
 DENSE_TYPES = {"q8_0": GGMLType.Q8_0, "bf16": GGMLType.BF16, "f16": GGMLType.F16, "f32": GGMLType.F32}
@@ -484,5 +484,10 @@ def convert(src: str | Path, out: str | Path, *, dense: str = "bf16",
     if vocab is not None:
         kv |= vocab.kv
     sources = {plan.name: s for plan, s in planned}
-    chunks: Callable = lambda plan: _chunks(sources[plan.name], plan.ggml_type)  # noqa: E731
+
+    def chunks(plan):
+        for chunk in _chunks(sources[plan.name], plan.ggml_type):
+            yield chunk
+            release_pages(ck.tensors.values())  # the chunk is written: its source pages can go
+
     return mm.write_gguf(out, kv, [p for p, _ in planned], chunks=chunks, progress=progress)

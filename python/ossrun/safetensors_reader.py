@@ -13,7 +13,7 @@ import json
 import math
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ class StoredTensor:
     shape: tuple[int, ...]
     file: Path
     array: np.ndarray  # read-only view into the file's map, `shape` in numpy order
+    mapping: mmap.mmap = field(repr=False, compare=False)  # the file's map, for `release_pages`
 
 
 def read_safetensors(path: str | Path) -> dict[str, StoredTensor]:
@@ -82,8 +83,18 @@ def read_safetensors(path: str | Path) -> dict[str, StoredTensor]:
             raise ModelError(f"{path}: tensor '{name}' has a byte range that does not fit its "
                              f"shape {list(shape)} or lies outside the file (truncated?)")
         array = np.frombuffer(mapped, dtype=np_dtype, count=count, offset=data_start + begin)
-        tensors[name] = StoredTensor(name, dtype, shape, path, array.reshape(shape))
+        tensors[name] = StoredTensor(name, dtype, shape, path, array.reshape(shape), mapped)
     return tensors
+
+
+def release_pages(tensors) -> None:
+    """Drop the pages of these tensors' files from this process's memory (they stay in the page
+    cache and fault back in when read again). A converter that calls this after each chunk keeps
+    its resident set at one chunk instead of growing to the whole checkpoint."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for mapping in {id(t.mapping): t.mapping for t in tensors}.values():
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def read_folder(folder: str | Path) -> dict[str, StoredTensor]:
