@@ -22,19 +22,39 @@ inline uint32_t u32_at(const uint8_t* p) {
 // Each format: kElems per block of kBytes; unpack writes q[kElems], s[kGroups], m[kGroups].
 // kHasMin: whether m can be non-zero (the others write m = 0).
 
-// ---- 32-element blocks (quant_legacy.cpp) ---------------------------------------------------
+// The unpackers work on 16-byte vectors (GCC vector types: SSE/AVX/NEON from one source) and
+// store whole vectors, so the consumers' vector loads of q are forwarded from the stores.
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
-// Element j of the block is the low nibble of byte j (j < 16) or the high nibble of byte j - 16.
-inline void unpack_nibbles32(const uint8_t* qs, int8_t* q, int bias) {
-    for (int j = 0; j < 16; ++j) {
-        q[j] = int8_t((qs[j] & 0xF) - bias);
-        q[j + 16] = int8_t((qs[j] >> 4) - bias);
-    }
+inline u8x16 load16(const uint8_t* p) {
+    u8x16 v;
+    std::memcpy(&v, p, 16);
+    return v;
+}
+inline void store16(int8_t* p, u8x16 v) { std::memcpy(p, &v, 16); }
+
+// Byte j of the result is 16 where bit j of the 16 bits is set, else 0.
+inline u8x16 bit4_of_bits(uint32_t bits16) {
+    const uint8_t lo = uint8_t(bits16), hi = uint8_t(bits16 >> 8);
+    const u8x16 b = {lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi};
+    const u8x16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    return (u8x16)((b & bit) != 0) & 16;
 }
 
-// Bit j of the little-endian 32-bit qh is bit 4 of element j.
-inline void add_high_bits32(uint32_t qh, int8_t* q) {
-    for (int j = 0; j < 32; ++j) q[j] = int8_t(q[j] + int(((qh >> j) & 1u) << 4));
+// ---- 32-element blocks (quant_legacy.cpp) ---------------------------------------------------
+
+// Element j of the block is the low nibble of byte j (j < 16) or the high nibble of byte j - 16;
+// plus, for the 5-bit formats, bit j of the little-endian 32-bit qh as bit 4.
+inline void unpack_nibbles32(const uint8_t* qs, int8_t* q, uint8_t bias, const uint8_t* qh = nullptr) {
+    const u8x16 v = load16(qs);
+    u8x16 lo = v & 15, hi = v >> 4;
+    if (qh) {
+        const uint32_t bits = u32_at(qh);
+        lo |= bit4_of_bits(bits & 0xFFFF);
+        hi |= bit4_of_bits(bits >> 16);
+    }
+    store16(q, lo - bias);  // wraps to the signed value in int8
+    store16(q + 16, hi - bias);
 }
 
 struct Q4_0Format {
@@ -61,9 +81,7 @@ struct Q5_0Format {
     static constexpr int kElems = 32, kBytes = 22, kGroups = 2;
     static constexpr bool kHasMin = false;
     static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
-        unpack_nibbles32(blk + 6, q, 0);
-        add_high_bits32(u32_at(blk + 2), q);
-        for (int j = 0; j < 32; ++j) q[j] = int8_t(q[j] - 16);  // (5-bit value - 16) * d
+        unpack_nibbles32(blk + 6, q, 16, blk + 2);  // (5-bit value - 16) * d
         s[0] = s[1] = half_at(blk);
         m[0] = m[1] = 0.0f;
     }
@@ -73,8 +91,7 @@ struct Q5_1Format {
     static constexpr int kElems = 32, kBytes = 24, kGroups = 2;
     static constexpr bool kHasMin = true;
     static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
-        unpack_nibbles32(blk + 8, q, 0);
-        add_high_bits32(u32_at(blk + 4), q);
+        unpack_nibbles32(blk + 8, q, 0, blk + 4);
         s[0] = s[1] = half_at(blk);
         m[0] = m[1] = -half_at(blk + 2);
     }
@@ -88,11 +105,11 @@ struct Iq4NlFormat {
     static constexpr int kElems = 32, kBytes = 18, kGroups = 2;
     static constexpr bool kHasMin = false;
     static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
-        const uint8_t* qs = blk + 2;
-        for (int j = 0; j < 16; ++j) {
-            q[j] = kIq4nlLevels[qs[j] & 0xF];
-            q[j + 16] = kIq4nlLevels[qs[j] >> 4];
-        }
+        u8x16 levels;
+        std::memcpy(&levels, kIq4nlLevels, 16);
+        const u8x16 v = load16(blk + 2);
+        store16(q, __builtin_shuffle(levels, u8x16(v & 15)));  // a byte table lookup (pshufb)
+        store16(q + 16, __builtin_shuffle(levels, u8x16(v >> 4)));
         s[0] = s[1] = half_at(blk);
         m[0] = m[1] = 0.0f;
     }
@@ -110,8 +127,10 @@ struct Q2_KFormat {
         const uint8_t* qs = blk + 16;
         const float d = half_at(blk + 80), dmin = half_at(blk + 82);
         for (int h = 0; h < 2; ++h)
-            for (int j = 0; j < 4; ++j)
-                for (int l = 0; l < 32; ++l) q[128 * h + 32 * j + l] = int8_t((qs[32 * h + l] >> (2 * j)) & 3);
+            for (int half = 0; half < 2; ++half) {
+                const u8x16 v = load16(qs + 32 * h + 16 * half);
+                for (int j = 0; j < 4; ++j) store16(q + 128 * h + 32 * j + 16 * half, (v >> (2 * j)) & 3);
+            }
         for (int g = 0; g < 16; ++g) {
             s[g] = d * float(scales[g] & 0xF);
             m[g] = dmin * float(scales[g] >> 4);
@@ -127,13 +146,16 @@ struct Q3_KFormat {
         const uint8_t* qs = blk + 32;
         const uint8_t* sc = blk + 96;  // 16 6-bit scales, biased by 32
         const float d = half_at(blk + 108);
-        for (int h = 0; h < 2; ++h)
-            for (int j = 0; j < 4; ++j)
-                for (int l = 0; l < 32; ++l) {
-                    const int low = (qs[32 * h + l] >> (2 * j)) & 3;
-                    const int high_clear = ((hmask[l] >> (4 * h + j)) & 1) ^ 1;  // clear bit: -4
-                    q[128 * h + 32 * j + l] = int8_t(low - 4 * high_clear);
+        for (int half = 0; half < 2; ++half) {
+            const u8x16 hm = load16(hmask + 16 * half);
+            for (int h = 0; h < 2; ++h) {
+                const u8x16 v = load16(qs + 32 * h + 16 * half);
+                for (int j = 0; j < 4; ++j) {
+                    const u8x16 clear = ((hm >> (4 * h + j)) & 1) ^ 1;  // a clear bit means -4
+                    store16(q + 128 * h + 32 * j + 16 * half, ((v >> (2 * j)) & 3) - (clear << 2));
                 }
+            }
+        }
         for (int g = 0; g < 16; ++g) {
             // Low 4 bits: nibbles of bytes 0-7 (scales 0-7 low, 8-15 high); high 2 bits: bytes
             // 8-11, bit pair g / 4 of byte 8 + g % 4.
@@ -168,13 +190,22 @@ inline void k4_scales(const uint8_t* blk, float* s, float* m) {
     }
 }
 
-// Element e = 64c + 32hi + l: nibble hi of quant byte 32c + l.
-inline void unpack_nibbles256(const uint8_t* qs, int8_t* q) {
-    for (int c = 0; c < 4; ++c)
-        for (int l = 0; l < 32; ++l) {
-            q[64 * c + l] = int8_t(qs[32 * c + l] & 0xF);
-            q[64 * c + 32 + l] = int8_t(qs[32 * c + l] >> 4);
+// Element e = 64c + 32hi + l: nibble hi of quant byte 32c + l; with qh (Q5_K), plus bit e / 32
+// of byte l of qh as bit 4.
+inline void unpack_nibbles256(const uint8_t* qs, int8_t* q, const uint8_t* qh = nullptr) {
+    for (int half = 0; half < 2; ++half) {
+        const u8x16 high = qh ? load16(qh + 16 * half) : u8x16{};
+        for (int c = 0; c < 4; ++c) {
+            const u8x16 v = load16(qs + 32 * c + 16 * half);
+            u8x16 lo = v & 15, hi = v >> 4;
+            if (qh) {
+                lo |= ((high >> (2 * c)) & 1) << 4;
+                hi |= ((high >> (2 * c + 1)) & 1) << 4;
+            }
+            store16(q + 64 * c + 16 * half, lo);
+            store16(q + 64 * c + 32 + 16 * half, hi);
         }
+    }
 }
 
 struct Q4_KFormat {
@@ -190,9 +221,7 @@ struct Q5_KFormat {
     static constexpr int kElems = 256, kBytes = 176, kGroups = 16;
     static constexpr bool kHasMin = true;
     static void unpack(const uint8_t* blk, int8_t* q, float* s, float* m) {
-        const uint8_t* qh = blk + 16;  // bit e / 32 of byte e % 32: bit 4 of element e
-        unpack_nibbles256(blk + 48, q);
-        for (int e = 0; e < 256; ++e) q[e] = int8_t(q[e] | (((qh[e % 32] >> (e / 32)) & 1) << 4));
+        unpack_nibbles256(blk + 48, q, blk + 16);
         k4_scales(blk, s, m);
     }
 };
@@ -208,13 +237,14 @@ struct Q6_KFormat {
         const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
         const float d = half_at(blk + 208);
         for (int h = 0; h < 2; ++h)
-            for (int p = 0; p < 4; ++p)
-                for (int l = 0; l < 32; ++l) {
-                    const uint8_t byte = ql[64 * h + 32 * (p & 1) + l];
-                    const int low = p < 2 ? byte & 0xF : byte >> 4;
-                    const int high = (qh[32 * h + l] >> (2 * p)) & 3;
-                    q[128 * h + 32 * p + l] = int8_t((low | high << 4) - 32);
+            for (int half = 0; half < 2; ++half) {
+                const u8x16 high = load16(qh + 32 * h + 16 * half);
+                for (int p = 0; p < 4; ++p) {
+                    const u8x16 byte = load16(ql + 64 * h + 32 * (p & 1) + 16 * half);
+                    const u8x16 low = p < 2 ? byte & 15 : byte >> 4;
+                    store16(q + 128 * h + 32 * p + 16 * half, (low | (((high >> (2 * p)) & 3) << 4)) - 32);
                 }
+            }
         for (int g = 0; g < 16; ++g) {
             s[g] = d * float(sc[g]);
             m[g] = 0.0f;
@@ -224,13 +254,29 @@ struct Q6_KFormat {
 
 // ---- the common form, consumed --------------------------------------------------------------
 
-// kVW int8 -> kVW floats.
+// kVW int8 -> kVW floats (GCC's __builtin_convertvector widens element by element here: the
+// sign-extending moves are spelled out).
 inline vfloat int8_to_vfloat(const int8_t* p) {
-    typedef int8_t vi8 __attribute__((vector_size(kVW)));
-    typedef int32_t vi32 __attribute__((vector_size(OSSRUN_VBYTES)));
-    vi8 v;
-    std::memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(__builtin_convertvector(v, vi32), vfloat);
+#if defined(__AVX512F__)
+    return vfloat(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))));
+#elif defined(__AVX2__)
+    return vfloat(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))));
+#else
+    vfloat v;
+    for (int i = 0; i < kVW; ++i) v[i] = float(p[i]);
+    return v;
+#endif
+}
+
+// f in every lane, as one broadcast (simd.h's vsplat compiles to a masked insert per lane here).
+inline vfloat broadcast(float f) {
+#if defined(__AVX512F__)
+    return vfloat(_mm512_set1_ps(f));
+#elif defined(__AVX2__)
+    return vfloat(_mm256_set1_ps(f));
+#else
+    return vsplat(f);
+#endif
 }
 
 // One block -> its kElems floats, exactly: s * q - m per element (see the header).
@@ -240,7 +286,7 @@ inline void decode_quant_block(const uint8_t* blk, float* out) {
     float s[F::kGroups], m[F::kGroups];
     F::unpack(blk, q, s, m);
     for (int g = 0; g < F::kGroups; ++g) {
-        const vfloat sv = vsplat(s[g]), mv = vsplat(m[g]);
+        const vfloat sv = broadcast(s[g]), mv = broadcast(m[g]);
         for (int i = 0; i < kGroupElems; i += kVW)
             vstore(out + g * kGroupElems + i, int8_to_vfloat(q + g * kGroupElems + i) * sv - mv);
     }

@@ -29,13 +29,18 @@ void quant_rows_f32(const MatmulArgs& a, int64_t r0, int64_t r1) {
         for (int64_t b = 0; b < nb; ++b) {
             prefetch_through(row, fetched, size_t(b + 1) * F::kBytes);
             F::unpack(row + b * F::kBytes, q, s, m);
-            for (int g = 0; g < F::kGroups; ++g) {
-                const vfloat sv = vsplat(s[g]), mv = vsplat(m[g]);
+            // Groups in pairs, one accumulator each: two FMA chains that stay in registers.
+            auto group = [&](int g, int parity) {
+                const vfloat sv = broadcast(s[g]), mv = broadcast(m[g]);
                 for (int i = 0; i < kGroupElems; i += kVW) {
                     const int64_t k = b * F::kElems + g * kGroupElems + i;
                     const vfloat w = int8_to_vfloat(q + g * kGroupElems + i) * sv - mv;  // exact
-                    for (int t = 0; t < TT; ++t) acc[t][g & 1] += w * vload(a.x + t * a.ldx + k);
+                    for (int t = 0; t < TT; ++t) acc[t][parity] += w * vload(a.x + t * a.ldx + k);
                 }
+            };
+            for (int g = 0; g < F::kGroups; g += 2) {
+                group(g, 0);
+                group(g + 1, 1);
             }
         }
         const float bias = a.bias ? a.bias[r] : 0.0f;
@@ -85,8 +90,14 @@ void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 #if defined(__AVX512F__)
             // 32 elements per step: the int32 lanes 0-7 hold group 2c's pair sums, 8-15 group 2c+1's.
             for (int c = 0; c < F::kElems / 32; ++c) {
-                const __m512i w = _mm512_cvtepi8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32 * c)));
-                const __m512 sv = _mm512_insertf32x8(_mm512_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 1);
+                // Two 16-byte loads, as the unpackers stored them (store-to-load forwarding).
+                const __m256i q32 = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(q + 32 * c))),
+                    _mm_load_si128(reinterpret_cast<const __m128i*>(q + 32 * c + 16)), 1);
+                const __m512i w = _mm512_cvtepi8_epi16(q32);
+                const __m512 sv = F::kElems == 32  // one scale per 32: both halves share it
+                                      ? _mm512_set1_ps(s[0])
+                                      : _mm512_insertf32x8(_mm512_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 1);
                 for (int t = 0; t < TT; ++t) {
                     const int64_t k = k0 + 32 * c;
                     const __m512i dot = _mm512_madd_epi16(w, _mm512_loadu_si512(a.x_i16 + t * a.ldx + k));

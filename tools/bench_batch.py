@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""The batched decode step alone (no HTTP): aggregate tok/s of one ossrun.batch step over N
+sessions, each decoding one token, for N = 1, 2, 4, 8.
+
+    python tools/bench_batch.py /work/models/gpt-oss-20b-4layer.gguf [--repeats 3]
+
+Each repeat times --steps steps per N, the Ns alternating; prints the median per N. The sessions
+hold a 4-token prompt (attention over a short context: this measures the weights' side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main(argv=None) -> int:
+    import ossrun
+    from ossrun.batch import Batch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--sequences", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--precision", choices=("fast", "f32"), default="fast")
+    args = ap.parse_args(argv)
+
+    model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision)
+    batch = Batch(model)
+    sessions = [model.session() for _ in range(max(args.sequences))]
+    for i, s in enumerate(sessions):
+        s.prefill([100 + i, 200, 300, 400])
+    batch.step([(s, [5], False) for s in sessions])  # warm-up: page in the weights
+    rates: dict[int, list[float]] = {n: [] for n in args.sequences}
+    for _ in range(args.repeats):
+        for n in args.sequences:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                batch.step([(s, [5], False) for s in sessions[:n]])
+            rates[n].append(n * args.steps / (time.perf_counter() - t0))
+            for s in sessions[:n]:
+                s.truncate(4)
+    base = statistics.median(rates[args.sequences[0]])
+    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8}   (median of {args.repeats}, {model.threads} threads, "
+          f"{args.precision})")
+    for n, v in rates.items():
+        m = statistics.median(v)
+        print(f"{n:>9} {m:>8.2f} {m / base:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
