@@ -147,12 +147,12 @@ def test_uninterruptible_code_and_fork_bomb_restart_the_kernel():
         t0 = time.monotonic()
         text, is_error = run(session, bomb)
         assert is_error and "restarted" in text, text
-        assert time.monotonic() - t0 < 3 + 2 + 30
+        assert time.monotonic() - t0 < 3 + 2 + 60  # a restart is slow on a loaded machine
         assert run(session, "2 + 2") == ("4\n", False)
         assert _sandbox_processes(session) == baseline  # the bomb's processes are gone
         nobody = [p for p in psutil.process_iter(["uids"]) if p.info["uids"]
-                  and p.info["uids"].real == sandbox.NOBODY]
-        assert len(nobody) < 48
+                  and p.info["uids"].real == session.uid]
+        assert len(nobody) < 48  # (as root: the session's own uid; else ours, limited)
     finally:
         session.close()
 
@@ -200,3 +200,21 @@ def test_tool_loop_end_to_end_with_scripted_output(vocab_file, tiny_gguf):
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in text
     chat.reset()  # a new conversation gets a new kernel
     assert chat._tool_sessions == {}
+
+
+def test_a_tool_that_fails_to_start_reaches_the_model_as_an_error(vocab_file, tiny_gguf):
+    from ossrun.chat import ToolResult
+    from test_chat import Script, tiny_chat_model
+
+    class Broken(PythonTool):
+        def open_session(self, tokenizer=None):
+            raise RuntimeError("the python kernel did not start: no ipykernel")
+
+    model = tiny_chat_model(vocab_file, tiny_gguf)
+    script = Script(model.tokenizer, "<|channel|>analysis to=python code<|message|>1<|call|>",
+                    "<|channel|>final<|message|>Sorry.<|return|>")
+    chat = script.attach(model.chat(sampler=script, tools=[Broken(sandbox="none")]))
+    events = list(chat.stream("Compute"))
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert result.is_error and "no ipykernel" in result.content
+    assert events[-1].reply.content == "Sorry."

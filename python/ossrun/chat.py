@@ -606,11 +606,14 @@ class Chat:
         recipient = call.recipient or ""
         namespace = recipient.split(".")[0]
         if namespace in self._builtins:
-            session = self._tool_sessions.get(namespace)
-            if session is None:
-                session = self._tool_sessions[namespace] = \
-                    self._builtins[namespace].open_session(self.tokenizer)
-            return session.call(recipient, call.text)
+            try:
+                session = self._tool_sessions.get(namespace)
+                if session is None:
+                    session = self._tool_sessions[namespace] = \
+                        self._builtins[namespace].open_session(self.tokenizer)
+                return session.call(recipient, call.text)
+            except Exception as e:  # noqa: BLE001 -- e.g. a kernel that cannot start: tell the model
+                return f"Error: the {namespace} tool failed: {type(e).__name__}: {e}", True
         tool = None
         if recipient.startswith(FUNCTIONS_PREFIX):
             tool = self._tools.get(recipient[len(FUNCTIONS_PREFIX):])

@@ -96,9 +96,10 @@ class PythonSession:
         self._own_data = tool.data_dir is None
         self.data_dir = tool.data_dir or tempfile.mkdtemp(prefix="ossrun-data-")
         self._run_dir = tempfile.mkdtemp(prefix="ossrun-kernel-")
+        self.uid = sandbox.sandbox_uid()
         if tool.sandbox == "bwrap":
-            sandbox.prepare_dir(self.data_dir)
-            sandbox.prepare_dir(self._run_dir)
+            sandbox.prepare_dir(self.data_dir, self.uid)
+            sandbox.prepare_dir(self._run_dir, self.uid)
         self._km = None
         self._client = None
 
@@ -107,7 +108,7 @@ class PythonSession:
     def _start(self) -> None:
         from jupyter_client import KernelManager
 
-        tool, run_dir, data_dir = self.tool, self._run_dir, self.data_dir
+        tool, run_dir, data_dir, uid = self.tool, self._run_dir, self.data_dir, self.uid
 
         class SandboxedKernel(KernelManager):
             def format_kernel_cmd(self, extra_arguments=None):
@@ -116,9 +117,9 @@ class PythonSession:
                 if tool.sandbox == "none":
                     return argv
                 if os.geteuid() == 0:
-                    os.chown(self.connection_file, sandbox.NOBODY, sandbox.NOBODY)
+                    os.chown(self.connection_file, uid, uid)
                 limits = sandbox.Limits(tool.memory_mb, tool.cpu_s, tool.processes)
-                return sandbox.command(argv, data_dir, bind=[run_dir], limits=limits)
+                return sandbox.command(argv, data_dir, bind=[run_dir], limits=limits, uid=uid)
 
         km = SandboxedKernel(transport="ipc", ip=os.path.join(run_dir, "kernel"),
                              connection_file=os.path.join(run_dir, "connection.json"))
@@ -135,13 +136,27 @@ class PythonSession:
         self._km, self._client = km, client
 
     def _stop(self) -> None:
+        import psutil
+
         if self._client is not None:
             self._client.stop_channels()
         if self._km is not None:
             try:
+                procs = psutil.Process(self._km.provisioner.process.pid).children(recursive=True)
+            except (psutil.Error, AttributeError):
+                procs = []
+            try:
                 self._km.shutdown_kernel(now=True)
             except Exception:  # noqa: BLE001 -- a dead kernel is what we wanted
                 pass
+            # Wait until every process of the sandbox is gone: they count against the
+            # process limit of its user, which the next kernel needs.
+            for p in procs:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(procs, timeout=10)
         self._km = self._client = None
 
     def close(self) -> None:
@@ -235,22 +250,22 @@ class PythonSession:
         return self._truncate(text) or "[no output]", is_error
 
     def _strays(self) -> list:
-        """Processes of the sandbox beyond its own chain (bwrap, its init, the kernel)."""
+        """Processes the kernel started that are still running (ipykernel itself starts none):
+        the descendants of the first process of the sandbox that runs ipykernel."""
         import psutil
 
         try:
             root = psutil.Process(self._km.provisioner.process.pid)
-            every = root.children(recursive=True)
-            chain, node = set(), root
-            while True:
-                children = sorted(node.children(), key=lambda p: p.create_time())
-                if not children:
-                    break
-                node = children[0]
-                chain.add(node.pid)
-            return [p for p in every if p.pid not in chain]
+            level = [root]
+            while level:
+                kernel = next((p for p in level  # not bwrap, whose arguments name it too
+                               if p.cmdline()[1:3] == ["-m", "ipykernel_launcher"]), None)
+                if kernel is not None:
+                    return kernel.children(recursive=True)
+                level = [c for p in level for c in p.children()]
         except (psutil.Error, AttributeError):
-            return []
+            pass
+        return []
 
     def _truncate(self, text: str) -> str:
         """At most max_output_tokens tokens: the start and the end, and what was cut."""

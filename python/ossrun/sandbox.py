@@ -2,8 +2,9 @@
 a read-only view of the Python installation it needs (and nothing else of the host's files, the
 user's home included), a writable /mnt/data, and resource limits set inside before it starts.
 
-As root, bwrap runs without a user namespace and the process drops to nobody (65534) inside, so
-that the process limit (RLIMIT_NPROC, which root ignores) holds; as another user, bwrap makes an
+As root, bwrap runs without a user namespace and the process drops to an unused uid of its own
+inside (one per sandbox, so that the process limit, RLIMIT_NPROC, which root ignores and which
+counts every process of a uid, holds for each sandbox alone); as another user, bwrap makes an
 unprivileged user namespace and the limits apply to that user.
 """
 
@@ -18,6 +19,14 @@ from dataclasses import dataclass
 from functools import cache
 
 NOBODY = 65534
+SANDBOX_UIDS = range(0x7A000000, 0x7B000000)  # far above any real user's uid
+
+
+def sandbox_uid() -> int:
+    """A uid for one sandbox (when we are root), unlikely to be shared with another."""
+    import secrets
+
+    return SANDBOX_UIDS.start + secrets.randbelow(len(SANDBOX_UIDS))
 INSTALL_HINT = ("the python tool runs code inside bubblewrap, which is not installed: "
                 "`apt-get install bubblewrap` (Debian/Ubuntu), `dnf install bubblewrap` (Fedora)")
 
@@ -25,17 +34,17 @@ INSTALL_HINT = ("the python tool runs code inside bubblewrap, which is not insta
 # that no file of the host needs to be visible inside.
 _LAUNCHER = """\
 import os, resource, sys
-mem, cpu, nproc, fsize = (int(v) for v in sys.argv[1:5])
+mem, cpu, nproc, fsize, uid = (int(v) for v in sys.argv[1:6])
 for limit, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
                      (resource.RLIMIT_NPROC, nproc), (resource.RLIMIT_FSIZE, fsize),
                      (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value))
 if os.getuid() == 0:
     os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
-os.execv(sys.argv[5], sys.argv[5:])
-""".replace("NOBODY", str(NOBODY))
+    os.setgid(uid)
+    os.setuid(uid)
+os.execv(sys.argv[6], sys.argv[6:])
+"""
 
 
 @dataclass
@@ -86,7 +95,7 @@ _ETC = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives", "/etc/ssl/cer
 
 
 def command(argv: list[str], data_dir: str | None, bind=(), limits: Limits | None = None,
-            env: dict[str, str] | None = None) -> list[str]:
+            env: dict[str, str] | None = None, uid: int = NOBODY) -> list[str]:
     """The bwrap command line that runs `argv` sandboxed; `data_dir` is mounted writable at
     /mnt/data, `bind` folders writable at their own paths (the kernel's sockets)."""
     limits = limits or Limits()
@@ -120,7 +129,8 @@ def command(argv: list[str], data_dir: str | None, bind=(), limits: Limits | Non
         cmd += ["--setenv", key, value]
     mb = 1024 * 1024
     return cmd + ["--", sys.executable, "-c", _LAUNCHER, str(limits.memory_mb * mb),
-                  str(limits.cpu_s), str(limits.processes), str(limits.file_mb * mb), *argv]
+                  str(limits.cpu_s), str(limits.processes), str(limits.file_mb * mb), str(uid),
+                  *argv]
 
 
 def _parents(path: str, made: set[str]) -> list[str]:
@@ -136,8 +146,8 @@ def _parents(path: str, made: set[str]) -> list[str]:
     return out
 
 
-def prepare_dir(path: str) -> None:
-    """Make a host folder writable by the sandbox's user (nobody, when we are root)."""
+def prepare_dir(path: str, uid: int = NOBODY) -> None:
+    """Make a host folder writable by the sandbox's user (`uid`, when we are root)."""
     if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
+        os.chown(path, uid, uid)
     os.chmod(path, 0o700)
