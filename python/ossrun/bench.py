@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-ENGINES = ("ossrun", "llama_cpp")
+ENGINES = ("ossrun", "llama_cpp", "llama_bench")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="also run llama.cpp (llama-cpp-python) on the same file, alternating runs")
+    p.add_argument("--llama-bench", metavar="PATH", default=None,
+                   help="also run this llama-bench binary on the same file (pp and tg as separate "
+                        "tests, tg at --depth), alternating runs")
+    p.add_argument("--llama-bench-args", default="", metavar="ARGS",
+                   help="extra llama-bench arguments, e.g. '--repack 0'")
     p.add_argument("--bandwidth", type=float, default=None, metavar="GBS",
                    help="the machine's DRAM read bandwidth in GB/s (default: measured before the runs)")
 
@@ -116,6 +121,26 @@ def _worker_llama_cpp(a) -> dict:
     return _result(a, load_s, prefill_s, decode_s, f"llama.cpp via llama-cpp-python {llama_cpp.__version__}")
 
 
+def _worker_llama_bench(a) -> dict:
+    import shlex
+
+    threads = a.threads or os.cpu_count()
+
+    def run(extra: list[str]) -> float:
+        cmd = [a.llama_bench, "-m", a.model, "-t", str(threads), "-r", "1", "-o", "json", *extra,
+               *shlex.split(a.llama_bench_args)]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"llama-bench failed: {(out.stderr or out.stdout).strip()[-300:]}")
+        return float(json.loads(out.stdout)[0]["avg_ts"])
+
+    pp = run(["-p", str(a.prompt), "-n", "0"])
+    tg = run(["-p", "0", "-n", str(a.gen), "-d", str(a.depth)])
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"engine": f"llama-bench ({a.llama_bench})", "load_s": float("nan"), "prefill_tok_s": pp,
+            "decode_tok_s": tg, "peak_rss_mb": rss}
+
+
 def _result(a, load_s, prefill_s, decode_s, engine) -> dict:
     return {
         "engine": engine,
@@ -131,6 +156,8 @@ def _run_worker(engine: str, a) -> dict:
            "--prompt", str(a.prompt), "--gen", str(a.gen), "--depth", str(a.depth)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
+    if engine == "llama_bench":
+        cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         lines = (out.stderr or out.stdout).strip().splitlines()
@@ -174,7 +201,7 @@ def main(a) -> int:
         print("ossrun bench: --bandwidth must be positive", file=sys.stderr)
         return 2
     ceilings = _ceilings(a)
-    engines = ENGINES if a.vs_llama_cpp else ENGINES[:1]
+    engines = ["ossrun"] + (["llama_cpp"] if a.vs_llama_cpp else []) + (["llama_bench"] if a.llama_bench else [])
     runs: dict[str, list] = {e: [] for e in engines}
     try:
         for rep in range(a.reps):
@@ -197,6 +224,11 @@ def main(a) -> int:
         result["llama_cpp"] = ll
         result["ratio_prefill"] = result["prefill_tok_s"] / ll["prefill_tok_s"]
         result["ratio_decode"] = result["decode_tok_s"] / ll["decode_tok_s"]
+    if a.llama_bench:
+        lb = _median(runs["llama_bench"])
+        result["llama_bench"] = lb
+        result["ratio_prefill_llama_bench"] = result["prefill_tok_s"] / lb["prefill_tok_s"]
+        result["ratio_decode_llama_bench"] = result["decode_tok_s"] / lb["decode_tok_s"]
     if a.json:
         print(json.dumps(result, indent=2))
     else:
@@ -243,6 +275,7 @@ def _add_roofline(r: dict) -> None:
 
 def _print_table(r: dict) -> None:
     rows = [("ossrun", r)] + ([("llama.cpp", r["llama_cpp"])] if "llama_cpp" in r else [])
+    rows += [("llama-bench", r["llama_bench"])] if "llama_bench" in r else []
     depth = f" @ depth {r['depth']}" if r["depth"] else ""
     print(f"{'engine':10s} {'pp' + str(r['prompt']):>10s} {'tg' + str(r['gen']) + depth:>16s} "
           f"{'load s':>8s} {'peak RSS MB':>12s}")
@@ -251,6 +284,8 @@ def _print_table(r: dict) -> None:
               f"{x['peak_rss_mb']:12.0f}")
     if "llama_cpp" in r:
         print(f"ratio      {r['ratio_prefill']:10.2f}x {r['ratio_decode']:15.2f}x")
+    if "llama_bench" in r:
+        print(f"ratio (vs llama-bench) {r['ratio_prefill_llama_bench']:.2f}x {r['ratio_decode_llama_bench']:.2f}x")
     print(f"(medians of {r['reps']} alternating runs; {r['engine']})")
     bw = "measured" if r["bandwidth_measured"] else "given"
     print(f"machine: {r['cpu'] or 'unknown CPU'}; DRAM read {r['bandwidth_gb_s']:.1f} GB/s ({bw}); "
@@ -268,7 +303,7 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--worker", choices=ENGINES, required=True)
     add_arguments(p)
     a = p.parse_args(argv)
-    fn = _worker_ossrun if a.worker == "ossrun" else _worker_llama_cpp
+    fn = {"ossrun": _worker_ossrun, "llama_cpp": _worker_llama_cpp, "llama_bench": _worker_llama_bench}[a.worker]
     print(json.dumps(fn(a)))
     return 0
 
