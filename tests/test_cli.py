@@ -1,7 +1,8 @@
 """`ossrun run`, `ossrun info` and `ossrun chat` without a model, as subprocesses of
-`python -m ossrun`; plus the folder rules and the demo model's atomic creation, in process.
+`python -m ossrun`; plus the folder rules, in process.
 
-The tiny model has random weights, so replies are checked for structure, never for content.
+The tiny model has random weights, so its replies are checked for structure, never for content;
+what the built-in nano model (trained) says is checked in tests/test_builtin_model.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from ossrun import cli, demo
-from ossrun import model_maker as mm
+from ossrun import builtin_model, cli
 
 
 @pytest.fixture(scope="session")
@@ -187,26 +187,39 @@ def test_info_not_a_gguf(env, tmp_path):
     assert_clean_failure(ossrun(env, "info", bad), 1, "not a GGUF file")
 
 
-# -- chat without a model: the demo ---------------------------------------------------------
+# -- without a model: the built-in nano model ------------------------------------------------
 
 
-def test_chat_without_model_makes_the_demo(env, tmp_path):
-    r = ossrun(env, "chat", "--max-tokens", 8, "--seed", 0, input="Hello\n/exit\n")
+def test_chat_without_model_uses_the_builtin_model(env):
+    r = ossrun(env, "chat", "--seed", 0, "--temperature", 0, input="Hello\n/exit\n")
     assert r.returncode == 0, r.stderr
-    assert "random" in r.stderr and "gpt-oss-20b" in r.stderr and "Creating" in r.stderr
+    assert "built-in nano model" in r.stderr and "not gpt-oss" in r.stderr
+    assert "gpt-oss-20b" in r.stderr  # how to get the real model
     assert "prompt tokens" in r.stdout  # one reply and its summary
-    cached = list((tmp_path / "home" / "cache").glob("demo-*.gguf"))
-    assert len(cached) == 1
-    assert os.listdir(tmp_path / "home" / "cache") == [cached[0].name]  # no temp files left
-    again = ossrun(env, "chat", input="/exit\n")
-    assert again.returncode == 0 and "Creating" not in again.stderr and "random" in again.stderr
+
+
+def test_run_without_model_uses_the_builtin_model(env):
+    r = ossrun(env, "run", "Hello", "--temperature", 0)
+    assert r.returncode == 0, r.stderr
+    assert "built-in nano model" in r.stderr
+    assert r.stdout.strip()  # a final answer
+
+
+def test_run_with_only_a_model_file_asks_for_a_prompt(env, tiny_model):
+    assert_clean_failure(ossrun(env, "run", tiny_model), 1, "give a PROMPT")
+
+
+def test_missing_builtin_model_is_a_clean_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(builtin_model, "__file__", str(tmp_path / "builtin_model.py"))
+    with pytest.raises(cli.OssrunError, match="missing from this installation"):
+        builtin_model.builtin_model_path()
 
 
 def test_chat_missing_model(env, tmp_path):
     assert_clean_failure(ossrun(env, "chat", tmp_path / "none.gguf", input=""), 1, "no such file")
 
 
-# -- folders and the demo cache, in process -------------------------------------------------
+# -- folders, in process -------------------------------------------------
 
 
 def test_ossrun_home_overrides_every_folder(monkeypatch, tmp_path):
@@ -223,32 +236,3 @@ def test_xdg_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
     assert cli.ossrun_dir("data") == tmp_path / "d" / "ossrun"
     assert cli.ossrun_dir("cache") == tmp_path / "h" / ".cache" / "ossrun"
-
-
-def test_interrupted_demo_creation_leaves_nothing(monkeypatch, tmp_path):
-    monkeypatch.delenv("OSSRUN_VOCAB", raising=False)
-    monkeypatch.setattr(mm, "default_vocab_file", lambda: None)
-
-    def fail(path, *args, **kwargs):
-        (path.parent / (path.name + ".part")).write_bytes(b"GGUF half")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(mm, "make_model", fail)
-    with pytest.raises(KeyboardInterrupt):
-        demo.demo_model(tmp_path)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_demo_model_is_deterministic(monkeypatch, tmp_path):
-    monkeypatch.delenv("OSSRUN_VOCAB", raising=False)
-    monkeypatch.setattr(mm, "default_vocab_file", lambda: None)
-    a = demo.demo_model(tmp_path / "a")
-    b = demo.demo_model(tmp_path / "b")
-    assert a.read_bytes() == b.read_bytes()
-    assert demo.demo_model(tmp_path / "a") == a
-
-
-def test_missing_ossrun_vocab_is_an_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("OSSRUN_VOCAB", str(tmp_path / "missing.tiktoken"))
-    with pytest.raises(FileNotFoundError, match="OSSRUN_VOCAB"):
-        demo.demo_model(tmp_path)

@@ -103,6 +103,25 @@ def test_turns_effort_and_exit(spawn, home, tmp_path):
     assert "Hello there" in history and "/effort high" in history
 
 
+def test_the_builtin_model_shows_reasoning_and_an_answer(home):
+    """`ossrun chat` without a model: the trained nano model reasons (dimmed) and answers."""
+    env = dict(os.environ, OSSRUN_HOME=str(home), TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
+    env.pop("NO_COLOR", None)
+    child = pexpect.spawn(sys.executable, ["-m", "ossrun", "chat", "--temperature", "0"], env=env,
+                          encoding="utf-8", timeout=30, dimensions=(50, 200))
+    try:
+        child.expect_exact("built-in nano model")
+        child.expect_exact(PROMPT)
+        child.send("Hi\r")
+        child.expect_exact("greets me")  # the reasoning
+        child.expect_exact("Hello")  # the answer
+        child.expect_exact(SUMMARY)
+        child.expect_exact(PROMPT)
+        quit_with_ctrl_d(child)
+    finally:
+        child.close(force=True)
+
+
 def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(spawn, tmp_path):
     child = spawn()
     say(child, "First")

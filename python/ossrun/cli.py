@@ -40,7 +40,7 @@ ROLLBACK_MARGIN = 1024
 
 
 def ossrun_dir(kind: str) -> Path:
-    """Where ossrun keeps `kind` files: "data" (input history) or "cache" (the demo model).
+    """Where ossrun keeps `kind` files: "data" (input history) or "cache".
 
     $OSSRUN_HOME/<kind> when OSSRUN_HOME is set; otherwise the platform's convention, from
     platformdirs: XDG_DATA_HOME / XDG_CACHE_HOME (default ~/.local/share, ~/.cache) on Linux and
@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal",
-                          description="Chat with a model. Without MODEL, runs a small built-in "
-                                      "demo model with random weights.")
+                          description="Chat with a model. Without MODEL, runs ossrun's built-in "
+                                      "nano model (a tiny trained demo of the architecture, "
+                                      "not gpt-oss).")
     chat.add_argument("model", nargs="?", metavar="MODEL",
                       help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
                            "or a Hugging Face repo (OWNER/REPO[:FILE])")
@@ -182,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     run = sub.add_parser("run", help="answer one prompt and exit",
-                         description="Answer one prompt and print the final answer.")
-    run.add_argument("model", metavar="MODEL",
+                         description="Answer one prompt and print the final answer. Without "
+                                     "MODEL, uses ossrun's built-in nano model.")
+    run.add_argument("model", nargs="?", metavar="MODEL",
                      help="a gpt-oss .gguf file, a folder holding one, an Ollama name (gpt-oss:20b) "
-                          "or a Hugging Face repo (OWNER/REPO[:FILE])")
+                          "or a Hugging Face repo (OWNER/REPO[:FILE]); default: the built-in "
+                          "nano model")
     run.add_argument("prompt", metavar="PROMPT", help="the prompt, or - to read it from stdin")
     _add_model_flags(run)
     _add_sampling_flags(run)
@@ -319,16 +322,28 @@ def new_chat(model, args):
 # Commands
 
 
+def model_path_or_builtin(args, banner: bool = False):
+    """args.model as given, or the built-in nano model's path (saying so on stderr) when none
+    is named; its replies are capped at BUILTIN_MAX_TOKENS unless --max-tokens says otherwise."""
+    if args.model is not None:
+        return args.model
+    from .builtin_model import BANNER, BUILTIN_MAX_TOKENS, builtin_model_path
+
+    path = builtin_model_path()
+    if banner:
+        print(BANNER + "\n", file=sys.stderr)
+    else:
+        print("ossrun: no model named: using the built-in nano model (a tiny trained demo, "
+              "not gpt-oss; `ossrun chat --help` says more)", file=sys.stderr)
+    if hasattr(args, "max_tokens") and args.max_tokens is None:
+        args.max_tokens = BUILTIN_MAX_TOKENS
+    return path
+
+
 def cmd_chat(args) -> int:
     from .repl import Repl
 
-    path = args.model
-    if path is None:
-        from .demo import DEMO_MAX_TOKENS, NOTICE, demo_model
-
-        path = demo_model(ossrun_dir("cache"), on_create=lambda msg: print(msg, file=sys.stderr))
-        print(NOTICE + "\n", file=sys.stderr)
-        args.max_tokens = args.max_tokens or DEMO_MAX_TOKENS
+    path = model_path_or_builtin(args, banner=True)
     model = load_model(path, args)
     repl = Repl(model, new_chat(model, args), history_path=ossrun_dir("data") / "history",
                 show_reasoning=not args.hide_reasoning)
@@ -342,9 +357,11 @@ def cmd_run(args) -> int:
     prompt = prompt.rstrip("\n")
     if not prompt.strip():
         raise OssrunError("the prompt is empty")
+    if args.model is None and prompt.endswith(".gguf") and Path(prompt).is_file():
+        raise OssrunError(f"{prompt} looks like a model file: give a PROMPT after it")
     if args.json_schema:
         args.response_format = _read_schema(args.json_schema)
-    model = load_model(args.model, args)
+    model = load_model(model_path_or_builtin(args), args)
     chat = new_chat(model, args)
     if args.json:
         reply = chat.send(prompt)
@@ -397,6 +414,7 @@ def cmd_convert(args) -> int:
 def cmd_serve(args) -> int:
     from .server import main
 
+    args.model = str(model_path_or_builtin(args))
     return main(args)
 
 

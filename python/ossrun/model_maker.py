@@ -1,8 +1,9 @@
-"""Writes random gpt-oss GGUF files in exactly llama.cpp's layout (MODEL.md §4.2, §4.2b, §4.3).
+"""Writes gpt-oss GGUF files in exactly llama.cpp's layout (MODEL.md §4.2, §4.2b, §4.3).
 
-Used by tests, benchmarks (20b/120b-shaped files without downloading weights) and the CLI's demo
-model. Weights are seeded random values of realistic scale; the file is streamed one tensor chunk
-at a time, so even a 120b-shaped file needs little RAM. `tools/make_model.py` is the CLI.
+Used by tests, benchmarks (20b/120b-shaped files without downloading weights) and
+tools/train_nano.py. Random weights are seeded values of realistic scale, streamed one tensor
+chunk at a time, so even a 120b-shaped file needs little RAM (`tools/make_model.py` is the CLI);
+`write_trained_model` writes given weights instead, quantizing experts to MXFP4.
 """
 
 from __future__ import annotations
@@ -238,6 +239,20 @@ def byte_vocab(n_vocab: int) -> Vocabulary:
     """
     byte_map = gpt2_byte_to_unicode()
     return _with_specials([byte_map[b] for b in range(256)], [], n_vocab)
+
+
+def bpe_vocab(tokens: list[bytes], merges: list[tuple[bytes, bytes]], n_vocab: int) -> Vocabulary:
+    """A small byte-level BPE vocabulary: `tokens` in rank order (the 256 single bytes first),
+    the merges that made them, then the harmony specials and padding."""
+    if sorted(tokens[:256]) != [bytes([b]) for b in range(256)]:
+        raise ValueError("a BPE vocabulary starts with the 256 single bytes")
+    byte_map = gpt2_byte_to_unicode()
+
+    def text(t: bytes) -> str:
+        return t.decode("latin-1").translate(byte_map)
+
+    return _with_specials([text(t) for t in tokens],
+                          [f"{text(a)} {text(b)}" for a, b in merges], n_vocab)
 
 
 def o200k_vocab(vocab_file: str | os.PathLike, n_vocab: int = N_VOCAB_HARMONY) -> Vocabulary:
@@ -567,6 +582,80 @@ def write_gguf(
 
 def _pad(f) -> None:
     f.write(b"\0" * (-f.tell() % GGUF_DEFAULT_ALIGNMENT))
+
+
+# ---------------------------------------------------------------------------------------------
+# Given weights (tools/train_nano.py)
+
+_E2M1_MAGNITUDES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float32)
+
+
+def quantize_mxfp4(values: np.ndarray) -> np.ndarray:
+    """GGUF block_mxfp4 bytes [..., K/32, 17] of float values [..., K], blocks along K.
+
+    OCP rule: scale 2^(floor(log2 amax) - 2), so the largest element falls in [4, 8) (6 and up
+    clip to 6); each element rounds to the nearest E2M1 value, ties to the larger magnitude.
+    Values already on an MXFP4 grid come back unchanged. Bytes hold elements (k, k+16) (§3.3).
+    """
+    v = np.asarray(values, dtype=np.float32)
+    if v.shape[-1] % 32:
+        raise ValueError(f"the last dimension ({v.shape[-1]}) is not a multiple of 32")
+    blocks = v.reshape(*v.shape[:-1], -1, 32)
+    amax = np.abs(blocks).max(axis=-1)
+    with np.errstate(divide="ignore"):
+        exp = np.where(amax > 0, np.floor(np.log2(np.maximum(amax, 2.0**-126))) - 2, -127)
+    exp = np.clip(exp, -127, 127)
+    scaled = np.abs(blocks) / np.exp2(exp)[..., None].astype(np.float32)
+    midpoints = (_E2M1_MAGNITUDES[1:] + _E2M1_MAGNITUDES[:-1]) / 2
+    mag = np.searchsorted(midpoints, np.minimum(scaled, 6.0), side="right").astype(np.uint8)
+    codes = np.where((blocks < 0) & (mag > 0), mag + 8, mag).astype(np.uint8)
+    out = np.empty((*blocks.shape[:-1], 17), dtype=np.uint8)
+    out[..., 0] = (exp + 127).astype(np.uint8)
+    out[..., 1:] = codes[..., :16] | (codes[..., 16:] << 4)
+    return out
+
+
+def encode_tensor(values: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
+    """The bytes of a float tensor in a ggml type (F32, F16 or MXFP4)."""
+    if ggml_type == GGMLType.F32:
+        return np.ascontiguousarray(values, dtype="<f4")
+    if ggml_type == GGMLType.F16:
+        return np.ascontiguousarray(values, dtype="<f2")
+    if ggml_type == GGMLType.MXFP4:
+        return quantize_mxfp4(values)
+    raise ValueError(f"no encoder for {ggml_type.name}")
+
+
+def write_trained_model(
+    path: str | os.PathLike,
+    hparams: dict,
+    tensors: dict[str, np.ndarray],
+    tokens: list[bytes],
+    merges: list[tuple[bytes, bytes]],
+    *,
+    name: str,
+    matrix_type: str = "f32",
+) -> Path:
+    """Write given weights: `tensors` maps every GGUF name of `tensor_plans` to a float array in
+    numpy order (ne reversed); experts are quantized to MXFP4, other matrices take matrix_type
+    (f32 or f16), norms and biases F32. The vocabulary is a small BPE (`bpe_vocab`)."""
+    hp = HParams(**hparams)
+    check_hparams(hp, "f32")
+    if matrix_type not in ("f32", "f16"):
+        raise ValueError(f"matrix_type must be f32 or f16 for given weights, got {matrix_type!r}")
+    plans = tensor_plans(hp, matrix_type)
+    missing = {p.name for p in plans} ^ set(tensors)
+    if missing:
+        raise ValueError(f"tensors missing or unexpected: {', '.join(sorted(missing))}")
+    data = {}
+    for p in plans:
+        value = np.asarray(tensors[p.name], dtype=np.float32)
+        if value.shape != tuple(reversed(p.ne)):
+            raise ValueError(f"{p.name}: shape {value.shape}, expected {tuple(reversed(p.ne))}")
+        data[p.name] = encode_tensor(value, p.ggml_type)
+    vocab = bpe_vocab(tokens, merges, hp.vocab)
+    kv = _model_kv(hp, name) | vocab.kv
+    return write_gguf(path, kv, plans, progress=False, chunks=lambda p: [data[p.name]])
 
 
 def make_model(

@@ -15,7 +15,8 @@ DEFAULT_PORT = 8000
 
 
 def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
-    p.add_argument("model", metavar="MODEL", help="a gpt-oss .gguf file")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="a gpt-oss .gguf file (default: the built-in nano model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
                         "exposes the server to the network)")
