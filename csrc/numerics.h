@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace ossrun {
 
@@ -40,6 +41,16 @@ inline const float* e8m0_table() {
         }
     } table;
     return table.v;
+}
+
+// Half of each E8M0 scale, for the int16 kernels whose MXFP4 values are doubled e2m1 (integers).
+inline const float* e8m0_half_table() {
+    static const auto table = [] {
+        std::vector<float> h(256);
+        for (int e = 0; e < 256; ++e) h[size_t(e)] = e8m0_table()[e] * 0.5f;
+        return h;
+    }();
+    return table.data();
 }
 
 // E2M1 code -> value (MODEL.md §3.1). Bit 3 is the sign.

@@ -17,18 +17,6 @@
 
 namespace ossrun::OSSRUN_ISA_NS {
 
-namespace {
-// Half of each E8M0 scale (the panels hold doubled e2m1 values).
-[[maybe_unused]] const float* e8m0_half_table() {
-    static const auto table = [] {
-        std::vector<float> t(256);
-        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
-        return t;
-    }();
-    return table.data();
-}
-}  // namespace
-
 #if defined(__AVX512F__)
 #define OSSRUN_VNNI_GEMM __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
 

@@ -12,22 +12,6 @@
 
 namespace ossrun::OSSRUN_ISA_NS {
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-namespace {
-
-// Half of each E8M0 scale: the weights below are doubled e2m1 values.
-const float* e8m0_halves() {
-    static const auto table = [] {
-        std::vector<float> t(256);
-        for (int e = 0; e < 256; ++e) t[size_t(e)] = e8m0_table()[e] * 0.5f;
-        return t;
-    }();
-    return table.data();
-}
-
-}  // namespace
-#endif
-
 #if defined(__AVX512F__)
 namespace {
 
@@ -39,7 +23,7 @@ alignas(64) constexpr int16_t kDoubledE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, 
 }  // namespace
 
 float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
-    const float* halves = e8m0_halves();
+    const float* halves = e8m0_half_table();
     const __m512i values = _mm512_load_si512(kDoubledE2M1x2);
     // Words 0..15 keep their byte (low nibble = element k), words 16..31 shift it right by 4
     // (high nibble = element k + 16): GGUF's split order in one vector.
@@ -83,7 +67,7 @@ inline __m256i pair_dot(__m256i acc, __m256i w, __m256i x) {
 }
 
 float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
-    const float* halves = e8m0_halves();
+    const float* halves = e8m0_half_table();
     const __m256i values = _mm256_load_si256(reinterpret_cast<const __m256i*>(kDoubledE2M1Bytes));
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -138,28 +122,28 @@ float dot_q8_0_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, i
 #endif
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+namespace {
+// y[t, r] = dot(row r, x_i16[t]) + bias[r] for every token: the row loop of both AVX2 GEMVs.
+template <class RowDot>
+void gemv_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1, RowDot row_dot) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems;
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
         const float b = a.bias ? a.bias[r] : 0.0f;
         for (int64_t t = 0; t < a.n_tok; ++t)
-            a.y[t * a.ldy + r] = dot_q8_0_i16_row(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * a.ldx / kBlockElems, nb) + b;
+            a.y[t * a.ldy + r] =
+                row_dot(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * a.ldx / kBlockElems, nb) + b;
     }
 }
-#endif
+}  // namespace
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
+void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    gemv_rows_i16(a, r0, r1, dot_q8_0_i16_row);
+}
+
 void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    const Matrix& W = *a.W;
-    const int64_t nb = W.cols / kBlockElems;
-    for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* row = W.row(a.mat, r);
-        const float b = a.bias ? a.bias[r] : 0.0f;
-        for (int64_t t = 0; t < a.n_tok; ++t)
-            a.y[t * a.ldy + r] = dot_mxfp4_i16_row(row, a.x_i16 + t * a.ldx, a.x_i16_scale + t * a.ldx / kBlockElems, nb) + b;
-    }
+    gemv_rows_i16(a, r0, r1, dot_mxfp4_i16_row);
 }
 #endif
 
