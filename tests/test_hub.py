@@ -2,8 +2,8 @@
 subprocess with HF_ENDPOINT on tests/fake_hub.py's loopback server and HF_HOME in a temporary
 folder, with huggingface_hub itself unchanged. Single and split models, the cache on a second
 pull, a download that loses its connection half way, a pull stopped by Ctrl-C that the next
-run continues (Range from the kept bytes, progress bar from there), missing repos/files, the choice of file,
-and the y/N question of `ossrun info/chat REPO`.
+run continues (Range from the kept bytes, progress bar from there), missing repos/files, the
+choice of file, and the y/N question of `ossrun info/chat REPO`.
 """
 
 from __future__ import annotations
