@@ -6,8 +6,9 @@ constraint at this step); the scheduler masks the logits with it before sampling
 
 The grammar is the chat's (ossrun.constrain): reasoning runs free, then the final answer follows
 `response_format` / `text.format` (json_schema, json_object), or a call is forced by
-`tool_choice` "required" / a named function. The scheduler asks for the mask after the forward
-pass, so here it is computed then (not overlapped as in `ossrun.chat`).
+`tool_choice` "required" / a named function. The scheduler calls `prepare(output)` before each
+forward pass: the matcher consumes the new tokens and computes the next mask on its worker thread
+while the forward runs (as in `ossrun.chat`); calling the mask after the forward waits for it.
 
 The extension field `max_reasoning_tokens` (both APIs) is a reasoning budget: once the analysis
 reaches it, the mask forces `<|end|><|start|>assistant<|channel|>final<|message|>` one token a
@@ -34,15 +35,19 @@ class _GrammarMask:
     def __init__(self, constraint, n_vocab: int):
         self.constraint, self.n_vocab, self.consumed = constraint, n_vocab, 0
 
+    def prepare(self, output: list[int]) -> None:
+        """Start computing the mask after `output` (returns at once)."""
+        new = output[self.consumed:]
+        if self.constraint is not None and new:
+            self.constraint.advance(new)
+            self.consumed = len(output)
+
     def __call__(self, output: list[int]) -> np.ndarray | None:
         from ..constrain import ConstraintError
 
         if self.constraint is None:
             return None
-        new = output[self.consumed:]
-        if new:
-            self.constraint.advance(new)
-            self.consumed = len(output)
+        self.prepare(output)  # a no-op when the scheduler prepared it before the forward
         try:
             return self.constraint.allowed(self.n_vocab)
         except ConstraintError:
@@ -75,6 +80,10 @@ class _BudgetMask:
                                       allowed_special="all")
         self.fed = self.used = 0
         self.forcing_from: int | None = None
+
+    def prepare(self, output: list[int]) -> None:
+        if self.inner is not None:
+            self.inner.prepare(output)
 
     def __call__(self, output: list[int]) -> np.ndarray | None:
         from ..chat import _in_reasoning
