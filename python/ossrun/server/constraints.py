@@ -117,16 +117,21 @@ class _BudgetMask:
 
 
 def token_mask_for(response_format: dict | None, tools: list, tool_choice, tokenizer,
-                   n_vocab: int, max_reasoning_tokens: int | None = None) -> TokenMask | None:
+                   n_vocab: int, max_reasoning_tokens: int | None = None,
+                   builtin_recipients=(), calls_allowed: bool = True) -> TokenMask | None:
     """A token mask provider for this request's format, tool choice and reasoning budget, or
-    None."""
-    grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab)
+    None. builtin_recipients: the built-in tools' recipients ("python", "browser.search"), whose
+    calls the grammar allows (only those, with tool_choice "builtin"). calls_allowed=False: the
+    built-in tool calls of this response reached their limit, none may follow."""
+    grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab,
+                            builtin_recipients, calls_allowed)
     if max_reasoning_tokens is None:
         return grammar
     return _BudgetMask(grammar, tokenizer, max_reasoning_tokens, n_vocab)
 
 
-def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab):
+def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab, builtin_recipients=(),
+                  calls_allowed=True):
     from ..constrain import Constraint, harmony_grammar
     from ..constrain import response_format as as_format
 
@@ -136,9 +141,23 @@ def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab):
     choice = tool_choice if isinstance(tool_choice, str) else (
         named_tool_choice(tool_choice) or "auto")
     names = [getattr(t, "name", None) for t in tools or ()]
-    if fmt is None and choice in ("auto", "none"):
+    builtins = list(builtin_recipients)
+    if not calls_allowed:
+        if not builtins:
+            calls_allowed = True  # nothing to exclude
+        else:
+            builtins = []
+            choice = "auto" if choice in ("builtin", "required") else choice
+    if choice == "builtin":  # a built-in tool named by tool_choice: one of its calls, nothing else
+        if not builtins:
+            choice = "auto"
+        else:
+            names, choice = [], "required"
+    if fmt is None and choice in ("auto", "none") and calls_allowed:
         return None
     if choice not in ("auto", "none", "required") and choice not in names:
         choice = "auto"
-    grammar = harmony_grammar(fmt, [_Tool(n) for n in names if n], choice)
+    if choice == "required" and not names and not builtins:
+        choice = "auto"
+    grammar = harmony_grammar(fmt, [_Tool(n) for n in names if n], choice, builtins)
     return _GrammarMask(Constraint(tokenizer, grammar), n_vocab)
