@@ -116,7 +116,11 @@ def test_a_builtin_tool_that_cannot_run_here_is_a_400_that_says_why(monkeypatch,
     from ossrun.server.hosted_tools import HostedTools
 
     monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
-    hosted = HostedTools([PythonTool()])
+    sandbox.sandbox_problem.cache_clear()
+    try:
+        hosted = HostedTools([PythonTool()])
+    finally:
+        sandbox.sandbox_problem.cache_clear()
     assert "python" in hosted.problems and hosted.describe() == "none"
     with pytest.raises(APIError) as e:
         hosted.for_request([{"type": "function", "name": "f"}, {"type": "code_interpreter"}], [], tok)
