@@ -25,10 +25,18 @@ TokenMask = Callable[[list[int]], "np.ndarray | None"]
 
 
 class _Tool:
-    """A request's function tool as the grammar builder reads it (arguments not strict)."""
+    """A request's function tool as the grammar builder reads it: with `strict`, its arguments
+    are constrained to its `parameters` schema (objects closed, as OpenAI's strict mode)."""
 
-    def __init__(self, name: str):
-        self.name, self.strict = name, False
+    def __init__(self, name: str, strict: bool = False, parameters: dict | None = None):
+        self.name, self.strict, self.parameters = name, strict, parameters
+
+    def arguments_schema(self) -> dict:
+        from ..tools import closed_schema
+
+        if not self.parameters:
+            return {"type": "object", "properties": {}, "additionalProperties": False}
+        return closed_schema(self.parameters)
 
 
 class _GrammarMask:
@@ -118,20 +126,30 @@ class _BudgetMask:
 
 def token_mask_for(response_format: dict | None, tools: list, tool_choice, tokenizer,
                    n_vocab: int, max_reasoning_tokens: int | None = None,
-                   builtin_recipients=(), calls_allowed: bool = True) -> TokenMask | None:
+                   builtin_recipients=(), calls_allowed: bool = True, strict_tools=(),
+                   format_param: str = "response_format") -> TokenMask | None:
     """A token mask provider for this request's format, tool choice and reasoning budget, or
     None. builtin_recipients: the built-in tools' recipients ("python", "browser.search"), whose
     calls the grammar allows (only those, with tool_choice "builtin"). calls_allowed=False: the
-    built-in tool calls of this response reached their limit, none may follow."""
-    grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab,
-                            builtin_recipients, calls_allowed)
+    built-in tool calls of this response reached their limit, none may follow. strict_tools:
+    names of the function tools whose arguments must match their schema. A format or schema
+    the grammar compiler rejects is a 400 (naming `format_param` or the tools)."""
+    from ..constrain import ConstraintError
+    from .errors import APIError
+
+    try:
+        grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab,
+                                builtin_recipients, calls_allowed, frozenset(strict_tools))
+    except ConstraintError as e:
+        param = "tools" if strict_tools else format_param
+        raise APIError(400, f"Invalid value for '{param}': {e}", param=param) from None
     if max_reasoning_tokens is None:
         return grammar
     return _BudgetMask(grammar, tokenizer, max_reasoning_tokens, n_vocab)
 
 
 def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab, builtin_recipients=(),
-                  calls_allowed=True):
+                  calls_allowed=True, strict_tools=frozenset()):
     from ..constrain import Constraint, harmony_grammar
     from ..constrain import response_format as as_format
 
@@ -141,6 +159,7 @@ def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab, built
     choice = tool_choice if isinstance(tool_choice, str) else (
         named_tool_choice(tool_choice) or "auto")
     names = [getattr(t, "name", None) for t in tools or ()]
+    schemas = {getattr(t, "name", None): getattr(t, "parameters", None) for t in tools or ()}
     builtins = list(builtin_recipients)
     if not calls_allowed:
         if not builtins:
@@ -153,11 +172,13 @@ def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab, built
             choice = "auto"
         else:
             names, choice = [], "required"
-    if fmt is None and choice in ("auto", "none") and calls_allowed:
+    strict = choice != "none" and any(n in strict_tools for n in names)
+    if fmt is None and choice in ("auto", "none") and calls_allowed and not strict:
         return None
     if choice not in ("auto", "none", "required") and choice not in names:
         choice = "auto"
     if choice == "required" and not names and not builtins:
         choice = "auto"
-    grammar = harmony_grammar(fmt, [_Tool(n) for n in names if n], choice, builtins)
+    grammar = harmony_grammar(fmt, [_Tool(n, n in strict_tools, schemas.get(n)) for n in names if n],
+                              choice, builtins)
     return _GrammarMask(Constraint(tokenizer, grammar), n_vocab)

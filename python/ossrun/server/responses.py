@@ -443,6 +443,8 @@ async def create(body: ResponsesRequest, request: Request, engine: Engine, store
     engine.check_prompt(prompt)
     budget = reasoning_budget(body)
     max_calls = _max_tool_calls(body)
+    strict_tools = {t.get("name") for t in body.tools or [] if t.get("type") == "function"
+                    and t.get("strict")}
     base = {"id": new_id("resp"), "object": "response", "created_at": int(time.time()),
             "model": engine.model_id, "error": None, "incomplete_details": None,
             "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
@@ -464,7 +466,8 @@ async def create(body: ResponsesRequest, request: Request, engine: Engine, store
         mask = token_mask_for(fmt, spec.tools, choice if n == 0 else "auto", tokenizer,
                               engine.model.n_vocab, None if budget is None else max(budget - used, 0),
                               builtin_recipients=hosted.recipients(only if n == 0 else None),
-                              calls_allowed=builder.builtin_calls < max_calls)
+                              calls_allowed=builder.builtin_calls < max_calls,
+                              strict_tools=strict_tools, format_param="text.format")
         return Generation(prompt, engine.sampler(prompt, body.temperature, body.top_p, seed),
                           emit=None, max_tokens=left, stop_ids=engine.stop_ids, mask=mask)
 
