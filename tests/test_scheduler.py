@@ -135,6 +135,8 @@ def test_the_mask_is_prepared_before_the_forward_and_applied_after(model):
         for n in range(5):
             i = log.index(("prepare", n))
             assert log[i + 1] == ("forward",) and ("mask", n) in log[i + 2:]
+    finally:
+        sched.close()
 
 
 def test_a_new_prompt_is_prefilled_in_chunks_while_others_decode(model, rng):
