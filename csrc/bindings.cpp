@@ -534,7 +534,8 @@ PYBIND11_MODULE(_core, m) {
                 s.truncate(n);
             });
         })
-        .def("reset", &Session::reset);
+        .def("reset", &Session::reset)
+        .def("commit_kv", &Session::commit_kv);
 
     // Batched steps over several sessions (continuous batching); owns the activation scratch.
     py::class_<Scratch>(m, "Batch")

@@ -32,6 +32,8 @@ public:
     const std::vector<int32_t>& tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_.bytes(); }
     KvType kv_type() const { return kv_.type(); }
+    // Makes the whole KV cache resident now (what a full context holds): for memory benchmarks.
+    void commit_kv() { kv_.commit(); }
     int64_t vocab_size() const { return model_->config().vocab_size; }
     const ModelConfig& config() const { return model_->config(); }
 

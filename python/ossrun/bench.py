@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens of context already in the cache before decoding (default 0)")
     p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
                    help="ossrun's KV cache elements (default: f16, its fast precision's)")
+    p.add_argument("--commit-kv", action="store_true",
+                   help="make ossrun's whole KV cache resident before the runs, so peak RSS is that "
+                        "of a full context (of --ctx tokens)")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context length (default: depth + max(prompt, gen) + 8)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per engine (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--vs-llama-cpp", action="store_true",
@@ -74,7 +79,7 @@ def _measure(a, prefill, reset, counter=lambda: 0) -> tuple[float, float, int]:
 
 
 def _n_ctx(a) -> int:
-    return a.depth + max(a.prompt, a.gen) + 8
+    return a.ctx or a.depth + max(a.prompt, a.gen) + 8
 
 
 def _worker_ossrun(a) -> dict:
@@ -84,6 +89,8 @@ def _worker_ossrun(a) -> dict:
     model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type)
     load_s = time.perf_counter() - t
     s = model.session()
+    if a.commit_kv:
+        s._core.commit_kv()
     prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache")
@@ -161,6 +168,10 @@ def _run_worker(engine: str, a) -> dict:
         cmd += ["--threads", str(a.threads)]
     if a.kv_type:
         cmd += ["--kv-type", a.kv_type]
+    if a.ctx:
+        cmd += ["--ctx", str(a.ctx)]
+    if a.commit_kv:
+        cmd += ["--commit-kv"]
     if engine == "llama_bench":
         cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -202,6 +213,9 @@ def main(a) -> int:
             print("ossrun bench: --vs-llama-cpp needs llama-cpp-python (pip install llama-cpp-python)",
                   file=sys.stderr)
             return 1
+    if a.ctx is not None and a.ctx < a.depth + max(a.prompt, a.gen):
+        print("ossrun bench: --ctx must hold --depth + max(--prompt, --gen) tokens", file=sys.stderr)
+        return 2
     if a.bandwidth is not None and not a.bandwidth > 0:
         print("ossrun bench: --bandwidth must be positive", file=sys.stderr)
         return 2
