@@ -250,3 +250,14 @@ def test_commit_kv_makes_the_cache_resident_and_changes_nothing(w4, deep_w4):
     grown = psutil.Process().memory_info().rss - before
     assert grown >= 0.9 * s._core.kv_bytes
     assert np.array_equal(s.prefill(toks[:40]), fresh)
+
+
+def test_fill_synthetic_stands_in_for_a_prefill(w4):
+    # The bench's --synthetic-depth: n positions held, decode continues after them (finite logits).
+    m = ossrun.load(w4, n_ctx=3000)
+    s = m.session()
+    s._core.fill_synthetic(2500)
+    assert s.n_past == 2500
+    assert np.isfinite(s.decode(3)).all() and s.n_past == 2501
+    with pytest.raises(Exception, match="fill_synthetic"):
+        s._core.fill_synthetic(3001)

@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens of context already in the cache before decoding (default 0)")
     p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
                    help="ossrun's KV cache elements (default: f16, its fast precision's)")
+    p.add_argument("--synthetic-depth", action="store_true",
+                   help="ossrun only: fill the --depth positions of the cache with pseudo-random keys "
+                        "and values instead of prefilling them (decode's cost does not depend on them; "
+                        "minutes saved at 32k); llama-bench still prefills")
     p.add_argument("--commit-kv", action="store_true",
                    help="make ossrun's whole KV cache resident before the runs, so peak RSS is that "
                         "of a full context (of --ctx tokens)")
@@ -58,16 +62,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _measure(a, prefill, reset, counter=lambda: 0) -> tuple[float, float, int]:
+def _measure(a, prefill, reset, counter=lambda: 0, fill=None) -> tuple[float, float, int]:
     """The same protocol for every engine: prefill `--prompt` tokens on an empty context; then
     from empty, `--depth` tokens of context and `--gen` decoded one at a time (the first one's
     prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context; `counter()`
-    is a running count of weight bytes read, returned as its growth over the timed decode."""
+    is a running count of weight bytes read, returned as its growth over the timed decode;
+    `fill(n)`, where given, stands in for the depth's prefill (--synthetic-depth)."""
     t = time.perf_counter()
     prefill(_tokens(a.prompt, 1))
     prefill_s = time.perf_counter() - t
     reset()
-    if a.depth:
+    if a.depth and fill:
+        fill(a.depth)
+    elif a.depth:
         prefill(_tokens(a.depth, 2))
     gen = _tokens(a.gen, 3)
     prefill(gen[:1])
@@ -91,7 +98,9 @@ def _worker_ossrun(a) -> dict:
     s = model.session()
     if a.commit_kv:
         s._core.commit_kv()
-    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read)
+    fill = s._core.fill_synthetic if a.synthetic_depth else None
+    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read,
+                                                 fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache")
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
@@ -172,6 +181,8 @@ def _run_worker(engine: str, a) -> dict:
         cmd += ["--ctx", str(a.ctx)]
     if a.commit_kv:
         cmd += ["--commit-kv"]
+    if a.synthetic_depth:
+        cmd += ["--synthetic-depth"]
     if engine == "llama_bench":
         cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -236,7 +247,8 @@ def main(a) -> int:
         return 1
     result = _median(runs["ossrun"])
     result.update(model=os.fspath(a.model), threads=a.threads, prompt=a.prompt, gen=a.gen,
-                  depth=a.depth, reps=a.reps, **ceilings)
+                  depth=a.depth, synthetic_depth=a.synthetic_depth, kv_type=a.kv_type, reps=a.reps,
+                  **ceilings)
     _add_roofline(result)
     if a.vs_llama_cpp:
         ll = _median(runs["llama_cpp"])
