@@ -541,7 +541,14 @@ PYBIND11_MODULE(_core, m) {
             });
         })
         .def("truncates_in_place", &Session::truncates_in_place)
-        .def("reset", &Session::reset);
+        .def("reset", &Session::reset)
+        .def("commit_kv", &Session::commit_kv)
+        .def("fill_synthetic", [](Session& s, int64_t n) {
+            translated([&] {
+                py::gil_scoped_release nogil;
+                s.fill_synthetic(n);
+            });
+        });
 
     // Batched steps over several sessions (continuous batching); owns the activation scratch.
     py::class_<Scratch>(m, "Batch")

@@ -76,6 +76,13 @@ void KvCache::clear() {
     for (auto& h : held_) std::fill(h.begin(), h.end(), -1);
 }
 
+void KvCache::commit() {
+    for (size_t l = 0; l < cap_.size(); ++l) {
+        std::fill_n(k_[l].get(), size_t(k_stride(int64_t(l)) * kv_width_ * elem_), uint8_t(0));
+        std::fill_n(v_[l].get(), size_t(cap_[l] * kv_width_ * elem_), uint8_t(0));
+    }
+}
+
 size_t KvCache::bytes() const {
     size_t b = 0;
     for (int64_t c : cap_) b += 2 * size_t(c * kv_width_ * elem_);

@@ -43,6 +43,9 @@ public:
     bool can_resume_at(int64_t n) const;
     void clear();
     size_t bytes() const;
+    // Writes every page of the cache now (contents meaningless: no slot is marked held by it),
+    // so its whole size is resident from the start, as at a full context.
+    void commit();
 
 private:
     int64_t slot(int64_t layer, int64_t pos) const { return pos % cap_[size_t(layer)]; }

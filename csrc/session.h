@@ -32,6 +32,12 @@ public:
     const std::vector<int32_t>& tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_.bytes(); }
     KvType kv_type() const { return kv_.type(); }
+    // Makes the whole KV cache resident now (what a full context holds): for memory benchmarks.
+    void commit_kv() { kv_.commit(); }
+    // For benchmarks of decode at depth: resets, then fills the cache with n positions of
+    // pseudo-random keys and values (and n_past = n, tokens 0) instead of prefilling n tokens;
+    // attention's cost does not depend on the values. The logits that follow are meaningless.
+    void fill_synthetic(int64_t n);
     int64_t vocab_size() const { return model_->config().vocab_size; }
     const ModelConfig& config() const { return model_->config(); }
 

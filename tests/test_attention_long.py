@@ -237,3 +237,27 @@ def test_exact_mode_is_float32_kv_bit_for_bit(w4, deep_w4):
     a = ossrun.load(w4, precision="f32", n_ctx=300).logits(toks[:300])
     b = ossrun.load(w4, precision="f32", n_ctx=300, kv_type="f32").logits(toks[:300])
     assert np.array_equal(a, b)
+
+
+def test_commit_kv_makes_the_cache_resident_and_changes_nothing(w4, deep_w4):
+    psutil = pytest.importorskip("psutil")
+    toks, _ = deep_w4
+    m = ossrun.load(w4, precision="f32", n_ctx=4096)
+    fresh = m.session().prefill(toks[:40])
+    s = m.session(n_ctx=m.config.context_length)
+    before = psutil.Process().memory_info().rss
+    s._core.commit_kv()
+    grown = psutil.Process().memory_info().rss - before
+    assert grown >= 0.9 * s._core.kv_bytes
+    assert np.array_equal(s.prefill(toks[:40]), fresh)
+
+
+def test_fill_synthetic_stands_in_for_a_prefill(w4):
+    # The bench's --synthetic-depth: n positions held, decode continues after them (finite logits).
+    m = ossrun.load(w4, n_ctx=3000)
+    s = m.session()
+    s._core.fill_synthetic(2500)
+    assert s.n_past == 2500
+    assert np.isfinite(s.decode(3)).all() and s.n_past == 2501
+    with pytest.raises(Exception, match="fill_synthetic"):
+        s._core.fill_synthetic(3001)

@@ -1,7 +1,11 @@
 // Measures the ceilings that bound ossrun on this machine: DRAM read bandwidth and the peak
 // rates of float32 FMA, bf16, int16 and int8 dot products (VNNI), per core and for all
-// threads. Built and run by tools/machine_rates.py; prints one JSON object.
+// threads. The read bandwidth and int16 rate are `ossrun bench`'s own probes
+// (csrc/cpu/machine_probe.cpp, built in with this file). Built and run by tools/machine_rates.py;
+// prints one JSON object.
 #include <immintrin.h>
+
+#include "../csrc/cpu/machine_probe.h"
 
 #include <algorithm>
 #include <chrono>
@@ -24,23 +28,6 @@ static double run_threads(int n, F&& fn) {  // wall time of n threads running fn
     for (int i = 0; i < n; ++i) ts.emplace_back(fn, i);
     for (auto& th : ts) th.join();
     return seconds_since(t);
-}
-
-static double read_bandwidth(int threads, size_t bytes) {
-    std::vector<uint8_t> buf(bytes, 1);
-    double best = 1e30;
-    for (int rep = 0; rep < 5; ++rep) {
-        double t = run_threads(threads, [&](int i) {
-            const size_t part = bytes / threads;
-            const __m256i* p = reinterpret_cast<const __m256i*>(buf.data() + i * part);
-            __m256i acc = _mm256_setzero_si256();
-            for (size_t k = 0; k < part / 32; ++k) acc = _mm256_xor_si256(acc, _mm256_loadu_si256(p + k));
-            volatile int sink = _mm256_extract_epi32(acc, 0);
-            (void)sink;
-        });
-        best = std::min(best, t);
-    }
-    return bytes / best / 1e9;
 }
 
 constexpr long kIters = 50000000;
@@ -72,7 +59,6 @@ constexpr long kIters = 50000000;
 
 OSSRUN_PEAK_LOOP(fma_loop, "avx512f", "vfmadd231ps")
 OSSRUN_PEAK_LOOP(bf16_loop, "avx512f,avx512bf16", "vdpbf16ps")
-OSSRUN_PEAK_LOOP(vnni16_loop, "avx512f,avx512vnni", "vpdpwssd")
 OSSRUN_PEAK_LOOP(vnni_loop, "avx512f,avx512vnni", "vpdpbusd")
 
 template <class F>
@@ -85,7 +71,7 @@ int main(int argc, char** argv) {
     const int n = argc > 1 ? std::atoi(argv[1]) : int(std::thread::hardware_concurrency());
     const size_t bytes = size_t(1) << 30;
     std::printf("{\"threads\": %d, \"read_gb_s_1\": %.2f, \"read_gb_s_all\": %.2f", n,
-                read_bandwidth(1, bytes), read_bandwidth(n, bytes));
+                ossrun::measure_read_bandwidth(1, bytes), ossrun::measure_read_bandwidth(n, bytes));
     if (__builtin_cpu_supports("avx512f")) {
         // 12 vectors x 16 lanes x 2 flops (fma); x 32 pairs x 2 (bf16 dot, int16 vnni); x 64
         // bytes x 2 (int8 vnni).
@@ -97,7 +83,7 @@ int main(int argc, char** argv) {
         if (__builtin_cpu_supports("avx512vnni"))
             std::printf(", \"int16_gops_1\": %.1f, \"int16_gops_all\": %.1f, \"int8_gops_1\": %.1f, "
                         "\"int8_gops_all\": %.1f",
-                        rate(1, 12 * 64, vnni16_loop), rate(n, 12 * 64, vnni16_loop),
+                        ossrun::measure_int16_peak(1, nullptr), ossrun::measure_int16_peak(n, nullptr),
                         rate(1, 12 * 128, vnni_loop), rate(n, 12 * 128, vnni_loop));
     }
     std::printf("}\n");

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 SRC = Path(__file__).with_name("machine_rates.cpp")
+PROBE = Path(__file__).resolve().parent.parent / "csrc" / "cpu" / "machine_probe.cpp"
 
 
 def main() -> int:
@@ -18,7 +19,7 @@ def main() -> int:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "machine_rates"
-        cmd = ["g++", "-O2", "-mavx2", "-std=c++17", "-pthread", str(SRC), "-o", str(exe)]
+        cmd = ["g++", "-O2", "-mavx2", "-std=c++17", "-pthread", str(SRC), str(PROBE), "-o", str(exe)]
         subprocess.run(cmd, check=True)
         return subprocess.run([str(exe), str(a.threads)]).returncode
 

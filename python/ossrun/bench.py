@@ -31,6 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens of context already in the cache before decoding (default 0)")
     p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
                    help="ossrun's KV cache elements (default: f16, its fast precision's)")
+    p.add_argument("--synthetic-depth", action="store_true",
+                   help="ossrun only: fill the --depth positions of the cache with pseudo-random keys "
+                        "and values instead of prefilling them (decode's cost does not depend on them; "
+                        "minutes saved at 32k); llama-bench still prefills")
+    p.add_argument("--commit-kv", action="store_true",
+                   help="make ossrun's whole KV cache resident before the runs, so peak RSS is that "
+                        "of a full context (of --ctx tokens)")
+    p.add_argument("--ctx", type=int, default=None,
+                   help="context length (default: depth + max(prompt, gen) + 8)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per engine (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--vs-llama-cpp", action="store_true",
@@ -53,16 +62,19 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _measure(a, prefill, reset, counter=lambda: 0) -> tuple[float, float, int]:
+def _measure(a, prefill, reset, counter=lambda: 0, fill=None) -> tuple[float, float, int]:
     """The same protocol for every engine: prefill `--prompt` tokens on an empty context; then
     from empty, `--depth` tokens of context and `--gen` decoded one at a time (the first one's
     prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context; `counter()`
-    is a running count of weight bytes read, returned as its growth over the timed decode."""
+    is a running count of weight bytes read, returned as its growth over the timed decode;
+    `fill(n)`, where given, stands in for the depth's prefill (--synthetic-depth)."""
     t = time.perf_counter()
     prefill(_tokens(a.prompt, 1))
     prefill_s = time.perf_counter() - t
     reset()
-    if a.depth:
+    if a.depth and fill:
+        fill(a.depth)
+    elif a.depth:
         prefill(_tokens(a.depth, 2))
     gen = _tokens(a.gen, 3)
     prefill(gen[:1])
@@ -74,7 +86,7 @@ def _measure(a, prefill, reset, counter=lambda: 0) -> tuple[float, float, int]:
 
 
 def _n_ctx(a) -> int:
-    return a.depth + max(a.prompt, a.gen) + 8
+    return a.ctx or a.depth + max(a.prompt, a.gen) + 8
 
 
 def _worker_ossrun(a) -> dict:
@@ -84,7 +96,11 @@ def _worker_ossrun(a) -> dict:
     model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type)
     load_s = time.perf_counter() - t
     s = model.session()
-    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read)
+    if a.commit_kv:
+        s._core.commit_kv()
+    fill = s._core.fill_synthetic if a.synthetic_depth else None
+    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read,
+                                                 fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache")
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
@@ -161,6 +177,12 @@ def _run_worker(engine: str, a) -> dict:
         cmd += ["--threads", str(a.threads)]
     if a.kv_type:
         cmd += ["--kv-type", a.kv_type]
+    if a.ctx:
+        cmd += ["--ctx", str(a.ctx)]
+    if a.commit_kv:
+        cmd += ["--commit-kv"]
+    if a.synthetic_depth:
+        cmd += ["--synthetic-depth"]
     if engine == "llama_bench":
         cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -202,6 +224,9 @@ def main(a) -> int:
             print("ossrun bench: --vs-llama-cpp needs llama-cpp-python (pip install llama-cpp-python)",
                   file=sys.stderr)
             return 1
+    if a.ctx is not None and a.ctx < a.depth + max(a.prompt, a.gen):
+        print("ossrun bench: --ctx must hold --depth + max(--prompt, --gen) tokens", file=sys.stderr)
+        return 2
     if a.bandwidth is not None and not a.bandwidth > 0:
         print("ossrun bench: --bandwidth must be positive", file=sys.stderr)
         return 2
@@ -222,7 +247,8 @@ def main(a) -> int:
         return 1
     result = _median(runs["ossrun"])
     result.update(model=os.fspath(a.model), threads=a.threads, prompt=a.prompt, gen=a.gen,
-                  depth=a.depth, reps=a.reps, **ceilings)
+                  depth=a.depth, synthetic_depth=a.synthetic_depth, kv_type=a.kv_type, reps=a.reps,
+                  **ceilings)
     _add_roofline(result)
     if a.vs_llama_cpp:
         ll = _median(runs["llama_cpp"])
