@@ -108,6 +108,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="compute threads (default: the number of physical cores)")
     p.add_argument("--precision", choices=("fast", "f32"), default="fast",
                    help="'f32' keeps float32 activations end to end (default: fast)")
+    from .device_cli import add_device_flags
+
+    add_device_flags(p)
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--threads", type=_positive_int, metavar="N",
                       help="threads for the memory estimate (default: physical cores)")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
+    from .device_cli import add_info_flags
+
+    add_info_flags(info)
     info.set_defaults(func=cmd_info)
 
     serve = sub.add_parser("serve", help="serve the model over OpenAI's HTTP API",
@@ -305,7 +311,10 @@ def load_model(path, args):
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
-        return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision)
+        from .device_cli import load_options
+
+        return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision,
+                     **load_options(args))
 
 
 def new_chat(model, args):
@@ -493,7 +502,13 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
 
 def cmd_info(args) -> int:
     info = describe(args.model, args.ctx, args.threads)
+    if getattr(args, "device", False):
+        from .device_cli import describe_device
+        from .gguf_loader import open_gguf
+
+        info["device"] = describe_device(open_gguf(info["path"]), info["memory"]["n_ctx"], args)
     if args.json:
+        info.get("device", {}).pop("_plan", None)
         print(json.dumps(info, indent=2))
         return 0
     vocab = info["vocabulary"]
@@ -519,6 +534,10 @@ def cmd_info(args) -> int:
     lines += [f"  {label:<20}{_human_bytes(mem[key]):>10}"
               for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
                                  ("activations", "activations"), ("total", "total"))]
+    if "device" in info:
+        from .device_cli import format_device
+
+        lines += format_device(info["device"])
     print("\n".join(lines))
     return 0
 

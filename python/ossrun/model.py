@@ -56,9 +56,18 @@ class Model:
             activations end to end).
         isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "neon"); default the best
             this CPU runs (or $OSSRUN_ISA).
+        device: "auto" (default: the GPU when the CUDA backend can run the model, else the CPU;
+            `device_reason` says which and why), "cpu", or "cuda" (a DeviceError saying why when
+            it cannot be used; the forward pass does not run on CUDA yet, ossrun.device).
+        gpu_layers, cpu_moe: the GPU/CPU split of ossrun.placement (layers on the GPU; layers
+            whose experts stay on the CPU, or "all"); default as much on the GPU as fits.
     """
 
-    def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None):
+    def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
+                 device: str = "auto", gpu_layers: int | None = None, cpu_moe: int | str | None = None):
+        from .device import resolve_device
+
+        self.device, self.device_reason = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if threads is None:
@@ -76,6 +85,9 @@ class Model:
             )
         self.n_ctx = n_ctx
         self.precision = precision
+        from .placement import check_split
+
+        self.gpu_layers, self.cpu_moe = check_split(self.config.block_count, gpu_layers, cpu_moe)
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)
