@@ -41,6 +41,13 @@ Matrix raw_matrix(const RawArray& raw, int type, int64_t rows, int64_t cols) {
     return W;
 }
 
+MatmulKernel kernel_arg(const std::string& kernel) {
+    if (kernel == "auto") return MatmulKernel::Auto;
+    if (kernel == "gemv") return MatmulKernel::Gemv;
+    if (kernel == "gemm") return MatmulKernel::Gemm;
+    throw py::value_error("kernel must be 'auto', 'gemv' or 'gemm'");
+}
+
 // C++ errors of the ops as Python ones: bad arguments ValueError, CUDA failures CudaError.
 template <class F>
 void guarded(F&& f) {
@@ -93,11 +100,7 @@ void bind_ops(py::module_& m) {
         const Matrix W = raw_matrix(raw, type, rows, cols);
         if (x.ndim() != 2 || x.shape(1) != cols || x.shape(0) < 1) throw py::value_error("x must be [T, cols], T >= 1");
         if (bias && (bias->ndim() != 1 || bias->shape(0) != rows)) throw py::value_error("bias must be [rows]");
-        MatmulKernel which;
-        if (kernel == "auto") which = MatmulKernel::Auto;
-        else if (kernel == "gemv") which = MatmulKernel::Gemv;
-        else if (kernel == "gemm") which = MatmulKernel::Gemm;
-        else throw py::value_error("kernel must be 'auto', 'gemv' or 'gemm'");
+        const MatmulKernel which = kernel_arg(kernel);
         const int64_t T = x.shape(0);
         py::array_t<float> y({T, rows});
         float* yp = y.mutable_data();
@@ -106,6 +109,16 @@ void bind_ops(py::module_& m) {
         return y;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
        py::arg("bias") = py::none(), py::arg("kernel") = "auto");
+    m.def("time_matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, int64_t n_tok,
+                            const std::string& kernel, int reps) {
+        const Matrix W = raw_matrix(raw, type, rows, cols);
+        const MatmulKernel which = kernel_arg(kernel);
+        double seconds = 0;
+        guarded([&] { seconds = time_matmul_host(W, n_tok, which, reps); });
+        return seconds;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("n_tok"),
+       py::arg("kernel") = "auto", py::arg("reps") = 20,
+       "seconds per call of the matmul kernel (median of reps, CUDA events), for tools/device_check.sh");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
             throw py::value_error("rmsnorm wants x [T, n] and g [n]");

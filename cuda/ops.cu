@@ -80,6 +80,48 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
     dy.copy_to(y);
 }
 
+double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps) {
+    require(has_weight_element(W_host.type) && W_host.n_mats == 1, "time_matmul takes one F32/F16/BF16/Q8_0/MXFP4 matrix");
+    require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
+    require(n_tok >= 1 && n_tok <= kMaxGridY && reps >= 1 && reps <= 1000, "1 <= n_tok <= 65535, 1 <= reps <= 1000");
+    const int64_t rows = W_host.rows, cols = W_host.cols;
+    std::vector<float> x(static_cast<size_t>(n_tok * cols));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
+    DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
+    DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
+    MatmulArgs a;
+    a.W = W_host;
+    a.W.data = w.get();
+    a.x = dx.get();
+    a.ldx = cols;
+    a.n_tok = n_tok;
+    a.y = dy.get();
+    a.ldy = rows;
+    auto launch = [&] {
+        if (which == MatmulKernel::Gemv) gemv(a, nullptr);
+        else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
+        else matmul(a, nullptr);
+    };
+    launch();
+    launch();
+    finish("matmul warm-up");
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    std::vector<float> ms(static_cast<size_t>(reps));
+    for (int i = 0; i < reps; ++i) {
+        check(cudaEventRecord(start), "cudaEventRecord");
+        launch();
+        check(cudaEventRecord(stop), "cudaEventRecord");
+        check(cudaEventSynchronize(stop), "matmul");
+        check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "cudaEventElapsedTime");
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(ms.begin(), ms.end());
+    return double(ms[size_t(reps / 2)]) * 1e-3;
+}
+
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps) {
     require(n_rows >= 1 && n >= 1, "rmsnorm wants at least one row of at least one element");
     require(n_rows <= int64_t(0x7FFFFFFF), "too many rows");

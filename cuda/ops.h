@@ -40,6 +40,10 @@ enum class MatmulKernel { Auto, Gemv, Gemm };
 // W_host.data is host memory; x [n_tok][cols], y [n_tok][rows], bias [rows] or null.
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
                  MatmulKernel which);
+// Seconds per call of the matmul kernel on W (copied to the device once) and random x of n_tok
+// tokens, the median of `reps` timed calls after two warm-ups (CUDA events): for
+// tools/device_check.sh's kernel rates, not for tests.
+double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps);
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps);
 // x [T][n_heads][d] is rotated in place.
 void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_t d,

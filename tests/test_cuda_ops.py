@@ -10,6 +10,7 @@ Tolerances: the worst-case float32 rounding bounds of tests/test_kernels.py, sta
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from ossrun.device import cuda_status  # noqa: E402
 
 gpu = cuda.ops
 STATUS = cuda_status()
+if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/device_check.sh
+    raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
 needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
 
 F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
@@ -347,8 +350,8 @@ def test_cuda_attention(rng, case, d, heads):
     group = nq // nkv
     for g in range(nkv):
         hs = slice(g * group, (g + 1) * group)
-        want = cpu.attention(q[t, hs], np.ascontiguousarray(k_cache[:, g]), np.ascontiguousarray(v_cache[:, g]),
-                             lo, p, sinks[hs], scale, "scalar")
+        k_g, v_g = np.ascontiguousarray(k_cache[:, g]), np.ascontiguousarray(v_cache[:, g])
+        want = cpu.attention(q[t, hs], k_g, v_g, lo, p, sinks[hs], scale, "scalar")
         assert np.all(np.abs(out[t, hs] - want) <= 2 * tol[t, hs])
 
 

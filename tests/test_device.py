@@ -26,7 +26,8 @@ def report(**over):
 @pytest.mark.parametrize("rep,reason", [
     (None, "built without CUDA"),
     (report(error_code=35, driver_version=0, devices=[]), "no NVIDIA driver"),
-    (report(error_code=35, driver_version=12040, devices=[]), "supports CUDA 12.4, older than this build's CUDA 13.0"),
+    (report(error_code=35, driver_version=12040, devices=[]),
+     "supports CUDA 12.4, older than this build's CUDA 13.0"),
     (report(error_code=100, devices=[]), "sees no CUDA device"),
     (report(error_code=999, error="cudaErrorUnknown: unknown error", devices=[]), "cudaErrorUnknown"),
     (report(devices=[dict(GOOD_DEVICE, has_kernel_image=False)], architectures="90"),

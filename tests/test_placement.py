@@ -45,7 +45,8 @@ def vram_for(cfg, sizes, n_ctx, layers_dense, layers_experts):
     last `layers_experts` layers' experts (plus the reserve and scratch)."""
     L = cfg.block_count
     g = group_tensor_bytes(sizes, L)
-    need = g["output"] + sum(g["dense"][i] + kv_cache_bytes(cfg, i, n_ctx) for i in range(L - layers_dense, L))
+    dense = range(L - layers_dense, L)
+    need = g["output"] + sum(g["dense"][i] + kv_cache_bytes(cfg, i, n_ctx) for i in dense)
     need += sum(g["experts"][i] for i in range(L - layers_experts, L))
     return need + DEFAULT_RESERVE + scratch_bytes(cfg)
 
@@ -159,9 +160,9 @@ def test_forced_gpu_layers():
         plan_placement(cfg, sizes, 4096, free, gpu_layers=4)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"gpu_layers": 7}, "gpu_layers"), ({"gpu_layers": -1}, "gpu_layers"),
-                                          ({"cpu_moe": "some"}, "cpu_moe"), ({"cpu_moe": 1.5}, "cpu_moe"),
-                                          ({"gpu_layers": True}, "gpu_layers")])
+@pytest.mark.parametrize("kwargs,match", [
+    ({"gpu_layers": 7}, "gpu_layers"), ({"gpu_layers": -1}, "gpu_layers"), ({"cpu_moe": "some"}, "cpu_moe"),
+    ({"cpu_moe": 1.5}, "cpu_moe"), ({"gpu_layers": True}, "gpu_layers")])
 def test_bad_split_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
         check_split(6, **kwargs)
@@ -172,8 +173,8 @@ def test_format_plan_names_every_part():
     cfg, sizes = fake_model()
     plan = plan_placement(cfg, sizes, 4096, vram_for(cfg, sizes, 4096, 6, 2))
     text = "\n".join(format_plan(plan))
-    for want in ("--n-cpu-moe 4", "experts of layers 4..5", "experts of layers 0..3", "KV cache of layers 0..5",
-                 "token embedding", "VRAM free"):
+    for want in ("--n-cpu-moe 4", "experts of layers 4..5", "experts of layers 0..3",
+                 "KV cache of layers 0..5", "token embedding", "VRAM free"):
         assert want in text
     d = plan.to_dict()
     assert d["n_cpu_moe"] == 4 and len(d["parts"]) == 2 + 3 * 6
