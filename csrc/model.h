@@ -42,6 +42,10 @@ struct Scratch {
     std::vector<int16_t> x_i16;                          // fast precision: [rows, width]
     std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;
+    // Attention tasks: the first task of each (token, kv head) row, and the partial results of
+    // rows split into chunks of keys (flash-decoding): [task][head][d], and max and sum [task][head].
+    std::vector<int64_t> attn_task_first;
+    std::vector<float> attn_part_acc, attn_part_max, attn_part_sum;
     // Batched forwards: the segment of each row, and the wanted logits rows of all segments
     // before they are copied to each segment's own buffer.
     std::vector<int32_t> row_segment;  // [T]

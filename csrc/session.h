@@ -25,12 +25,13 @@ class Session {
 public:
     static constexpr int64_t kMaxChunk = 256;
 
-    Session(std::shared_ptr<Model> model, int64_t n_ctx);
+    Session(std::shared_ptr<Model> model, int64_t n_ctx, KvType kv_type = KvType::F32);
 
     int64_t n_past() const { return int64_t(tokens_.size()); }
     int64_t n_ctx() const { return kv_.n_ctx(); }
     const std::vector<int32_t>& tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_.bytes(); }
+    KvType kv_type() const { return kv_.type(); }
     int64_t vocab_size() const { return model_->config().vocab_size; }
     const ModelConfig& config() const { return model_->config(); }
 

@@ -70,6 +70,7 @@ def test_kv_cache_bytes_full_and_sliding_layers():
     assert kv_cache_bytes(cfg, 1, 8192) == 8192 * per_slot  # full layer: every position
     assert kv_cache_bytes(cfg, 0, 8192) == (128 - 1 + 256 + 1024) * per_slot  # the sliding ring
     assert kv_cache_bytes(cfg, 0, 100) == 100 * per_slot  # never more than n_ctx
+    assert kv_cache_bytes(cfg, 1, 8192, "f16") == 8192 * per_slot // 2
 
 
 def test_everything_fits_on_a_large_gpu():

@@ -75,7 +75,8 @@ def describe_device(g, n_ctx: int, args) -> dict:
     else:
         free, source = None, "no usable GPU"
     tensor_bytes = {name: int(arr.nbytes) for name, (arr, _, _) in g.tensors.items()}
-    plan = plan_placement(g.config, tensor_bytes, n_ctx, free, args.gpu_layers, args.cpu_moe)
+    plan = plan_placement(g.config, tensor_bytes, n_ctx, free, args.gpu_layers, args.cpu_moe,
+                          kv_type=getattr(args, "kv_type", None) or "f32")
     return {"cuda": str(status), "auto_device": device, "auto_reason": reason,
             "vram_source": source, "plan": plan.to_dict(), "_plan": plan}
 

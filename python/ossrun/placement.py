@@ -25,7 +25,7 @@ DEFAULT_RESERVE = 512 * 2**20
 # Tokens per prefill chunk and the rollback depth of sliding layers (csrc/session.h, kv_cache.h).
 MAX_CHUNK = 256
 ROLLBACK_MARGIN = 1024
-KV_BYTES_PER_VALUE = 4  # float32 K and V, as the CPU cache
+KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2}  # bytes per K or V element of each kv_type
 
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
 _EXPERTS = re.compile(r"ffn_(gate|up|down)_exps\.")
@@ -96,11 +96,11 @@ class Plan:
                            "device": p.device} for p in self.parts]}
 
 
-def kv_cache_bytes(cfg, layer: int, n_ctx: int) -> int:
+def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
     """K and V of one layer at n_ctx: full layers (odd) hold n_ctx slots, sliding layers (even) a
     ring of window - 1 + one prefill chunk + the rollback margin, at most n_ctx."""
     slots = n_ctx if layer % 2 else min(n_ctx, cfg.sliding_window - 1 + MAX_CHUNK + ROLLBACK_MARGIN)
-    return slots * 2 * cfg.head_count_kv * cfg.key_length * KV_BYTES_PER_VALUE
+    return slots * 2 * cfg.head_count_kv * cfg.key_length * KV_BYTES[kv_type]
 
 
 def scratch_bytes(cfg) -> int:
@@ -150,14 +150,17 @@ def check_split(block_count: int, gpu_layers=None, cpu_moe=None) -> tuple[int | 
 
 def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: int | None,
                    gpu_layers: int | None = None, cpu_moe: int | str | None = None,
-                   reserve: int = DEFAULT_RESERVE) -> Plan:
-    """Place `cfg`'s model (tensor name -> bytes) for sessions of n_ctx tokens into free_vram
-    bytes (None: no GPU). gpu_layers / cpu_moe None choose as much GPU as fits; numbers force the
-    split (cpu_moe "all": every expert on the CPU) and raise DeviceError if it does not fit."""
+                   reserve: int = DEFAULT_RESERVE, kv_type: str = "f32") -> Plan:
+    """Place `cfg`'s model (tensor name -> bytes) for sessions of n_ctx tokens with a KV cache of
+    kv_type elements into free_vram bytes (None: no GPU). gpu_layers / cpu_moe None choose as much
+    GPU as fits; numbers force the split (cpu_moe "all": every expert on the CPU) and raise
+    DeviceError if it does not fit."""
     L = cfg.block_count
     forced_layers, forced_cpu_moe = check_split(L, gpu_layers, cpu_moe)
     g = group_tensor_bytes(tensor_bytes, L)
-    kv = [kv_cache_bytes(cfg, layer, n_ctx) for layer in range(L)]
+    if kv_type not in KV_BYTES:
+        raise ValueError(f"kv_type must be one of {tuple(KV_BYTES)}, got {kv_type!r}")
+    kv = [kv_cache_bytes(cfg, layer, n_ctx, kv_type) for layer in range(L)]
     scratch = scratch_bytes(cfg)
 
     def build(n_gpu_layers: int, n_cpu_moe: int, reason: str = "") -> Plan:
