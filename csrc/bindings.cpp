@@ -477,6 +477,12 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
         .def_property_readonly("uses_i16", &Model::uses_i16)
         .def_property_readonly("weight_bytes_read", &Model::weight_bytes_read)
+        .def_property_readonly("part_seconds", [](const Model& m) {
+            // Wall seconds per part of the forward since load (part_timer.h), for benchmarks.
+            py::dict d;
+            for (int p = 0; p < int(Part::kCount); ++p) d[part_name(Part(p))] = m.part_seconds(Part(p));
+            return d;
+        })
         .def_property_readonly("threads", &Model::threads);
 
     py::class_<Session>(m, "Session")

@@ -101,6 +101,11 @@ void Model::forward_batch(const Segment* segs, size_t n_segs, Scratch& s) {
     }
     if (T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
     std::lock_guard<std::mutex> lock(forward_mutex_);
+    struct StopTimer {
+        PartTimer& t;
+        ~StopTimer() { t.stop(); }
+    } stop_timer{part_timer_};
+    part_timer_.switch_to(Part::kOther);
     const int64_t H = config_.embedding_length, V = config_.vocab_size;
 
     for (size_t i = 0, row = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
@@ -115,17 +120,22 @@ void Model::forward_batch(const Segment* segs, size_t n_segs, Scratch& s) {
     for (int64_t l = 0; l < config_.block_count; ++l) {
         const LayerWeights& w = weights_.layers[size_t(l)];
         rmsnorm_rows(s.residual.data(), w.attn_norm, s.normed.data(), T);
+        part_timer_.switch_to(Part::kAttention);
         attention_block(segs, s, l, T);                     // -> s.proj
+        part_timer_.switch_to(Part::kOther);
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
         trace(s, T);
         rmsnorm_rows(s.residual.data(), w.post_attention_norm, s.normed.data(), T);
+        part_timer_.switch_to(Part::kMoeOther);
         moe_block(s, l, T);                                 // -> s.proj
+        part_timer_.switch_to(Part::kOther);
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
         trace(s, T);
     }
 
     // Final norm and unembedding, only for the positions whose logits are wanted, of all segments
     // in one matmul (the output matrix is the largest dense read of a decode step).
+    part_timer_.switch_to(Part::kOutput);
     for (size_t i = 0, row = 0, out = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
         const int64_t first = segs[i].all_logits ? 0 : segs[i].n - 1, count = segs[i].n - first;
         rmsnorm_rows(s.residual.data() + (int64_t(row) + first) * H, weights_.output_norm,
@@ -187,6 +197,19 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 }
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
+    if (n_jobs == 0) return;
+    // A matmul's time goes to its own part: experts, the router, the output head, the others.
+    const Part caller = part_timer_.current();
+    const Part own = jobs[0].W->n_mats > 1    ? Part::kExperts
+                     : caller == Part::kMoeOther ? Part::kRouter
+                     : caller == Part::kOutput   ? Part::kOutput
+                                                 : Part::kDenseMatmul;
+    part_timer_.switch_to(own);
+    struct Resume {
+        PartTimer& t;
+        Part p;
+        ~Resume() { t.switch_to(p); }
+    } resume{part_timer_, caller};
     for (size_t i = 0; i < n_jobs; ++i) weight_bytes_read_ += uint64_t(jobs[i].W->rows) * jobs[i].W->row_bytes;
     // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
     // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "kernels.h"
 #include "kv_cache.h"
+#include "part_timer.h"
 #include "rope.h"
 #include "threadpool.h"
 #include "weights.h"
@@ -78,6 +79,8 @@ public:
     // Bytes of weight matrices read by matmuls since load (each matmul's rows once, however many
     // tokens share them): what `ossrun bench` divides by the tokens decoded.
     uint64_t weight_bytes_read() const { return weight_bytes_read_; }
+    // Wall seconds each part of the forward took since load (part_timer.h); read between forwards.
+    double part_seconds(Part p) const { return part_timer_.seconds(p); }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
@@ -118,6 +121,7 @@ private:
     RopeTable rope_;
     bool use_i16_;
     uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
+    PartTimer part_timer_;            // likewise
 };
 
 }  // namespace ossrun
