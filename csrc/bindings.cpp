@@ -540,6 +540,7 @@ PYBIND11_MODULE(_core, m) {
                 s.truncate(n);
             });
         })
+        .def("truncates_in_place", &Session::truncates_in_place)
         .def("reset", &Session::reset);
 
     // Batched steps over several sessions (continuous batching); owns the activation scratch.

@@ -41,6 +41,8 @@ public:
     // layer: [2L][n][H] (n <= kMaxChunk, one chunk).
     std::vector<float> prefill_traced(const int32_t* ids, int64_t n, float* logits);
     void truncate(int64_t n);
+    // True when truncate(n) keeps the cache as it is (no replay of the kept tokens).
+    bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && kv_.can_resume_at(n)); }
     void reset();
 
     // One forward over several sessions of one model (continuous batching), each appending its

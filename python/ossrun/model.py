@@ -252,6 +252,11 @@ class Session:
             raise ValueError(f"truncate({n!r}) needs 0 <= n <= n_past = {self.n_past}")
         self._core.truncate(int(n))
 
+    def truncates_in_place(self, n: int) -> bool:
+        """Whether truncate(n) keeps the cache as it is; False when a sliding-window ring no
+        longer holds keys that position n needs, so truncate(n) would replay the first n tokens."""
+        return 0 <= n <= self.n_past and self._core.truncates_in_place(int(n))
+
     def reset(self) -> None:
         """Forget every token."""
         self._core.reset()
