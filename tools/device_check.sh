@@ -34,7 +34,8 @@ step() {
     ((limit > left)) && limit=$left
     local t0=$SECONDS rc=0
     echo "== $name (limit ${limit} s)"
-    timeout --kill-after=10 "$limit" "$@" >"$LOGDIR/$name.log" 2>&1 || rc=$?
+    # Through bash -c so that CMD may be one of the functions below (exported with export -f).
+    timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$LOGDIR/$name.log" 2>&1 || rc=$?
     local took=$((SECONDS - t0))
     if ((rc == 0)); then
         SUMMARY+=("PASS    $name (${took} s)")
@@ -99,6 +100,8 @@ SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8
   or router or swiglu or rope_yarn"
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
+export -f environment build status bench_model
+export REPO BUILD SITE PY ARCH
 export PYTHONPATH=$SITE PYTHONUNBUFFERED=1 OSSRUN_REQUIRE_CUDA=1
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step environment 60 environment
