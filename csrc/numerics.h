@@ -1,21 +1,34 @@
 // Scalar number formats shared by every backend: fp16, bf16, E8M0 and E2M1 (MODEL.md §3, §4.3).
-// All conversions are exact; fp16 subnormals are decoded properly (MODEL.md §6.9).
+// All conversions are exact; fp16 subnormals are decoded properly (MODEL.md §6.9). The scalar
+// conversions compile for the host and for CUDA devices (OSSRUN_HD), so each format is written once;
+// the lookup tables below are host-only.
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+// __host__ __device__ under nvcc, nothing for the host compilers.
+#if defined(__CUDACC__)
+#define OSSRUN_HD __host__ __device__
+#else
+#define OSSRUN_HD
+#endif
+
 namespace ossrun {
 
-inline float bits_to_float(uint32_t u) {
+OSSRUN_HD inline float bits_to_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
     float f;
     std::memcpy(&f, &u, 4);
     return f;
+#endif
 }
 
-inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
+OSSRUN_HD inline float bf16_to_float(uint16_t b) { return bits_to_float(uint32_t(b) << 16); }
 
-inline float fp16_to_float(uint16_t h) {
+OSSRUN_HD inline float fp16_to_float(uint16_t h) {
     const uint32_t sign = uint32_t(h & 0x8000) << 16;
     const uint32_t exp = (h >> 10) & 0x1F;
     const uint32_t mant = h & 0x3FF;
@@ -58,8 +71,17 @@ inline uint16_t float_to_bf16(float f) {
 
 // E8M0 scale byte e means 2^(e-127). e = 0 is the float32 subnormal 2^-127; 255 (NaN) is
 // rejected when a file is loaded.
-inline float e8m0_to_float(uint8_t e) {
+OSSRUN_HD inline float e8m0_to_float(uint8_t e) {
     return e == 0 ? bits_to_float(0x00400000u) : bits_to_float(uint32_t(e) << 23);
+}
+
+// E2M1 code -> value (MODEL.md §3.1) by arithmetic, for device code (kE2M1 below is the same
+// table for the host): bit 3 the sign, bits 2-1 the exponent, bit 0 the mantissa; exponent 0
+// is the subnormal 0 / 0.5.
+OSSRUN_HD inline float e2m1_to_float(uint8_t code) {
+    const int e = (code >> 1) & 3, m = code & 1;
+    const float mag = e == 0 ? 0.5f * float(m) : float(1 << (e - 1)) * (1.0f + 0.5f * float(m));
+    return (code & 8) ? -mag : mag;
 }
 
 // All 256 E8M0 values, so a kernel gets a block's scale with one (broadcast) load.

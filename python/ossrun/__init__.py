@@ -6,17 +6,27 @@
     logits = model.logits(ids)
 """
 
-from .errors import ContextOverflowError, ModelError, OssrunError
+from .errors import ContextOverflowError, DeviceError, ModelError, OssrunError
 
-__all__ = ["Browser", "ContextOverflowError", "ModelError", "OssrunError", "PythonTool", "load"]
+__all__ = ["Browser", "ContextOverflowError", "DeviceError", "ModelError", "OssrunError", "PythonTool",
+           "cuda_status", "load"]
 __version__ = "0.1.0"
 
 
 def load(path, n_ctx: int = 4096, threads=None, precision: str = "fast", **kwargs):
-    """Load a gpt-oss GGUF file; see `ossrun.model.Model`."""
+    """Load a gpt-oss GGUF file; see `ossrun.model.Model` (device="cpu"|"cuda"|"auto",
+    gpu_layers=, cpu_moe=N|"all" among the keyword arguments)."""
     from .model import Model
 
     return Model(path, n_ctx=n_ctx, threads=threads, precision=precision, **kwargs)
+
+
+def cuda_status():
+    """What CUDA can do here (`ossrun.device.CudaStatus`): the device's name and free/total VRAM,
+    or why CUDA is unavailable (not built, no driver, no device). Needs no GPU to answer."""
+    from .device import cuda_status as status
+
+    return status()
 
 
 def __getattr__(name: str):

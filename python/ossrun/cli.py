@@ -111,6 +111,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="'f32' keeps float32 activations end to end (default: fast)")
     p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
                    help="KV cache elements (default: f16 with --precision fast, f32 with f32)")
+    from .device_cli import add_device_flags
+
+    add_device_flags(p)
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -222,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default="f16",
                       help="KV cache elements the estimate assumes (default f16, as --precision fast)")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
+    from .device_cli import add_info_flags
+
+    add_info_flags(info)
     info.set_defaults(func=cmd_info)
 
     serve = sub.add_parser("serve", help="serve the model over OpenAI's HTTP API",
@@ -316,8 +322,10 @@ def load_model(path, args):
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
+        from .device_cli import load_options
+
         return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision,
-                     kv_type=getattr(args, "kv_type", None))
+                     kv_type=getattr(args, "kv_type", None), **load_options(args))
 
 
 def new_chat(model, args):
@@ -512,7 +520,13 @@ def describe(path, n_ctx: int | None, threads: int | None, kv_type: str = "f16")
 
 def cmd_info(args) -> int:
     info = describe(args.model, args.ctx, args.threads, args.kv_type)
+    if getattr(args, "device", False):
+        from .device_cli import describe_device
+        from .gguf_loader import open_gguf
+
+        info["device"] = describe_device(open_gguf(info["path"]), info["memory"]["n_ctx"], args)
     if args.json:
+        info.get("device", {}).pop("_plan", None)
         print(json.dumps(info, indent=2))
         return 0
     vocab = info["vocabulary"]
@@ -538,6 +552,10 @@ def cmd_info(args) -> int:
     lines += [f"  {label:<20}{_human_bytes(mem[key]):>10}"
               for label, key in (("weights (mapped)", "weights"), ("KV cache", "kv_cache"),
                                  ("activations", "activations"), ("total", "total"))]
+    if "device" in info:
+        from .device_cli import format_device
+
+        lines += format_device(info["device"])
     print("\n".join(lines))
     return 0
 

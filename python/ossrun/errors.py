@@ -11,3 +11,7 @@ class ModelError(OssrunError, ValueError):
 
 class ContextOverflowError(OssrunError, ValueError):
     """A request needs more tokens than the session's context holds."""
+
+
+class DeviceError(OssrunError, RuntimeError):
+    """A device was asked for that cannot be used: CUDA missing, no GPU, too little memory."""

@@ -61,10 +61,19 @@ class Model:
             fast precision: half the memory and bytes read per decoded token of float32, each K
             and V element rounded to 11 significant bits), "bf16" (8 significant bits, float32's
             range) or "f32" (the default, and the exact path, with precision="f32").
+        device: "auto" (default: the GPU when the CUDA backend can run the model, else the CPU;
+            `device_reason` says which and why), "cpu", or "cuda" (a DeviceError saying why when
+            it cannot be used; the forward pass does not run on CUDA yet, ossrun.device).
+        gpu_layers, cpu_moe: the GPU/CPU split of ossrun.placement (layers on the GPU; layers
+            whose experts stay on the CPU, or "all"); default as much on the GPU as fits.
     """
 
     def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
-                 kv_type: str | None = None):
+                 kv_type: str | None = None, device: str = "auto", gpu_layers: int | None = None,
+                 cpu_moe: int | str | None = None):
+        from .device import resolve_device
+
+        self.device, self.device_reason = resolve_device(device)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if kv_type is None:
@@ -87,6 +96,9 @@ class Model:
         self.n_ctx = n_ctx
         self.precision = precision
         self.kv_type = kv_type
+        from .placement import check_split
+
+        self.gpu_layers, self.cpu_moe = check_split(self.config.block_count, gpu_layers, cpu_moe)
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)

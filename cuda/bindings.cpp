@@ -1,0 +1,189 @@
+// ossrun._cuda: the CUDA build's one pybind11 file (csrc/bindings.cpp stays the CPU core's).
+// status() says what CUDA can do here; ops.* run single kernels on host arrays for the tests
+// (tests/test_cuda_ops.py), checking every input with a sentence before anything reaches CUDA.
+// Built with the static CUDA runtime, so importing it needs no driver and no GPU.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+
+#include "../csrc/weight_element.h"
+#include "ops.h"
+
+namespace py = pybind11;
+using namespace ossrun;
+using namespace ossrun::cuda;
+
+namespace {
+
+using F32Array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using RawArray = py::array_t<uint8_t, py::array::c_style>;
+
+// A host matrix view of `raw` (rows x cols of ggml type `type`), checked.
+Matrix raw_matrix(const RawArray& raw, int type, int64_t rows, int64_t cols) {
+    if (rows < 1 || cols < 1) throw py::value_error("rows and cols must be positive");
+    Matrix W;
+    W.type = DType(type);
+    if (!has_weight_element(W.type))
+        throw py::value_error("type " + std::to_string(type) + " is not one the CUDA kernels read "
+                              "(F32, F16, BF16, Q8_0, MXFP4)");
+    W.rows = rows;
+    W.cols = cols;
+    W.row_bytes = row_bytes_for(W.type, cols);
+    if (W.row_bytes == 0) throw py::value_error("cols does not fit the type's block shape");
+    if (size_t(raw.size()) != W.total_bytes())
+        throw py::value_error("raw holds " + std::to_string(raw.size()) + " bytes, the matrix needs " +
+                              std::to_string(W.total_bytes()));
+    W.data = raw.data();
+    return W;
+}
+
+MatmulKernel kernel_arg(const std::string& kernel) {
+    if (kernel == "auto") return MatmulKernel::Auto;
+    if (kernel == "gemv") return MatmulKernel::Gemv;
+    if (kernel == "gemm") return MatmulKernel::Gemm;
+    throw py::value_error("kernel must be 'auto', 'gemv' or 'gemm'");
+}
+
+// C++ errors of the ops as Python ones: bad arguments ValueError, CUDA failures CudaError.
+template <class F>
+void guarded(F&& f) {
+    try {
+        py::gil_scoped_release release;
+        f();
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+py::dict status_dict() {
+    const Status st = query_status();
+    py::list devices;
+    for (const DeviceInfo& d : st.devices) {
+        py::dict dev;
+        dev["index"] = d.index;
+        dev["name"] = d.name;
+        dev["compute_capability"] = py::make_tuple(d.cc_major, d.cc_minor);
+        dev["free_bytes"] = d.free_bytes;
+        dev["total_bytes"] = d.total_bytes;
+        dev["has_kernel_image"] = d.has_kernel_image;
+        devices.append(dev);
+    }
+    py::dict out;
+    out["runtime_version"] = st.runtime_version;
+    out["driver_version"] = st.driver_version;
+    out["error_code"] = st.error_code;
+    out["error"] = st.error;
+    out["devices"] = devices;
+    out["architectures"] = std::string(built_architectures());
+    return out;
+}
+
+void bind_ops(py::module_& m) {
+    m.def("decode_rows_host", [](RawArray raw, int type, int64_t rows, int64_t cols) {
+        // The shared element decoding (csrc/weight_element.h) run on the host: what every CUDA
+        // kernel reads, checkable without a GPU against the CPU kernels' decode_rows.
+        const Matrix W = raw_matrix(raw, type, rows, cols);
+        py::array_t<float> out({rows, cols});
+        float* o = out.mutable_data();
+        for (int64_t r = 0; r < rows; ++r) {
+            const uint8_t* row = W.data + size_t(r) * W.row_bytes;
+            for (int64_t c = 0; c < cols; ++c) o[r * cols + c] = weight_element(W.type, row, c);
+        }
+        return out;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
+    m.def("matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, F32Array x,
+                       std::optional<F32Array> bias, const std::string& kernel) {
+        const Matrix W = raw_matrix(raw, type, rows, cols);
+        if (x.ndim() != 2 || x.shape(1) != cols || x.shape(0) < 1) throw py::value_error("x must be [T, cols], T >= 1");
+        if (bias && (bias->ndim() != 1 || bias->shape(0) != rows)) throw py::value_error("bias must be [rows]");
+        const MatmulKernel which = kernel_arg(kernel);
+        const int64_t T = x.shape(0);
+        py::array_t<float> y({T, rows});
+        float* yp = y.mutable_data();
+        const float* bp = bias ? bias->data() : nullptr;
+        guarded([&] { matmul_host(W, x.data(), T, bp, yp, which); });
+        return y;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+       py::arg("bias") = py::none(), py::arg("kernel") = "auto");
+    m.def("time_matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, int64_t n_tok,
+                            const std::string& kernel, int reps) {
+        const Matrix W = raw_matrix(raw, type, rows, cols);
+        const MatmulKernel which = kernel_arg(kernel);
+        double seconds = 0;
+        guarded([&] { seconds = time_matmul_host(W, n_tok, which, reps); });
+        return seconds;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("n_tok"),
+       py::arg("kernel") = "auto", py::arg("reps") = 20,
+       "seconds per call of the matmul kernel (median of reps, CUDA events), for tools/device_check.sh");
+    m.def("rmsnorm", [](F32Array x, F32Array g, float eps) {
+        if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
+            throw py::value_error("rmsnorm wants x [T, n] and g [n]");
+        py::array_t<float> y({x.shape(0), x.shape(1)});
+        float* yp = y.mutable_data();
+        guarded([&] { rmsnorm_host(x.data(), g.data(), yp, x.shape(0), x.shape(1), eps); });
+        return y;
+    }, py::arg("x"), py::arg("g"), py::arg("eps") = 1e-5f);
+    m.def("apply_rope", [](F32Array x, I64Array positions, F32Array theta, float concentration) {
+        if (x.ndim() != 3 || positions.ndim() != 1 || positions.shape(0) != x.shape(0) ||
+            theta.ndim() != 1 || theta.shape(0) * 2 != x.shape(2))
+            throw py::value_error("apply_rope wants x [T, heads, d], positions [T], theta [d/2]");
+        py::array_t<float> out({x.shape(0), x.shape(1), x.shape(2)});
+        std::copy_n(x.data(), x.size(), out.mutable_data());
+        float* op = out.mutable_data();
+        guarded([&] {
+            rope_host(op, positions.data(), x.shape(0), x.shape(1), x.shape(2), theta.data(), concentration);
+        });
+        return out;
+    }, py::arg("x"), py::arg("positions"), py::arg("theta"), py::arg("concentration"));
+    m.def("attention", [](F32Array q, F32Array k, F32Array v, I64Array positions, F32Array sinks,
+                          int64_t window, float scale) {
+        if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || positions.ndim() != 1 || sinks.ndim() != 1)
+            throw py::value_error("attention wants q [T, n_q, d], k/v [cap, n_kv, d], positions [T], sinks [n_q]");
+        const int64_t T = q.shape(0), n_q = q.shape(1), d = q.shape(2);
+        const int64_t cap = k.shape(0), n_kv = k.shape(1);
+        if (k.shape(2) != d || v.shape(0) != cap || v.shape(1) != n_kv || v.shape(2) != d ||
+            positions.shape(0) != T || sinks.shape(0) != n_q)
+            throw py::value_error("attention wants q [T, n_q, d], k/v [cap, n_kv, d], positions [T], sinks [n_q]");
+        py::array_t<float> out({T, n_q, d});
+        float* op = out.mutable_data();
+        guarded([&] {
+            attention_host(q.data(), k.data(), v.data(), positions.data(), sinks.data(), op, T, n_q, n_kv,
+                           d, cap, window, scale);
+        });
+        return out;
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("positions"), py::arg("sinks"),
+       py::arg("window"), py::arg("scale"));
+    m.def("router_topk", [](F32Array logits, int64_t k) {
+        if (logits.ndim() != 2 || k < 1 || k > logits.shape(1))
+            throw py::value_error("router_topk wants logits [T, E] and 1 <= k <= E");
+        const int64_t T = logits.shape(0), E = logits.shape(1);
+        py::array_t<int32_t> idx({T, k});
+        py::array_t<float> w({T, k});
+        int32_t* ip = idx.mutable_data();
+        float* wp = w.mutable_data();
+        guarded([&] { router_topk_host(logits.data(), T, E, k, ip, wp); });
+        return py::make_tuple(idx, w);
+    }, py::arg("logits"), py::arg("k"));
+    m.def("swiglu", [](F32Array gate, F32Array lin, float alpha, float limit) {
+        if (gate.ndim() != 1 || lin.ndim() != 1 || gate.size() != lin.size())
+            throw py::value_error("swiglu wants gate and lin of one equal 1-D shape");
+        py::array_t<float> h(gate.size());
+        float* hp = h.mutable_data();
+        guarded([&] { swiglu_host(gate.data(), lin.data(), hp, gate.size(), alpha, limit); });
+        return h;
+    }, py::arg("gate"), py::arg("lin"), py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+    m.doc() = "ossrun's CUDA kernels (internal; see ossrun.cuda_status and tests/test_cuda_ops.py)";
+    py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
+    m.def("status", &status_dict, "runtime/driver versions, the CUDA error if any, and each device");
+    py::module_ ops = m.def_submodule("ops", "single CUDA kernels on host arrays, for tests");
+    bind_ops(ops);
+}

@@ -1,0 +1,199 @@
+// Each CUDA kernel as one call on host memory, for tests (ops.h): check the arguments, copy the
+// inputs to the device, launch on the default stream, wait, copy the result back.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "../csrc/weight_element.h"
+#include "common.cuh"
+#include "kernels.cuh"
+#include "ops.h"
+
+namespace ossrun::cuda {
+
+namespace {
+
+// A device array that frees itself; never of zero bytes (cudaMalloc(0) gives no pointer).
+template <class T>
+class DeviceArray {
+public:
+    explicit DeviceArray(size_t n) : n_(n) {
+        check(cudaMalloc(reinterpret_cast<void**>(&p_), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc");
+    }
+    DeviceArray(const T* host, size_t n) : DeviceArray(n) {
+        if (n) check(cudaMemcpy(p_, host, n * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy to the device");
+    }
+    ~DeviceArray() { cudaFree(p_); }
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
+    T* get() const { return p_; }
+    void copy_to(T* host) const {
+        if (n_) check(cudaMemcpy(host, p_, n_ * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy to the host");
+    }
+
+private:
+    T* p_ = nullptr;
+    size_t n_;
+};
+
+// Waits for the kernel: a fault inside it surfaces here, named.
+void finish(const char* what) { check(cudaDeviceSynchronize(), what); }
+
+void require(bool ok, const char* message) {
+    if (!ok) throw std::invalid_argument(message);
+}
+
+constexpr int64_t kMaxGridY = 65535;
+
+}  // namespace
+
+void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
+                 MatmulKernel which) {
+    require(has_weight_element(W_host.type), "the CUDA matmul takes F32, F16, BF16, Q8_0 or MXFP4 weights");
+    require(W_host.n_mats == 1 && W_host.rows >= 1 && W_host.cols >= 1, "W must be one matrix of rows x cols");
+    require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
+    require(n_tok >= 1, "x must have at least one token");
+    const bool use_gemv = which == MatmulKernel::Gemv || (which == MatmulKernel::Auto && n_tok < kGemmMinTokens);
+    require(!use_gemv || n_tok <= kMaxGridY, "gemv takes at most 65535 tokens");
+    require(n_tok <= kMaxGridY * 32, "too many tokens for one gemm");
+    const int64_t rows = W_host.rows, cols = W_host.cols;
+    DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
+    DeviceArray<float> dx(x, size_t(n_tok * cols)), dy{size_t(n_tok * rows)};
+    std::unique_ptr<DeviceArray<float>> db;
+    if (bias) db = std::make_unique<DeviceArray<float>>(bias, size_t(rows));
+    MatmulArgs a;
+    a.W = W_host;
+    a.W.data = w.get();
+    a.x = dx.get();
+    a.ldx = cols;
+    a.n_tok = n_tok;
+    a.y = dy.get();
+    a.ldy = rows;
+    a.bias = db ? db->get() : nullptr;
+    if (which == MatmulKernel::Auto)
+        matmul(a, nullptr);
+    else if (use_gemv)
+        gemv(a, nullptr);
+    else
+        gemm(a, nullptr);
+    finish("matmul");
+    dy.copy_to(y);
+}
+
+double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps) {
+    require(has_weight_element(W_host.type) && W_host.n_mats == 1, "time_matmul takes one F32/F16/BF16/Q8_0/MXFP4 matrix");
+    require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
+    require(n_tok >= 1 && n_tok <= kMaxGridY && reps >= 1 && reps <= 1000, "1 <= n_tok <= 65535, 1 <= reps <= 1000");
+    const int64_t rows = W_host.rows, cols = W_host.cols;
+    std::vector<float> x(static_cast<size_t>(n_tok * cols));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
+    DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
+    DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
+    MatmulArgs a;
+    a.W = W_host;
+    a.W.data = w.get();
+    a.x = dx.get();
+    a.ldx = cols;
+    a.n_tok = n_tok;
+    a.y = dy.get();
+    a.ldy = rows;
+    auto launch = [&] {
+        if (which == MatmulKernel::Gemv) gemv(a, nullptr);
+        else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
+        else matmul(a, nullptr);
+    };
+    launch();
+    launch();
+    finish("matmul warm-up");
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    std::vector<float> ms(static_cast<size_t>(reps));
+    for (int i = 0; i < reps; ++i) {
+        check(cudaEventRecord(start), "cudaEventRecord");
+        launch();
+        check(cudaEventRecord(stop), "cudaEventRecord");
+        check(cudaEventSynchronize(stop), "matmul");
+        check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "cudaEventElapsedTime");
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(ms.begin(), ms.end());
+    return double(ms[size_t(reps / 2)]) * 1e-3;
+}
+
+void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps) {
+    require(n_rows >= 1 && n >= 1, "rmsnorm wants at least one row of at least one element");
+    require(n_rows <= int64_t(0x7FFFFFFF), "too many rows");
+    DeviceArray<float> dx(x, size_t(n_rows * n)), dg(g, size_t(n)), dy{size_t(n_rows * n)};
+    rmsnorm(dx.get(), dg.get(), dy.get(), n_rows, n, eps, nullptr);
+    finish("rmsnorm");
+    dy.copy_to(y);
+}
+
+void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_t d,
+               const float* theta, float concentration) {
+    require(T >= 1 && n_heads >= 1 && d >= 2 && d % 2 == 0, "rope wants T, n_heads >= 1 and an even d");
+    for (int64_t t = 0; t < T; ++t)
+        require(positions[t] >= 0 && positions[t] < (int64_t(1) << 24), "positions must lie in [0, 2^24)");
+    DeviceArray<float> dx(x, size_t(T * n_heads * d)), dtheta(theta, size_t(d / 2));
+    DeviceArray<int64_t> dpos(positions, size_t(T));
+    rope(dx.get(), dpos.get(), T, n_heads, d, dtheta.get(), concentration, nullptr);
+    finish("rope");
+    dx.copy_to(x);
+}
+
+void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
+                    const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
+                    int64_t cap, int64_t window, float scale) {
+    require(T >= 1 && T <= kMaxGridY, "attention takes 1 to 65535 query tokens");
+    require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0, "n_q must be a multiple of n_kv");
+    require(d >= 1 && d <= kMaxHeadDim, "the CUDA attention takes head dimensions up to 256");
+    require(cap >= 1 && window >= 0, "cap must be positive and window non-negative");
+    for (int64_t t = 0; t < T; ++t) {
+        const int64_t p = positions[t];
+        require(p >= 0, "positions must be non-negative");
+        const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+        require(p - lo + 1 <= cap, "a query's key range does not fit the cache");
+    }
+    DeviceArray<float> dq(q, size_t(T * n_q * d)), dk(k, size_t(cap * n_kv * d)), dv(v, size_t(cap * n_kv * d));
+    DeviceArray<float> dsinks(sinks, size_t(n_q)), dout{size_t(T * n_q * d)};
+    DeviceArray<int64_t> dpos(positions, size_t(T));
+    AttentionArgs a;
+    a.q = dq.get();
+    a.k = dk.get();
+    a.v = dv.get();
+    a.positions = dpos.get();
+    a.sinks = dsinks.get();
+    a.out = dout.get();
+    a.T = T;
+    a.n_q = n_q;
+    a.n_kv = n_kv;
+    a.d = d;
+    a.cap = cap;
+    a.window = window;
+    a.scale = scale;
+    attention(a, nullptr);
+    finish("attention");
+    dout.copy_to(out);
+}
+
+void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight) {
+    require(T >= 1 && E >= 1 && k >= 1 && k <= E, "router_topk wants T, E >= 1 and 1 <= k <= E");
+    DeviceArray<float> dl(logits, size_t(T * E)), dw{size_t(T * k)};
+    DeviceArray<int32_t> di{size_t(T * k)};
+    router_topk(dl.get(), T, E, k, di.get(), dw.get(), nullptr);
+    finish("router_topk");
+    di.copy_to(idx);
+    dw.copy_to(weight);
+}
+
+void swiglu_host(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit) {
+    require(n >= 1, "swiglu wants at least one element");
+    DeviceArray<float> dg(gate, size_t(n)), dl(lin, size_t(n)), dh{size_t(n)};
+    swiglu(dg.get(), dl.get(), dh.get(), n, alpha, limit, nullptr);
+    finish("swiglu");
+    dh.copy_to(h);
+}
+
+}  // namespace ossrun::cuda

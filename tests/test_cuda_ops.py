@@ -1,0 +1,392 @@
+"""Every CUDA kernel of `ossrun._cuda.ops` against float64 numpy (tests/reference.py) and the CPU
+op of `ossrun._core.ops` on fresh random inputs and named edge shapes (ggml's test-backend-ops
+habit). The shared format decoding (csrc/weight_element.h) and the argument checks run on the
+host and are tested everywhere the CUDA module is built; the kernels need a device and skip
+cleanly without one (tools/device_check.sh runs them on a GPU machine). Self-contained beside
+numpy and tests/reference.py: the GPU machine has no `gguf` package.
+Tolerances: the worst-case float32 rounding bounds of tests/test_kernels.py, stated per test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import reference as R
+
+cuda = pytest.importorskip("ossrun._cuda", reason="ossrun was built without CUDA")
+from ossrun._core import ops as cpu  # noqa: E402
+from ossrun.device import cuda_status  # noqa: E402
+
+gpu = cuda.ops
+STATUS = cuda_status()
+if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/device_check.sh
+    raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
+needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
+
+F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
+TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4"}
+U = 2.0**-24  # float32 unit roundoff
+
+
+def f32_bits(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# --------------------------------------------------------------------------- raw weight bytes
+
+
+def raw_weights(rng, ggml_type, rows, cols, small_ints=False) -> np.ndarray:
+    """Random bytes [rows, row_bytes] of a matrix; small_ints: values on a coarse grid so that
+    every product and partial sum of a matmul with small-integer x is exact in float32."""
+    if ggml_type in (F32, F16, BF16):
+        v = (rng.integers(-8, 9, (rows, cols)) if small_ints else rng.standard_normal((rows, cols)))
+        v = v.astype(np.float32)
+        if ggml_type == F32:
+            return v.view(np.uint8).reshape(rows, -1)
+        if ggml_type == F16:
+            return v.astype("<f2").view(np.uint8).reshape(rows, -1)
+        return (f32_bits(v) >> 16).astype("<u2").view(np.uint8).reshape(rows, -1)  # bf16: top half
+    nb = cols // 32
+    if ggml_type == Q8_0:
+        if small_ints:
+            d = rng.choice([0.5, 1.0], (rows, nb)).astype(np.float16)
+        else:  # ordinary scales, one in eight subnormal (real files have them, MODEL.md §6.9)
+            d = rng.uniform(1e-3, 5e-2, (rows, nb)).astype(np.float16)
+            tiny = rng.random((rows, nb)) < 1 / 8
+            d[tiny] = rng.integers(1, 1024, tiny.sum()).astype(np.uint16).view(np.float16)
+        out = np.empty((rows, nb, 34), np.uint8)
+        out[:, :, :2] = d.astype("<f2").reshape(rows, nb, 1).view(np.uint8)
+        out[:, :, 2:] = rng.integers(-127, 128, (rows, nb, 32)).astype(np.int8).view(np.uint8)
+        return out.reshape(rows, -1)
+    scales = rng.integers(126, 129, (rows, nb)) if small_ints else rng.integers(118, 129, (rows, nb))
+    return mxfp4_bytes(rng.integers(0, 16, (rows, nb, 32)), scales)
+
+
+def mxfp4_bytes(codes, scales) -> np.ndarray:
+    """GGUF MXFP4 blocks of codes [rows, nb, 32] and scale bytes [rows, nb] -> [rows, nb * 17]:
+    the scale, then byte j = element j (low nibble) | element j + 16 (high nibble)."""
+    codes = np.asarray(codes, np.uint8)
+    rows, nb, _ = codes.shape
+    out = np.empty((rows, nb, 17), np.uint8)
+    out[:, :, 0] = scales
+    out[:, :, 1:] = codes[:, :, :16] | (codes[:, :, 16:] << 4)
+    return out.reshape(rows, -1)
+
+
+# --------------------------------------------------------------------------- formats (host, no GPU)
+
+
+def _same_bits(a, b) -> bool:
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    nan = np.isnan(a)
+    return a.shape == b.shape and np.array_equal(nan, np.isnan(b)) and \
+        np.array_equal(f32_bits(a)[~nan], f32_bits(b)[~nan])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # NaN patterns
+@pytest.mark.parametrize("ggml_type", [F16, BF16])
+def test_shared_decoding_half_types_every_pattern(rng, ggml_type):
+    # All 65536 patterns (subnormals, ±inf, NaNs) at random places: the device's decoding, run on
+    # the host, equals the reference and the CPU kernels bit for bit.
+    bits = rng.permutation(65536).astype(np.uint16).reshape(-1, 256)
+    raw = bits.view(np.uint8)
+    out = gpu.decode_rows_host(raw, ggml_type, bits.shape[0], 256)
+    ref = (R.dequant_f16 if ggml_type == F16 else R.dequant_bf16)(bits, bits.shape)
+    assert _same_bits(out, ref)
+    assert _same_bits(out, cpu.decode_rows(raw, ggml_type, bits.shape[0], 256, "scalar"))
+
+
+def test_shared_decoding_f32_bitwise(rng):
+    bits = rng.integers(0, 2**32, (5, 37), dtype=np.uint64).astype(np.uint32)
+    bits[(bits & 0x7F800000) == 0x7F800000] &= 0xFF7FFFFF  # no inf/NaN
+    assert np.array_equal(f32_bits(gpu.decode_rows_host(bits.view(np.uint8), F32, 5, 37)), bits)
+
+
+def test_shared_decoding_q8_0_bitwise(rng):
+    rows, cols = 7, 96
+    raw = raw_weights(rng, Q8_0, rows, cols)
+    d = raw.reshape(rows, 3, 34)
+    d[0, :, :2] = np.array([[1, 0], [0xFF, 0x83], [0, 0]], np.uint8)  # subnormal ±, zero scales
+    out = gpu.decode_rows_host(raw, Q8_0, rows, cols)
+    assert _same_bits(out, R.dequant_q8_0(raw, rows, cols))
+    assert _same_bits(out, cpu.decode_rows(raw, Q8_0, rows, cols, "scalar"))
+
+
+def test_shared_decoding_mxfp4_every_code_and_special_scale(rng):
+    # Every E2M1 code in both nibble halves under every scale byte 0..252 (253 and up overflow
+    # 6 x 2^(e-127), 255 is NaN and rejected at load): e2m1_to_float's arithmetic equals the
+    # table, the split order is right.
+    scales = np.repeat(np.arange(253), 2).reshape(-1, 1)
+    codes = np.tile(np.concatenate([np.arange(16), np.arange(16)[::-1]]), (scales.shape[0], 1, 1))
+    codes[1::2] = codes[1::2, :, ::-1]  # each code in the other half too
+    raw = mxfp4_bytes(codes, scales)
+    out = gpu.decode_rows_host(raw, MXFP4, scales.shape[0], 32)
+    assert _same_bits(out, R.dequant_mxfp4_gguf(raw, scales.shape[0], 32))
+    assert _same_bits(out, cpu.decode_rows(raw, MXFP4, scales.shape[0], 32, "scalar"))
+    wide = raw_weights(rng, MXFP4, 3, 2880)
+    assert _same_bits(gpu.decode_rows_host(wide, MXFP4, 3, 2880), R.dequant_mxfp4_gguf(wide, 3, 2880))
+
+
+def test_shared_decoding_worked_example():
+    # MODEL.md §3.5: codes 0..15, 15..0 with scale byte 0x7E (x 0.5).
+    block = np.frombuffer(bytes.fromhex("7E F0 E1 D2 C3 B4 A5 96 87 78 69 5A 4B 3C 2D 1E 0F"), np.uint8)
+    e2m1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+    want = np.array(e2m1 + e2m1[::-1]) * 0.5
+    assert _same_bits(gpu.decode_rows_host(block, MXFP4, 1, 32)[0], want)
+
+
+# --------------------------------------------------------------------------- argument checks (host)
+
+
+def test_ops_reject_bad_arguments_before_touching_cuda():
+    # Every one of these is caught by the binding or cuda/ops.cu before any CUDA call, so they
+    # raise ValueError on a machine without a driver too.
+    raw = np.zeros((2, 34), np.uint8)
+    x = np.zeros((1, 32), np.float32)
+    with pytest.raises(ValueError, match="type 12"):
+        gpu.matmul(np.zeros((2, 144), np.uint8), 12, 2, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match="bytes"):
+        gpu.matmul(raw[:, :33], Q8_0, 2, 32, x)
+    with pytest.raises(ValueError, match="x must be"):
+        gpu.matmul(raw, Q8_0, 2, 32, np.zeros((1, 31), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        gpu.matmul(raw, Q8_0, 2, 32, x, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="kernel"):
+        gpu.matmul(raw, Q8_0, 2, 32, x, None, "cublas")
+    with pytest.raises(ValueError, match="block shape"):
+        gpu.matmul(np.zeros((2, 34), np.uint8), Q8_0, 2, 33, np.zeros((1, 33), np.float32))
+    kv = np.zeros((4, 1, 8), np.float32)
+    q = np.zeros((1, 2, 8), np.float32)
+    with pytest.raises(ValueError, match="key range"):  # position 4 needs 5 slots, the cache has 4
+        gpu.attention(q, kv, kv, np.array([4]), np.zeros(2, np.float32), 0, 1.0)
+    with pytest.raises(ValueError, match="multiple of n_kv"):
+        gpu.attention(np.zeros((1, 3, 8), np.float32), np.zeros((4, 2, 8), np.float32),
+                      np.zeros((4, 2, 8), np.float32), np.array([0]), np.zeros(3, np.float32), 0, 1.0)
+    with pytest.raises(ValueError, match="256"):
+        big = np.zeros((1, 1, 258), np.float32)
+        gpu.attention(big, big, big, np.array([0]), np.zeros(1, np.float32), 0, 1.0)
+    with pytest.raises(ValueError, match="k <= E"):
+        gpu.router_topk(np.zeros((1, 4), np.float32), 5)
+    with pytest.raises(ValueError, match="positions"):
+        gpu.apply_rope(np.zeros((1, 1, 4), np.float32), np.array([-1]), np.ones(2, np.float32), 1.0)
+    with pytest.raises(ValueError, match="swiglu"):
+        gpu.swiglu(np.zeros(3, np.float32), np.zeros(4, np.float32))
+
+
+# --------------------------------------------------------------------------- matmul (device)
+
+MATMUL_SHAPES = [(F32, 37), (F32, 100), (F16, 37), (BF16, 100), (Q8_0, 96), (Q8_0, 2880),
+                 (MXFP4, 96), (MXFP4, 2880)]
+TOKENS = [1, 3, 7, 8, 33, 70]  # below, at and above the gemv/gemm switch; a tile + 1; two + 6
+
+
+def _shape_id(p):
+    return f"{TYPE_NAMES[p[0]]}-{p[1]}"
+
+
+@needs_device
+@pytest.mark.parametrize("kernel", ["auto", "gemv", "gemm"])
+@pytest.mark.parametrize("rows", [1, 19, 67], ids=["one_row", "rows19", "rows67"])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=_shape_id)
+def test_cuda_matmul_within_rounding_bound(rng, shape, rows, kernel):
+    ggml_type, cols = shape
+    raw = raw_weights(rng, ggml_type, rows, cols)
+    W = R.dequantize(raw, ggml_type, (rows, cols))
+    b = rng.standard_normal(rows).astype(np.float32)
+    for T in TOKENS:
+        x = rng.standard_normal((T, cols)).astype(np.float32)
+        bias = b if T % 2 else None
+        y = gpu.matmul(raw, ggml_type, rows, cols, x, bias, kernel)
+        ref = R.matmul(x.astype(np.float64), W, None if bias is None else b.astype(np.float64))
+        # Exact decoding; float32 products and sums in any order (FMAs round less) err within
+        # (K-1)·U·Σ|w||x|, plus the bias add: the bound of the CPU test (tests/test_kernels.py).
+        mag = np.abs(x.astype(np.float64)) @ np.abs(W).T + (0 if bias is None else np.abs(b))
+        tol = (cols + 2) * U * mag
+        assert y.shape == (T, rows)
+        assert np.all(np.abs(y - ref) <= tol), f"T={T}: max err {np.max(np.abs(y - ref) - tol):.3g} over"
+        y_cpu = cpu.matmul(raw, ggml_type, rows, cols, x, bias, "scalar")
+        assert np.all(np.abs(y - y_cpu) <= 2 * tol), f"T={T}: the CPU op disagrees"
+
+
+@needs_device
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+@pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=_shape_id)
+def test_cuda_matmul_exact_when_arithmetic_is_exact(rng, shape, kernel):
+    """Small integers times weights on a coarse grid: every product and partial sum is exact, so
+    any correct kernel returns the exact answer bit for bit; catches one misplaced element."""
+    ggml_type, cols = shape
+    rows = 45
+    raw = raw_weights(rng, ggml_type, rows, cols, small_ints=True)
+    W = R.dequantize(raw, ggml_type, (rows, cols))
+    b = rng.integers(-100, 101, rows).astype(np.float32)
+    for T in (1, 5, 33):
+        x = rng.integers(-8, 9, (T, cols)).astype(np.float32)
+        y = gpu.matmul(raw, ggml_type, rows, cols, x, b, kernel)
+        ref = R.matmul(x.astype(np.float64), W, b.astype(np.float64))
+        assert np.array_equal(y, ref), f"T={T}: {np.argwhere(y != ref)[:3].tolist()}"
+
+
+# --------------------------------------------------------------------------- rmsnorm, rope (device)
+
+
+@needs_device
+@pytest.mark.parametrize("n", [1, 7, 37, 64, 100, 2880])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])  # 1e-3: mean(x²) ≈ ε, so ε's place matters
+def test_cuda_rmsnorm(rng, n, scale):
+    x = (rng.standard_normal((5, n)) * scale).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    y = gpu.rmsnorm(x, g, 1e-5)
+    ref = R.rmsnorm(x.astype(np.float64), g.astype(np.float64), float(np.float32(1e-5)))
+    # n positive squares in any order err ≤ (n-1)·U relative; mean, +ε, sqrt, divide and two
+    # multiplies a few U more; every output carries that relative error (the CPU test's bound).
+    tol = (n + 8) * U * np.abs(ref)
+    assert np.all(np.abs(y - ref) <= tol)
+    assert np.all(np.abs(y - cpu.rmsnorm(x, g, 1e-5, "scalar")) <= 2 * tol)
+
+
+GPT_OSS_ROPE = {"key_length": 64, "rope_freq_base": 150000.0, "rope_scaling_factor": 32.0,
+                "rope_original_context": 4096.0}
+
+
+@needs_device
+@pytest.mark.parametrize("heads", [1, 3, 64])
+def test_cuda_rope_yarn(rng, heads):
+    theta, C = cpu.rope_theta(GPT_OSS_ROPE)  # the YaRN θ table (bit-exact, tests/test_kernels.py)
+    T, d = 9, 64
+    positions = np.array([0, 1, 2, 127, 128, 4095, 4096, 65535, 131071], np.int64)
+    x = rng.standard_normal((T, heads, d)).astype(np.float32)
+    y = gpu.apply_rope(x, positions, theta, C)
+    cos, sin = R.rope_cos_sin(positions, theta, C)
+    ref = R.apply_rope(x.astype(np.float64), cos, sin)
+    # cos/sin of the float32 angle rounded to float32, as the reference (a double cos differs
+    # from another by < 1 ulp of a double, so their float32 roundings almost always agree); then
+    # two float32 products and a sum: ≤ 2U·(|a||c| + |b||s|) plus a float32 ulp of c and s.
+    half = d // 2
+    a, b = np.abs(x[..., :half]).astype(np.float64), np.abs(x[..., half:]).astype(np.float64)
+    ac, asn = np.abs(cos)[:, None, :], np.abs(sin)[:, None, :]
+    bound = 3 * U * np.concatenate([a * ac + b * asn, b * ac + a * asn], axis=-1)
+    assert np.all(np.abs(y - ref) <= bound)
+    y_cpu = cpu.apply_rope(x, positions, theta, C)
+    assert np.all(np.abs(y - y_cpu) <= 2 * bound)
+    assert np.mean(y == y_cpu) > 0.999  # the same arithmetic: equal but for rare cos/sin roundings
+
+
+# --------------------------------------------------------------------------- attention (device)
+
+# name: (cap, n_positions P, query positions, window): the cache holds positions 0..P-1, position
+# j in slot j % cap (later ones overwrite earlier).
+ATTENTION_CASES = {
+    "one_key": (16, 1, [0], 0),
+    "full_causal_decode": (300, 300, [299], 0),  # three chunks of 128 keys
+    "full_causal_prefill": (200, 200, list(range(150, 200)), 0),
+    "window_exactly_full": (128, 128, [127], 128),
+    "window_partial": (64, 40, [39], 128),  # fewer keys than the window
+    "kv_ring_wrapped": (160, 1000, [999], 128),
+    "kv_ring_wrapped_prefill": (160, 1000, list(range(968, 1000)), 128),
+    "sink_dominates": (64, 64, [63], 0),
+}
+
+
+def _attention_bound(q, K, V, sinks, qpos, window, scale, n_chunks):
+    """Per (t, h) the CPU test's bound (tests/test_kernels.py test_attention_row), widened by the
+    online softmax's rescales: one rounding of acc and of l per chunk, and expf's 2 ulp."""
+    T, nq, d = q.shape
+    group = nq // K.shape[1]
+    tol = np.empty((T, nq, d))
+    for t in range(T):
+        p = qpos[t]
+        lo = max(0, p - window + 1) if window else 0
+        k_vis, v_vis = K[lo:p + 1], V[lo:p + 1]
+        for h in range(nq):
+            g = h // group
+            qh = q[t, h].astype(np.float64)
+            z = k_vis[:, g] @ qh * scale
+            S = np.abs(k_vis[:, g]) @ np.abs(qh) * scale
+            m = max(z.max(), sinks[h])
+            arg_err = np.max((d + 2) * U * S + U * (np.abs(z) + abs(m)))
+            w = np.exp(z - m) / (np.exp(sinks[h] - m) + np.exp(z - m).sum())
+            n = p - lo + 1
+            tol[t, h] = 2 * (2 * arg_err + (n + 8 + 4 * n_chunks) * U) * (w @ np.abs(v_vis[:, g]))
+    return tol
+
+
+@needs_device
+@pytest.mark.parametrize("heads", [(8, 1), (8, 2), (3, 3), (64, 8)], ids=lambda h: f"q{h[0]}kv{h[1]}")
+@pytest.mark.parametrize("d", [64, 80, 256])
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_cuda_attention(rng, case, d, heads):
+    cap, P, qpos, window = ATTENTION_CASES[case]
+    nq, nkv = heads
+    if d == 256 and nq == 64:
+        pytest.skip("one wide case is enough")
+    T = len(qpos)
+    K = rng.standard_normal((P, nkv, d)).astype(np.float32)
+    V = rng.standard_normal((P, nkv, d)).astype(np.float32)
+    q = rng.standard_normal((T, nq, d)).astype(np.float32)
+    sinks = rng.normal(0, 2, nq).astype(np.float32)
+    if case == "sink_dominates":
+        q *= 0.05
+        sinks += 8
+    k_cache = np.zeros((cap, nkv, d), np.float32)
+    v_cache = np.zeros((cap, nkv, d), np.float32)
+    for j in range(P):
+        k_cache[j % cap], v_cache[j % cap] = K[j], V[j]
+    scale = np.float32(1 / math.sqrt(d))
+    out = gpu.attention(q, k_cache, v_cache, np.array(qpos, np.int64), sinks, window, scale)
+    ref = R.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
+                      sinks.astype(np.float64), qpos, np.arange(P), window or None)
+    n_keys = min(P, window) if window else P
+    tol = _attention_bound(q, K, V, sinks, qpos, window, float(scale), -(-n_keys // 128))
+    assert out.shape == (T, nq, d)
+    err = np.abs(out - ref)
+    assert np.all(err <= tol), f"max err/bound {np.max(err / tol):.3g}"
+    # The CPU kernel on the same cache, one GQA group of one query at a time.
+    t = T - 1
+    p = qpos[t]
+    lo = max(0, p - window + 1) if window else 0
+    group = nq // nkv
+    for g in range(nkv):
+        hs = slice(g * group, (g + 1) * group)
+        k_g, v_g = np.ascontiguousarray(k_cache[:, g]), np.ascontiguousarray(v_cache[:, g])
+        want = cpu.attention(q[t, hs], k_g, v_g, lo, p, sinks[hs], scale, "scalar")
+        assert np.all(np.abs(out[t, hs] - want) <= 2 * tol[t, hs])
+
+
+# --------------------------------------------------------------------------- router, SwiGLU (device)
+
+
+@needs_device
+@pytest.mark.parametrize("E,k", [(32, 4), (128, 4), (5, 5), (7, 1)])
+def test_cuda_router_topk(rng, E, k):
+    T = 70
+    logits = rng.standard_normal((T, E)).astype(np.float32)
+    logits[: T // 2] = rng.integers(-3, 4, (T // 2, E))  # many ties: the lower index wins
+    idx, w = gpu.router_topk(logits, k)
+    ref_idx, ref_w = R.router_topk(logits.astype(np.float64), k)
+    cpu_idx, cpu_w = cpu.router_topk(logits, k)
+    assert np.array_equal(idx, ref_idx) and np.array_equal(idx, cpu_idx)
+    # exp of an exact float32 difference (2 ulp), a k-term sum and a divide: (k + 6)·U relative.
+    assert np.all(np.abs(w - ref_w) <= (k + 6) * U * ref_w)
+    assert np.all(np.abs(w - cpu_w) <= 2 * (k + 6) * U * ref_w)
+
+
+@needs_device
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # σ of a gate of -1e30 in float64
+def test_cuda_swiglu(rng):
+    n = 10_000
+    gate = (rng.standard_normal(n) * 6).astype(np.float32)
+    lin = (rng.standard_normal(n) * 6).astype(np.float32)
+    gate[:4] = [7.0, -100.0, 1e30, -1e30]  # at the clamp, σ → 0, clamped, far below
+    lin[:4] = [-7.0, 8.0, -1e30, 0.0]
+    h = gpu.swiglu(gate, lin, 1.702, 7.0)
+    ref = R.swiglu_oai(gate.astype(np.float64), lin.astype(np.float64), 1.702, 7.0)
+    # σ(αg) through expf (2 ulp), a product, an add, a divide, a product: 8U relative; α·g's
+    # rounding moves σ by ≤ U·|αg|·σ(1-σ) relative, bounded by U·|αg|.
+    g = np.minimum(gate.astype(np.float64), 7.0)
+    tol = (8 + np.abs(1.702 * g)) * U * np.abs(ref) + 1e-30
+    assert np.all(np.abs(h - ref) <= tol)
+    h_cpu = cpu.swiglu(gate, lin, 1.702, 7.0)
+    assert np.all(np.abs(h - h_cpu) <= 2 * tol)

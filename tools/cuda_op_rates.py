@@ -1,0 +1,51 @@
+"""Rates of the CUDA matmul kernels on gpt-oss-20b-shaped matrices (tools/device_check.sh runs
+it on a GPU machine): the decode GEMV's GB/s of weights streamed and the prefill GEMM's TFLOP/s.
+Numbers only; nothing passes or fails. Needs only numpy and ossrun._cuda (built with CUDA)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ossrun import _cuda, cuda_status
+
+Q8_0, MXFP4 = 8, 39
+
+
+def raw_bytes(rng, ggml_type, rows, cols):
+    """Random blocks with finite, ordinary scales (the rate does not depend on the values)."""
+    nb = cols // 32
+    if ggml_type == Q8_0:
+        b = rng.integers(0, 256, (rows, nb, 34), dtype=np.uint8)
+        b[:, :, :2] = np.float16(0.01).view(np.uint8)
+    else:
+        b = rng.integers(0, 256, (rows, nb, 17), dtype=np.uint8)
+        b[:, :, 0] = 120
+    return b.reshape(rows, -1)
+
+
+def main() -> int:
+    st = cuda_status()
+    print(st)
+    if not st.available:
+        return 1
+    rng = np.random.default_rng(0)
+    cases = [  # (what, type, rows, cols, tokens, kernel)
+        ("experts of a layer, MXFP4 [32*2880, 2880]", MXFP4, 32 * 2880, 2880, 1, "gemv"),
+        ("unembedding, Q8_0 [201088, 2880]", Q8_0, 201088, 2880, 1, "gemv"),
+        ("attn_q, Q8_0 [4096, 2880], 4 tokens", Q8_0, 4096, 2880, 4, "gemv"),
+        ("attn_q, Q8_0 [4096, 2880], 512 tokens", Q8_0, 4096, 2880, 512, "gemm"),
+        ("an expert, MXFP4 [2880, 2880], 512 tokens", MXFP4, 2880, 2880, 512, "gemm"),
+    ]
+    for what, t, rows, cols, n_tok, kernel in cases:
+        raw = raw_bytes(rng, t, rows, cols)
+        s = _cuda.ops.time_matmul(raw, t, rows, cols, n_tok, kernel, 20)
+        gbs = raw.nbytes / s / 1e9
+        tflops = 2 * rows * cols * n_tok / s / 1e12
+        print(f"{kernel} {what}: {s * 1e6:9.1f} us  {gbs:8.1f} GB/s of weights  {tflops:7.2f} TFLOP/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
