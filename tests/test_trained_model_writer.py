@@ -27,7 +27,10 @@ def nearest_mxfp4(values: np.ndarray) -> np.ndarray:
             continue
         scale = 2.0 ** (np.floor(np.log2(amax)) - 2)
         mag = np.minimum(np.abs(b) / scale, 6)
-        pick = E2M1[np.argmin(np.abs(mag[:, None] - E2M1[None, :]), axis=1)]
+        # Nearest grid value; an exact tie goes to the larger magnitude (the writer's rule),
+        # hence the search over the grid from its top end.
+        dist = np.abs(mag[:, None] - E2M1[None, ::-1])
+        pick = E2M1[::-1][np.argmin(dist, axis=1)]
         out[i] = np.sign(b) * pick * scale
     return out.reshape(values.shape)
 
@@ -39,8 +42,8 @@ def test_quantize_mxfp4_rounds_to_the_nearest_value(rng):
     assert blocks.shape == (5, 3, 17)
     decoded = dequantize(blocks.reshape(5, -1), GT.MXFP4)  # gguf-py's independent decoder
     ref = nearest_mxfp4(values)
-    # Exact ties (a value midway between two grid points) may go either way; random inputs
-    # essentially never hit one, so the decoded values equal the reference exactly.
+    # The reference breaks exact ties (a value midway between two grid points) as the writer
+    # does, so the decoded values equal it exactly whatever the seed.
     np.testing.assert_array_equal(decoded, ref.astype(np.float32))
 
 
@@ -57,6 +60,17 @@ def test_quantize_mxfp4_is_idempotent_and_splits_nibbles(rng):
     got = mm.quantize_mxfp4(grid[None])[0, 0]
     assert got[0] == 0x7E
     assert list(got[1:]) == [codes[k] | codes[k + 16] << 4 for k in range(16)]
+
+
+def test_quantize_mxfp4_breaks_ties_to_the_larger_magnitude():
+    # amax 4 gives scale 1, so the midpoints between E2M1 values are exact ties.
+    mids = (E2M1[1:] + E2M1[:-1]) / 2
+    block = np.zeros(32, np.float32)
+    block[:7], block[7:14], block[14] = mids, -mids, 4.0
+    decoded = dequantize(mm.quantize_mxfp4(block[None]).reshape(1, -1), GT.MXFP4)[0]
+    np.testing.assert_array_equal(decoded[:7], E2M1[1:])
+    np.testing.assert_array_equal(decoded[7:14], -E2M1[1:])
+    np.testing.assert_array_equal(nearest_mxfp4(block[None])[0], decoded)
 
 
 def test_bad_quantize_input():
