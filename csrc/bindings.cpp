@@ -6,14 +6,17 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <thread>
 
+#include "attention_split.h"
 #include "cpu/machine_probe.h"
 #include "kernels.h"
 #include "model.h"
 #include "moe_ops.h"
+#include "numerics.h"
 #include "rope.h"
 #include "session.h"
 
@@ -307,9 +310,12 @@ void bind_ops(py::module_& m) {
         return y;
     }, py::arg("x"), py::arg("g"), py::arg("eps") = 1e-5f, py::arg("isa") = "auto");
     m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, int64_t j_lo,
-                          int64_t j_hi, F32Array sinks, float scale, const std::string& isa) {
+                          int64_t j_hi, F32Array sinks, float scale, const std::string& isa,
+                          const std::string& kv_type, bool split) {
         // The query heads of one GQA group: q [G, d], sinks [G]; k_cache / v_cache [cap, d]
-        // with the slot of position j at j % cap (keys are transposed here, as the cache does).
+        // with the slot of position j at j % cap (keys are transposed here, as the cache does),
+        // stored as kv_type as the cache stores them. split: cut the range into the chunks of
+        // flash-decoding (attention_split.h), attend to each as a partial and merge.
         if (q.ndim() != 2 || k_cache.ndim() != 2 || v_cache.ndim() != 2 || sinks.ndim() != 1 ||
             sinks.shape(0) != q.shape(0) || k_cache.shape(1) != q.shape(1) ||
             v_cache.shape(1) != q.shape(1) || k_cache.shape(0) != v_cache.shape(0))
@@ -318,17 +324,35 @@ void bind_ops(py::module_& m) {
         if (j_lo < 0 || j_hi < j_lo - 1 || j_hi - j_lo + 1 > cap)
             throw py::value_error("key range does not fit the cache");
         const KernelTable* k = table_arg(isa);
-        std::vector<float> k_t(size_t(d * cap));
+        KvType type;
+        try {
+            type = parse_kv_type(kv_type);
+        } catch (const std::invalid_argument& e) {
+            throw py::value_error(e.what());
+        }
+        const size_t eb = size_t(kv_type_bytes(type));
+        std::vector<uint8_t> k_t(size_t(d * cap) * eb), v(size_t(d * cap) * eb);
+        auto put = [&](std::vector<uint8_t>& dst, size_t i, float x) {
+            if (type == KvType::F32) std::memcpy(dst.data() + i * 4, &x, 4);
+            else {
+                const uint16_t h = type == KvType::F16 ? float_to_fp16(x) : float_to_bf16(x);
+                std::memcpy(dst.data() + i * 2, &h, 2);
+            }
+        };
         for (int64_t s = 0; s < cap; ++s)
-            for (int64_t c = 0; c < d; ++c) k_t[size_t(c * cap + s)] = k_cache.data()[s * d + c];
-        std::vector<float> scores(size_t(std::max<int64_t>(1, G * (j_hi - j_lo + 1))));
+            for (int64_t c = 0; c < d; ++c) {
+                put(k_t, size_t(c * cap + s), k_cache.data()[s * d + c]);
+                put(v, size_t(s * d + c), v_cache.data()[s * d + c]);
+            }
+        std::vector<float> scores(size_t(G * (kAttentionTile + 2)));
         py::array_t<float> out({G, d});
         AttentionArgs a;
         a.q = q.data();
         a.k_t = k_t.data();
         a.k_stride = cap;
-        a.v = v_cache.data();
+        a.v = v.data();
         a.v_stride = d;
+        a.kv_type = type;
         a.cap = cap;
         a.j_lo = j_lo;
         a.j_hi = j_hi;
@@ -338,9 +362,44 @@ void bind_ops(py::module_& m) {
         a.scale = scale;
         a.scores = scores.data();
         a.out = out.mutable_data();
-        k->attention(a);
+        const int64_t parts = split ? attention_chunks(j_lo, j_hi) : 1;
+        if (parts < 2) {
+            k->attention(a);
+            return out;
+        }
+        std::vector<float> acc(size_t(parts * G * d)), mx(size_t(parts * G)), sm(size_t(parts * G));
+        for (int64_t p = 0; p < parts; ++p) {
+            AttentionArgs c = a;
+            attention_chunk_range(j_lo, j_hi, p, c.j_lo, c.j_hi);
+            c.out = acc.data() + p * G * d;
+            c.part_max = mx.data() + p * G;
+            c.part_sum = sm.data() + p * G;
+            k->attention(c);
+        }
+        merge_attention_parts(acc.data(), mx.data(), sm.data(), parts, G, d, sinks.data(), out.mutable_data());
         return out;
-    });
+    }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("j_lo"), py::arg("j_hi"),
+       py::arg("sinks"), py::arg("scale"), py::arg("isa") = "auto", py::arg("kv_type") = "f32",
+       py::arg("split") = false);
+    m.def("kv_round", [](F32Array x, const std::string& kv_type) {
+        // x rounded to the KV cache's element type as the cache stores it, back in float32.
+        const KvType type = [&] {
+            try {
+                return parse_kv_type(kv_type);
+            } catch (const std::invalid_argument& e) {
+                throw py::value_error(e.what());
+            }
+        }();
+        py::array_t<float> out(x.size());
+        for (ssize_t i = 0; i < x.size(); ++i) {
+            const float f = x.data()[i];
+            out.mutable_data()[i] = type == KvType::F16    ? fp16_to_float(float_to_fp16(f))
+                                    : type == KvType::BF16 ? bf16_to_float(float_to_bf16(f))
+                                                           : f;
+        }
+        return out;
+    }, py::arg("x"), py::arg("kv_type"));
+    m.def("attention_split_chunk", [] { return kAttentionSplitChunk; });
     m.def("rope_theta", [](const py::dict& cfg) {
         ModelConfig c;
         c.key_length = cfg["key_length"].cast<int64_t>();
@@ -418,14 +477,29 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("isa", [](const Model& m) { return std::string(m.kernels().name); })
         .def_property_readonly("uses_i16", &Model::uses_i16)
         .def_property_readonly("weight_bytes_read", &Model::weight_bytes_read)
+        .def_property_readonly("part_seconds", [](const Model& m) {
+            // Wall seconds per part of the forward since load (part_timer.h), for benchmarks.
+            py::dict d;
+            for (int p = 0; p < int(Part::kCount); ++p) d[part_name(Part(p))] = m.part_seconds(Part(p));
+            return d;
+        })
         .def_property_readonly("threads", &Model::threads);
 
     py::class_<Session>(m, "Session")
-        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx) {
+        .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, const std::string& kv_type) {
                  if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
-                 return new Session(std::move(model), n_ctx);
+                 KvType type;
+                 try {
+                     type = parse_kv_type(kv_type);
+                 } catch (const std::invalid_argument& e) {
+                     throw py::value_error(e.what());
+                 }
+                 return new Session(std::move(model), n_ctx, type);
              }),
-             py::arg("model"), py::arg("n_ctx"))
+             py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = "f32")
+        .def_property_readonly("kv_type", [](const Session& s) {
+            return std::string(s.kv_type() == KvType::F16 ? "f16" : s.kv_type() == KvType::BF16 ? "bf16" : "f32");
+        })
         .def("prefill", [](Session& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids,
                            bool all_logits) {
             if (ids.ndim() != 1 || ids.shape(0) < 1)
@@ -466,6 +540,7 @@ PYBIND11_MODULE(_core, m) {
                 s.truncate(n);
             });
         })
+        .def("truncates_in_place", &Session::truncates_in_place)
         .def("reset", &Session::reset);
 
     // Batched steps over several sessions (continuous batching); owns the activation scratch.

@@ -28,23 +28,39 @@ struct MatmulArgs {
     const float* x_i16_scale = nullptr;
 };
 
+// Element type of a KV cache (kv_type): float32, or 16-bit (IEEE half or bfloat16) stored with
+// round-to-nearest-even and widened to float32 in registers by the attention kernels.
+enum class KvType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
+inline int64_t kv_type_bytes(KvType t) { return t == KvType::F32 ? 4 : 2; }
+
+// Keys per tile of the attention kernel's online softmax: its scratch is n_heads tiles, however
+// long the key range (prefill of a long prompt never holds a row of scores per key).
+constexpr int64_t kAttentionTile = 256;
+
 // The query heads of one KV head (a GQA group) at one position, against keys j_lo..j_hi
 // (inclusive) of a KV cache whose slot for position j is j % cap (MODEL.md §2.5). Keys are stored
 // transposed, k_t[c * k_stride + slot], so scores are computed for a run of keys per vector; each
-// head's sink joins its softmax denominator only (no value, no 1/sqrt(d)).
+// head's sink joins its softmax denominator only (no value, no 1/sqrt(d)). K and V elements are
+// of kv_type; strides count elements.
 struct AttentionArgs {
     const float* q = nullptr;      // [n_heads][head_dim]
-    const float* k_t = nullptr;    // [head_dim][k_stride], slots 0 .. cap-1 used
+    const void* k_t = nullptr;     // [head_dim][k_stride], slots 0 .. cap-1 used
     int64_t k_stride = 0;
-    const float* v = nullptr;      // value of slot s at v + s * v_stride, [head_dim]
+    const void* v = nullptr;       // value of slot s at v + s * v_stride, [head_dim]
     int64_t v_stride = 0;
+    KvType kv_type = KvType::F32;
     int64_t cap = 0;
     int64_t j_lo = 0, j_hi = -1;
     int64_t n_heads = 1, head_dim = 0;
     const float* sinks = nullptr;  // [n_heads]
     float scale = 0.0f;
-    float* scores = nullptr;       // scratch, >= n_heads * (j_hi - j_lo + 1) floats
+    float* scores = nullptr;       // scratch, >= n_heads * (kAttentionTile + 2) floats
     float* out = nullptr;          // [n_heads][head_dim]
+    // Partial mode (one chunk of a key range split across threads, attention_split.h): when set,
+    // the sinks are left out, out gets the unnormalised sum of exp(z - max) * v per head, and
+    // part_max / part_sum [n_heads] that max and the sum of exp(z - max) (-inf and 0 for no key).
+    float* part_max = nullptr;
+    float* part_sum = nullptr;
 };
 
 struct KernelTable {

@@ -1,11 +1,23 @@
 #include "kv_cache.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "numerics.h"
 
 namespace ossrun {
 
-KvCache::KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk)
-    : config_(c), n_ctx_(n_ctx), kv_width_(c.kv_width()), head_dim_(c.key_length) {
+KvType parse_kv_type(const std::string& name) {
+    if (name == "f32") return KvType::F32;
+    if (name == "f16") return KvType::F16;
+    if (name == "bf16") return KvType::BF16;
+    throw std::invalid_argument("kv_type must be 'f16', 'bf16' or 'f32', got '" + name + "'");
+}
+
+KvCache::KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type)
+    : config_(c), n_ctx_(n_ctx), kv_width_(c.kv_width()), head_dim_(c.key_length), type_(type),
+      elem_(kv_type_bytes(type)) {
     const size_t L = size_t(c.block_count);
     cap_.resize(L);
     k_.resize(L);
@@ -14,18 +26,40 @@ KvCache::KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk)
     for (size_t l = 0; l < L; ++l) {
         const int64_t ring = c.sliding_window - 1 + max_chunk + kRollbackMargin;
         cap_[l] = c.is_sliding(int64_t(l)) ? std::min(n_ctx, ring) : n_ctx;
-        k_[l].reset(new float[size_t(k_stride(int64_t(l)) * kv_width_)]);
-        v_[l].reset(new float[size_t(cap_[l] * kv_width_)]);
+        k_[l].reset(new uint8_t[size_t(k_stride(int64_t(l)) * kv_width_ * elem_)]);
+        v_[l].reset(new uint8_t[size_t(cap_[l] * kv_width_ * elem_)]);
         held_[l].assign(size_t(cap_[l]), -1);
     }
 }
 
+namespace {
+
+template <class E, class Convert>
+void store_typed(uint8_t* k_bytes, uint8_t* v_bytes, int64_t width, int64_t stride, int64_t s,
+                 const float* k_row, const float* v_row, Convert convert) {
+    E* kt = reinterpret_cast<E*>(k_bytes);
+    E* v = reinterpret_cast<E*>(v_bytes) + s * width;
+    for (int64_t i = 0; i < width; ++i) kt[i * stride + s] = convert(k_row[i]);  // [g][c] -> [g][c][slot]
+    for (int64_t i = 0; i < width; ++i) v[i] = convert(v_row[i]);
+}
+
+}  // namespace
+
 void KvCache::store(int64_t layer, int64_t pos, const float* k_row, const float* v_row) {
     const size_t l = size_t(layer);
     const int64_t s = slot(layer, pos), stride = k_stride(layer);
-    float* kt = k_[l].get();
-    for (int64_t i = 0; i < kv_width_; ++i) kt[i * stride + s] = k_row[i];  // [g][c] -> [g][c][slot]
-    std::copy_n(v_row, kv_width_, v_[l].get() + s * kv_width_);
+    uint8_t* k = k_[l].get();
+    uint8_t* v = v_[l].get();
+    switch (type_) {
+        case KvType::F16:
+            store_typed<uint16_t>(k, v, kv_width_, stride, s, k_row, v_row, float_to_fp16);
+            break;
+        case KvType::BF16:
+            store_typed<uint16_t>(k, v, kv_width_, stride, s, k_row, v_row, float_to_bf16);
+            break;
+        default:
+            store_typed<float>(k, v, kv_width_, stride, s, k_row, v_row, [](float x) { return x; });
+    }
     held_[l][size_t(s)] = pos;
 }
 
@@ -44,7 +78,7 @@ void KvCache::clear() {
 
 size_t KvCache::bytes() const {
     size_t b = 0;
-    for (int64_t c : cap_) b += 2 * size_t(c * kv_width_) * sizeof(float);
+    for (int64_t c : cap_) b += 2 * size_t(c * kv_width_ * elem_);
     return b;
 }
 

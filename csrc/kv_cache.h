@@ -1,4 +1,5 @@
-// The KV cache (MODEL.md §2.5): K after RoPE and V, float32, per layer. V is [slot][n_kv][d];
+// The KV cache (MODEL.md §2.5): K after RoPE and V, per layer, in float32 or a 16-bit type
+// (KvType: IEEE half or bfloat16, rounded to nearest even when stored). V is [slot][n_kv][d];
 // K is stored transposed, [n_kv][d][slot], so attention scores a run of keys per vector. Full
 // layers hold every position; sliding layers hold a ring of the last positions, big enough for
 // one prefill chunk plus a rollback margin, and remember which position each slot holds so that
@@ -6,9 +7,11 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "config.h"
+#include "kernels.h"
 
 namespace ossrun {
 
@@ -17,20 +20,23 @@ public:
     // Rollback depth a sliding layer survives without a replay.
     static constexpr int64_t kRollbackMargin = 1024;
 
-    KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk);
+    KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type = KvType::F32);
 
     int64_t n_ctx() const { return n_ctx_; }
+    KvType type() const { return type_; }
     int64_t capacity(int64_t layer) const { return cap_[size_t(layer)]; }
-    int64_t v_stride() const { return kv_width_; }  // floats from one value slot to the next
+    int64_t v_stride() const { return kv_width_; }  // elements from one value slot to the next
     // Keys of kv head g, transposed: element c of slot s at [c * k_stride(layer) + s].
-    const float* k_t(int64_t layer, int64_t g) const {
-        return k_[size_t(layer)].get() + g * head_dim_ * k_stride(layer);
+    const void* k_t(int64_t layer, int64_t g) const {
+        return k_[size_t(layer)].get() + size_t(g * head_dim_ * k_stride(layer) * elem_);
     }
     // A cache line more than the capacity: rows a power of two apart would all fall into the
     // same L1 sets when attention walks down the 64 rows of a key block.
-    int64_t k_stride(int64_t layer) const { return cap_[size_t(layer)] + 16; }
-    const float* v(int64_t layer) const { return v_[size_t(layer)].get(); }
-    // Writes position pos: k_row and v_row are [n_kv * d] (K after RoPE).
+    int64_t k_stride(int64_t layer) const { return cap_[size_t(layer)] + 64 / elem_; }
+    const void* v(int64_t layer, int64_t g) const {
+        return v_[size_t(layer)].get() + size_t(g * head_dim_ * elem_);
+    }
+    // Writes position pos: k_row and v_row are [n_kv * d] (K after RoPE), converted to type().
     void store(int64_t layer, int64_t pos, const float* k_row, const float* v_row);
 
     // True when every layer still holds the keys a query at position n would read below n.
@@ -43,10 +49,15 @@ private:
 
     ModelConfig config_;
     int64_t n_ctx_, kv_width_, head_dim_;
+    KvType type_;
+    int64_t elem_;  // bytes per element
     std::vector<int64_t> cap_;
     // Left uninitialised: pages are only touched (and counted in RSS) once positions are written.
-    std::vector<std::unique_ptr<float[]>> k_, v_;
+    std::vector<std::unique_ptr<uint8_t[]>> k_, v_;
     std::vector<std::vector<int64_t>> held_;  // position held by each slot, -1 if none
 };
+
+// "f32", "f16" or "bf16" -> KvType; throws std::invalid_argument otherwise.
+KvType parse_kv_type(const std::string& name);
 
 }  // namespace ossrun

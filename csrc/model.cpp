@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "attention_split.h"
 #include "moe_ops.h"
 
 namespace ossrun {
@@ -100,6 +101,11 @@ void Model::forward_batch(const Segment* segs, size_t n_segs, Scratch& s) {
     }
     if (T > s.max_chunk) throw std::invalid_argument("forward: chunk size out of range");
     std::lock_guard<std::mutex> lock(forward_mutex_);
+    struct StopTimer {
+        PartTimer& t;
+        ~StopTimer() { t.stop(); }
+    } stop_timer{part_timer_};
+    part_timer_.switch_to(Part::kOther);
     const int64_t H = config_.embedding_length, V = config_.vocab_size;
 
     for (size_t i = 0, row = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
@@ -114,17 +120,22 @@ void Model::forward_batch(const Segment* segs, size_t n_segs, Scratch& s) {
     for (int64_t l = 0; l < config_.block_count; ++l) {
         const LayerWeights& w = weights_.layers[size_t(l)];
         rmsnorm_rows(s.residual.data(), w.attn_norm, s.normed.data(), T);
+        part_timer_.switch_to(Part::kAttention);
         attention_block(segs, s, l, T);                     // -> s.proj
+        part_timer_.switch_to(Part::kOther);
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
         trace(s, T);
         rmsnorm_rows(s.residual.data(), w.post_attention_norm, s.normed.data(), T);
+        part_timer_.switch_to(Part::kMoeOther);
         moe_block(s, l, T);                                 // -> s.proj
+        part_timer_.switch_to(Part::kOther);
         add_into(s.residual.data(), s.proj.data(), T * H);  // residual
         trace(s, T);
     }
 
     // Final norm and unembedding, only for the positions whose logits are wanted, of all segments
     // in one matmul (the output matrix is the largest dense read of a decode step).
+    part_timer_.switch_to(Part::kOutput);
     for (size_t i = 0, row = 0, out = 0; i < n_segs; row += size_t(segs[i].n), ++i) {
         const int64_t first = segs[i].all_logits ? 0 : segs[i].n - 1, count = segs[i].n - first;
         rmsnorm_rows(s.residual.data() + (int64_t(row) + first) * H, weights_.output_norm,
@@ -186,6 +197,19 @@ void Model::matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, floa
 }
 
 void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
+    if (n_jobs == 0) return;
+    // A matmul's time goes to its own part: experts, the router, the output head, the others.
+    const Part caller = part_timer_.current();
+    const Part own = jobs[0].W->n_mats > 1    ? Part::kExperts
+                     : caller == Part::kMoeOther ? Part::kRouter
+                     : caller == Part::kOutput   ? Part::kOutput
+                                                 : Part::kDenseMatmul;
+    part_timer_.switch_to(own);
+    struct Resume {
+        PartTimer& t;
+        Part p;
+        ~Resume() { t.switch_to(p); }
+    } resume{part_timer_, caller};
     for (size_t i = 0; i < n_jobs; ++i) weight_bytes_read_ += uint64_t(jobs[i].W->rows) * jobs[i].W->row_bytes;
     // The rows of all jobs form one index space handed out in grains. Prefill is compute-bound:
     // grains of 32 rows (one int16 GEMM panel) keep both threads busy to the end. Decode streams
@@ -248,33 +272,72 @@ void Model::attention_block(const Segment* segs, Scratch& s, int64_t layer, int6
     // Even layers see the last W positions (the query included), odd layers all of them.
     const int64_t window = config_.is_sliding(layer) ? config_.sliding_window : 0;
     const float scale = 1.0f / std::sqrt(float(d));
+    auto args_of = [&](int64_t t, int64_t g) {
+        const int64_t p = s.positions[size_t(t)];
+        const KvCache& kv = *segs[s.row_segment[size_t(t)]].kv;
+        AttentionArgs a;
+        a.q = s.q.data() + (t * nq + g * group) * d;
+        a.k_t = kv.k_t(layer, g);
+        a.k_stride = kv.k_stride(layer);
+        a.v = kv.v(layer, g);
+        a.v_stride = kv.v_stride();
+        a.kv_type = kv.type();
+        a.cap = kv.capacity(layer);
+        a.j_lo = window ? std::max<int64_t>(0, p - window + 1) : 0;
+        a.j_hi = p;
+        a.n_heads = group;
+        a.head_dim = d;
+        a.sinks = w.attn_sinks + g * group;
+        a.scale = scale;
+        a.out = s.attn.data() + (t * nq + g * group) * d;
+        return a;
+    };
     // One task per (token, kv head): the group's query heads share every key and value load.
-    pool_.parallel_for(T * nkv, 1, [&](int64_t i0, int64_t i1) {
+    // Decode steps have few such tasks: there each long row is cut into chunks of keys, one task
+    // each (flash-decoding, attention_split.h), merged below.
+    const bool split = T * nkv < kAttentionSplitMaxTasks;
+    std::vector<int64_t>& first = s.attn_task_first;  // first task of row i = t * nkv + g
+    first.resize(size_t(T * nkv + 1));
+    first[0] = 0;
+    for (int64_t i = 0; i < T * nkv; ++i) {
+        const AttentionArgs a = args_of(i / nkv, i % nkv);
+        first[size_t(i + 1)] = first[size_t(i)] + (split ? attention_chunks(a.j_lo, a.j_hi) : 1);
+    }
+    const int64_t n_tasks = first[size_t(T * nkv)];
+    if (n_tasks > T * nkv) {
+        s.attn_part_acc.resize(size_t(n_tasks * group * d));
+        s.attn_part_max.resize(size_t(n_tasks * group));
+        s.attn_part_sum.resize(size_t(n_tasks * group));
+    }
+    pool_.parallel_for(n_tasks, 1, [&](int64_t k0, int64_t k1) {
         thread_local std::vector<float> scores;
-        for (int64_t i = i0; i < i1; ++i) {
-            const int64_t t = i / nkv, g = i % nkv;  // query heads g*group .. (contiguous GQA)
-            const int64_t p = s.positions[size_t(t)];
-            const KvCache& kv = *segs[s.row_segment[size_t(t)]].kv;
-            AttentionArgs a;
-            a.q = s.q.data() + (t * nq + g * group) * d;
-            a.k_t = kv.k_t(layer, g);
-            a.k_stride = kv.k_stride(layer);
-            a.v = kv.v(layer) + g * d;
-            a.v_stride = kv.v_stride();
-            a.cap = kv.capacity(layer);
-            a.j_lo = window ? std::max<int64_t>(0, p - window + 1) : 0;
-            a.j_hi = p;
-            a.n_heads = group;
-            a.head_dim = d;
-            a.sinks = w.attn_sinks + g * group;
-            a.scale = scale;
-            const size_t need = size_t(group * (a.j_hi - a.j_lo + 1));
-            if (scores.size() < need) scores.resize(std::max<size_t>(need, 4096));
+        if (scores.size() < size_t(group * (kAttentionTile + 2))) scores.resize(size_t(group * (kAttentionTile + 2)));
+        // The row of task k0, then walked forward.
+        int64_t i = std::upper_bound(first.begin(), first.end(), k0) - first.begin() - 1;
+        for (int64_t k = k0; k < k1; ++k) {
+            while (first[size_t(i + 1)] <= k) ++i;
+            AttentionArgs a = args_of(i / nkv, i % nkv);
             a.scores = scores.data();
-            a.out = s.attn.data() + (t * nq + g * group) * d;
+            const int64_t parts = first[size_t(i + 1)] - first[size_t(i)];
+            if (parts > 1) {
+                attention_chunk_range(a.j_lo, a.j_hi, k - first[size_t(i)], a.j_lo, a.j_hi);
+                a.out = s.attn_part_acc.data() + k * group * d;
+                a.part_max = s.attn_part_max.data() + k * group;
+                a.part_sum = s.attn_part_sum.data() + k * group;
+            }
             kernels_->attention(a);
         }
     });
+    if (n_tasks > T * nkv)
+        pool_.parallel_for(T * nkv, 1, [&](int64_t i0, int64_t i1) {
+            for (int64_t i = i0; i < i1; ++i) {
+                const int64_t k = first[size_t(i)], parts = first[size_t(i + 1)] - k;
+                if (parts < 2) continue;
+                const AttentionArgs a = args_of(i / nkv, i % nkv);
+                merge_attention_parts(s.attn_part_acc.data() + k * group * d, s.attn_part_max.data() + k * group,
+                                      s.attn_part_sum.data() + k * group, parts, group, d, a.sinks, a.out);
+            }
+        });
 
     MatmulArgs out = matmul_args(w.attn_output, 0, s.attn.data(), T, s.proj.data(), w.attn_output_b);
     attach_i16(s, s.attn.data(), T, config_.q_width(), out);

@@ -11,6 +11,7 @@
 #include "config.h"
 #include "kernels.h"
 #include "kv_cache.h"
+#include "part_timer.h"
 #include "rope.h"
 #include "threadpool.h"
 #include "weights.h"
@@ -42,6 +43,10 @@ struct Scratch {
     std::vector<int16_t> x_i16;                          // fast precision: [rows, width]
     std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;
+    // Attention tasks: the first task of each (token, kv head) row, and the partial results of
+    // rows split into chunks of keys (flash-decoding): [task][head][d], and max and sum [task][head].
+    std::vector<int64_t> attn_task_first;
+    std::vector<float> attn_part_acc, attn_part_max, attn_part_sum;
     // Batched forwards: the segment of each row, and the wanted logits rows of all segments
     // before they are copied to each segment's own buffer.
     std::vector<int32_t> row_segment;  // [T]
@@ -74,6 +79,8 @@ public:
     // Bytes of weight matrices read by matmuls since load (each matmul's rows once, however many
     // tokens share them): what `ossrun bench` divides by the tokens decoded.
     uint64_t weight_bytes_read() const { return weight_bytes_read_; }
+    // Wall seconds each part of the forward took since load (part_timer.h); read between forwards.
+    double part_seconds(Part p) const { return part_timer_.seconds(p); }
 
     // Runs T tokens at positions pos0 .. pos0+T-1 (T <= scratch.max_chunk), appending their K/V
     // to the cache. Writes logits of every token ([T, V]) when all_logits, else of the last one.
@@ -114,6 +121,7 @@ private:
     RopeTable rope_;
     bool use_i16_;
     uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
+    PartTimer part_timer_;            // likewise
 };
 
 }  // namespace ossrun

@@ -26,6 +26,36 @@ inline float fp16_to_float(uint16_t h) {
     return sign ? -v : v;
 }
 
+// float32 -> IEEE half, rounded to nearest even (as F16C and numpy do): overflow gives ±inf,
+// values below half's normal range become subnormals, NaN stays NaN.
+inline uint16_t float_to_fp16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+    x &= 0x7FFFFFFFu;
+    if (x > 0x7F800000u) return sign | 0x7E00;   // NaN
+    if (x >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 rounds past 65504: inf
+    if (x >= 0x38800000u) {                      // normal half (>= 2^-14): rebias, round 13 bits
+        const uint32_t r = x - 0x38000000u;
+        return sign | uint16_t((r + 0xFFFu + ((r >> 13) & 1u)) >> 13);
+    }
+    // Subnormal half: a multiple of 2^-24; |f| * 2^24 is exact and below 1024, so round it to an
+    // integer, nearest even (1024 is the smallest normal, which the encoding gives for free).
+    const float a = bits_to_float(x) * 16777216.0f;
+    float t = float(uint32_t(a));
+    const float frac = a - t;
+    if (frac > 0.5f || (frac == 0.5f && (uint32_t(t) & 1u))) t += 1.0f;
+    return sign | uint16_t(t);
+}
+
+// float32 -> bfloat16, rounded to nearest even; NaN stays NaN.
+inline uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((x >> 16) | 0x40);
+    return uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
 // E8M0 scale byte e means 2^(e-127). e = 0 is the float32 subnormal 2^-127; 255 (NaN) is
 // rejected when a file is loaded.
 inline float e8m0_to_float(uint8_t e) {

@@ -6,9 +6,9 @@
 
 namespace ossrun {
 
-Session::Session(std::shared_ptr<Model> model, int64_t n_ctx)
+Session::Session(std::shared_ptr<Model> model, int64_t n_ctx, KvType kv_type)
     : model_(std::move(model)),
-      kv_(model_->config(), n_ctx, kMaxChunk) {}
+      kv_(model_->config(), n_ctx, kMaxChunk, kv_type) {}
 
 Scratch& Session::scratch() {
     if (!scratch_) scratch_ = std::make_unique<Scratch>(model_->config(), kMaxChunk);

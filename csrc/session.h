@@ -25,12 +25,13 @@ class Session {
 public:
     static constexpr int64_t kMaxChunk = 256;
 
-    Session(std::shared_ptr<Model> model, int64_t n_ctx);
+    Session(std::shared_ptr<Model> model, int64_t n_ctx, KvType kv_type = KvType::F32);
 
     int64_t n_past() const { return int64_t(tokens_.size()); }
     int64_t n_ctx() const { return kv_.n_ctx(); }
     const std::vector<int32_t>& tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_.bytes(); }
+    KvType kv_type() const { return kv_.type(); }
     int64_t vocab_size() const { return model_->config().vocab_size; }
     const ModelConfig& config() const { return model_->config(); }
 
@@ -40,6 +41,8 @@ public:
     // layer: [2L][n][H] (n <= kMaxChunk, one chunk).
     std::vector<float> prefill_traced(const int32_t* ids, int64_t n, float* logits);
     void truncate(int64_t n);
+    // True when truncate(n) keeps the cache as it is (no replay of the kept tokens).
+    bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && kv_.can_resume_at(n)); }
     void reset();
 
     // One forward over several sessions of one model (continuous batching), each appending its

@@ -88,6 +88,34 @@ def test_sliding_window_ring_wrap(model, rng):
     close(la, a_ref._prefill(np.array([5, 6], np.int32), all_logits=True))
 
 
+def test_fast_decode_batch_equals_each_sequence_alone(tmp_path_factory, rng):
+    """At the fast precision a step of up to 8 decode tokens takes the int16 GEMVs for every
+    matmul (dense, experts with 1..n routed tokens, output head) and those give each token the
+    bits it gets alone (tests/test_kernels.py), so on AVX-512 each sequence's logits are exactly
+    its own; other variants (the GEMM from 4 rows on AVX2) stay within TOL."""
+    path = model_maker.make_model(tmp_path_factory.mktemp("fastbatch") / "m.gguf", "tiny", seed=5,
+                                  vocab=VOCAB, use_byte_vocab=True, experts=8, top_k=4)
+    model = ossrun.load(path, n_ctx=256, precision="fast")
+    batch = Batch(model)
+    n = 6
+    seqs = [model.session() for _ in range(n)]
+    refs = [model.session() for _ in range(n)]
+    last = []
+    for s, r in zip(seqs, refs):
+        prompt = rng.integers(0, VOCAB, int(rng.integers(1, 30)))
+        s.prefill(prompt)
+        last.append(int(np.argmax(r.prefill(prompt))))
+    for _ in range(4):
+        got = batch.step([(s, [t], False) for s, t in zip(seqs, last)])
+        for i, (r, logits) in enumerate(zip(refs, got)):
+            want = r.decode(last[i])
+            if model.isa == "avx512":
+                assert np.array_equal(logits, want), f"sequence {i}"
+            else:
+                close(logits, want)
+            last[i] = int(np.argmax(logits))
+
+
 def test_bad_steps_raise(model, tmp_path):
     batch = Batch(model, rows=8)
     s, t = model.session(16), model.session(16)

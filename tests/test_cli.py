@@ -176,7 +176,10 @@ def test_info_json_memory_estimate(env, tiny_model):
     # Full (odd) layers hold n_ctx slots, sliding (even) ones min(n_ctx, window − 1 + 256 + 1024).
     ring = min(2048, hp["sliding_window"] - 1 + 256 + 1024)
     slots = sum(ring if layer % 2 == 0 else 2048 for layer in range(L))
-    assert mem["kv_cache"] == slots * 2 * hp["head_count_kv"] * hp["key_length"] * 4
+    # K and V in 16 bits by default (the fast precision's f16 cache), 32 with --kv-type f32.
+    assert mem["kv_cache"] == slots * 2 * hp["head_count_kv"] * hp["key_length"] * 2
+    r32 = ossrun(env, "info", tiny_model, "--json", "--ctx", 2048, "--kv-type", "f32")
+    assert json.loads(r32.stdout)["memory"]["kv_cache"] == 2 * mem["kv_cache"]
     assert mem["weights"] == info["file_size"]
     assert mem["total"] == mem["weights"] + mem["kv_cache"] + mem["activations"] > mem["kv_cache"]
 

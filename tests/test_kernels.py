@@ -367,6 +367,28 @@ def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
         assert np.all(np.abs(y - exact) <= tol + 0.51 * step @ np.abs(W).T), f"T={T}"
 
 
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+@pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 224), (MXFP4, 2880)],
+                         ids=_shape_id)
+def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
+    """A decode batch (one token per sequence) gives every token the bits it gets alone: the
+    GEMVs run each token's arithmetic the same way whatever shares the pass, so a batched step's
+    logits can equal each sequence's own (tests/test_batch.py). AVX-512 runs up to 8 tokens
+    through them, AVX2 up to 3 (4 and more take the GEMM)."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    ggml_type, cols = shape
+    rows = 37
+    raw = raw_random(rng, ggml_type, rows, cols)
+    b = rng.standard_normal(rows).astype(np.float32)
+    for T in range(2, (8 if isa_name == "avx512" else 3) + 1):
+        x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
+        y = ops.matmul(raw, ggml_type, rows, cols, x, b, isa_name, "fast")
+        for t in range(T):
+            alone = ops.matmul(raw, ggml_type, rows, cols, x[t:t + 1], b, isa_name, "fast")
+            assert np.array_equal(y[t], alone[0]), f"T={T}, token {t}"
+
+
 def test_matmul_fast_rejects_bad_precision():
     raw = np.zeros((2, 34), np.uint8)
     with pytest.raises(ValueError, match="precision"):

@@ -100,18 +100,26 @@ def test_decode_rejects_wrong_byte_count():
 TOKENS = [1, 2, 3, 5, 17, 67]  # GEMV 1..3; GEMM with tile tails
 
 
-@pytest.mark.parametrize("rows", [19, 37])
-@pytest.mark.parametrize("name", FORMATS)
-def test_matmul_f32_within_rounding_bound(isa, rng, name, rows):
+# Blocks per row: one (no pair of blocks, the tail alone), odd, and gpt-oss's own widths (2880
+# = 90 blocks of 32; 4096 = 16 super-blocks of 256: attn_output's input).
+# The wide rows take few rows and tokens (the GEMM's tiles are covered by the narrow ones).
+BLOCKS = {32: [1, 5, 90], 256: [1, 3, 16]}
+SHAPES = [(name, nb, rows) for name in FORMATS for nb in BLOCKS[FORMATS[name][1]]
+          for rows in ([19, 37] if nb < 16 else [5])]
+WIDE_TOKENS = [1, 2, 3, 5]
+
+
+@pytest.mark.parametrize(("name", "nb", "rows"), SHAPES)
+def test_matmul_f32_within_rounding_bound(isa, rng, name, nb, rows):
     """Decoding is exact, so only float32 products and sums err: within (K-1)·U·Σ|w||x| for any
     summation order, plus U·|y| for the bias add and the final rounding. A wrong element,
     nibble, scale or row moves y by ~|w||x|."""
     type_id, elems, _ = FORMATS[name]
-    cols = elems * (3 if elems == 256 else 5)
+    cols = elems * nb
     raw = random_blocks(rng, name, rows, cols, scales="normal")
     W = dequantize(raw, name, cols).astype(np.float32).astype(np.float64)
     b = rng.standard_normal(rows).astype(np.float32)
-    for T in TOKENS:
+    for T in TOKENS if nb < 16 else WIDE_TOKENS:
         x = rng.standard_normal((T, cols)).astype(np.float32)
         y = ops.matmul(raw, type_id, rows, cols, x, b, isa, "f32")
         x64 = x.astype(np.float64)
@@ -145,26 +153,27 @@ def quantize_i16_ref(x):
 
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
-@pytest.mark.parametrize("rows", [19, 37])
-@pytest.mark.parametrize("name", FORMATS)
-def test_matmul_fast_within_rounding_bound(isa_name, rng, name, rows):
-    """Fast precision: the GEMV (1-3 tokens) takes int16 activations. Given them, every 16
-    elements' integer dot is exact in int32; what rounds is its conversion, the product of the
-    two scales, one FMA per 32 elements, and for the offset formats the per-16 activation sums
-    (one rounding), their product with the offset and its accumulation: within
-    (K/16 + 4)·U·Σ(|s·q| + |m|)·|x| of float64 on the quantized activations (cancellation between
-    s·q and m makes Σ|w||x| too small a scale). The GEMM (more tokens) keeps float32: the f32
-    bound. A misplaced element or scale errs by ~|w||x|."""
+@pytest.mark.parametrize(("name", "nb", "rows"), SHAPES)
+def test_matmul_fast_within_rounding_bound(isa_name, rng, name, nb, rows):
+    """Fast precision: the GEMV (1-3 tokens) takes int16 activations and widens the codes in
+    registers. Given the activations, every 32 elements' integer dot is exact in int32 (the
+    16-element integer scales of Q2_K/Q3_K/Q6_K are multiplied in first, exactly in int16); what
+    rounds is its conversion to float, the product of the scales, one FMA per 32 elements, and for
+    the offset formats the activation sums per offset group (one rounding) and their dot with the
+    offsets: at most K/16 + 4 roundings of any term, so within (K/16 + 4)·U·Σ(|s·q| + |m|)·|x| of
+    float64 on the quantized activations (cancellation between s·q and m makes Σ|w||x| too small
+    a scale). The GEMM (more tokens) keeps float32: the f32 bound. A misplaced element, bit or
+    scale errs by ~|w||x|."""
     if isa_name == "none":
         pytest.skip("no kernel variant with int16 dot products on this CPU")
     type_id, elems, _ = FORMATS[name]
-    cols = elems * (3 if elems == 256 else 5)
+    cols = elems * nb
     raw = random_blocks(rng, name, rows, cols, scales="normal")
     s, q, m = reference_parts(raw, name, cols)
     W = (s * q - m).astype(np.float32).astype(np.float64)
     mag_w = np.abs(s * q) + np.abs(m)
     b = rng.standard_normal(rows).astype(np.float32)
-    for T in TOKENS:
+    for T in TOKENS if nb < 16 else WIDE_TOKENS:
         x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
         y = ops.matmul(raw, type_id, rows, cols, x, b, isa_name, "fast")
         assert y.shape == (T, rows)

@@ -100,3 +100,45 @@ def test_the_context_end_is_length(model):
         assert done.finish_reason == "length" and len(tokens) == 11  # the last one is never fed
     finally:
         sched.close()
+
+
+def test_a_new_prompt_is_prefilled_in_chunks_while_others_decode(model, rng):
+    sched = Scheduler(model, n_slots=2, n_ctx=256, prefill_chunk=16)
+    try:
+        order = []  # (which, event), in the order the scheduler emitted them
+        long_prompt, new_prompt = [5, 6, 7], list(rng.integers(0, VOCAB, 100))
+        long_q: queue.Queue = queue.Queue()
+        sched.submit(Generation(long_prompt, Sampler(0), lambda e: (order.append(("long", e)), long_q.put(e)),
+                                max_tokens=40))
+        assert isinstance(long_q.get(timeout=30), TokenEvent)  # it is decoding
+        new_q: queue.Queue = queue.Queue()
+        mark = len(order)
+        sched.submit(Generation(new_prompt, Sampler(0), lambda e: (order.append(("new", e)), new_q.put(e)),
+                                max_tokens=4))
+        new_tokens, _ = collect(new_q)
+        long_tokens, _ = collect(long_q)
+        first_new = next(i for i, (who, _) in enumerate(order) if who == "new")
+        # 100 prompt tokens at 16 per step take 7 steps, each also decoding the long stream.
+        assert sum(who == "long" for who, _ in order[mark:first_new]) >= 6
+        assert new_tokens == greedy_alone(model, new_prompt, 4)
+        assert [order[0][1].token] + long_tokens == greedy_alone(model, long_prompt, 40)
+    finally:
+        sched.close()
+
+
+def test_a_prefix_the_rings_lost_is_fed_in_steps_not_replayed(model, rng):
+    # The tiny preset's sliding window is 4 tokens; its rings keep a chunk and a margin more
+    # (1283 positions), so 1400 tokens later the first 50 are gone from them.
+    sched = Scheduler(model, n_slots=1, n_ctx=1600)
+    try:
+        first = list(rng.integers(0, VOCAB, 1400))
+        _, q = run(sched, first, max_tokens=2)
+        collect(q)
+        session = sched.slots[0].session
+        assert session.truncates_in_place(1400) and not session.truncates_in_place(50)
+        again = first[:50] + [1, 2, 3]
+        _, q = run(sched, again, max_tokens=6)
+        tokens, done = collect(q)
+        assert done.cached_tokens == 0 and tokens == greedy_alone(model, again, 6)
+    finally:
+        sched.close()

@@ -6,6 +6,8 @@ sessions, each decoding one token, for N = 1, 2, 4, 8.
 
 Each repeat times --steps steps per N, the Ns alternating; prints the median per N. The sessions
 hold a 4-token prompt (attention over a short context: this measures the weights' side).
+Then, per N, the milliseconds per step each part of the forward took (the core's part timer,
+csrc/part_timer.h), summed over all repeats; "python" is the step's wall time outside the core.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ def main(argv=None) -> int:
         s.prefill([100 + i, 200, 300, 400])
     batch.step([(s, [5], False) for s in sessions])  # warm-up: page in the weights
     rates: dict[int, list[float]] = {n: [] for n in args.sequences}
+    parts: dict[int, dict[str, float]] = {n: {} for n in args.sequences}
     for _ in range(args.repeats):
         for n in args.sequences:
+            before = model._core.part_seconds
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 batch.step([(s, [5], False) for s in sessions[:n]])
-            rates[n].append(n * args.steps / (time.perf_counter() - t0))
+            wall = time.perf_counter() - t0
+            rates[n].append(n * args.steps / wall)
+            after = model._core.part_seconds
+            for k in after:
+                parts[n][k] = parts[n].get(k, 0.0) + after[k] - before[k]
+            parts[n]["python"] = parts[n].get("python", 0.0) + wall - sum(after[k] - before[k] for k in after)
             for s in sessions[:n]:
                 s.truncate(4)
     base = statistics.median(rates[args.sequences[0]])
@@ -49,6 +58,13 @@ def main(argv=None) -> int:
     for n, v in rates.items():
         m = statistics.median(v)
         print(f"{n:>9} {m:>8.2f} {m / base:>8.2f}")
+    names = list(parts[args.sequences[0]])
+    steps = args.repeats * args.steps
+    print("\nms per step by part (all repeats)")
+    print(f"{'sequences':>9} " + " ".join(f"{k:>12}" for k in names) + f" {'total':>8}")
+    for n in args.sequences:
+        row = [parts[n][k] * 1e3 / steps for k in names]
+        print(f"{n:>9} " + " ".join(f"{v:>12.2f}" for v in row) + f" {sum(row):>8.2f}")
     return 0
 
 

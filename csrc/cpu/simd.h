@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../numerics.h"
+
 #if defined(__AVX512F__)
 #define OSSRUN_VBYTES 64
 #elif defined(__AVX2__)
@@ -31,6 +33,32 @@ inline vfloat vload(const float* p) {
     return v;
 }
 inline void vstore(float* p, vfloat v) { std::memcpy(p, &v, sizeof v); }
+// kVW 16-bit KV-cache elements widened to float32 (exact): IEEE half with F16C's vcvtph2ps
+// where the build has it, bfloat16 by a 16-bit shift; a scalar loop elsewhere.
+inline vfloat vload_f16(const uint16_t* p) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vfloat>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__AVX2__) && defined(__F16C__)
+    return reinterpret_cast<vfloat>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+    vfloat v;
+    for (int i = 0; i < kVW; ++i) v[i] = fp16_to_float(p[i]);
+    return v;
+#endif
+}
+inline vfloat vload_bf16(const uint16_t* p) {
+#if defined(__AVX512F__)
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return reinterpret_cast<vfloat>(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+#elif defined(__AVX2__)
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return reinterpret_cast<vfloat>(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+#else
+    vfloat v;
+    for (int i = 0; i < kVW; ++i) v[i] = bf16_to_float(p[i]);
+    return v;
+#endif
+}
 inline vfloat vsplat(float f) {
     vfloat v;
     for (int i = 0; i < kVW; ++i) v[i] = f;

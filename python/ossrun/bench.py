@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen", type=int, default=128, help="tokens to decode (default 128)")
     p.add_argument("--depth", type=int, default=0,
                    help="tokens of context already in the cache before decoding (default 0)")
+    p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
+                   help="ossrun's KV cache elements (default: f16, its fast precision's)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per engine (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--vs-llama-cpp", action="store_true",
@@ -79,11 +81,12 @@ def _worker_ossrun(a) -> dict:
     import ossrun
 
     t = time.perf_counter()
-    model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads)
+    model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type)
     load_s = time.perf_counter() - t
     s = model.session()
     prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read)
-    r = _result(a, load_s, prefill_s, decode_s, f"ossrun {model.isa}, {model.threads} threads")
+    r = _result(a, load_s, prefill_s, decode_s,
+                f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache")
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
     r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
     r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)
@@ -156,6 +159,8 @@ def _run_worker(engine: str, a) -> dict:
            "--prompt", str(a.prompt), "--gen", str(a.gen), "--depth", str(a.depth)]
     if a.threads:
         cmd += ["--threads", str(a.threads)]
+    if a.kv_type:
+        cmd += ["--kv-type", a.kv_type]
     if engine == "llama_bench":
         cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)

@@ -32,6 +32,7 @@ DEFAULT_CTX = 8192
 # Scratch sizes of the core, for the memory estimate of `info`: tokens per prefill chunk
 # (csrc/session.h kMaxChunk) and the rollback depth of sliding layers (csrc/kv_cache.h).
 MAX_CHUNK = 256
+ATTENTION_TILE = 256  # keys per tile of the attention kernel's online softmax (csrc/kernels.h)
 ROLLBACK_MARGIN = 1024
 
 
@@ -108,6 +109,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="compute threads (default: the number of physical cores)")
     p.add_argument("--precision", choices=("fast", "f32"), default="fast",
                    help="'f32' keeps float32 activations end to end (default: fast)")
+    p.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default=None,
+                   help="KV cache elements (default: f16 with --precision fast, f32 with f32)")
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"context length for the memory estimate (default {DEFAULT_CTX})")
     info.add_argument("--threads", type=_positive_int, metavar="N",
                       help="threads for the memory estimate (default: physical cores)")
+    info.add_argument("--kv-type", choices=("f16", "bf16", "f32"), default="f16",
+                      help="KV cache elements the estimate assumes (default f16, as --precision fast)")
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(func=cmd_info)
 
@@ -305,7 +310,8 @@ def load_model(path, args):
     with Spinner(f"Loading {path.name} ({_human_bytes(size)})"):
         # Without --ctx, the default, but never more than the model holds.
         n_ctx = args.ctx or min(DEFAULT_CTX, _context_length(path))
-        return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision)
+        return Model(path, n_ctx=n_ctx, threads=args.threads, precision=args.precision,
+                     kv_type=getattr(args, "kv_type", None))
 
 
 def new_chat(model, args):
@@ -436,30 +442,32 @@ def reply_json(reply) -> dict:
     }
 
 
-def memory_estimate(cfg, n_ctx: int, file_size: int, threads: int) -> dict:
+def memory_estimate(cfg, n_ctx: int, file_size: int, threads: int, kv_type: str = "f16") -> dict:
     """Bytes a session of n_ctx tokens needs: weights (mapped), KV cache, activations.
 
     Full-attention layers (odd) hold n_ctx K and V slots; sliding layers (even) a ring of
-    window - 1 + one prefill chunk + the rollback margin, at most n_ctx; K and V are float32.
+    window - 1 + one prefill chunk + the rollback margin, at most n_ctx; K and V elements are
+    kv_type (2 bytes, or 4 for f32).
     """
     d, kv_width = cfg.key_length, cfg.head_count_kv * cfg.key_length
     ring = min(n_ctx, cfg.sliding_window - 1 + MAX_CHUNK + ROLLBACK_MARGIN)
     slots = sum(ring if layer % 2 == 0 else n_ctx for layer in range(cfg.block_count))
-    kv_cache = slots * 2 * kv_width * 4
+    kv_cache = slots * 2 * kv_width * (4 if kv_type == "f32" else 2)
     # Scratch buffers of one prefill chunk (csrc/model.cpp Scratch): per token, per routed
     # (token, expert) pair (inputs, gate/up/SwiGLU outputs, the int16 copy of the widest), the last
-    # position's logits, and each thread's attention scores for one GQA group.
+    # position's logits, and each thread's attention scores for one GQA group (one tile of
+    # csrc/kernels.h kAttentionTile keys, at any context length).
     H, I, q_width = cfg.embedding_length, cfg.expert_feed_forward_length, cfg.head_count * d
     k, group = cfg.expert_used_count, cfg.head_count // cfg.head_count_kv
     per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + d + 2 + 2 * k
     per_pair = 2 * H + 3 * I + 2 + max(H, I) * 17 / 32  # int16 + a float per 32
     activations = int(4 * (MAX_CHUNK * (per_token + k * per_pair) + 2 * cfg.vocab_size
-                           + threads * group * n_ctx))
+                           + threads * group * (ATTENTION_TILE + 2)))
     return {"n_ctx": n_ctx, "weights": file_size, "kv_cache": kv_cache,
             "activations": activations, "total": file_size + kv_cache + activations}
 
 
-def describe(path, n_ctx: int | None, threads: int | None) -> dict:
+def describe(path, n_ctx: int | None, threads: int | None, kv_type: str = "f16") -> dict:
     """What `ossrun info` prints, as a JSON-ready dict."""
     from .gguf_loader import field_value, open_gguf
     from .model import default_threads
@@ -487,12 +495,12 @@ def describe(path, n_ctx: int | None, threads: int | None) -> dict:
                        "pre": field_value(g.reader, "tokenizer.ggml.pre")},
         "hparams": cfg.to_dict(),
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["bytes"])),
-        "memory": memory_estimate(cfg, n_ctx, g.file_size, threads or default_threads()),
+        "memory": memory_estimate(cfg, n_ctx, g.file_size, threads or default_threads(), kv_type),
     }
 
 
 def cmd_info(args) -> int:
-    info = describe(args.model, args.ctx, args.threads)
+    info = describe(args.model, args.ctx, args.threads, args.kv_type)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

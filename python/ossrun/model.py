@@ -18,6 +18,7 @@ from .gguf_loader import ModelConfig, open_gguf
 from .sampler import Sampler
 
 PRECISIONS = ("fast", "f32")
+KV_TYPES = ("f16", "bf16", "f32")
 PREFILL_PIECE = 1024  # tokens per call into the core (4 of its 256-token chunks)
 
 
@@ -56,11 +57,20 @@ class Model:
             activations end to end).
         isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "neon"); default the best
             this CPU runs (or $OSSRUN_ISA).
+        kv_type: element type of the sessions' KV caches: "f16" (IEEE half, the default in the
+            fast precision: half the memory and bytes read per decoded token of float32, each K
+            and V element rounded to 11 significant bits), "bf16" (8 significant bits, float32's
+            range) or "f32" (the default, and the exact path, with precision="f32").
     """
 
-    def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None):
+    def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
+                 kv_type: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if kv_type is None:
+            kv_type = "f16" if precision == "fast" else "f32"
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
         if threads is None:
             threads = default_threads()
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
@@ -76,6 +86,7 @@ class Model:
             )
         self.n_ctx = n_ctx
         self.precision = precision
+        self.kv_type = kv_type
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)
@@ -114,9 +125,10 @@ class Model:
     def isa(self) -> str:
         return self._core.isa
 
-    def session(self, n_ctx: int | None = None) -> Session:
-        """A fresh context (KV cache) of n_ctx tokens (default: the model's n_ctx)."""
-        return Session(self, self.n_ctx if n_ctx is None else n_ctx)
+    def session(self, n_ctx: int | None = None, kv_type: str | None = None) -> Session:
+        """A fresh context (KV cache) of n_ctx tokens (default: the model's n_ctx) whose elements
+        are kv_type (default: the model's kv_type)."""
+        return Session(self, self.n_ctx if n_ctx is None else n_ctx, kv_type)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits of every position of `ids` on a fresh context: float32 [len(ids), n_vocab]."""
@@ -168,14 +180,17 @@ class Model:
 class Session:
     """A context over a model: prefill a prompt, decode token by token, truncate back."""
 
-    def __init__(self, model: Model, n_ctx: int):
+    def __init__(self, model: Model, n_ctx: int, kv_type: str | None = None):
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if n_ctx > model.config.context_length:
             raise ValueError(f"n_ctx {n_ctx} exceeds the model's context_length "
                              f"{model.config.context_length}")
+        kv_type = model.kv_type if kv_type is None else kv_type
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
         self.model = model
-        self._core = _core.Session(model._core, n_ctx)
+        self._core = _core.Session(model._core, n_ctx, kv_type)
 
     @property
     def n_past(self) -> int:
@@ -185,6 +200,10 @@ class Session:
     @property
     def n_ctx(self) -> int:
         return self._core.n_ctx
+
+    @property
+    def kv_type(self) -> str:
+        return self._core.kv_type
 
     @property
     def tokens(self) -> list[int]:
@@ -220,6 +239,11 @@ class Session:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self.n_past:
             raise ValueError(f"truncate({n!r}) needs 0 <= n <= n_past = {self.n_past}")
         self._core.truncate(int(n))
+
+    def truncates_in_place(self, n: int) -> bool:
+        """Whether truncate(n) keeps the cache as it is; False when a sliding-window ring no
+        longer holds keys that position n needs, so truncate(n) would replay the first n tokens."""
+        return 0 <= n <= self.n_past and self._core.truncates_in_place(int(n))
 
     def reset(self) -> None:
         """Forget every token."""

@@ -1,6 +1,7 @@
 // Decode-time matmuls (few tokens), compiled once per ISA: each weight row is decoded in
 // registers and consumed at once, streaming the weights from memory exactly once. The fast path
-// gives Q8_0 rows int16 activations (AVX512-VNNI; quantized by gemm_i16.cpp's quantize_i16).
+// gives Q8_0 and MXFP4 rows int16 activations (AVX512-VNNI here, AVX2 in gemv_i16.cpp; quantized
+// by gemm_i16.cpp's quantize_i16).
 // Shape contract in kernels.h (MatmulArgs).
 #include "matmul_internal.h"
 
@@ -153,49 +154,104 @@ void gemv(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 
 #if defined(__AVX512F__)
-// ---- Fast decode: int16 activations x int8 Q8_0 weights (AVX512-VNNI vpdpwssd). ------------
+// ---- Fast decode: int16 activations x Q8_0 or MXFP4 weights (AVX512-VNNI vpdpwssd). --------
 #define OSSRUN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
 
-// acc += one Q8_0 block · its int16 activations: an exact integer dot, then both scales.
-OSSRUN_VNNI inline __m512 q8_0_i16_block(const uint8_t* blk, const int16_t* xq, float xs, __m512 acc) {
-    const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
-    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(xq));
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(q8_0_scale(blk) * xs), acc);
-}
+// One token (decode of one sequence) or a few (a decode batch, one per sequence of a step, or an
+// expert's routed tokens) take the same loops. Each weight block is loaded and widened once for up to 4 tokens, and the per-token work is
+// cut down: two blocks share one vector (even lanes sum block 2p, odd lanes block 2p+1), so per
+// token and block pair there are two vpdpwssd, one convert, one multiply and one FMA, where one
+// block per vector cost a convert, a scalar multiply, a broadcast and an FMA per block. The
+// pair's two activation scales are one 64-bit broadcast. For that the activations are re-laid
+// once per call (paired_acts): per token and pair, xa holds elements 0..15 and xb 16..31 of both
+// blocks, 32-bit units alternating between them. A token's arithmetic does not depend on how
+// many tokens share the pass, so a row gives each token the same result in a batch as alone.
 
-OSSRUN_VNNI float dot_q8_0_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        prefetch_ahead(row + b * kQ8BlockBytes);
-        acc0 = q8_0_i16_block(row + b * kQ8BlockBytes, xq + b * kBlockElems, xs[b], acc0);
-        acc1 = q8_0_i16_block(row + (b + 1) * kQ8BlockBytes, xq + (b + 1) * kBlockElems, xs[b + 1], acc1);
+// The re-laid activations of up to 4 tokens (thread-local, reused: no allocation once warm).
+struct PairedActs {
+    const int16_t* x;        // [t][pair][64]: xa then xb
+    const float* scale;      // x_i16_scale rows, ldx / 32 apart: pair p's two scales at 2p
+    const int16_t* tail_x;   // natural layout of the odd last block: x_i16 rows, ldx apart
+    int64_t ldx;
+    int64_t pairs;
+};
+
+// Word i of a paired vector comes from block (i / 2) % 2, element 2 * (i / 4) + i % 2.
+alignas(64) constexpr int16_t kPairWords[32] = {0,  1,  16, 17, 2,  3,  18, 19, 4,  5,  20, 21, 6,  7,  22, 23,
+                                                8,  9,  24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
+
+OSSRUN_VNNI PairedActs paired_acts(const int16_t* xq, const float* xs, int64_t ldx, int64_t nb, int nt) {
+    thread_local std::vector<int16_t> xbuf;
+    const int64_t pairs = nb / 2;
+    if (int64_t(xbuf.size()) < nt * pairs * 64) xbuf.resize(size_t(nt * pairs * 64));
+    const __m512i order = _mm512_load_si512(kPairWords);
+    for (int t = 0; t < nt; ++t) {
+        const int16_t* src = xq + t * ldx;
+        int16_t* dst = xbuf.data() + t * pairs * 64;
+        for (int64_t p = 0; p < pairs; ++p) {
+            const int16_t* b0 = src + 2 * p * kBlockElems;  // b0[0..32) block 2p, b0[32..64) block 2p+1
+            const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0))),
+                                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 32)), 1);
+            const __m512i hi = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 16))),
+                                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 48)), 1);
+            _mm512_storeu_si512(dst + p * 64, _mm512_permutexvar_epi16(order, lo));
+            _mm512_storeu_si512(dst + p * 64 + 32, _mm512_permutexvar_epi16(order, hi));
+        }
     }
-    if (b < nb) acc0 = q8_0_i16_block(row + b * kQ8BlockBytes, xq + b * kBlockElems, xs[b], acc0);
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return PairedActs{xbuf.data(), xs, xq + (nb - 1) * kBlockElems, ldx, pairs};
 }
 
-// ---- Decode batches (a few tokens, e.g. one per sequence of a batched step). -----------------
-// Each weight block is loaded and widened once for up to 8 tokens: one token per row costs the
-// widening, eight tokens share it, so the batch is bound by memory again instead of by the
-// widening instructions (measured: 2-4 tokens cost each as much as one token alone did).
+// [a, b, a, b, ...]: one scale for the even lanes, one for the odd.
+OSSRUN_VNNI inline __m512 alternating(float a, float b) {
+    return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_castps_pd(_mm_unpacklo_ps(_mm_set_ss(a), _mm_set_ss(b)))));
+}
 
-// out[t] = row · token t, for NT tokens of int16 activations (x_i16 rows ldx apart).
+// acc[t] += paired weight vectors (wa, wb) · token t's pair p, scaled by ws (the weights' scales).
 template <int NT>
-OSSRUN_VNNI void q8_0_i16_rows(const uint8_t* row, const int16_t* xq, const float* xs, int64_t ldx,
-                               int64_t nb, float* out) {
+OSSRUN_VNNI inline void pair_dots(__m512i wa, __m512i wb, __m512 ws, const PairedActs& x, int64_t p,
+                                  __m512* acc) {
+    for (int t = 0; t < NT; ++t) {
+        const int16_t* xp = x.x + (t * x.pairs + p) * 64;
+        __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), wa, _mm512_loadu_si512(xp));
+        dot = _mm512_dpwssd_epi32(dot, wb, _mm512_loadu_si512(xp + 32));
+        double scales;  // the pair's two activation scales
+        std::memcpy(&scales, x.scale + t * (x.ldx / kBlockElems) + 2 * p, 8);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(ws, _mm512_castpd_ps(_mm512_set1_pd(scales))),
+                                 acc[t]);
+    }
+}
+
+// acc[t] += one unpaired block w (natural order, scale ws) · token t's last block.
+template <int NT>
+OSSRUN_VNNI inline void tail_dots(__m512i w, float ws, const PairedActs& x, int64_t nb, __m512* acc) {
+    for (int t = 0; t < NT; ++t) {
+        const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(x.tail_x + t * x.ldx));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                 _mm512_set1_ps(ws * x.scale[t * (x.ldx / kBlockElems) + nb - 1]), acc[t]);
+    }
+}
+
+// out[t] = Q8_0 row · token t, for NT tokens.
+template <int NT>
+OSSRUN_VNNI void q8_0_i16_rows(const uint8_t* row, const PairedActs& x, int64_t nb, float* out) {
+    const __m512i order = _mm512_load_si512(kPairWords);
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * kQ8BlockBytes;
-        if (b % 2 == 0) prefetch_ahead(blk);
-        const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)));
-        const float ws = q8_0_scale(blk);
-        for (int t = 0; t < NT; ++t) {
-            const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w,
-                                                    _mm512_loadu_si512(xq + t * ldx + b * kBlockElems));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(ws * xs[t * (ldx / kBlockElems) + b]), acc[t]);
-        }
+    for (int64_t p = 0; p < x.pairs; ++p) {
+        const uint8_t* b0 = row + 2 * p * kQ8BlockBytes;
+        const uint8_t* b1 = b0 + kQ8BlockBytes;
+        prefetch_ahead(b0);
+        auto half = [&](int off) {  // bytes off..off+16 of both blocks, widened, in pair order
+            return _mm512_permutexvar_epi16(order, _mm512_cvtepi8_epi16(_mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + off))),
+                _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + off)), 1)));
+        };
+        pair_dots<NT>(half(2), half(18), alternating(q8_0_scale(b0), q8_0_scale(b1)), x, p, acc);
+    }
+    if (nb % 2) {
+        const uint8_t* blk = row + (nb - 1) * kQ8BlockBytes;
+        tail_dots<NT>(_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
+                      q8_0_scale(blk), x, nb, acc);
     }
     for (int t = 0; t < NT; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
@@ -203,75 +259,73 @@ OSSRUN_VNNI void q8_0_i16_rows(const uint8_t* row, const int16_t* xq, const floa
 // MXFP4 values doubled are small integers (0, 1, 2, 3, 4, 6, 8, 12 and their negatives), so a
 // block times int16 activations is an exact int32 dot (|sum| <= 32 * 12 * 32767 < 2^24, exact in
 // float too); the block scale halved stays a power of two.
+alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                                       0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 template <int NT>
-OSSRUN_VNNI void mxfp4_i16_rows(const uint8_t* row, const int16_t* xq, const float* xs, int64_t ldx,
-                                int64_t nb, float* out) {
-    alignas(64) static const int16_t kDoubled[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                                     0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-    const __m512i table = _mm512_load_si512(kDoubled);
-    const __m256i low4 = _mm256_set1_epi16(0x0F);
+OSSRUN_VNNI void mxfp4_i16_rows(const uint8_t* row, const PairedActs& x, int64_t nb, const float* halves,
+                                float* out) {
+    // vpermw reads 5 index bits and the table lists the 16 values twice, so a code byte widened
+    // to a word indexes its low nibble unmasked; shifted right by 4, its high nibble.
+    const __m512i table = _mm512_load_si512(kDoubledE2M1Words);
+    const __m512i order = _mm512_load_si512(kPairWords);
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = row + b * kMxfp4BlockBytes;
-        if (b % 4 == 0) prefetch_ahead(blk);
-        // Byte k holds elements k (low nibble) and k + 16 (high): lanes 0-15, then 16-31.
-        const __m256i codes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
-        const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(codes, low4)),
-                                               _mm256_srli_epi16(codes, 4), 1);
-        const __m512i w = _mm512_permutexvar_epi16(idx, table);
-        const float ws = 0.5f * e8m0_to_float(blk[0]);
-        for (int t = 0; t < NT; ++t) {
-            const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w,
-                                                    _mm512_loadu_si512(xq + t * ldx + b * kBlockElems));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(ws * xs[t * (ldx / kBlockElems) + b]), acc[t]);
-        }
+    for (int64_t p = 0; p < x.pairs; ++p) {
+        const uint8_t* b0 = row + 2 * p * kMxfp4BlockBytes;
+        const uint8_t* b1 = b0 + kMxfp4BlockBytes;
+        if (p % 2 == 0) prefetch_ahead(b0);
+        // Byte k of a block holds elements k (low nibble) and k + 16 (high); kPairWords puts
+        // byte k of both blocks where element k goes (the high nibbles follow, 16 later).
+        const __m512i codes = _mm512_permutexvar_epi16(order, _mm512_cvtepu8_epi16(_mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 1))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(b1 + 1)), 1)));
+        const __m512i wa = _mm512_permutexvar_epi16(codes, table);
+        const __m512i wb = _mm512_permutexvar_epi16(_mm512_srli_epi16(codes, 4), table);
+        pair_dots<NT>(wa, wb, alternating(halves[b0[0]], halves[b1[0]]), x, p, acc);
+    }
+    if (nb % 2) {
+        const uint8_t* blk = row + (nb - 1) * kMxfp4BlockBytes;
+        const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
+        const __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(c), _mm256_srli_epi16(c, 4), 1);
+        tail_dots<NT>(_mm512_permutexvar_epi16(idx, table), halves[blk[0]], x, nb, acc);
     }
     for (int t = 0; t < NT; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-// Rows r0..r1 for every token, in groups of up to 8 tokens per pass over a row.
+// Rows r0..r1 for every token, in groups of up to 4 tokens per pass over the rows (their re-laid
+// activations, 4 x 11.5 KiB at 2880 columns, stay in L1 beside the streaming weights; 8 did not).
 template <class Rows>
 OSSRUN_VNNI void gemv_i16_groups(const MatmulArgs& a, int64_t r0, int64_t r1, Rows rows) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems;
-    for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* row = W.row(a.mat, r);
-        const float bias = a.bias ? a.bias[r] : 0.0f;
-        for (int64_t t0 = 0; t0 < a.n_tok; t0 += 8) {
-            float out[8];
-            const int16_t* xq = a.x_i16 + t0 * a.ldx;
-            const float* xs = a.x_i16_scale + t0 * (a.ldx / kBlockElems);
-            with_tile_tokens<8>(std::min<int64_t>(8, a.n_tok - t0), [&](auto nt) {
-                rows(nt, row, xq, xs, a.ldx, nb, out);
-            });
-            for (int64_t t = t0; t < std::min<int64_t>(a.n_tok, t0 + 8); ++t) a.y[t * a.ldy + r] = out[t - t0] + bias;
-        }
+    const int64_t groups = (a.n_tok + 3) / 4;
+    for (int64_t g = 0, t0 = 0; g < groups; ++g) {
+        const int nt = int((a.n_tok - t0 + (groups - g) - 1) / (groups - g));  // e.g. 7 -> 4 + 3
+        const PairedActs x = paired_acts(a.x_i16 + t0 * a.ldx, a.x_i16_scale + t0 * (a.ldx / kBlockElems), a.ldx, nb, nt);
+        with_tile_tokens<4>(nt, [&](auto n) {
+            for (int64_t r = r0; r < r1; ++r) {
+                float out[4];
+                rows(n, W.row(a.mat, r), x, nb, out);
+                const float bias = a.bias ? a.bias[r] : 0.0f;
+                for (int t = 0; t < nt; ++t) a.y[(t0 + t) * a.ldy + r] = out[t] + bias;
+            }
+        });
+        t0 += nt;
     }
 }
 
 OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    const Matrix& W = *a.W;
-    const int64_t nb = W.cols / kBlockElems;
-    if (a.n_tok == 1) {  // two accumulator chains for a lone token
-        for (int64_t r = r0; r < r1; ++r)
-            a.y[r] = dot_q8_0_i16_row(W.row(a.mat, r), a.x_i16, a.x_i16_scale, nb) + (a.bias ? a.bias[r] : 0.0f);
-        return;
-    }
-    gemv_i16_groups(a, r0, r1, [](auto nt, const uint8_t* row, const int16_t* xq, const float* xs, int64_t ldx,
-                                  int64_t n, float* out) { q8_0_i16_rows<decltype(nt)::value>(row, xq, xs, ldx, n, out); });
+    gemv_i16_groups(a, r0, r1, [](auto nt, const uint8_t* row, const PairedActs& x, int64_t n, float* out) {
+        q8_0_i16_rows<decltype(nt)::value>(row, x, n, out);
+    });
 }
 
 OSSRUN_VNNI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    const Matrix& W = *a.W;
-    if (a.n_tok == 1) {  // decode of one sequence: gemv_i16.cpp's leaner single-token loop
-        for (int64_t r = r0; r < r1; ++r)
-            a.y[r] = dot_mxfp4_i16_row(W.row(a.mat, r), a.x_i16, a.x_i16_scale, W.cols / kBlockElems) +
-                     (a.bias ? a.bias[r] : 0.0f);
-        return;
-    }
-    gemv_i16_groups(a, r0, r1, [](auto nt, const uint8_t* row, const int16_t* xq, const float* xs, int64_t ldx,
-                                  int64_t n, float* out) { mxfp4_i16_rows<decltype(nt)::value>(row, xq, xs, ldx, n, out); });
+    const float* halves = e8m0_half_table();
+    gemv_i16_groups(a, r0, r1, [halves](auto nt, const uint8_t* row, const PairedActs& x, int64_t n, float* out) {
+        mxfp4_i16_rows<decltype(nt)::value>(row, x, n, halves, out);
+    });
 }
 
 #endif

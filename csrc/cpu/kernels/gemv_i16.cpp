@@ -1,57 +1,17 @@
-// Fast decode GEMVs for one token of MXFP4 (AVX-512; gemv.cpp's gemv_mxfp4_i16 calls it, and
-// runs batches of 2-8 tokens itself) and, on AVX2, for 1-3 tokens of MXFP4 and Q8_0: int16 activations (quantize_i16's blocks of 32, one float
-// scale each) times the exact weights, one integer dot product per block. Twice each e2m1 value
-// is an integer in -12..12, so a block's 32 products sum exactly in int32 and one float step
-// applies half the block's power of two and the activation scale.
+// Fast decode GEMVs of AVX2 (AVX-512's are in gemv.cpp), for 1-3 tokens of MXFP4 and Q8_0:
+// int16 activations (quantize_i16's blocks of 32, one float scale each) times the exact weights,
+// one integer dot product per block. Twice each e2m1 value is an integer in -12..12, so a
+// block's 32 products sum exactly in int32 and one float step applies half the block's power of
+// two and the activation scale.
 //
-// Why: the float32 GEMV (gemv.cpp) is bound by its instructions, not by memory, on AMD Zen 5:
-// it decodes ~19 GB/s of MXFP4 per core from L2 and ~17 GB/s from DRAM, where one core reads
-// ~31-36 GB/s. This one decodes ~28 GB/s from L2 (measured per thread, CPU time, 2880-column
-// rows). Shape contract in kernels.h (MatmulArgs).
+// Why: the float32 GEMV (gemv.cpp) is bound by its instructions, not by memory; this one does
+// fewer per block (MXFP4 with OSSRUN_ISA=avx2 on an AMD Zen 5: 7 -> 14 GB/s per core from DRAM,
+// docs/PERFORMANCE.md run 7). Shape contract in kernels.h (MatmulArgs).
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
 
-#if defined(__AVX512F__)
-namespace {
-
-// Twice the e2m1 value of each 4-bit code, as int16, listed twice: vpermw reads 5 index bits,
-// so a code's neighbouring bit (bit 4) selects the same value and needs no mask.
-alignas(64) constexpr int16_t kDoubledE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                                    0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
-}  // namespace
-
-float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb) {
-    const float* halves = e8m0_half_table();
-    const __m512i values = _mm512_load_si512(kDoubledE2M1x2);
-    // Words 0..15 keep their byte (low nibble = element k), words 16..31 shift it right by 4
-    // (high nibble = element k + 16): GGUF's split order in one vector.
-    const __m512i shifts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-    auto block = [&](int64_t b, __m512& acc) {
-        const uint8_t* blk = row + b * kMxfp4BlockBytes;
-        const __m256i codes = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 1)));
-        const __m512i w = _mm512_permutexvar_epi16(_mm512_srlv_epi16(_mm512_cvtepu8_epi16(codes), shifts), values);
-        const __m512i dot = _mm512_madd_epi16(w, _mm512_loadu_si512(xq + b * kBlockElems));  // exact
-        // Both scales as broadcast memory operands: no scalar multiply on the way.
-        acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(halves[blk[0]])),
-                              _mm512_set1_ps(xs[b]), acc);
-    };
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    __m512 acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        prefetch_ahead(row + b * kMxfp4BlockBytes);
-        block(b, acc0);
-        block(b + 1, acc1);
-        block(b + 2, acc2);
-        block(b + 3, acc3);
-    }
-    for (; b < nb; ++b) block(b, acc0);
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc2), _mm512_add_ps(acc1, acc3)));
-}
-
-#elif defined(__AVX2__)
+#if defined(__AVX2__) && !defined(__AVX512F__)
 namespace {
 
 // Twice the e2m1 value of each code as int8, in both 128-bit lanes (vpshufb looks up per lane).

@@ -16,6 +16,8 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
         if (a.W->type == DType::Q8_0) return gemv_q8_0_i16(a, r0, r1);
         if (a.W->type == DType::MXFP4) return gemv_mxfp4_i16(a, r0, r1);
     }
+    // The float32 router of such a batch too: the GEMVs give each token the bits it gets alone.
+    if (a.W->type == DType::F32 && a.n_tok <= kGemvI16MaxTokens) return gemv(a, r0, r1);
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
     if (a.x_i16 && (a.W->type == DType::MXFP4 || a.W->type == DType::Q8_0) && a.n_tok >= kTileTokens &&

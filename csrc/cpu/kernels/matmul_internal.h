@@ -167,8 +167,6 @@ void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 #if defined(__AVX512F__)
 // Up to this many tokens, AVX-512's int16 GEMVs beat the GEMM (decode batches of a few sequences).
 constexpr int kGemvI16MaxTokens = 8;
-// One MXFP4 row · one token's int16 activations (gemv_i16.cpp): the lone-token decode GEMV.
-float dot_mxfp4_i16_row(const uint8_t* row, const int16_t* xq, const float* xs, int64_t nb);
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
 // gemv.cpp on AVX-512 (1-8 tokens), gemv_i16.cpp on AVX2 (1-3 tokens).

@@ -8,6 +8,7 @@
 // Shape contract in kernels.h (MatmulArgs); W->cols is a multiple of F::kElems.
 #pragma once
 #include "quant_blocks.h"
+#include "quant_words.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
 
@@ -49,82 +50,59 @@ void quant_rows_f32(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 
 #if defined(__AVX512F__) || defined(__AVX2__)
-// The activations' sum per 16 elements, in float: x_sum[t][k / 16] = scale of k's block * sum of
-// its int16 codes (only the formats with offsets need them).
-inline const float* activation_group_sums(const MatmulArgs& a, int tokens) {
-    thread_local std::vector<float> sums;
-    const int64_t K = a.W->cols, ng = K / kGroupElems;
-    sums.resize(size_t(tokens * ng));
-    for (int t = 0; t < tokens; ++t)
-        for (int64_t g = 0; g < ng; ++g) {
-            const int16_t* xq = a.x_i16 + t * a.ldx + g * kGroupElems;
-            int32_t sum = 0;
-            for (int i = 0; i < kGroupElems; ++i) sum += xq[i];
-            sums[size_t(t * ng + g)] = a.x_i16_scale[t * (a.ldx / kBlockElems) + g / 2] * float(sum);
-        }
-    return sums.data();
+OSSRUN_I16_BEGIN
+// The activations' sum per group of `group` elements (the formats' offset granularity), in
+// float: scale of the group's 32-block times the exact int32 sum of its int16 codes.
+inline void activation_group_sums(const int16_t* xq, const float* xs, int64_t K, int group, float* out) {
+    for (int64_t g = 0; g < K / group; ++g) {
+        int32_t sum = 0;
+        for (int i = 0; i < group; ++i) sum += xq[g * group + i];
+        out[g] = xs[g * group / kBlockElems] * float(sum);
+    }
 }
 
+// F::dot_i16<TT>(block, b, tokens, acc, mins) adds block b's scaled integer dots to acc[t][0/1]
+// (K-quants alternate between the two, the 32-element formats use acc[t][0]) and writes its offsets m (element = s * q - m) to
+// mins[b * kElems / kMinGroup ..]; the row then subtracts mins · (activation sums per group).
 template <class F, int TT>
 void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    using namespace words;
     const Matrix& W = *a.W;
-    const int64_t nb = W.cols / F::kElems, ng = W.cols / kGroupElems, ldxs = a.ldx / kBlockElems;
-    const float* x_sum = F::kHasMin ? activation_group_sums(a, TT) : nullptr;
-    alignas(64) int8_t q[F::kElems];
-    float s[F::kGroups], m[F::kGroups];
+    const int64_t nb = W.cols / F::kElems, ldxs = a.ldx / kBlockElems;
+    const int64_t ng = F::kMinGroup ? W.cols / F::kMinGroup : 0;
+    thread_local std::vector<float> scratch;
+    scratch.resize(size_t((TT + 1) * ng));
+    float* mins = scratch.data();
+    float* x_sum = mins + ng;  // [TT][ng]
+    Tokens<TT> x;
+    for (int t = 0; t < TT; ++t) {
+        x.q[t] = a.x_i16 + t * a.ldx;
+        x.s[t] = a.x_i16_scale + t * ldxs;
+        if (F::kMinGroup) activation_group_sums(x.q[t], x.s[t], W.cols, F::kMinGroup, x_sum + t * ng);
+    }
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
         size_t fetched = 0;
-#if defined(__AVX512F__)
-        __m512 acc[TT];
-        for (int t = 0; t < TT; ++t) acc[t] = _mm512_setzero_ps();
-#else
-        __m256 acc[TT];
-        for (int t = 0; t < TT; ++t) acc[t] = _mm256_setzero_ps();
-#endif
-        float offset[TT] = {};
-        for (int64_t b = 0; b < nb; ++b) {
-            prefetch_through(row, fetched, size_t(b + 1) * F::kBytes);
-            F::unpack(row + b * F::kBytes, q, s, m);
-            const int64_t k0 = b * F::kElems;
-#if defined(__AVX512F__)
-            // 32 elements per step: the int32 lanes 0-7 hold group 2c's pair sums, 8-15 group 2c+1's.
-            for (int c = 0; c < F::kElems / 32; ++c) {
-                // Two 16-byte loads, as the unpackers stored them (store-to-load forwarding).
-                const __m256i q32 = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(q + 32 * c))),
-                    _mm_load_si128(reinterpret_cast<const __m128i*>(q + 32 * c + 16)), 1);
-                const __m512i w = _mm512_cvtepi8_epi16(q32);
-                const __m512 sv = F::kElems == 32  // one scale per 32: both halves share it
-                                      ? _mm512_set1_ps(s[0])
-                                      : _mm512_insertf32x8(_mm512_set1_ps(s[2 * c]), _mm256_set1_ps(s[2 * c + 1]), 1);
-                for (int t = 0; t < TT; ++t) {
-                    const int64_t k = k0 + 32 * c;
-                    const __m512i dot = _mm512_madd_epi16(w, _mm512_loadu_si512(a.x_i16 + t * a.ldx + k));
-                    const __m512 scale = _mm512_mul_ps(sv, _mm512_set1_ps(a.x_i16_scale[t * ldxs + k / kBlockElems]));
-                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
-                }
-            }
-#else
-            for (int g = 0; g < F::kGroups; ++g) {
-                const __m256i w = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(q + 16 * g)));
-                for (int t = 0; t < TT; ++t) {
-                    const int64_t k = k0 + 16 * g;
-                    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.x_i16 + t * a.ldx + k));
-                    const __m256i dot = _mm256_madd_epi16(w, x);
-                    const float scale = s[g] * a.x_i16_scale[t * ldxs + k / kBlockElems];
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc[t]);
-                }
-            }
-#endif
-            if constexpr (F::kHasMin)
-                for (int t = 0; t < TT; ++t)
-                    for (int g = 0; g < F::kGroups; ++g) offset[t] += m[g] * x_sum[t * ng + b * F::kGroups + g];
+        // Blocks in pairs, each on its own accumulators: the FMA chains of neighbouring blocks
+        // overlap (the index must be a constant: an array indexed at run time lives in memory).
+        Acc acc[2][TT][2];
+        for (int t = 0; t < TT; ++t) acc[0][t][0] = acc[0][t][1] = acc[1][t][0] = acc[1][t][1] = zero();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            prefetch_through(row, fetched, size_t(b + 2) * F::kBytes);
+            F::template dot_i16<TT>(row + b * F::kBytes, b, x, acc[0], mins);
+            F::template dot_i16<TT>(row + (b + 1) * F::kBytes, b + 1, x, acc[1], mins);
         }
+        if (b < nb) F::template dot_i16<TT>(row + b * F::kBytes, b, x, acc[0], mins);
         const float bias = a.bias ? a.bias[r] : 0.0f;
-        for (int t = 0; t < TT; ++t) a.y[t * a.ldy + r] = hsum(vfloat(acc[t])) - offset[t] + bias;
+        for (int t = 0; t < TT; ++t) {
+            const float offset = F::kMinGroup ? dot(mins, x_sum + t * ng, ng) : 0.0f;
+            const float sum = reduce(acc[0][t][0] + acc[1][t][0]) + reduce(acc[0][t][1] + acc[1][t][1]);
+            a.y[t * a.ldy + r] = sum - offset + bias;
+        }
     }
 }
+OSSRUN_I16_END
 #endif
 
 // The GEMV of format F: float32, or int16 where the caller gave int16 activations and the

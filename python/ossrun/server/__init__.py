@@ -46,7 +46,8 @@ def main(args) -> int:
     from .store import default_store_path
 
     options = EngineOptions(args.model, n_ctx=args.ctx, parallel=args.parallel, threads=args.threads,
-                            precision=args.precision, name=args.name, max_queue=args.queue,
+                            precision=args.precision, kv_type=args.kv_type, name=args.name,
+                            max_queue=args.queue,
                             test_script=args.test_script, test_load_delay=args.test_load_delay)
     api_key = args.api_key or os.environ.get("OSSRUN_API_KEY") or None
     app = create_app(options, api_key=api_key, store_path=args.store or default_store_path())

@@ -28,6 +28,7 @@ class EngineOptions:
     parallel: int | None = None
     threads: int | None = None
     precision: str = "fast"
+    kv_type: str | None = None          # default: per precision (ossrun.model.Model)
     name: str | None = None
     max_queue: int = 64
     test_script: str | None = None      # tests only: scripted completions (ScriptedOutput)
@@ -40,7 +41,7 @@ def default_parallel(model, n_ctx: int) -> int:
 
     from ..cli import memory_estimate
 
-    est = memory_estimate(model.config, n_ctx, 0, model.threads)
+    est = memory_estimate(model.config, n_ctx, 0, model.threads, model.kv_type)
     per_slot = est["kv_cache"] + est["activations"]
     return max(1, min(4, int(0.5 * psutil.virtual_memory().available // max(per_slot, 1))))
 
@@ -92,7 +93,8 @@ class Engine:
             if o.test_load_delay:
                 time.sleep(o.test_load_delay)
             n_ctx = o.n_ctx or min(DEFAULT_CTX, _context_length(o.model_path))
-            model = Model(o.model_path, n_ctx=n_ctx, threads=o.threads, precision=o.precision)
+            model = Model(o.model_path, n_ctx=n_ctx, threads=o.threads, precision=o.precision,
+                          kv_type=o.kv_type)
             if model.tokenizer is None:
                 raise ValueError(f"{o.model_path}: the model has no tokenizer")
             parallel = o.parallel or default_parallel(model, n_ctx)

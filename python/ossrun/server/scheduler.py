@@ -4,9 +4,12 @@ There are `n_slots` sequences, each a Session with its own KV cache. Every step 
 forward (ossrun.batch) over all active sequences: each decodes its last sampled token or feeds the
 next chunk of its prompt, mixed in one batch, so the dense weights are read once per step and each
 expert once for all tokens routed to it. A new request goes to the free slot whose cached tokens
-share the longest prefix with its prompt (prompt caching across requests; Session.truncate
-replays when a sliding-window ring no longer reaches back far enough). A cancelled request (its
-client went away) leaves at the next step. The queue of waiting requests has a bound.
+share the longest prefix with its prompt (prompt caching across requests). While other
+sequences decode, a prompt goes in chunks of at most `prefill_chunk` tokens per step, so a new
+request slows the running streams down for a while instead of stopping them for its whole
+prefill; where a sliding-window ring no longer reaches back to the shared prefix, the prefix is
+fed the same way rather than replayed in one go (Session.truncate would). A cancelled request
+(its client went away) leaves at the next step. The queue of waiting requests has a bound.
 """
 
 from __future__ import annotations
@@ -74,9 +77,12 @@ class _Slot:
 
 
 class Scheduler:
-    def __init__(self, model, n_slots: int, n_ctx: int, max_queue: int = 64):
+    def __init__(self, model, n_slots: int, n_ctx: int, max_queue: int = 64, prefill_chunk: int = 32):
         if n_slots < 1:
             raise ValueError("the scheduler needs at least one slot")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be positive")
+        self.prefill_chunk = prefill_chunk
         self.model = model
         self.n_ctx = n_ctx
         self.max_queue = max_queue
@@ -166,8 +172,10 @@ class Scheduler:
         gen = slot.gen
         # Keep one prompt id to feed: its logits start the reply.
         reused = min(common_prefix(gen.prompt, slot.session.tokens), len(gen.prompt) - 1)
+        if not slot.session.truncates_in_place(reused):
+            reused = 0  # the rings lost the prefix's keys: prefill it in the steps, chunk by chunk
         try:
-            slot.session.truncate(reused)  # may replay the kept ids (sliding-window rings)
+            slot.session.truncate(reused)
         except Exception as e:  # noqa: BLE001 - reported to the request, the slot is reset
             slot.session.reset()
             self._fail(slot, f"could not reuse the cache: {e}")
@@ -185,6 +193,8 @@ class Scheduler:
             if not slot.pending and slot.next_id is not None:
                 work.append((slot, [slot.next_id], True))
                 budget -= 1
+        if work:  # streams are decoding: a step costs about its prompt tokens, so keep them few
+            budget = min(budget, self.prefill_chunk)
         for slot in active:
             if slot.pending and budget > 0:
                 n = min(len(slot.pending), budget)

@@ -1,0 +1,149 @@
+// The fast decode vocabulary of the dense quants (quant_legacy.cpp, quant_k.cpp): the weights of
+// one 32-element activation block (quantize_i16's blocks) widened from their packed codes to
+// int16 in registers, and their exact integer dot with the int16 activations. Written once per
+// ISA here so that each format's fast GEMV is written once over it: AVX-512 holds the 32 words
+// in one zmm (vpdpwssd: x_i16 exists there only where the CPU has AVX512-VNNI, see
+// gemm_i16.cpp), AVX2 in two ymm (vpmaddwd, or AVX-VNNI's vpdpwssd). Lane j is element j.
+#pragma once
+#include "matmul_internal.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+// The fast sections of the quant sources sit between these (the AVX-512 build's flags lack VNNI).
+#if defined(__AVX512F__)
+#define OSSRUN_I16_BEGIN _Pragma("GCC push_options") _Pragma("GCC target(\"avx512vnni\")")
+#define OSSRUN_I16_END _Pragma("GCC pop_options")
+#else
+#define OSSRUN_I16_BEGIN
+#define OSSRUN_I16_END
+#endif
+OSSRUN_I16_BEGIN
+
+namespace ossrun::OSSRUN_ISA_NS::words {
+
+#if defined(__AVX512F__)
+struct W32 {
+    __m512i v;
+};
+using Mask = __mmask32;  // lane j selected where bit j is set
+using Acc = __m512;
+
+inline W32 splat(int16_t c) { return {_mm512_set1_epi16(c)}; }
+// Lanes 0-15 `lo`, 16-31 `hi` (the two 16-element scales of a K-quant sub-block).
+inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm512_mask_set1_epi16(_mm512_set1_epi16(lo), 0xFFFF0000u, hi)}; }
+// 32 bytes, zero-extended.
+inline W32 u8_words(const uint8_t* p) { return {_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+// 16 bytes -> lanes 0-15 bytes 0-15 unchanged, lanes 16-31 the same bytes shifted right by 4.
+inline __m512i split_bytes(const uint8_t* p) {
+    const __m512i b = _mm512_cvtepu8_epi16(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    return _mm512_srlv_epi16(b, _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1));
+}
+// 16 bytes of nibble pairs -> lanes 0-15 the low nibbles, 16-31 the high ones (GGUF's order).
+inline W32 nibble_words(const uint8_t* p) { return {_mm512_and_si512(split_bytes(p), _mm512_set1_epi16(15))}; }
+// The nibbles of nibble_words, each looked up in a 16-entry table (given twice: vpermw reads 5
+// index bits, so the unmasked neighbouring bit selects the same entry).
+inline W32 nibble_lookup(const uint8_t* p, const int16_t* table32) {
+    return {_mm512_permutexvar_epi16(split_bytes(p), _mm512_loadu_si512(table32))};
+}
+inline W32 and_c(W32 a, int16_t c) { return {_mm512_and_si512(a.v, _mm512_set1_epi16(c))}; }
+inline W32 or_(W32 a, W32 b) { return {_mm512_or_si512(a.v, b.v)}; }
+inline W32 add_c(W32 a, int16_t c) { return {_mm512_add_epi16(a.v, _mm512_set1_epi16(c))}; }
+inline W32 mul(W32 a, W32 b) { return {_mm512_mullo_epi16(a.v, b.v)}; }
+inline W32 shr(W32 a, int n) { return {_mm512_srli_epi16(a.v, unsigned(n))}; }
+inline W32 shl(W32 a, int n) { return {_mm512_slli_epi16(a.v, unsigned(n))}; }
+inline Mask bits_mask(uint32_t bits) { return Mask(bits); }
+inline Mask word_bit_mask(W32 w, int bit) { return _mm512_test_epi16_mask(w.v, _mm512_set1_epi16(int16_t(1 << bit))); }
+inline W32 add_where(W32 w, Mask m, int16_t c) { return {_mm512_mask_add_epi16(w.v, m, w.v, _mm512_set1_epi16(c))}; }
+inline W32 add_where_not(W32 w, Mask m, int16_t c) { return add_where(w, Mask(~m), c); }
+
+inline Acc zero() { return _mm512_setzero_ps(); }
+// acc += float(w · x, exact in int32) * scale.
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
+    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.v, _mm512_loadu_si512(x));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(scale), acc);
+}
+inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
+
+#else  // AVX2
+struct W32 {
+    __m256i a, b;  // lanes 0-15, 16-31
+};
+using Mask = W32;  // all ones where selected
+using Acc = __m256;
+
+inline W32 splat(int16_t c) { return {_mm256_set1_epi16(c), _mm256_set1_epi16(c)}; }
+inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm256_set1_epi16(lo), _mm256_set1_epi16(hi)}; }
+inline __m256i widen16(__m128i bytes) { return _mm256_cvtepu8_epi16(bytes); }
+inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline W32 u8_words(const uint8_t* p) { return {widen16(load16(p)), widen16(load16(p + 16))}; }
+inline W32 nibble_words(const uint8_t* p) {
+    const __m128i c = load16(p), low4 = _mm_set1_epi8(15);
+    return {widen16(_mm_and_si128(c, low4)), widen16(_mm_and_si128(_mm_srli_epi16(c, 4), low4))};
+}
+inline W32 nibble_lookup(const uint8_t* p, const int16_t* table32) {
+    // pshufb looks bytes up: the table as int8 (its entries fit), then sign-extended.
+    const __m128i c = load16(p), low4 = _mm_set1_epi8(15);
+    const __m128i t = _mm_packs_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table32)),
+                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(table32 + 8)));
+    return {_mm256_cvtepi8_epi16(_mm_shuffle_epi8(t, _mm_and_si128(c, low4))),
+            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(c, 4), low4)))};
+}
+inline W32 and_c(W32 w, int16_t c) {
+    const __m256i k = _mm256_set1_epi16(c);
+    return {_mm256_and_si256(w.a, k), _mm256_and_si256(w.b, k)};
+}
+inline W32 or_(W32 x, W32 y) { return {_mm256_or_si256(x.a, y.a), _mm256_or_si256(x.b, y.b)}; }
+inline W32 add_c(W32 w, int16_t c) {
+    const __m256i k = _mm256_set1_epi16(c);
+    return {_mm256_add_epi16(w.a, k), _mm256_add_epi16(w.b, k)};
+}
+inline W32 mul(W32 x, W32 y) { return {_mm256_mullo_epi16(x.a, y.a), _mm256_mullo_epi16(x.b, y.b)}; }
+inline W32 shr(W32 w, int n) { return {_mm256_srli_epi16(w.a, n), _mm256_srli_epi16(w.b, n)}; }
+inline W32 shl(W32 w, int n) { return {_mm256_slli_epi16(w.a, n), _mm256_slli_epi16(w.b, n)}; }
+inline __m256i bit_lanes(__m256i w, __m256i bit) { return _mm256_cmpeq_epi16(_mm256_and_si256(w, bit), bit); }
+inline Mask bits_mask(uint32_t bits) {
+    const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                                          int16_t(0x8000));
+    return {bit_lanes(_mm256_set1_epi16(int16_t(bits)), bit), bit_lanes(_mm256_set1_epi16(int16_t(bits >> 16)), bit)};
+}
+inline Mask word_bit_mask(W32 w, int bit) {
+    const __m256i k = _mm256_set1_epi16(int16_t(1 << bit));
+    return {bit_lanes(w.a, k), bit_lanes(w.b, k)};
+}
+inline W32 add_where(W32 w, Mask m, int16_t c) {
+    const __m256i k = _mm256_set1_epi16(c);
+    return {_mm256_add_epi16(w.a, _mm256_and_si256(m.a, k)), _mm256_add_epi16(w.b, _mm256_and_si256(m.b, k))};
+}
+inline W32 add_where_not(W32 w, Mask m, int16_t c) {
+    const __m256i k = _mm256_set1_epi16(c);
+    return {_mm256_add_epi16(w.a, _mm256_andnot_si256(m.a, k)), _mm256_add_epi16(w.b, _mm256_andnot_si256(m.b, k))};
+}
+
+inline Acc zero() { return _mm256_setzero_ps(); }
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16));
+#if defined(__AVXVNNI__)
+    const __m256i dot = _mm256_dpwssd_avx_epi32(_mm256_madd_epi16(w.a, x0), w.b, x1);
+#else
+    const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(w.a, x0), _mm256_madd_epi16(w.b, x1));
+#endif
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
+}
+inline float reduce(Acc a) { return hsum(vfloat(a)); }
+#endif
+
+// 8 bytes (little-endian in `v`) -> 8 floats, times f (exact where byte * f fits 24 bits).
+inline __m256 bytes8_times(uint64_t v, float f) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(v)))), _mm256_set1_ps(f));
+}
+
+// The activations of TT tokens at block 0 of the row: int16 codes and one scale per 32.
+template <int TT>
+struct Tokens {
+    const int16_t* q[TT];
+    const float* s[TT];
+};
+
+}  // namespace ossrun::OSSRUN_ISA_NS::words
+OSSRUN_I16_END
+#endif
