@@ -5,9 +5,12 @@ It answers the requests huggingface_hub makes, with the headers the real Hub sen
 - HEAD /{repo}/resolve/{rev}/{file}          302 to the blob's CDN url with X-Repo-Commit,
                                              X-Linked-Etag and X-Linked-Size (LFS files)
 - GET  /cdn/{sha256}                         the bytes (on a second port, the "CDN"), with Range
-                                             support (206, Content-Range)
+                                             support (206, Content-Range) and the file's name
+                                             in Content-Disposition
 Missing repos and files are 404s with X-Error-Code RepoNotFound / EntryNotFound, as on the Hub.
-`drop_first_get` makes the first GET of each blob send half its bytes and close the connection.
+`drop_first_get` makes the first GET of each blob send half its bytes and close the connection;
+`stall_first_get` makes it send half and then wait (until `release` is set or the client hangs
+up), as a transfer does when its process is interrupted.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ class FakeHub:
         self.repos: dict[str, dict[str, bytes]] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.drop_first_get = False
+        self.stall_first_get = False
+        self.release = threading.Event()
         self._dropped: set[str] = set()
         self._blobs: dict[str, bytes] = {}
+        self._names: dict[str, str] = {}  # sha256 -> file name (the CDN's Content-Disposition)
         # Two origins, as on the real Hub: the API and /resolve here, the blobs on a "CDN" (another
         # port), so huggingface_hub reads the metadata off the redirect instead of following it.
         self._servers = []
@@ -43,13 +49,15 @@ class FakeHub:
     def add(self, repo: str, files: dict[str, bytes | Path]) -> None:
         data = {name: (v.read_bytes() if isinstance(v, Path) else v) for name, v in files.items()}
         self.repos[repo] = data
-        for blob in data.values():
+        for name, blob in data.items():
             self._blobs[hashlib.sha256(blob).hexdigest()] = blob
+            self._names[hashlib.sha256(blob).hexdigest()] = name.rsplit("/", 1)[-1]
 
     def gets(self) -> list[tuple[str, str | None]]:
         return [(p, r) for m, p, r in self.requests if m == "GET" and p.startswith("/cdn/")]
 
     def close(self) -> None:
+        self.release.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -121,13 +129,17 @@ class FakeHub:
                 data = hub._blobs.get(sha)
                 if data is None:
                     return self._reply(404, {}, b"", send_body)
-                start, status, headers = 0, 200, {"Accept-Ranges": "bytes", "ETag": f'"{sha}"'}
+                name = hub._names[sha]  # the name progress bars show, as the Hub's CDN sends it
+                start, status, headers = 0, 200, {
+                    "Accept-Ranges": "bytes", "ETag": f'"{sha}"',
+                    "Content-Disposition": f"inline; filename*=UTF-8''{name}; filename=\"{name}\";"}
                 if r := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or ""):
                     start, status = int(r[1]), 206
                     headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                 body = data[start:]
-                if send_body and hub.drop_first_get and sha not in hub._dropped:
-                    hub._dropped.add(sha)  # promise everything, send half, hang up
+                cut = hub.drop_first_get or hub.stall_first_get
+                if send_body and cut and sha not in hub._dropped:
+                    hub._dropped.add(sha)  # promise everything, send half, hang up (or stall)
                     self.send_response(status)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -135,6 +147,8 @@ class FakeHub:
                     self.end_headers()
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
+                    if hub.stall_first_get:
+                        hub.release.wait(60)
                     self.close_connection = True
                     return
                 self._reply(status, headers, body, send_body)

@@ -1,8 +1,9 @@
 """`ossrun pull` and Hub refs as MODEL (python/ossrun/hub.py), offline: `ossrun` runs in a
 subprocess with HF_ENDPOINT on tests/fake_hub.py's loopback server and HF_HOME in a temporary
 folder, with huggingface_hub itself unchanged. Single and split models, the cache on a second
-pull, a download that loses its connection half way, missing repos/files, the choice of file,
-and the y/N question of `ossrun info/chat REPO`.
+pull, a download that loses its connection half way, a pull stopped by Ctrl-C that the next
+run continues (Range from the kept bytes, progress bar from there), missing repos/files, the
+choice of file, and the y/N question of `ossrun info/chat REPO`.
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ def fake(models):
     h.close()
 
 
-def ossrun_cli(fake, tmp_path, *args, stdin=subprocess.DEVNULL):
+def _hub_env(fake, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": fake.url, "HF_HOME": str(tmp_path / "hf"),
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1", "NO_COLOR": "1"}
-    for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_ENABLE_HF_TRANSFER"):
+    for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "HF_HUB_ENABLE_HF_TRANSFER",
+              "HF_HUB_DISABLE_PROGRESS_BARS"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "ossrun", *args], env=env, stdin=stdin,
-                          capture_output=True, text=True, timeout=120)
+    return env
+
+
+def ossrun_cli(fake, tmp_path, *args, stdin=subprocess.DEVNULL):
+    return subprocess.run([sys.executable, "-m", "ossrun", *args], env=_hub_env(fake, tmp_path),
+                          stdin=stdin, capture_output=True, text=True, timeout=120)
 
 
 def test_pull_single_file_then_cache(fake, models, tmp_path):
@@ -91,6 +97,55 @@ def test_interrupted_download_resumes(fake, tmp_path):
     assert open(r.stdout.strip(), "rb").read() == blob
     (first, no_range), (_, resumed) = fake.gets()
     assert no_range is None and resumed == f"bytes={10 << 20}-"  # resumed, not restarted
+
+
+def test_interrupted_pull_resumes_on_the_next_run(fake, tmp_path):
+    """Ctrl-C during a download (on a terminal, where huggingface_hub shows its progress bar)
+    keeps the `.incomplete` blob; the next `ossrun pull` asks for the rest with a Range request
+    from where that blob ends (whole 10 MiB chunks were written), so nothing is fetched twice,
+    and its progress bar counts on from there to the whole file."""
+    import time
+
+    pexpect = pytest.importorskip("pexpect")
+    blob = np.random.default_rng(1).bytes(24 << 20)  # 25.2M in tqdm's units
+    fake.add("acme/big-GGUF", {"big.gguf": blob})
+    fake.stall_first_get = True  # half the bytes, then the transfer hangs until interrupted
+    blobs = tmp_path / "hf" / "hub" / "models--acme--big-GGUF" / "blobs"
+
+    def pull_on_a_terminal():
+        return pexpect.spawn(sys.executable, ["-m", "ossrun", "pull", "acme/big-GGUF"],
+                             env=_hub_env(fake, tmp_path), encoding="utf-8", timeout=60,
+                             dimensions=(24, 120))
+
+    first = pull_on_a_terminal()
+    try:
+        first.expect(r"big\.gguf: +\d+%")  # the progress bar
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size >= 10 << 20 for p in blobs.glob("*.incomplete")):
+            assert first.isalive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        first.sendintr()  # Ctrl-C
+        first.expect(pexpect.EOF)
+        first.close()
+    finally:
+        first.terminate(force=True)
+        fake.release.set()
+    assert first.exitstatus == 130 and "again continues the download" in first.before
+    (partial,) = blobs.glob("*.incomplete")
+    kept = partial.stat().st_size
+    assert kept == 10 << 20  # huggingface_hub writes 10 MiB chunks
+
+    second = pull_on_a_terminal()
+    second.expect(r"big\.gguf: +\d+%.*10\.5M/25\.2M")  # starts at the kept bytes
+    second.expect(r"25\.2M/25\.2M")
+    second.expect(pexpect.EOF)
+    second.close()
+    assert second.exitstatus == 0, second.before
+    path = next(line for line in second.before.splitlines() if line.strip().endswith("big.gguf"))
+    assert open(path.strip(), "rb").read() == blob
+    (_, no_range), (_, resumed) = fake.gets()
+    assert no_range is None and resumed == f"bytes={kept}-"  # resumed, not restarted
+    assert not list(blobs.glob("*.incomplete"))
 
 
 @pytest.mark.parametrize(("ref", "message"), [

@@ -392,7 +392,12 @@ def cmd_run(args) -> int:
 def cmd_pull(args) -> int:
     from .hub import pull
 
-    print(pull(args.ref, revision=args.revision))
+    try:
+        print(pull(args.ref, revision=args.revision))
+    except KeyboardInterrupt:
+        print(f"\nossrun: interrupted; `ossrun pull {args.ref}` again continues the download",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,10 +3,14 @@
 A reference is `OWNER/REPO` or `OWNER/REPO:FILE`. Without FILE the repo's files are listed and
 the gpt-oss GGUF is chosen: the only model file, else the only MXFP4 one; anything else is an
 error that lists the candidates. A split GGUF (`NAME-00001-of-0000N.gguf`) is pulled with all its
-shards. Downloads go through `huggingface_hub.hf_hub_download`, which resumes an interrupted
-transfer (the `.incomplete` blob and HTTP Range), shows a progress bar, honours HF_ENDPOINT,
-HF_HOME / HF_HUB_CACHE and HF_TOKEN, and serves a file that is already cached without
-downloading it again.
+shards. Each file's bytes are fetched into huggingface_hub's cache as its own blob
+(`blobs/<etag>`), through huggingface_hub's HTTP download (progress bar, retries with HTTP Range
+within a run), from a `blobs/<etag>.incomplete` file that an interrupted run leaves behind: the
+next `ossrun pull` asks for the rest only. (huggingface_hub's own hf_hub_download, since 1.x,
+writes each run to a fresh temporary file and deletes it when interrupted, so it resumes only
+within one run.) Then `hf_hub_download` links the blob into the snapshot as it does for its own
+downloads. HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_TOKEN and offline mode are honoured, and a
+file that is already cached is not downloaded again.
 """
 
 from __future__ import annotations
@@ -131,10 +135,58 @@ def pull(ref: str | HubRef, *, revision: str | None = None) -> Path:
     paths = []
     for name in shard_files(file):
         try:
+            _fetch_blob(ref.repo, name, revision)
             paths.append(Path(hf_hub_download(ref.repo, name, revision=revision)))
         except Exception as e:
             raise _hub_error(e, ref, name) from None
     return paths[0]
+
+
+def _fetch_blob(repo: str, name: str, revision: str | None) -> None:
+    """Download the file's blob into the cache unless it is there, continuing a partial
+    `.incomplete` one. Leaves anything it cannot do (no Hub, no ETag or size) to hf_hub_download,
+    which then serves the cache, fetches the file itself or says what is wrong."""
+    import os
+    from urllib.parse import urlparse
+
+    from filelock import FileLock
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo, name, revision=revision)
+    try:
+        meta = get_hf_file_metadata(url)
+    except Exception:
+        return
+    if not meta.etag or meta.size is None:
+        return
+    folder = repo_folder_name(repo_id=repo, repo_type="model")
+    blobs = Path(constants.HF_HUB_CACHE) / folder / "blobs"
+    blob = blobs / meta.etag
+    if blob.exists():
+        return
+    headers = build_hf_headers()
+    source = url
+    if meta.xet_file_data is None and meta.location and meta.location != url:
+        source = meta.location  # the signed CDN url: no token there
+        if urlparse(source).netloc != urlparse(url).netloc:
+            headers.pop("authorization", None)
+    locks = Path(constants.HF_HUB_CACHE) / ".locks" / folder
+    blobs.mkdir(parents=True, exist_ok=True)
+    locks.mkdir(parents=True, exist_ok=True)
+    part = blobs / f"{meta.etag}.incomplete"
+    with FileLock(str(locks / f"{meta.etag}.ossrun.lock")):  # two pulls of one file: one fetches
+        if blob.exists():
+            return
+        with open(part, "ab") as f:
+            have = f.tell()
+            if have > meta.size:  # not a prefix of this blob
+                f.truncate(0)
+                have = 0
+            http_get(source, f, resume_size=have, headers=headers, expected_size=meta.size,
+                     displayed_filename=name.rsplit("/", 1)[-1])
+        os.replace(part, blob)
 
 
 def cached(ref: str | HubRef, *, revision: str | None = None) -> Path | None:

@@ -62,6 +62,7 @@ inline void activation_group_sums(const int16_t* xq, const float* xs, int64_t K,
 }
 
 // F::dot_i16<TT>(block, b, tokens, acc, mins) adds block b's scaled integer dots to acc[t][0/1]
+// (F::dot_pair_i16, where F::kPairs, blocks b and b + 1 against the paired activations)
 // (K-quants alternate between the two, the 32-element formats use acc[t][0]) and writes its offsets m (element = s * q - m) to
 // mins[b * kElems / kMinGroup ..]; the row then subtracts mins · (activation sums per group).
 template <class F, int TT>
@@ -74,11 +75,20 @@ void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     scratch.resize(size_t((TT + 1) * ng));
     float* mins = scratch.data();
     float* x_sum = mins + ng;  // [TT][ng]
-    Tokens<TT> x;
+    Tokens<TT> x, paired;  // paired: rearranged for F::dot_pair_i16 (two blocks per call)
     for (int t = 0; t < TT; ++t) {
         x.q[t] = a.x_i16 + t * a.ldx;
         x.s[t] = a.x_i16_scale + t * ldxs;
         if (F::kMinGroup) activation_group_sums(x.q[t], x.s[t], W.cols, F::kMinGroup, x_sum + t * ng);
+    }
+    if constexpr (F::kPairs) {
+        thread_local std::vector<int16_t> arranged;
+        arranged.resize(size_t(TT * W.cols));
+        for (int t = 0; t < TT; ++t) {
+            pair_activations(x.q[t], W.cols, arranged.data() + t * W.cols);
+            paired.q[t] = arranged.data() + t * W.cols;
+            paired.s[t] = x.s[t];
+        }
     }
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
@@ -88,6 +98,17 @@ void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
         Acc acc[2][TT][2];
         for (int t = 0; t < TT; ++t) acc[0][t][0] = acc[0][t][1] = acc[1][t][0] = acc[1][t][1] = zero();
         int64_t b = 0;
+        if constexpr (F::kPairs) {
+            for (; b + 4 <= nb; b += 4) {
+                prefetch_through(row, fetched, size_t(b + 4) * F::kBytes);
+                F::template dot_pair_i16<TT>(row + b * F::kBytes, b, paired, acc[0], mins);
+                F::template dot_pair_i16<TT>(row + (b + 2) * F::kBytes, b + 2, paired, acc[1], mins);
+            }
+            if (b + 2 <= nb) {
+                F::template dot_pair_i16<TT>(row + b * F::kBytes, b, paired, acc[0], mins);
+                b += 2;
+            }
+        }
         for (; b + 2 <= nb; b += 2) {
             prefetch_through(row, fetched, size_t(b + 2) * F::kBytes);
             F::template dot_i16<TT>(row + b * F::kBytes, b, x, acc[0], mins);

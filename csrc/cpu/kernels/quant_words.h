@@ -63,6 +63,66 @@ inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
 }
 inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
 
+// Two neighbouring 32-element blocks in one pass: `lo` holds elements 0-15 of both (block 0 in
+// lanes 0-15, block 1 in 16-31), `hi` elements 16-31 of both, so the nibbles of both blocks
+// widen in one vpmovzxbw and one dot covers 64 elements. The activations are rearranged to
+// match once per GEMV (pair_activations); the dot ends with block 0's sums in lanes 0-7 and
+// block 1's in 8-15, scaled by one vector of the two blocks' scales.
+constexpr bool kHasPairs = true;
+struct Pair {
+    W32 lo, hi;
+};
+struct PairMask {
+    Mask lo, hi;
+};
+inline Pair nibble_words(const uint8_t* p0, const uint8_t* p1) {
+    const __m256i both = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+    const __m512i w = _mm512_cvtepu8_epi16(both);
+    return {{_mm512_and_si512(w, _mm512_set1_epi16(15))}, {_mm512_srli_epi16(w, 4)}};
+}
+inline Pair lookup(Pair w, const int16_t* table16) {
+    const __m512i t = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(table16)));
+    return {{_mm512_permutexvar_epi16(w.lo.v, t)}, {_mm512_permutexvar_epi16(w.hi.v, t)}};
+}
+// Bit j of each block's qh is its element j's fifth bit.
+inline PairMask bits_mask(uint32_t bits0, uint32_t bits1) {
+    return {Mask((bits0 & 0xFFFFu) | bits1 << 16), Mask(bits0 >> 16 | (bits1 & 0xFFFF0000u))};
+}
+inline Pair add_c(Pair w, int16_t c) { return {add_c(w.lo, c), add_c(w.hi, c)}; }
+inline Pair add_where(Pair w, PairMask m, int16_t c) { return {add_where(w.lo, m.lo, c), add_where(w.hi, m.hi, c)}; }
+inline Pair add_where_not(Pair w, PairMask m, int16_t c) {
+    return {add_where_not(w.lo, m.lo, c), add_where_not(w.hi, m.hi, c)};
+}
+// The fp16 scales at p0 and p1, as floats in lanes 0 and 1.
+inline __m128 half_pair(const uint8_t* p0, const uint8_t* p1) {
+    uint16_t h0, h1;
+    std::memcpy(&h0, p0, 2);
+    std::memcpy(&h1, p1, 2);
+    return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(h0), h1, 1));
+}
+// acc += float(w · x) * (d0 xs0 in lanes 0-7, d1 xs1 in lanes 8-15), d = the two blocks' scales,
+// xs their activation scales; x rearranged by pair_activations.
+inline void pair_dot_acc(Acc& acc, Pair w, const int16_t* x, __m128 d, const float* xs) {
+    __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.lo.v, _mm512_loadu_si512(x));
+    dot = _mm512_dpwssd_epi32(dot, w.hi.v, _mm512_loadu_si512(x + 32));
+    const __m128 s = _mm_mul_ps(d, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xs))));
+    const __m512i halves = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(s)), acc);
+}
+// Per pair of blocks: elements 0-15 of both, then 16-31 of both; an odd last block as it is.
+inline void pair_activations(const int16_t* x, int64_t K, int16_t* out) {
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+        std::memcpy(out + k, x + k, 32);
+        std::memcpy(out + k + 16, x + k + 32, 32);
+        std::memcpy(out + k + 32, x + k + 16, 32);
+        std::memcpy(out + k + 48, x + k + 48, 32);
+    }
+    std::memcpy(out + k, x + k, size_t(K - k) * 2);
+}
+
 #else  // AVX2
 struct W32 {
     __m256i a, b;  // lanes 0-15, 16-31
@@ -130,6 +190,8 @@ inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
 }
 inline float reduce(Acc a) { return hsum(vfloat(a)); }
+
+constexpr bool kHasPairs = false;  // two ymm per block already: nothing to share between two
 #endif
 
 // 8 bytes (little-endian in `v`) -> 8 floats, times f (exact where byte * f fits 24 bits).
