@@ -21,7 +21,7 @@ BUILTIN_MAX_TOKENS = 512
 
 BANNER = (
     "This is ossrun's built-in nano model: a 2-million-parameter demo of the gpt-oss\n"
-    "architecture, trained for an hour on a few synthetic tasks (greetings, small sums, unit\n"
+    "architecture, trained for 95 minutes on a few synthetic tasks (greetings, small sums, unit\n"
     "conversions, get_weather/get_time/calculator tool calls, JSON answers). It is not gpt-oss:\n"
     "it knows nothing else, and even on those tasks it makes mistakes.\n"
     "For the real gpt-oss: `ossrun chat ggml-org/gpt-oss-20b-GGUF` (downloads 12 GiB once;\n"
