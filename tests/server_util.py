@@ -69,7 +69,7 @@ class Server:
         import openai
 
         return openai.OpenAI(base_url=self.url, api_key=self.api_key or "unused", max_retries=0,
-                             timeout=60, **kwargs)
+                             **{"timeout": 60, **kwargs})
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -102,6 +102,43 @@ def test_the_context_end_is_length(model):
         sched.close()
 
 
+def test_the_mask_is_prepared_before_the_forward_and_applied_after(model):
+    """A mask with `prepare` is started before each batched forward (so it is computed while the
+    forward runs) and asked after it, for the output it was prepared for."""
+    sched = Scheduler(model, n_slots=2, n_ctx=256)
+    log = []
+    step = sched.batch.step
+
+    def forward(work):
+        log.append(("forward",))
+        return step(work)
+
+    class Mask:
+        def prepare(self, output):
+            log.append(("prepare", len(output)))
+
+        def __call__(self, output):
+            log.append(("mask", len(output)))
+            allowed = np.zeros(VOCAB, bool)
+            allowed[[21, 22, 23]] = True
+            return allowed
+
+    sched.batch.step = forward
+    try:
+        _, q = run(sched, [4, 5, 6], max_tokens=5, mask=Mask())
+        _, q2 = run(sched, [9, 8], max_tokens=5)  # an unconstrained neighbour in the same steps
+        tokens, _ = collect(q)
+        collect(q2)
+        assert set(tokens) <= {21, 22, 23} and len(tokens) == 5
+        masked = [e for e in log if e[0] != "forward"]
+        assert masked == [e for n in range(5) for e in (("prepare", n), ("mask", n))]
+        for n in range(5):
+            i = log.index(("prepare", n))
+            assert log[i + 1] == ("forward",) and ("mask", n) in log[i + 2:]
+    finally:
+        sched.close()
+
+
 def test_a_new_prompt_is_prefilled_in_chunks_while_others_decode(model, rng):
     sched = Scheduler(model, n_slots=2, n_ctx=256, prefill_chunk=16)
     try:

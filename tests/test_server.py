@@ -194,6 +194,60 @@ def test_response_format_is_accepted(client, model_id):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_structured_output_from_sampled_noise_validates(client, model_id):
+    """Unscripted: the random model's samples are noise, so a reply that validates does so
+    because the server's grammar constrained the final channel (both APIs' format shapes)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{2}$"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 3}},
+        "required": ["code", "tags"], "additionalProperties": False}
+    for seed in range(2):
+        r = client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "Reply in JSON."}], seed=seed,
+            temperature=1.0, max_tokens=400, extra_body={"max_reasoning_tokens": 4},
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+        r = client.responses.create(model=model_id, input="Reply in JSON.",
+                                    temperature=1.0, max_output_tokens=400,
+                                    extra_body={"max_reasoning_tokens": 4, "seed": seed},
+                                    text={"format": {"type": "json_schema", "name": "a",
+                                                     "schema": schema}})
+        assert r.status == "completed"
+        jsonschema.validate(json.loads(r.output_text), schema)
+
+
+def test_strict_tool_arguments_from_sampled_noise_validate(client, model_id):
+    """A `strict` function tool's arguments match its schema (objects closed), whatever the
+    random model samples; a schema the grammar compiler rejects is a 400, not a 500."""
+    jsonschema = pytest.importorskip("jsonschema")
+    params = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                               "days": {"type": "integer", "minimum": 1,
+                                                        "maximum": 7}},
+              "required": ["city", "days"]}
+    tool = {"type": "function", "function": {"name": "forecast", "parameters": params,
+                                             "strict": True}}
+    r = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Forecast?"}], tools=[tool],
+        tool_choice="required", seed=3, temperature=1.0, max_tokens=300,
+        extra_body={"max_reasoning_tokens": 4})
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "forecast"
+    jsonschema.validate(json.loads(call.function.arguments), {**params, "additionalProperties": False})
+    r = client.responses.create(model=model_id, input="Forecast?", tool_choice="required",
+                                tools=[{"type": "function", "name": "forecast", "parameters": params,
+                                        "strict": True}], temperature=1.0, max_output_tokens=300,
+                                extra_body={"max_reasoning_tokens": 4, "seed": 3})
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    jsonschema.validate(json.loads(call.arguments), {**params, "additionalProperties": False})
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "x"}],
+                                       response_format=bad)
+    assert e.value.body["param"] == "response_format"
+
+
 def test_reasoning_budget_extension_field(client, model_id):
     r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "REASON-Q"}],
                                        extra_body={"max_reasoning_tokens": 2})

@@ -86,3 +86,46 @@ def test_a_call_cut_off_is_not_complete(tok):
     p = OutputParser(tok)
     feed_all(p, '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a":', tok)
     assert p.calls and not p.calls[0].complete
+
+
+def test_code_interpreter_history_renders_as_the_call_and_its_output(tok):
+    """A code_interpreter_call sent back (or stored) renders as the python call and its result;
+    a web_search_call (whose pages are not kept) is skipped; the system message lists the
+    built-in tools offered."""
+    from ossrun.harmony import ToolNamespace
+    from ossrun.server.responses import items_to_spec
+
+    spec = PromptSpec(turns=[], builtins=[ToolNamespace.python()])
+    items_to_spec([{"role": "user", "content": "Compute."},
+                   {"type": "web_search_call", "id": "ws_1", "status": "completed",
+                    "action": {"type": "search", "query": "q"}},
+                   {"type": "code_interpreter_call", "id": "ci_1", "code": "print(2 + 2)",
+                    "container_id": "cntr_1", "outputs": [{"type": "logs", "logs": "4\n"}],
+                    "status": "completed"}], spec)
+    text = tok.decode(render_prompt(spec, tok, date="2025-01-01"))
+    assert ("<|start|>assistant to=python<|channel|>analysis code<|message|>print(2 + 2)<|call|>"
+            "<|start|>python to=assistant<|channel|>analysis<|message|>4\n<|end|>"
+            "<|start|>assistant") in text
+    assert "## python" in text and "browser" not in text
+
+
+def test_a_builtin_tool_that_cannot_run_here_is_a_400_that_says_why(monkeypatch, tok):
+    from ossrun import sandbox
+    from ossrun.python_tool import PythonTool
+    from ossrun.server.errors import APIError
+    from ossrun.server.hosted_tools import HostedTools
+
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    sandbox.sandbox_problem.cache_clear()
+    try:
+        hosted = HostedTools([PythonTool()])
+    finally:
+        sandbox.sandbox_problem.cache_clear()
+    assert "python" in hosted.problems and hosted.describe() == "none"
+    with pytest.raises(APIError) as e:
+        hosted.for_request([{"type": "function", "name": "f"}, {"type": "code_interpreter"}], [], tok)
+    assert e.value.status == 400 and e.value.param == "tools[1].type"
+    assert "code_interpreter" in e.value.message and "bubblewrap" in e.value.message
+    with pytest.raises(ValueError, match="not a built-in tool"):
+        HostedTools([object()])
+    assert HostedTools().for_request([{"type": "function", "name": "f"}], [], tok).tools == {}

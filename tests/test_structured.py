@@ -283,6 +283,55 @@ def test_server_seam_masks_by_the_same_grammar(model):
     assert mask([])[final[0]] and not mask(final[:1])[final[1]]  # no answer: a call is forced
 
 
+def test_a_preamble_leads_to_a_call_never_to_the_answer(model):
+    """Commentary text (a preamble) announces a tool call; under a response format the answer
+    never follows one, so the reply's content is the final channel's text alone."""
+    tok = model.tokenizer
+
+    def allows(grammar, text):
+        c = Constraint(tok, grammar)
+        for t in tok.encode(text, allowed_special="all"):
+            if not c.allows(t):
+                return False
+            c.advance([t])
+        return True
+
+    fmt = response_format({"type": "json_object"})
+    assert allows(harmony_grammar(fmt), "<|channel|>analysis")
+    assert not allows(harmony_grammar(fmt), "<|channel|>commentary")
+    tools = [type("T", (), {"name": "f", "strict": False})()]
+    grammar = harmony_grammar(fmt, tools)
+    preamble = "<|channel|>commentary<|message|>Let me check.<|end|><|start|>assistant"
+    assert allows(grammar, preamble + " to=functions.f")
+    assert not allows(grammar, preamble + "<|channel|>final")
+    assert allows(grammar, "<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>final")
+
+
+def test_server_seam_builtin_tool_calls(model):
+    """The built-in tools the server runs: tool_choice naming one forces its call; once the
+    response's built-in calls reached max_tool_calls, none may follow."""
+    from ossrun.server.constraints import token_mask_for
+
+    tok = model.tokenizer
+    call = tok.encode(" to=python<|channel|>analysis code<|message|>print(1)<|call|>",
+                      allowed_special="all")
+    final = tok.encode("<|channel|>final", allowed_special="all")
+    mask = token_mask_for(None, [], "builtin", tok, model.n_vocab, builtin_recipients=["python"])
+    assert mask([])[final[0]] and not mask(final[:1])[final[1]]  # no answer: the call is forced
+    mask = token_mask_for(None, [], "builtin", tok, model.n_vocab, builtin_recipients=["python"])
+    for i, t in enumerate(call):
+        assert mask(call[:i])[t], (i, tok.decode([t]))
+    assert token_mask_for(None, [], "auto", tok, model.n_vocab, builtin_recipients=["python"]) is None
+    mask = token_mask_for(None, [], "auto", tok, model.n_vocab, builtin_recipients=["python"],
+                          calls_allowed=False)
+    assert not mask([])[call[0]] and mask([])[final[0]]
+    answer = tok.encode("<|channel|>final<|message|>free text<|return|>", allowed_special="all")
+    mask = token_mask_for(None, [], "auto", tok, model.n_vocab, builtin_recipients=["python"],
+                          calls_allowed=False)
+    for i, t in enumerate(answer):
+        assert mask(answer[:i])[t]
+
+
 def test_server_reasoning_budget_forces_the_final_channel(model):
     from ossrun.server.constraints import token_mask_for
 

@@ -141,9 +141,8 @@ def _add_tool_flags(p: argparse.ArgumentParser) -> None:
                    help="offer the python tool (a sandboxed Jupyter kernel; needs bubblewrap)")
 
 
-def build_tools(args) -> list:
-    """The built-in tools the flags ask for; one that cannot run here is left out with a note
-    on stderr saying why."""
+def requested_tools(args) -> list:
+    """The built-in tools the flags ask for (whether or not they can run here)."""
     tools = []
     if getattr(args, "browser", False) or getattr(args, "docs", None) or getattr(args, "searx", None):
         from .browser import Browser
@@ -154,8 +153,14 @@ def build_tools(args) -> list:
         from .python_tool import PythonTool
 
         tools.append(PythonTool())
+    return tools
+
+
+def build_tools(args) -> list:
+    """The built-in tools the flags ask for; one that cannot run here is left out with a note
+    on stderr saying why."""
     offered = []
-    for tool in tools:
+    for tool in requested_tools(args):
         problem = tool.unavailable()
         if problem:
             print(f"ossrun: note: the {tool.name} tool is not offered: {problem}", file=sys.stderr)
@@ -226,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(serve, _positive_int)
     _add_model_flags(serve)
+    _add_tool_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
     pull = sub.add_parser("pull", help="download a gpt-oss GGUF from the Hugging Face Hub",

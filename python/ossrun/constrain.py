@@ -1,8 +1,8 @@
 """Constrained decoding with llguidance: structured output on the final channel only, strict tool
 arguments and tool_choice, for the chat's sampling loop.
 
-The grammar is harmony itself: analysis (and commentary preamble) messages run free, then the
-model must write `<|channel|>final<|message|>` + text matching the response format +
+The grammar is harmony itself: analysis (and, before a tool call, commentary preamble) messages
+run free, then the model must write `<|channel|>final<|message|>` + text matching the response format +
 `<|return|>`, or a tool call whose arguments match the tool's schema + `<|call|>`. Grammar
 terminals can be special tokens (llguidance reads their names from the tiktoken encoding).
 
@@ -164,14 +164,19 @@ def harmony_grammar(fmt: ResponseFormat | None = None, tools=(), tool_choice: st
                          ' (" " <|constrain|>? /[a-z]+/)? <|message|> TEXT <|call|>')
             rules.append('CHANNEL: "analysis" | "commentary"')
             calls.append("builtin")
+    # A preamble (commentary text) announces a tool call: after one, the answer cannot follow
+    # (it would join the preamble in the reply's content).
+    before_call = "(analysis | preamble)* " if reasoning else ""
+    before_answer = "analysis* " if reasoning else ""
     if tool_choice not in TOOL_CHOICES or tool_choice == "required":
         if not calls:
             raise ValueError("tool_choice='required' needs at least one tool")
-        body = " | ".join(calls)
+        start = f"{before_call}({' | '.join(calls)})"
+    elif calls:
+        start = f"{before_answer}final | {before_call}({' | '.join(calls)})"
     else:
-        body = " | ".join(["final", *calls])
-    pre = "(analysis | preamble)* " if reasoning else ""
-    main = "\n".join([f"start: {pre}({body})", *rules])
+        start = f"{before_answer}final"
+    main = "\n".join([f"start: {start}", *rules])
     return json.dumps({"grammars": [{"name": "main", "lark_grammar": main}, *grammars]})
 
 

@@ -1,8 +1,11 @@
 """`ossrun serve`: an OpenAI-compatible HTTP server (Chat Completions, Responses, Completions)
 with continuous batching over several sequences that share one copy of the weights.
 
-    ossrun serve gpt-oss-20b-mxfp4.gguf --port 8000
+    ossrun serve gpt-oss-20b-mxfp4.gguf --port 8000 [--browser --docs DIR] [--python]
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+
+The built-in tools it is started with serve the Responses API's `web_search` and
+`code_interpreter` tool types (hosted_tools.py).
 """
 
 from __future__ import annotations
@@ -41,17 +44,25 @@ def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
 def main(args) -> int:
     import uvicorn
 
+    from ..cli import requested_tools
     from .app import create_app
     from .engine import EngineOptions
     from .store import default_store_path
 
+    tools = requested_tools(args)
+    for tool in tools:
+        problem = tool.unavailable()
+        if problem:
+            print(f"ossrun: note: the {tool.name} tool cannot run here: {problem}", file=sys.stderr)
     options = EngineOptions(args.model, n_ctx=args.ctx, parallel=args.parallel, threads=args.threads,
                             precision=args.precision, kv_type=args.kv_type, name=args.name,
-                            max_queue=args.queue,
-                            test_script=args.test_script, test_load_delay=args.test_load_delay)
+                            max_queue=args.queue, tools=tools, test_script=args.test_script,
+                            test_load_delay=args.test_load_delay)
     api_key = args.api_key or os.environ.get("OSSRUN_API_KEY") or None
     app = create_app(options, api_key=api_key, store_path=args.store or default_store_path())
+    hosted = [t.name for t in tools if not t.unavailable()]
     print(f"ossrun: serving {args.model} on http://{args.host}:{args.port}/v1"
-          + (" (API key required)" if api_key else ""), file=sys.stderr, flush=True)
+          + (" (API key required)" if api_key else "")
+          + (f"; built-in tools: {', '.join(hosted)}" if hosted else ""), file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
     return 0

@@ -170,7 +170,9 @@ async def create(body: ChatCompletionRequest, request: Request, engine: Engine):
         max_tokens=body.max_completion_tokens or body.max_tokens, stop_ids=engine.stop_ids,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         mask=token_mask_for(body.response_format, spec.tools, spec.tool_choice, tokenizer,
-                            engine.model.n_vocab, reasoning_budget(body)))
+                            engine.model.n_vocab, reasoning_budget(body),
+                            strict_tools={t.function.name for t in body.tools or []
+                                          if t.function.strict}))
     reply = ChatReply(tokenizer, stops, bool(body.logprobs))
     meta = {"id": new_id("chatcmpl", "-"), "created": int(time.time()), "model": engine.model_id,
             "system_fingerprint": None}

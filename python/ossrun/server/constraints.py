@@ -6,8 +6,9 @@ constraint at this step); the scheduler masks the logits with it before sampling
 
 The grammar is the chat's (ossrun.constrain): reasoning runs free, then the final answer follows
 `response_format` / `text.format` (json_schema, json_object), or a call is forced by
-`tool_choice` "required" / a named function. The scheduler asks for the mask after the forward
-pass, so here it is computed then (not overlapped as in `ossrun.chat`).
+`tool_choice` "required" / a named function. The scheduler calls `prepare(output)` before each
+forward pass: the matcher consumes the new tokens and computes the next mask on its worker thread
+while the forward runs (as in `ossrun.chat`); calling the mask after the forward waits for it.
 
 The extension field `max_reasoning_tokens` (both APIs) is a reasoning budget: once the analysis
 reaches it, the mask forces `<|end|><|start|>assistant<|channel|>final<|message|>` one token a
@@ -24,25 +25,37 @@ TokenMask = Callable[[list[int]], "np.ndarray | None"]
 
 
 class _Tool:
-    """A request's function tool as the grammar builder reads it (arguments not strict)."""
+    """A request's function tool as the grammar builder reads it: with `strict`, its arguments
+    are constrained to its `parameters` schema (objects closed, as OpenAI's strict mode)."""
 
-    def __init__(self, name: str):
-        self.name, self.strict = name, False
+    def __init__(self, name: str, strict: bool = False, parameters: dict | None = None):
+        self.name, self.strict, self.parameters = name, strict, parameters
+
+    def arguments_schema(self) -> dict:
+        from ..tools import closed_schema
+
+        if not self.parameters:
+            return {"type": "object", "properties": {}, "additionalProperties": False}
+        return closed_schema(self.parameters)
 
 
 class _GrammarMask:
     def __init__(self, constraint, n_vocab: int):
         self.constraint, self.n_vocab, self.consumed = constraint, n_vocab, 0
 
+    def prepare(self, output: list[int]) -> None:
+        """Start computing the mask after `output` (returns at once)."""
+        new = output[self.consumed:]
+        if self.constraint is not None and new:
+            self.constraint.advance(new)
+            self.consumed = len(output)
+
     def __call__(self, output: list[int]) -> np.ndarray | None:
         from ..constrain import ConstraintError
 
         if self.constraint is None:
             return None
-        new = output[self.consumed:]
-        if new:
-            self.constraint.advance(new)
-            self.consumed = len(output)
+        self.prepare(output)  # a no-op when the scheduler prepared it before the forward
         try:
             return self.constraint.allowed(self.n_vocab)
         except ConstraintError:
@@ -76,6 +89,10 @@ class _BudgetMask:
         self.fed = self.used = 0
         self.forcing_from: int | None = None
 
+    def prepare(self, output: list[int]) -> None:
+        if self.inner is not None:
+            self.inner.prepare(output)
+
     def __call__(self, output: list[int]) -> np.ndarray | None:
         from ..chat import _in_reasoning
         from ..harmony import HarmonyError
@@ -108,16 +125,31 @@ class _BudgetMask:
 
 
 def token_mask_for(response_format: dict | None, tools: list, tool_choice, tokenizer,
-                   n_vocab: int, max_reasoning_tokens: int | None = None) -> TokenMask | None:
+                   n_vocab: int, max_reasoning_tokens: int | None = None,
+                   builtin_recipients=(), calls_allowed: bool = True, strict_tools=(),
+                   format_param: str = "response_format") -> TokenMask | None:
     """A token mask provider for this request's format, tool choice and reasoning budget, or
-    None."""
-    grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab)
+    None. builtin_recipients: the built-in tools' recipients ("python", "browser.search"), whose
+    calls the grammar allows (only those, with tool_choice "builtin"). calls_allowed=False: the
+    built-in tool calls of this response reached their limit, none may follow. strict_tools:
+    names of the function tools whose arguments must match their schema. A format or schema
+    the grammar compiler rejects is a 400 (naming `format_param` or the tools)."""
+    from ..constrain import ConstraintError
+    from .errors import APIError
+
+    try:
+        grammar = _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab,
+                                builtin_recipients, calls_allowed, frozenset(strict_tools))
+    except ConstraintError as e:
+        param = "tools" if strict_tools else format_param
+        raise APIError(400, f"Invalid value for '{param}': {e}", param=param) from None
     if max_reasoning_tokens is None:
         return grammar
     return _BudgetMask(grammar, tokenizer, max_reasoning_tokens, n_vocab)
 
 
-def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab):
+def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab, builtin_recipients=(),
+                  calls_allowed=True, strict_tools=frozenset()):
     from ..constrain import Constraint, harmony_grammar
     from ..constrain import response_format as as_format
 
@@ -127,9 +159,26 @@ def _grammar_mask(response_format, tools, tool_choice, tokenizer, n_vocab):
     choice = tool_choice if isinstance(tool_choice, str) else (
         named_tool_choice(tool_choice) or "auto")
     names = [getattr(t, "name", None) for t in tools or ()]
-    if fmt is None and choice in ("auto", "none"):
+    schemas = {getattr(t, "name", None): getattr(t, "parameters", None) for t in tools or ()}
+    builtins = list(builtin_recipients)
+    if not calls_allowed:
+        if not builtins:
+            calls_allowed = True  # nothing to exclude
+        else:
+            builtins = []
+            choice = "auto" if choice in ("builtin", "required") else choice
+    if choice == "builtin":  # a built-in tool named by tool_choice: one of its calls, nothing else
+        if not builtins:
+            choice = "auto"
+        else:
+            names, choice = [], "required"
+    strict = choice != "none" and any(n in strict_tools for n in names)
+    if fmt is None and choice in ("auto", "none") and calls_allowed and not strict:
         return None
     if choice not in ("auto", "none", "required") and choice not in names:
         choice = "auto"
-    grammar = harmony_grammar(fmt, [_Tool(n) for n in names if n], choice)
+    if choice == "required" and not names and not builtins:
+        choice = "auto"
+    grammar = harmony_grammar(fmt, [_Tool(n, n in strict_tools, schemas.get(n)) for n in names if n],
+                              choice, builtins)
     return _GrammarMask(Constraint(tokenizer, grammar), n_vocab)

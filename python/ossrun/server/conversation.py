@@ -45,6 +45,7 @@ class ToolCallOut:
     name: str
     arguments: str = ""
     complete: bool = True  # False while the model writes it, and if it was cut off
+    builtin: bool = False  # a call of a built-in tool (name: its recipient, e.g. "python")
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Turn:
     reasoning: str = ""             # assistant: the analysis that preceded it
     tool_calls: list[ToolCallOut] = field(default_factory=list)
     tool_name: str | None = None    # tool: the function whose result this is
+    builtin: bool = False           # tool: the result of a built-in tool (tool_name: its recipient)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class PromptSpec:
     tools: list[ToolDescription] = field(default_factory=list)
     tool_choice: object = "auto"    # "auto" | "none" | "required" | a function name (str in a dict)
     response_format: ResponseFormat | None = None
+    builtins: list = field(default_factory=list)  # ToolNamespaces of the built-in tools offered
 
 
 def effort_of(value, param: str) -> str:
@@ -124,7 +127,7 @@ def render_prompt(spec: PromptSpec, tokenizer, date: str | None = None) -> list[
     elif spec.tool_choice == "required" and tools:
         instructions.append("Call one of the functions now; do not answer directly.")
     messages = [system_message(conversation_start_date=date or datetime.date.today().isoformat(),
-                               reasoning_effort=spec.effort)]
+                               reasoning_effort=spec.effort, tools=spec.builtins)]
     if instructions or tools or spec.response_format:
         messages.append(developer_message(
             instructions="\n\n".join(instructions) if instructions else None,
@@ -139,6 +142,9 @@ def render_prompt(spec: PromptSpec, tokenizer, date: str | None = None) -> list[
 def _turn_messages(turn: Turn, names: dict[str, str]) -> list[Message]:
     if turn.role == "user":
         return [Message("user", turn.content)]
+    if turn.role == "tool" and turn.builtin:
+        return [Message("tool", turn.content, name=turn.tool_name, recipient="assistant",
+                        channel="analysis")]
     if turn.role == "tool":
         name = turn.tool_name if turn.tool_name.startswith(FUNCTIONS) else FUNCTIONS + turn.tool_name
         return [Message("tool", turn.content, name=name, recipient="assistant", channel="commentary")]
@@ -150,6 +156,10 @@ def _turn_messages(turn: Turn, names: dict[str, str]) -> list[Message]:
         out.append(Message("assistant", turn.content,
                            channel="commentary" if turn.tool_calls else "final"))
     for call in turn.tool_calls:
+        if call.builtin:
+            out.append(Message("assistant", call.arguments, channel="analysis", recipient=call.name,
+                               content_type="code"))
+            continue
         out.append(Message("assistant", call.arguments, channel="commentary",
                            recipient=FUNCTIONS + call.name, content_type="<|constrain|>json"))
     return out

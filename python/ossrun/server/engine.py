@@ -8,7 +8,7 @@ import contextlib
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
@@ -16,6 +16,7 @@ from fastapi import Request
 from ..harmony import stop_token_ids
 from ..sampler import Sampler
 from .errors import APIError
+from .hosted_tools import HostedTools
 from .scheduler import DoneEvent, ErrorEvent, Generation, QueueFull, Scheduler, TokenEvent  # noqa: F401
 
 POLL_SECONDS = 0.1  # how often a waiting endpoint checks that its client is still there
@@ -31,6 +32,7 @@ class EngineOptions:
     kv_type: str | None = None          # default: per precision (ossrun.model.Model)
     name: str | None = None
     max_queue: int = 64
+    tools: list = field(default_factory=list)  # built-in tools: ossrun.Browser, ossrun.PythonTool
     test_script: str | None = None      # tests only: scripted completions (ScriptedOutput)
     test_load_delay: float = 0.0        # tests only: seconds to stay "loading"
 
@@ -77,6 +79,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.script: ScriptedOutput | None = None
         self.error: str | None = None
+        self.hosted = HostedTools(options.tools)
         self.model_id = options.name or Path(options.model_path).stem
         self.created = int(time.time())
         self._thread = threading.Thread(target=self._load, name="ossrun-load", daemon=True)
@@ -108,6 +111,7 @@ class Engine:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
+        self.hosted.close()
 
     @property
     def ready(self) -> bool:

@@ -53,7 +53,9 @@ class QueueFull(Exception):
 @dataclass(eq=False)
 class Generation:
     """One request's generation. `emit` is called from the scheduler thread with each event;
-    `mask` (constrained decoding, see constraints.py) returns the allowed ids or None."""
+    `mask` (constrained decoding, see constraints.py) returns the allowed ids or None; if it has
+    a `prepare(output)` method, the scheduler calls that before each forward pass, so that the
+    mask is computed while the forward runs."""
 
     prompt: list[int]
     sample: Callable[[np.ndarray], int]
@@ -204,6 +206,9 @@ class Scheduler:
                 self.stats["prefilled_tokens"] += n
         if not work:
             return
+        for slot, _, wants in work:
+            if wants:
+                self._prepare_mask(slot)
         try:
             logits = self.batch.step([(slot.session, ids, False) for slot, ids, _ in work])
         except Exception as e:  # noqa: BLE001 - the step's requests fail, the server stays up
@@ -216,13 +221,25 @@ class Scheduler:
             if wants:
                 self._next_token(slot, row)
 
+    def _prepare_mask(self, slot: _Slot) -> None:
+        """Start computing the mask of the token this step's logits will give (on the mask's
+        worker thread: llguidance and the forward both release the GIL)."""
+        prepare = getattr(slot.gen.mask, "prepare", None)
+        if prepare is not None:
+            try:
+                prepare(slot.gen.output)
+            except Exception:  # noqa: BLE001 - raised again where the mask is applied
+                pass
+
     def _next_token(self, slot: _Slot, logits: np.ndarray) -> None:
         gen = slot.gen
         try:
             if gen.mask is not None:
                 allowed = gen.mask(gen.output)
                 if allowed is not None:
-                    logits = np.where(allowed, logits, -np.inf)
+                    if not logits.flags.writeable:
+                        logits = logits.copy()
+                    np.copyto(logits, -np.inf, where=~allowed)  # in place: this row is ours
             token = int(gen.sample(logits))
         except Exception as e:  # noqa: BLE001
             self._fail(slot, f"sampling failed: {e}")
