@@ -2,8 +2,9 @@
 // once per ISA. Every format is unpacked into one common form: a small signed integer per element
 // and, per 16 elements, a float scale s and offset m, so that element = s * q - m exactly
 // (s is an fp16 times an integer of at most 8 bits, s * q needs at most 25 significant bits:
-// the only rounding is the final one, as in ggml's own dequantization). The GEMVs of
-// quant_legacy.cpp / quant_k.cpp are written once over that form (quant_gemv.h).
+// the only rounding is the final one, as in ggml's own dequantization). Row decoding and the
+// float32 GEMV are written once over that form (quant_gemv.h); the int16 GEMVs widen each
+// format's codes in registers instead (quant_words.h, quant_legacy.cpp, quant_k.cpp).
 #pragma once
 #include "matmul_internal.h"
 
