@@ -89,15 +89,15 @@ def test_sliding_window_ring_wrap(model, rng):
 
 
 def test_fast_decode_batch_equals_each_sequence_alone(tmp_path_factory, rng):
-    """At the fast precision a step of up to 8 decode tokens takes the int16 GEMVs for every
-    matmul (dense, experts with 1..n routed tokens, output head) and those give each token the
-    bits it gets alone (tests/test_kernels.py), so on AVX-512 each sequence's logits are exactly
-    its own; other variants (the GEMM from 4 rows on AVX2) stay within TOL."""
+    """At the fast precision a step of decode tokens takes the int16 GEMVs for every matmul
+    (dense, experts with 1..n routed tokens, output head; the float32 router too) up to 8 rows
+    on AVX-512 and 3 elsewhere, and those give each token the bits it gets alone
+    (tests/test_kernels.py), so each sequence's logits are exactly its own."""
     path = model_maker.make_model(tmp_path_factory.mktemp("fastbatch") / "m.gguf", "tiny", seed=5,
                                   vocab=VOCAB, use_byte_vocab=True, experts=8, top_k=4)
     model = ossrun.load(path, n_ctx=256, precision="fast")
     batch = Batch(model)
-    n = 6
+    n = 6 if model.isa == "avx512" else 3
     seqs = [model.session() for _ in range(n)]
     refs = [model.session() for _ in range(n)]
     last = []
@@ -108,11 +108,7 @@ def test_fast_decode_batch_equals_each_sequence_alone(tmp_path_factory, rng):
     for _ in range(4):
         got = batch.step([(s, [t], False) for s, t in zip(seqs, last)])
         for i, (r, logits) in enumerate(zip(refs, got)):
-            want = r.decode(last[i])
-            if model.isa == "avx512":
-                assert np.array_equal(logits, want), f"sequence {i}"
-            else:
-                close(logits, want)
+            assert np.array_equal(logits, r.decode(last[i])), f"sequence {i}"
             last[i] = int(np.argmax(logits))
 
 

@@ -8,6 +8,11 @@ Starts the server itself (a subprocess on a free loopback port, --parallel = the
 unless --url points at a running one; --llama-server PATH also starts llama.cpp's server on the
 same file (-np = the most streams) and alternates the two, case by case.
 
+--one-at-a-time keeps one server loaded at a time (for files where both would not fit in
+memory beside each other, e.g. the 12 GB 20b-shaped file: llama.cpp's repacking holds a second
+copy of the experts): each repeat starts ossrun, runs its cases, stops it, then llama-server.
+--skip-ttft leaves out the 2k-token TTFT cases.
+
 Decode: each of N streams generates --tokens tokens (greedy, raw completions);
 aggregate tok/s counts the tokens of all streams inside the window where all N are decoding
 (after the last first token, before the first last token), so prefill is left out. TTFT: a
@@ -131,33 +136,58 @@ def main(argv=None) -> int:
     ap.add_argument("--seen-tokens", type=int, default=1900, help="of which seen before (default 1900)")
     ap.add_argument("--ctx", type=int, default=4096, help="context per sequence (default 4096)")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--one-at-a-time", action="store_true", help="one server loaded at a time")
+    ap.add_argument("--skip-ttft", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.one_at_a_time and not args.skip_ttft:
+        ap.error("--one-at-a-time needs --skip-ttft")
 
-    procs, engines = [], {}
+    starters = {}
+    if args.url:
+        starters["ossrun"] = lambda: (None, args.url.rstrip("/").removesuffix("/v1"))
+    else:
+        starters["ossrun"] = lambda: start_server(args)
+    if args.llama_server:
+        starters["llama-server"] = lambda: start_llama_server(args)
+    procs, engines, models = {}, {}, {}
+
+    def up(name):
+        if name not in engines:
+            procs[name], engines[name] = starters[name]()
+            models[name] = httpx.get(engines[name] + "/v1/models", timeout=10).json()["data"][0]["id"]
+            aggregate_decode(engines[name], models[name], 1, 4, -1)  # warm-up: page in the weights
+
+    def down(name):
+        proc = procs.pop(name, None)
+        engines.pop(name, None)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(60)
+
     try:
-        if args.url:
-            engines["ossrun"] = args.url.rstrip("/").removesuffix("/v1")
-        else:
-            proc, url = start_server(args)
-            procs.append(proc)
-            engines["ossrun"] = url
-        if args.llama_server:
-            proc, url = start_llama_server(args)
-            procs.append(proc)
-            engines["llama-server"] = url
-        models = {name: httpx.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
-                  for name, url in engines.items()}
         tok = _tokenizer(args.model)
         rng = random.Random(0)
-        decode = {name: {n: [] for n in args.streams} for name in engines}
-        ttft = {name: {"seen_prefix": [], "cold": []} for name in engines}
-        for name, url in engines.items():
-            aggregate_decode(url, models[name], 1, 4, -1)  # warm-up: page in the weights
+        decode = {name: {n: [] for n in args.streams} for name in starters}
+        ttft = {name: {"seen_prefix": [], "cold": []} for name in starters}
+        if not args.one_at_a_time:
+            for name in starters:
+                up(name)
         for run in range(args.repeats):
-            for n in args.streams:
-                for name, url in engines.items():
-                    decode[name][n].append(aggregate_decode(url, models[name], n, args.tokens, run))
+            if args.one_at_a_time:  # the engines alternate by repeat
+                for name in starters:
+                    up(name)
+                    for n in args.streams:
+                        rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
+                        decode[name][n].append(rate)
+                    down(name)
+            else:  # by case
+                for n in args.streams:
+                    for name in starters:
+                        rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
+                        decode[name][n].append(rate)
+            if args.skip_ttft:
+                continue
             # TTFT: a fresh 2k prompt whose first 1.9k tokens were sent before (another ending),
             # and a cold 2k prompt.
             prefix = _text_of_tokens(tok, words(rng, args.seen_tokens * 2), args.seen_tokens)
@@ -171,16 +201,16 @@ def main(argv=None) -> int:
         med = statistics.median
         result = {"model": args.model, "tokens_per_stream": args.tokens, "repeats": args.repeats,
                   "decode_tok_s": {name: {n: med(v) for n, v in d.items()} for name, d in decode.items()},
-                  "ttft_s": {name: {k: med(v) for k, v in t.items()} for name, t in ttft.items()},
+                  "ttft_s": {name: {k: med(v) for k, v in t.items()}
+                             for name, t in ttft.items() if not args.skip_ttft},
                   "runs": {"decode_tok_s": decode, "ttft_s": ttft}}
         if args.json:
             print(json.dumps(result, indent=2))
         else:
             print(_table(result, args))
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(30)
+        for name in list(procs):
+            down(name)
     return 0
 
 
@@ -194,7 +224,7 @@ def _table(result: dict, args) -> str:
             d = result["decode_tok_s"][name]
             row += f" {d[n]:>12.2f} ({d[n] / d[args.streams[0]]:.2f}x)"
         lines.append(row)
-    for name in names:
+    for name in result["ttft_s"]:
         t = result["ttft_s"][name]
         lines.append(f"{name}: TTFT of a {args.prompt_tokens}-token prompt: cold {t['cold']:.2f} s, "
                      f"first {args.seen_tokens} seen before {t['seen_prefix']:.2f} s "
