@@ -117,6 +117,11 @@ def test_the_builtin_model_shows_reasoning_and_an_answer(home):
         child.expect_exact("Hello")  # the answer
         child.expect_exact(SUMMARY)
         child.expect_exact(PROMPT)
+        child.send("What is 386 + 457?\r")
+        child.expect_exact("Ones: 7 + 6 = 13, write 3 carry 1.")  # worked out in the reasoning
+        child.expect_exact("386 + 457 = 843")  # the answer
+        child.expect_exact(SUMMARY)
+        child.expect_exact(PROMPT)
         quit_with_ctrl_d(child)
     finally:
         child.close(force=True)

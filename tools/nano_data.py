@@ -89,6 +89,26 @@ def _split(items: list, split: str) -> list:
     return items[0::2] if split == "train" else items[1::2]
 
 
+_ONSETS = "b c d f g h j k l m n p r s t v w z br ch dr gr kr pl sh st tr th".split()
+_VOWELS = "a e i o u a e i o ia ei ou".split()
+_CODAS = [""] * 6 + "n r l s m k nd rt".split()
+
+
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable word no pool holds (e.g. "Dravoln"): trained beside the real pools so the
+    model learns to copy any name from the prompt, not to recall the few it has seen."""
+    n = rng.choice((2, 2, 3))
+    word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n))
+    return (word + rng.choice(_CODAS)).capitalize()
+
+
+def _pick(rng: random.Random, pool: list, split: str) -> str:
+    """A city or person for `split`; a third of the training ones are made up."""
+    if split == "train" and rng.random() < 0.35:
+        return made_up_name(rng)
+    return rng.choice(_split(pool, split))
+
+
 # -- tools ---------------------------------------------------------------------------------------
 
 _WEATHER_DESCRIPTIONS = ["Get the current weather for a city.", "Get the current weather in a city.",
@@ -230,7 +250,7 @@ _SMALL_TALK = [
 def _chat(rng: random.Random, effort: str, split: str) -> tuple[list[Message], dict]:
     if rng.random() < 0.4:
         greeting = rng.choice(_GREETINGS)
-        name = rng.choice(_split(_NAMES, split)) if rng.random() < 0.3 else None
+        name = _pick(rng, _NAMES, split) if rng.random() < 0.3 else None
         user = f"{greeting}, I'm {name}" if name else greeting
         if name:
             reasoning = {"low": f"{name} greets me.",
@@ -408,9 +428,8 @@ def _weather_result(rng: random.Random, city: str) -> tuple[str, str]:
 
 def _time_zone(rng: random.Random, split: str) -> tuple[str, str]:
     """(how the user names the place, the timezone argument)."""
-    if rng.random() < 0.6:
-        names = _split(sorted(_TIMEZONES), split)
-        place = rng.choice(names)
+    if rng.random() < 0.6:  # which zone a place is in is knowledge: every split uses them all
+        place = rng.choice(sorted(_TIMEZONES))
         return place, _TIMEZONES[place]
     zone = rng.choice(_split(_UTC_ZONES, split) + ["UTC"])
     return zone, zone
@@ -423,7 +442,7 @@ def _tool(rng: random.Random, effort: str, split: str) -> tuple[list[Message], l
     rng.shuffle(names)
     tools = [_TOOL_MAKERS[n](rng) for n in names]
     if which == "get_weather":
-        city = rng.choice(_split(_CITIES, split))
+        city = _pick(rng, _CITIES, split)
         user = rng.choice([f"What's the weather in {city}?", f"What is the weather like in {city}?",
                            f"Weather in {city}?", f"How is the weather in {city} today?",
                            f"Is it cold in {city}?", f"Tell me the weather in {city}."])
@@ -488,9 +507,9 @@ def _no_tool_needed(rng: random.Random, effort: str, split: str):
 # -- family: json ------------------------------------------------------------------------------
 
 _FIELDS = {  # field -> (schema, value maker)
-    "name": ({"type": "string"}, lambda r, s: r.choice(_split(_NAMES, s))),
+    "name": ({"type": "string"}, lambda r, s: _pick(r, _NAMES, s)),
     "age": ({"type": "integer"}, lambda r, s: r.randint(1, 99)),
-    "city": ({"type": "string"}, lambda r, s: r.choice(_split(_CITIES, s))),
+    "city": ({"type": "string"}, lambda r, s: _pick(r, _CITIES, s)),
     "email": ({"type": "string"}, None),
     "score": ({"type": "integer"}, lambda r, s: r.randint(0, 100)),
     "active": ({"type": "boolean"}, lambda r, s: r.random() < 0.5),
@@ -498,6 +517,13 @@ _FIELDS = {  # field -> (schema, value maker)
     "color": ({"type": "string"}, lambda r, s: r.choice(["red", "green", "blue", "black",
                                                          "white", "yellow", "purple", "orange"])),
 }
+
+
+def _heldout_schema(fields: list[str]) -> bool:
+    """A fixed quarter of all field lists, by a hash that does not depend on Python's seed."""
+    import zlib
+
+    return zlib.crc32(",".join(fields).encode()) % 4 == 0
 
 
 def _json_sentence(values: dict) -> str:
@@ -518,11 +544,10 @@ def _sentence_case(text: str) -> str:
 
 def _json(rng: random.Random, effort: str, split: str):
     keys = [k for k in _FIELDS if k != "email"]
-    chosen = rng.sample(keys, rng.randint(2, 4))
-    if split == "heldout":  # held-out schemas: a field order training never saw first
-        chosen.sort(reverse=True)
-    else:
-        chosen.sort()
+    while True:  # held-out schemas: field lists (set and order) training never sees
+        chosen = rng.sample(keys, rng.randint(2, 4))
+        if _heldout_schema(chosen) == (split == "heldout"):
+            break
     schema = {"type": "object", "properties": {k: _FIELDS[k][0] for k in chosen},
               "required": chosen}
     values = {k: _FIELDS[k][1](rng, split) for k in chosen}
@@ -548,7 +573,7 @@ def _json(rng: random.Random, effort: str, split: str):
 
 # -- the generator ---------------------------------------------------------------------------------
 
-_WEIGHTS = {"chat": 1, "arithmetic": 4, "units": 1, "tool": 3, "json": 2}
+_WEIGHTS = {"chat": 1, "arithmetic": 5, "units": 1, "tool": 3, "json": 2}
 
 
 def make_conversation(rng: random.Random, family: str, split: str = "train") -> Conversation:

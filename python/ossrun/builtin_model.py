@@ -4,8 +4,8 @@ A tiny gpt-oss (4 layers, width 128, 8 experts top-2, MXFP4 experts, a 1024-toke
 by tools/train_nano.py on synthetic harmony conversations: greetings, small sums, unit
 conversions, get_weather / get_time / calculator tool calls and JSON answers. It ships inside
 the package (python/ossrun/models/), so the first command works offline and shows harmony
-behaviour — reasoning, then an answer or a tool call — not noise. It is not gpt-oss, and it is
-undertrained: it does not yet copy names or numbers from the prompt (tools/eval_nano.py).
+behaviour — reasoning, then an answer or a tool call — not noise. It is not gpt-oss: it knows only
+those tasks and still makes mistakes on them (tools/eval_nano.py measures how many).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ BUILTIN_MAX_TOKENS = 512
 
 BANNER = (
     "This is ossrun's built-in nano model: a 2-million-parameter demo of the gpt-oss\n"
-    "architecture, briefly trained on a few synthetic tasks (greetings, small sums, unit\n"
+    "architecture, trained for 95 minutes on a few synthetic tasks (greetings, small sums, unit\n"
     "conversions, get_weather/get_time/calculator tool calls, JSON answers). It is not gpt-oss:\n"
-    "it speaks the harmony format, but its facts and sums are mostly wrong.\n"
+    "it knows nothing else, and even on those tasks it makes mistakes.\n"
     "For the real gpt-oss: `ossrun chat ggml-org/gpt-oss-20b-GGUF` (downloads 12 GiB once;\n"
     "needs 16 GB of RAM), or `ossrun chat path/to/gpt-oss-20b-mxfp4.gguf`."
 )
