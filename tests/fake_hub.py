@@ -148,7 +148,7 @@ class FakeHub:
                     self.wfile.write(body[: len(body) // 2])
                     self.wfile.flush()
                     if hub.stall_first_get:
-                        hub.release.wait(60)
+                        hub.release.wait(300)
                     self.close_connection = True
                     return
                 self._reply(status, headers, body, send_body)

@@ -112,9 +112,13 @@ def test_interrupted_pull_resumes_on_the_next_run(fake, tmp_path):
     fake.stall_first_get = True  # half the bytes, then the transfer hangs until interrupted
     blobs = tmp_path / "hf" / "hub" / "models--acme--big-GGUF" / "blobs"
 
+    # huggingface_hub gives up on a silent transfer after 10 s and retries it with a Range
+    # request, which would finish the download before the Ctrl-C on a loaded machine.
+    env = {**_hub_env(fake, tmp_path), "HF_HUB_DOWNLOAD_TIMEOUT": "300"}
+
     def pull_on_a_terminal():
         return pexpect.spawn(sys.executable, ["-m", "ossrun", "pull", "acme/big-GGUF"],
-                             env=_hub_env(fake, tmp_path), encoding="utf-8", timeout=60,
+                             env=env, encoding="utf-8", timeout=60,
                              dimensions=(24, 120))
 
     first = pull_on_a_terminal()
