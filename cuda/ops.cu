@@ -45,6 +45,28 @@ void require(bool ok, const char* message) {
 
 constexpr int64_t kMaxGridY = 65535;
 
+// The launch arguments of y[n_tok, rows] = x[n_tok, cols] W^T (+ bias), all pointers on the device.
+MatmulArgs device_matmul_args(const Matrix& W_host, const uint8_t* w, const float* x, int64_t n_tok,
+                              float* y, const float* bias) {
+    MatmulArgs a;
+    a.W = W_host;
+    a.W.data = w;
+    a.x = x;
+    a.ldx = W_host.cols;
+    a.n_tok = n_tok;
+    a.y = y;
+    a.ldy = W_host.rows;
+    a.bias = bias;
+    return a;
+}
+
+// The kernel asked for, or the dispatcher's choice for Auto.
+void launch_matmul(const MatmulArgs& a, MatmulKernel which) {
+    if (which == MatmulKernel::Gemv) gemv(a, nullptr);
+    else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
+    else matmul(a, nullptr);
+}
+
 }  // namespace
 
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
@@ -61,21 +83,7 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
     DeviceArray<float> dx(x, size_t(n_tok * cols)), dy{size_t(n_tok * rows)};
     std::unique_ptr<DeviceArray<float>> db;
     if (bias) db = std::make_unique<DeviceArray<float>>(bias, size_t(rows));
-    MatmulArgs a;
-    a.W = W_host;
-    a.W.data = w.get();
-    a.x = dx.get();
-    a.ldx = cols;
-    a.n_tok = n_tok;
-    a.y = dy.get();
-    a.ldy = rows;
-    a.bias = db ? db->get() : nullptr;
-    if (which == MatmulKernel::Auto)
-        matmul(a, nullptr);
-    else if (use_gemv)
-        gemv(a, nullptr);
-    else
-        gemm(a, nullptr);
+    launch_matmul(device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), db ? db->get() : nullptr), which);
     finish("matmul");
     dy.copy_to(y);
 }
@@ -89,19 +97,8 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
     DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
     DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
-    MatmulArgs a;
-    a.W = W_host;
-    a.W.data = w.get();
-    a.x = dx.get();
-    a.ldx = cols;
-    a.n_tok = n_tok;
-    a.y = dy.get();
-    a.ldy = rows;
-    auto launch = [&] {
-        if (which == MatmulKernel::Gemv) gemv(a, nullptr);
-        else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
-        else matmul(a, nullptr);
-    };
+    const MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
+    auto launch = [&] { launch_matmul(a, which); };
     launch();
     launch();
     finish("matmul warm-up");

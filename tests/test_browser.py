@@ -6,14 +6,12 @@ end to end through the chat with scripted model output.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import socket
-import threading
 
 import pytest
 from ossrun.browser import Browser, BrowserError, check_url
 from ossrun.chat import ToolCall, ToolResult
+from static_site import serve_folder
 from test_chat import Script, tiny_chat_model
 
 RIVERS = """<!doctype html><html><head><title>Rivers of Europe</title>
@@ -54,12 +52,8 @@ def site(tmp_path_factory):
     filler = "\n".join(f"<p>Filler paragraph number {i} about nothing.</p>" for i in range(60))
     (root / "rivers.html").write_text(RIVERS % filler)
     (root / "lakes.html").write_text(LAKES)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield url
 
 
 @pytest.fixture

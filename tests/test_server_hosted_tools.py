@@ -9,10 +9,6 @@ reply after a call proves that the call ran and its result reached the prompt.
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
-
 import pytest
 
 openai = pytest.importorskip("openai")
@@ -20,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 
 from ossrun.sandbox import sandbox_problem  # noqa: E402
 from server_util import Server  # noqa: E402
+from static_site import serve_folder  # noqa: E402
 
 NO_SANDBOX = sandbox_problem()
 needs_bwrap = pytest.mark.skipif(NO_SANDBOX is not None, reason=f"no sandbox here: {NO_SANDBOX}")
@@ -59,12 +56,8 @@ SAVANNA = ("<html><head><title>Savanna</title></head><body><p>Grass covers the s
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site")
     (root / "savanna.html").write_text(SAVANNA)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from .cli import _nonnegative_int
 from .device import DEVICES, cuda_status, resolve_device
 from .placement import format_plan, plan_placement
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
 
 
 def _gigabytes(text: str) -> float:
@@ -32,10 +23,10 @@ def _gigabytes(text: str) -> float:
 
 def add_split_flags(p: argparse.ArgumentParser) -> None:
     """--gpu-layers, --n-cpu-moe and --cpu-moe (shared by loading commands and `info --device`)."""
-    p.add_argument("--gpu-layers", type=_count, metavar="N",
+    p.add_argument("--gpu-layers", type=_nonnegative_int, metavar="N",
                    help="put the last N layers' attention and KV cache on the GPU (default: as many as fit)")
     moe = p.add_mutually_exclusive_group()
-    moe.add_argument("--n-cpu-moe", type=_count, metavar="N", dest="cpu_moe",
+    moe.add_argument("--n-cpu-moe", type=_nonnegative_int, metavar="N", dest="cpu_moe",
                      help="keep the experts of the first N layers on the CPU (default: as few as fit)")
     moe.add_argument("--cpu-moe", action="store_const", const="all", dest="cpu_moe",
                      help="keep every expert on the CPU (attention and KV cache on the GPU)")
