@@ -151,20 +151,25 @@ OSSRUN_VNNI_GEMM void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R,
 // out[h][j] (rows 16h.. of token j) = sum over blocks of (int dot) * weight scale * activation
 // scale. Each broadcast activation pair feeds both halves; each weight load feeds TT tokens.
 // One activation pair of a block against both halves of the panel, for tokens J... (fold
-// expressions: GCC leaves a `#pragma unroll` loop rolled past ~6 tokens, and keeps the sums in
-// memory then).
-template <int... J>
+// expressions: GCC leaves a `#pragma unroll` loop rolled past ~6 tokens). The block's first pair
+// starts the sums with `vpmaddwd` (no zeroed registers to copy in).
+template <bool kFirst, int... J>
 OSSRUN_VNNI_GEMM inline void pair_dots(__m512i w0, __m512i w1, const int32_t* xt_p, __m512i* dot0, __m512i* dot1,
                                        std::integer_sequence<int, J...>) {
-    ((dot0[J] = _mm512_dpwssd_epi32(dot0[J], w0, _mm512_set1_epi32(xt_p[J * kPairsPerBlock])),
-      dot1[J] = _mm512_dpwssd_epi32(dot1[J], w1, _mm512_set1_epi32(xt_p[J * kPairsPerBlock]))), ...);
+    if constexpr (kFirst) {
+        ((dot0[J] = _mm512_madd_epi16(w0, _mm512_set1_epi32(xt_p[J * kPairsPerBlock])),
+          dot1[J] = _mm512_madd_epi16(w1, _mm512_set1_epi32(xt_p[J * kPairsPerBlock]))), ...);
+    } else {
+        ((dot0[J] = _mm512_dpwssd_epi32(dot0[J], w0, _mm512_set1_epi32(xt_p[J * kPairsPerBlock])),
+          dot1[J] = _mm512_dpwssd_epi32(dot1[J], w1, _mm512_set1_epi32(xt_p[J * kPairsPerBlock]))), ...);
+    }
 }
 
 template <int TT, int... Ps>
 OSSRUN_VNNI_GEMM inline void block_dots(const __m512i* w, const int32_t* xt, __m512i* dot0, __m512i* dot1,
                                         std::integer_sequence<int, Ps...>) {
-    (pair_dots(_mm512_load_si512(w + kHalves * Ps), _mm512_load_si512(w + kHalves * Ps + 1), xt + Ps, dot0, dot1,
-               std::make_integer_sequence<int, TT>{}), ...);
+    (pair_dots<Ps == 0>(_mm512_load_si512(w + kHalves * Ps), _mm512_load_si512(w + kHalves * Ps + 1), xt + Ps,
+                        dot0, dot1, std::make_integer_sequence<int, TT>{}), ...);
 }
 
 template <int TT>
@@ -180,7 +185,6 @@ OSSRUN_VNNI_GEMM inline void tile(const Panel& P, int64_t nb, const int16_t* x, 
         for (int j = 0; j < TT; ++j)
             _mm512_store_si512(xt[j], _mm512_loadu_si512(x + j * ldx + b * kBlockElems));
         __m512i dot0[TT], dot1[TT];
-        for (int j = 0; j < TT; ++j) dot0[j] = dot1[j] = _mm512_setzero_si512();
         block_dots<TT>(w, &xt[0][0], dot0, dot1, std::make_integer_sequence<int, kPairsPerBlock>{});
         const __m512 ws0 = _mm512_loadu_ps(P.scale.data() + b * kHalves * kLanes);
         const __m512 ws1 = _mm512_loadu_ps(P.scale.data() + (b * kHalves + 1) * kLanes);
