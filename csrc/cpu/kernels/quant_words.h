@@ -102,14 +102,33 @@ inline __m128 half_pair(const uint8_t* p0, const uint8_t* p1) {
     std::memcpy(&h1, p1, 2);
     return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(h0), h1, 1));
 }
+// Fifth-bit masks of two blocks from their qh words already side by side: `lows` = (qh0 bits
+// 0-15, qh1 bits 0-15), `highs` = (qh0 bits 16-31, qh1 bits 16-31), the lanes of Pair's lo / hi.
+inline PairMask side_by_side_mask(uint32_t lows, uint32_t highs) { return {Mask(lows), Mask(highs)}; }
+// The 16-bit words minus 16 (w | 0xFFF0 = w - 16 where w < 16): Q5_0's bias, one OR per vector.
+inline Pair nibble_words_minus16(const uint8_t* p0, const uint8_t* p1) {
+    const __m256i both = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+    const __m512i w = _mm512_cvtepu8_epi16(both), high4 = _mm512_set1_epi16(int16_t(0xFFF0));
+    return {{_mm512_or_si512(w, high4)}, {_mm512_or_si512(_mm512_srli_epi16(w, 4), high4)}};
+}
+// Lanes 2p, 2p + 1 of s (pair p of four blocks' scales), each spread over 8 lanes.
+inline __m512 pair_scales(__m128 s, int p) {
+    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+}
+// acc += float(w · x) * scales (pair_scales); x rearranged by pair_activations.
+inline void pair_dot_acc(Acc& acc, Pair w, const int16_t* x, __m512 scales) {
+    __m512i dot = _mm512_madd_epi16(w.lo.v, _mm512_loadu_si512(x));
+    dot = _mm512_dpwssd_epi32(dot, w.hi.v, _mm512_loadu_si512(x + 32));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc);
+}
 // acc += float(w · x) * (d0 xs0 in lanes 0-7, d1 xs1 in lanes 8-15), d = the two blocks' scales,
 // xs their activation scales; x rearranged by pair_activations.
 inline void pair_dot_acc(Acc& acc, Pair w, const int16_t* x, __m128 d, const float* xs) {
-    __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.lo.v, _mm512_loadu_si512(x));
-    dot = _mm512_dpwssd_epi32(dot, w.hi.v, _mm512_loadu_si512(x + 32));
     const __m128 s = _mm_mul_ps(d, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xs))));
-    const __m512i halves = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(s)), acc);
+    pair_dot_acc(acc, w, x, pair_scales(s, 0));
 }
 // Per pair of blocks: elements 0-15 of both, then 16-31 of both; an odd last block as it is.
 inline void pair_activations(const int16_t* x, int64_t K, int16_t* out) {
