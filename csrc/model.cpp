@@ -62,7 +62,9 @@ void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
     }
     int16_t* q = s.x_i16.data();
     float* scale = s.x_i16_scale.data();
-    pool_.parallel_for(n, 8, [&](int64_t r0, int64_t r1) {
+    // A decode step's rows (up to 8 sequences x 4 experts) take microseconds: one thread, no
+    // hand-off whose wait a busy machine can stretch to a time slice.
+    pool_.parallel_for(n, 32, [&](int64_t r0, int64_t r1) {
         kernels_->quantize_i16(x + r0 * width, (r1 - r0) * width, q + r0 * width, scale + r0 * width / kBlockElems);
     });
 }
@@ -176,7 +178,7 @@ void Model::embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0) {
 
 void Model::rmsnorm_rows(const float* x, const float* g, float* y, int64_t T) {
     const int64_t H = config_.embedding_length;
-    pool_.parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
+    pool_.parallel_for(T, T <= kDecodeMaxTokens ? T : 1, [&](int64_t t0, int64_t t1) {  // decode: one thread
         for (int64_t t = t0; t < t1; ++t)
             kernels_->rmsnorm(x + t * H, g, y + t * H, H, config_.rms_norm_eps);
     });
