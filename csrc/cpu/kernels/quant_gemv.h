@@ -71,7 +71,8 @@ inline void activation_group_sums(const int16_t* xq, const float* xs, int64_t K,
 
 // F::dot_i16<TT>(block, b, tokens, acc, mins) adds block b's scaled integer dots to acc[t][0/1]
 // (F::dot_pair_i16, where F::kPairs, blocks b and b + 1 against the paired activations;
-// F::dot_quad_i16 blocks b .. b + 3 as two such pairs, on acc[0] and acc[1])
+// F::dot_quad_i16 blocks b .. b + 3 as two such pairs, on acc[0] and acc[1]; where F::kQuads,
+// AVX2, four blocks against the natural activations)
 // (K-quants alternate between the two, the 32-element formats use acc[t][0]) and writes its offsets m (element = s * q - m) to
 // mins[b * kElems / kMinGroup ..]; the row then subtracts mins · (activation sums per group).
 template <class F, int TT>
@@ -120,6 +121,11 @@ void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
             if (b + 2 <= nb) {
                 F::template dot_pair_i16<TT>(row + b * F::kBytes, b, paired, acc[0], mins);
                 b += 2;
+            }
+        } else if constexpr (F::kQuads) {
+            for (; b + 4 <= nb; b += 4) {
+                prefetch_step<4 * F::kBytes>(row + b * F::kBytes);
+                F::template dot_quad_i16<TT>(row + b * F::kBytes, b, x, acc, mins);
             }
         }
         for (; b + 2 <= nb; b += 2) {

@@ -66,7 +66,7 @@ inline void k4_dot(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc
 // Element 128h + 32j + l: bits 2j, 2j+1 of quant byte 32h + l; scale (low nibble) and min (high)
 // per 16 elements, times d and dmin.
 struct Q2_KFast : Q2_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 16;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -94,7 +94,7 @@ struct Q2_KFast : Q2_KFormat {
 // byte l is clear; 16 6-bit scales biased by 32 (low 4 bits: nibbles of bytes 0-7, high 2 bits:
 // bit pairs of bytes 8-11).
 struct Q3_KFast : Q3_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 0;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float*) {
@@ -122,7 +122,7 @@ struct Q3_KFast : Q3_KFormat {
 };
 
 struct Q4_KFast : Q4_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 32;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -131,7 +131,7 @@ struct Q4_KFast : Q4_KFormat {
 };
 
 struct Q5_KFast : Q5_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 32;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -142,7 +142,7 @@ struct Q5_KFast : Q5_KFormat {
 // Element 128h + 32p + l: the low (p < 2) or high (p >= 2) nibble of ql byte 64h + 32(p & 1) + l,
 // bits 2p, 2p+1 of qh byte 32h + l above it, minus 32; an int8 scale per 16 elements.
 struct Q6_KFast : Q6_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 0;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float*) {

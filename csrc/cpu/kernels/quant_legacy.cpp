@@ -34,6 +34,16 @@ struct LegacyFast : D {
             if constexpr (sizeof...(blk) == 1) return nibble_lookup((blk + D::kQs)..., kIq4nlLevels2);
             else return lookup(nibble_words((blk + D::kQs)...), kIq4nlLevels2);
         } else {
+#if !defined(__AVX512F__)
+            if constexpr (D::kQh >= 0 && sizeof...(blk) == 1) {
+                // AVX2: the fifth bits set in bytes (no word masks there), then one widening.
+                const uint8_t* b = (blk, ...);
+                const __m256i codes = nibble_bytes(b + D::kQs), set = bit_bytes(b + D::kQh);
+                // Q5_0: nibble - 16 where the bit is clear (nibble | 0xF0 as int8); Q5_1: + 16 where set.
+                return i8_words(D::kBias ? _mm256_or_si256(codes, _mm256_andnot_si256(set, _mm256_set1_epi8(int8_t(0xF0))))
+                                         : _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(16))));
+            }
+#endif
             auto w = nibble_words((blk + D::kQs)...);
             if constexpr (D::kQh >= 0) {
                 const auto bits = bits_mask(u32_at(blk + D::kQh)...);
@@ -55,6 +65,43 @@ struct LegacyFast : D {
         }
         if constexpr (D::kMin >= 0) mins[b] = -half_at(blk + D::kMin);
     }
+
+#if !defined(__AVX512F__)
+    // AVX2: blocks b .. b + 3 one by one (acc[i % 2][t][i / 2]), their fp16 scales (and minima)
+    // converted in one vcvtph2ps and multiplied by the activation scales in one step.
+    static constexpr bool kQuads = true;
+    template <int TT>
+    static void dot_quad_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[2][TT][2], float* mins) {
+        __m128i halves = _mm_cvtsi32_si128(half_bits(blk));
+        halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes), 1);
+        halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes), 2);
+        halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes), 3);
+        if constexpr (D::kMin >= 0) {
+            halves = _mm_insert_epi16(halves, half_bits(blk + D::kMin), 4);
+            halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes + D::kMin), 5);
+            halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes + D::kMin), 6);
+            halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes + D::kMin), 7);
+        }
+        const __m256 d_and_min = _mm256_cvtph_ps(halves);
+        if constexpr (D::kMin >= 0) _mm_storeu_ps(mins + b, _mm_sub_ps(_mm_setzero_ps(), _mm256_extractf128_ps(d_and_min, 1)));
+        __m256 s[TT];  // lanes 0-3: d times the activation scale of blocks b .. b + 3
+        for (int t = 0; t < TT; ++t)
+            s[t] = _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b)));
+        for (int i = 0; i < 4; ++i) {
+            const W32 w = words(blk + i * D::kBytes);
+            for (int t = 0; t < TT; ++t)  // lane i of s[t] in every lane: one vpermps
+                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems,
+                        _mm256_permutevar8x32_ps(s[t], _mm256_set1_epi32(i)));
+        }
+    }
+    static int half_bits(const uint8_t* p) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        return h;
+    }
+#else
+    static constexpr bool kQuads = false;  // the pairs' quads instead (below)
+#endif
 
 #if defined(__AVX512F__)
     // The int16 weights of two neighbouring blocks, their fifth bits (where the format has

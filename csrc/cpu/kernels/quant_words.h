@@ -58,7 +58,7 @@ inline W32 add_where_not(W32 w, Mask m, int16_t c) { return add_where(w, Mask(~m
 inline Acc zero() { return _mm512_setzero_ps(); }
 // acc += float(w · x, exact in int32) * scale.
 inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
-    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.v, _mm512_loadu_si512(x));
+    const __m512i dot = _mm512_madd_epi16(w.v, _mm512_loadu_si512(x));  // vpdpwssd on zero, without the zeroing
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(scale), acc);
 }
 inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
@@ -154,9 +154,31 @@ inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm256_set1_epi16(lo), _
 inline __m256i widen16(__m128i bytes) { return _mm256_cvtepu8_epi16(bytes); }
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline W32 u8_words(const uint8_t* p) { return {widen16(load16(p)), widen16(load16(p + 16))}; }
+// The bytes widened first (vpmovzxbw from memory): the high nibble is then one shift.
 inline W32 nibble_words(const uint8_t* p) {
-    const __m128i c = load16(p), low4 = _mm_set1_epi8(15);
-    return {widen16(_mm_and_si128(c, low4)), widen16(_mm_and_si128(_mm_srli_epi16(c, 4), low4))};
+    const __m256i w = widen16(load16(p));
+    return {_mm256_and_si256(w, _mm256_set1_epi16(15)), _mm256_srli_epi16(w, 4)};
+}
+// The 32 nibbles of the 16 bytes at p as bytes in GGUF's element order (low nibbles, then high).
+inline __m256i nibble_bytes(const uint8_t* p) {
+    const __m128i c = load16(p);
+    return _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(c), _mm_srli_epi16(c, 4), 1),
+                            _mm256_set1_epi8(15));
+}
+// Byte j all ones where bit j of the little-endian 32 bits at p is set: each of the four bytes
+// copied to eight lanes (pshufb), each lane testing its own bit.
+inline __m256i bit_bytes(const uint8_t* p) {
+    int32_t bits;
+    std::memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                                  3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+// 32 signed bytes, sign-extended to words.
+inline W32 i8_words(__m256i v) {
+    return {_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1))};
 }
 inline W32 nibble_lookup(const uint8_t* p, const int16_t* table32) {
     // pshufb looks bytes up: the table as int8 (its entries fit), then sign-extended.
@@ -198,7 +220,7 @@ inline W32 add_where_not(W32 w, Mask m, int16_t c) {
 }
 
 inline Acc zero() { return _mm256_setzero_ps(); }
-inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, __m256 scales) {
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16));
 #if defined(__AVXVNNI__)
@@ -206,8 +228,9 @@ inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
 #else
     const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(w.a, x0), _mm256_madd_epi16(w.b, x1));
 #endif
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scales, acc);
 }
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) { dot_acc(acc, w, x, _mm256_set1_ps(scale)); }
 inline float reduce(Acc a) { return hsum(vfloat(a)); }
 
 constexpr bool kHasPairs = false;  // two ymm per block already: nothing to share between two
