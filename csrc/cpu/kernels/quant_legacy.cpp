@@ -89,9 +89,8 @@ struct LegacyFast : D {
             s[t] = _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b)));
         for (int i = 0; i < 4; ++i) {
             const W32 w = words(blk + i * D::kBytes);
-            for (int t = 0; t < TT; ++t)  // lane i of s[t] in every lane: one vpermps
-                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems,
-                        _mm256_permutevar8x32_ps(s[t], _mm256_set1_epi32(i)));
+            for (int t = 0; t < TT; ++t)
+                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems, lane_splat(s[t], i));
         }
     }
     static int half_bits(const uint8_t* p) {

@@ -57,10 +57,14 @@ inline W32 add_where_not(W32 w, Mask m, int16_t c) { return add_where(w, Mask(~m
 
 inline Acc zero() { return _mm512_setzero_ps(); }
 // acc += float(w · x, exact in int32) * scale.
-inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, __m512 scales) {
     const __m512i dot = _mm512_madd_epi16(w.v, _mm512_loadu_si512(x));  // vpdpwssd on zero, without the zeroing
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(scale), acc);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc);
 }
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) { dot_acc(acc, w, x, _mm512_set1_ps(scale)); }
+// Lane i of the 8 scales s in every lane of a scale vector: one vpermps (GCC spells
+// set1(s[i]) of a register as two shuffles).
+inline __m512 lane_splat(__m256 s, int i) { return _mm512_permutexvar_ps(_mm512_set1_epi32(i), _mm512_castps256_ps512(s)); }
 inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
 
 // Two neighbouring 32-element blocks in one pass: `lo` holds elements 0-15 of both (block 0 in
@@ -231,6 +235,7 @@ inline void dot_acc(Acc& acc, W32 w, const int16_t* x, __m256 scales) {
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scales, acc);
 }
 inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) { dot_acc(acc, w, x, _mm256_set1_ps(scale)); }
+inline __m256 lane_splat(__m256 s, int i) { return _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(i)); }
 inline float reduce(Acc a) { return hsum(vfloat(a)); }
 
 constexpr bool kHasPairs = false;  // two ymm per block already: nothing to share between two
