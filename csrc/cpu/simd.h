@@ -59,8 +59,18 @@ inline vfloat vload_bf16(const uint16_t* p) {
     return v;
 #endif
 }
+// f in every lane, as one broadcast where the ISA has one (a loop over the lanes can become an
+// insert per lane); exact for every f, -0.0 and NaN included.
 inline vfloat vsplat(float f) {
-    return vfloat{} + f;  // one broadcast (a loop over the lanes can become an insert per lane)
+#if defined(__AVX512F__)
+    return reinterpret_cast<vfloat>(_mm512_set1_ps(f));
+#elif defined(__AVX2__)
+    return reinterpret_cast<vfloat>(_mm256_set1_ps(f));
+#else
+    vfloat v;
+    for (int i = 0; i < kVW; ++i) v[i] = f;
+    return v;
+#endif
 }
 inline float hsum(vfloat v) {
 #if defined(__AVX512F__)
