@@ -9,6 +9,7 @@ import json
 import ossrun
 import pytest
 from ossrun import cli
+from ossrun import device as device_mod
 from ossrun.device import CudaStatus, resolve_device, status_from_report
 from ossrun.errors import DeviceError
 
@@ -41,12 +42,16 @@ def test_status_says_why_cuda_is_unavailable(rep, reason):
     assert resolve_device("auto", st) == ("cpu", str(st))
 
 
-def test_status_of_a_usable_device():
+def test_status_of_a_usable_device(monkeypatch):
     st = status_from_report(report())
     assert st.available and st.device == "NVIDIA GeForce RTX 4090" and st.compute_capability == (8, 9)
     assert "22.0 GiB free of 24.0 GiB" in str(st) and "sm_89" in str(st)
-    # The kernels exist but the forward pass does not run on them yet: refused, and auto says so.
-    with pytest.raises(DeviceError, match="forward pass does not run on CUDA yet"):
+    # With the device model in the core, both resolve to the GPU (the placement may still refuse).
+    monkeypatch.setattr(device_mod, "CUDA_FORWARD", True)
+    assert resolve_device("cuda", st) == ("cuda", str(st)) and resolve_device("auto", st) == ("cuda", str(st))
+    # A core without it: "cuda" refused, and auto says why it stays on the CPU.
+    monkeypatch.setattr(device_mod, "CUDA_FORWARD", False)
+    with pytest.raises(DeviceError, match="no CUDA device model"):
         resolve_device("cuda", st)
     device, why = resolve_device("auto", st)
     assert device == "cpu" and "RTX 4090 unused" in why
