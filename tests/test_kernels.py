@@ -337,7 +337,7 @@ def test_quantize_i16(isa_name, rng):
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 @pytest.mark.parametrize("rows", [1, 19, 37], ids=["one_row", "rows19", "rows37"])
-@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
+@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
                                    (MXFP4, 224), (MXFP4, 2880)], ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the

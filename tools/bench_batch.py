@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--warmup", type=int, default=4, help="untimed steps of all sessions first")
     ap.add_argument("--precision", choices=("fast", "f32"), default="fast")
     args = ap.parse_args(argv)
 
@@ -35,7 +36,11 @@ def main(argv=None) -> int:
     sessions = [model.session() for _ in range(max(args.sequences))]
     for i, s in enumerate(sessions):
         s.prefill([100 + i, 200, 300, 400])
-    batch.step([(s, [5], False) for s in sessions])  # warm-up: page in the weights
+    # Warm-up: page in the weights, most experts included (varied tokens route to varied experts).
+    for w in range(args.warmup):
+        batch.step([(s, [7 + 13 * w + i], False) for i, s in enumerate(sessions)])
+    for s in sessions:
+        s.truncate(4)
     rates: dict[int, list[float]] = {n: [] for n in args.sequences}
     parts: dict[int, dict[str, float]] = {n: {} for n in args.sequences}
     for _ in range(args.repeats):

@@ -11,7 +11,8 @@ same file (-np = the most streams) and alternates the two, case by case.
 --one-at-a-time keeps one server loaded at a time (for files where both would not fit in
 memory beside each other, e.g. the 12 GB 20b-shaped file: llama.cpp's repacking holds a second
 copy of the experts): each repeat starts ossrun, runs its cases, stops it, then llama-server.
---skip-ttft leaves out the 2k-token TTFT cases.
+--skip-ttft leaves out the 2k-token TTFT cases (with --one-at-a-time they run after each
+engine's decode cases, before it is stopped).
 
 Decode: each of N streams generates --tokens tokens (greedy, raw completions);
 aggregate tok/s counts the tokens of all streams inside the window where all N are decoding
@@ -113,6 +114,7 @@ def start_llama_server(args) -> tuple[subprocess.Popen, str]:
     n = max(args.streams)
     cmd = [args.llama_server, "-m", args.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(n),
            "-c", str(n * args.ctx), "-t", str(args.threads or _physical_cores())]
+    cmd += args.llama_server_args.split()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, _wait_health(proc, f"http://127.0.0.1:{port}")
 
@@ -129,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--url", help="a running ossrun server instead of starting one")
     ap.add_argument("--llama-server", metavar="PATH", help="also measure llama.cpp's llama-server "
                     "(started on the same file with -np = the most streams), alternating with ossrun")
+    ap.add_argument("--llama-server-args", default="", metavar="ARGS",
+                    help="more llama-server arguments, e.g. \"--no-repack\" (weights from the map, as "
+                    "ossrun: its repacked experts are a second copy of them)")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tokens", type=int, default=48, help="tokens per stream (default 48)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -140,8 +145,6 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-ttft", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.one_at_a_time and not args.skip_ttft:
-        ap.error("--one-at-a-time needs --skip-ttft")
 
     starters = {}
     if args.url:
@@ -173,31 +176,40 @@ def main(argv=None) -> int:
         if not args.one_at_a_time:
             for name in starters:
                 up(name)
+        def ttft_cases(name, prompts):
+            # TTFT: a fresh 2k prompt whose first 1.9k tokens were sent before (another ending),
+            # and a cold 2k prompt.
+            seen_first, seen_second, cold_prompt = prompts
+            url = engines[name]
+            first_token_seconds(url, models[name], seen_first)
+            ttft[name]["seen_prefix"].append(first_token_seconds(url, models[name], seen_second))
+            ttft[name]["cold"].append(first_token_seconds(url, models[name], cold_prompt))
+
         for run in range(args.repeats):
+            prompts = None
+            if not args.skip_ttft:
+                prefix = _text_of_tokens(tok, words(rng, args.seen_tokens * 2), args.seen_tokens)
+                rest = args.prompt_tokens - args.seen_tokens
+                endings = [_text_of_tokens(tok, words(rng, rest * 2), rest) for _ in range(2)]
+                cold_prompt = _text_of_tokens(tok, words(rng, args.prompt_tokens * 2), args.prompt_tokens)
+                prompts = (prefix + endings[0], prefix + endings[1], cold_prompt)
             if args.one_at_a_time:  # the engines alternate by repeat
                 for name in starters:
                     up(name)
                     for n in args.streams:
                         rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
                         decode[name][n].append(rate)
+                    if prompts:
+                        ttft_cases(name, prompts)
                     down(name)
             else:  # by case
                 for n in args.streams:
                     for name in starters:
                         rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
                         decode[name][n].append(rate)
-            if args.skip_ttft:
-                continue
-            # TTFT: a fresh 2k prompt whose first 1.9k tokens were sent before (another ending),
-            # and a cold 2k prompt.
-            prefix = _text_of_tokens(tok, words(rng, args.seen_tokens * 2), args.seen_tokens)
-            rest = args.prompt_tokens - args.seen_tokens
-            endings = [_text_of_tokens(tok, words(rng, rest * 2), rest) for _ in range(2)]
-            cold_prompt = _text_of_tokens(tok, words(rng, args.prompt_tokens * 2), args.prompt_tokens)
-            for name, url in engines.items():
-                first_token_seconds(url, models[name], prefix + endings[0])
-                ttft[name]["seen_prefix"].append(first_token_seconds(url, models[name], prefix + endings[1]))
-                ttft[name]["cold"].append(first_token_seconds(url, models[name], cold_prompt))
+                if prompts:
+                    for name in engines:
+                        ttft_cases(name, prompts)
         med = statistics.median
         result = {"model": args.model, "tokens_per_stream": args.tokens, "repeats": args.repeats,
                   "decode_tok_s": {name: {n: med(v) for n, v in d.items()} for name, d in decode.items()},
