@@ -169,6 +169,9 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe)
         buf_ = std::make_unique<DeviceBuffers>(c, DeviceSession::kMaxChunk, device_alloc(scratch, "the activations"));
         const RopeTable& rope = host_->rope();
         check(cudaMemcpy(buf_->theta, rope.theta.data(), rope.theta.size() * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
+        // A pageable cudaMemcpy may return before its DMA lands, and the model's stream does not
+        // wait for the default one: every upload is done before the first forward.
+        check(cudaDeviceSynchronize(), "uploading the weights");
     } catch (...) {
         if (buf_) cudaFree(buf_->block);
         cudaFree(arena_);
