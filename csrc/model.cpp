@@ -230,8 +230,15 @@ void Model::matmuls(const MatmulArgs* jobs, size_t n_jobs) {
         return std::max<int64_t>(16, (per_thread + 15) / 16 * 16);
     };
     int64_t total = 0;
-    for (size_t i = 0; i < n_jobs; ++i) total += (jobs[i].W->rows + grain_of(jobs[i]) - 1) / grain_of(jobs[i]);
-    pool_.parallel_for(total, 1, [&](int64_t g0, int64_t g1) {
+    uint64_t work = 0;  // weight bytes times tokens
+    for (size_t i = 0; i < n_jobs; ++i) {
+        total += (jobs[i].W->rows + grain_of(jobs[i]) - 1) / grain_of(jobs[i]);
+        work += uint64_t(jobs[i].W->rows) * jobs[i].W->row_bytes * uint64_t(jobs[i].n_tok);
+    }
+    // A tiny matmul (the router of a decode step: 32 rows) is done before a second thread would
+    // have woken: one thread (under load the hand-off cost a decode step's routers 10 ms).
+    const int64_t grains_per_task = work < (uint64_t(4) << 20) ? total : 1;
+    pool_.parallel_for(total, grains_per_task, [&](int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g) {
             int64_t base = 0;
             for (size_t i = 0; i < n_jobs; ++i) {

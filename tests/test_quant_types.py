@@ -101,9 +101,10 @@ TOKENS = [1, 2, 3, 5, 17, 67]  # GEMV 1..3; GEMM with tile tails
 
 
 # Blocks per row: one (no pair of blocks, the tail alone), odd, and gpt-oss's own widths (2880
-# = 90 blocks of 32; 4096 = 16 super-blocks of 256: attn_output's input).
+# = 90 blocks of 32; 4096 = 16 super-blocks of 256: attn_output's input). 15 = 8 + 4 + 2 + 1:
+# every step of the AVX-512 32-element GEMV (eight blocks, a quad, a pair, a single) in one row.
 # The wide rows take few rows and tokens (the GEMM's tiles are covered by the narrow ones).
-BLOCKS = {32: [1, 5, 90], 256: [1, 3, 16]}
+BLOCKS = {32: [1, 5, 15, 90], 256: [1, 3, 16]}
 SHAPES = [(name, nb, rows) for name in FORMATS for nb in BLOCKS[FORMATS[name][1]]
           for rows in ([19, 37] if nb < 16 else [5])]
 WIDE_TOKENS = [1, 2, 3, 5]

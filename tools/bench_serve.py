@@ -37,6 +37,11 @@ import time
 import httpx
 
 
+def progress(line: str) -> None:
+    """Each case's figure as it comes (stderr): a long run stopped early keeps what it measured."""
+    print(time.strftime("%H:%M:%S"), line, file=sys.stderr, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,6 +189,7 @@ def main(argv=None) -> int:
             first_token_seconds(url, models[name], seen_first)
             ttft[name]["seen_prefix"].append(first_token_seconds(url, models[name], seen_second))
             ttft[name]["cold"].append(first_token_seconds(url, models[name], cold_prompt))
+            progress(f"{name}: TTFT seen prefix {ttft[name]['seen_prefix'][-1]:.2f} s, cold {ttft[name]['cold'][-1]:.2f} s")
 
         for run in range(args.repeats):
             prompts = None
@@ -199,6 +205,7 @@ def main(argv=None) -> int:
                     for n in args.streams:
                         rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
                         decode[name][n].append(rate)
+                        progress(f"{name}: {n} streams {rate:.2f} tok/s")
                     if prompts:
                         ttft_cases(name, prompts)
                     down(name)
@@ -207,6 +214,7 @@ def main(argv=None) -> int:
                     for name in starters:
                         rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
                         decode[name][n].append(rate)
+                        progress(f"{name}: {n} streams {rate:.2f} tok/s")
                 if prompts:
                     for name in engines:
                         ttft_cases(name, prompts)

@@ -17,6 +17,14 @@ inline void prefetch_through(const uint8_t* row, size_t& done, size_t upto) {
     for (; done < upto; done += 64) prefetch_ahead(row + done);
 }
 
+// Prefetch the kBytes from p two pages ahead, one line per 64 bytes, unrolled: successive steps
+// leave no two prefetched addresses more than 64 bytes apart, so every line of the row is
+// fetched (some twice), without prefetch_through's loop.
+template <int kBytes>
+inline void prefetch_step(const uint8_t* p) {
+    for (int o = 0; o < kBytes; o += 64) prefetch_ahead(p + o);
+}
+
 template <class F, int TT>
 void quant_rows_f32(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const Matrix& W = *a.W;
@@ -62,7 +70,9 @@ inline void activation_group_sums(const int16_t* xq, const float* xs, int64_t K,
 }
 
 // F::dot_i16<TT>(block, b, tokens, acc, mins) adds block b's scaled integer dots to acc[t][0/1]
-// (F::dot_pair_i16, where F::kPairs, blocks b and b + 1 against the paired activations)
+// (F::dot_pair_i16, where F::kPairs, blocks b and b + 1 against the paired activations;
+// F::dot_quad_i16 blocks b .. b + 3 as two such pairs, on acc[0] and acc[1]; where F::kQuads,
+// AVX2, four blocks against the natural activations)
 // (K-quants alternate between the two, the 32-element formats use acc[t][0]) and writes its offsets m (element = s * q - m) to
 // mins[b * kElems / kMinGroup ..]; the row then subtracts mins · (activation sums per group).
 template <class F, int TT>
@@ -92,25 +102,34 @@ void quant_rows_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     }
     for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = W.row(a.mat, r);
-        size_t fetched = 0;
         // Blocks in pairs, each on its own accumulators: the FMA chains of neighbouring blocks
         // overlap (the index must be a constant: an array indexed at run time lives in memory).
         Acc acc[2][TT][2];
         for (int t = 0; t < TT; ++t) acc[0][t][0] = acc[0][t][1] = acc[1][t][0] = acc[1][t][1] = zero();
         int64_t b = 0;
         if constexpr (F::kPairs) {
-            for (; b + 4 <= nb; b += 4) {
-                prefetch_through(row, fetched, size_t(b + 4) * F::kBytes);
-                F::template dot_pair_i16<TT>(row + b * F::kBytes, b, paired, acc[0], mins);
-                F::template dot_pair_i16<TT>(row + (b + 2) * F::kBytes, b + 2, paired, acc[1], mins);
+            for (; b + 8 <= nb; b += 8) {
+                prefetch_step<8 * F::kBytes>(row + b * F::kBytes);
+                F::template dot_quad_i16<TT>(row + b * F::kBytes, b, paired, acc, mins);
+                F::template dot_quad_i16<TT>(row + (b + 4) * F::kBytes, b + 4, paired, acc, mins);
+            }
+            if (b + 4 <= nb) {
+                prefetch_step<4 * F::kBytes>(row + b * F::kBytes);
+                F::template dot_quad_i16<TT>(row + b * F::kBytes, b, paired, acc, mins);
+                b += 4;
             }
             if (b + 2 <= nb) {
                 F::template dot_pair_i16<TT>(row + b * F::kBytes, b, paired, acc[0], mins);
                 b += 2;
             }
+        } else if constexpr (F::kQuads) {
+            for (; b + 4 <= nb; b += 4) {
+                prefetch_step<4 * F::kBytes>(row + b * F::kBytes);
+                F::template dot_quad_i16<TT>(row + b * F::kBytes, b, x, acc, mins);
+            }
         }
         for (; b + 2 <= nb; b += 2) {
-            prefetch_through(row, fetched, size_t(b + 2) * F::kBytes);
+            prefetch_step<2 * F::kBytes>(row + b * F::kBytes);
             F::template dot_i16<TT>(row + b * F::kBytes, b, x, acc[0], mins);
             F::template dot_i16<TT>(row + (b + 1) * F::kBytes, b + 1, x, acc[1], mins);
         }

@@ -16,17 +16,16 @@ using namespace words;
 
 constexpr int kSubBlocks = 8;  // 32-element activation blocks per super-block
 
-// s[t][i] = scale_i * activation scale of sub-block i of super-block b, for every token.
+// Lane i of s[t] = scale_i * activation scale of sub-block i of super-block b, for every token.
 template <int TT>
-inline void sub_block_scales(__m256 scale, int64_t b, const Tokens<TT>& x, float (&s)[TT][kSubBlocks]) {
-    for (int t = 0; t < TT; ++t) _mm256_storeu_ps(s[t], _mm256_mul_ps(scale, _mm256_loadu_ps(x.s[t] + b * kSubBlocks)));
+inline void sub_block_scales(__m256 scale, int64_t b, const Tokens<TT>& x, __m256 (&s)[TT]) {
+    for (int t = 0; t < TT; ++t) s[t] = _mm256_mul_ps(scale, _mm256_loadu_ps(x.s[t] + b * kSubBlocks));
 }
 
-// Sub-block i of super-block b, its weights w: acc[t][i % 2] += (w · x[t]) * s[t][i].
+// Sub-block i of super-block b, its weights w: acc[t][i % 2] += (w · x[t]) * lane i of s[t].
 template <int TT>
-inline void sub_block_dot(W32 w, int i, int64_t b, const Tokens<TT>& x, const float (&s)[TT][kSubBlocks],
-                          Acc (&acc)[TT][2]) {
-    for (int t = 0; t < TT; ++t) dot_acc(acc[t][i & 1], w, x.q[t] + b * 256 + 32 * i, s[t][i]);
+inline void sub_block_dot(W32 w, int i, int64_t b, const Tokens<TT>& x, const __m256 (&s)[TT], Acc (&acc)[TT][2]) {
+    for (int t = 0; t < TT; ++t) dot_acc(acc[t][i & 1], w, x.q[t] + b * 256 + 32 * i, lane_splat(s[t], i));
 }
 
 // Q4_K / Q5_K's 12 bytes of 6-bit scales and mins (quant_blocks.h's k4_scale_min), all eight of
@@ -45,7 +44,7 @@ inline void k4_dot(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc
     uint64_t sc, mn;
     k4_scales_mins(blk + 4, sc, mn);
     _mm256_storeu_ps(mins + b * kSubBlocks, bytes8_times(mn, half_at(blk + 2)));  // dmin * min, exact
-    float s[TT][kSubBlocks];
+    __m256 s[TT];
     sub_block_scales<TT>(bytes8_times(sc, half_at(blk)), b, x, s);
     const uint8_t* qs = blk + (kFifthBit ? 48 : 16);
     W32 high = {};
@@ -66,7 +65,7 @@ inline void k4_dot(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc
 // Element 128h + 32j + l: bits 2j, 2j+1 of quant byte 32h + l; scale (low nibble) and min (high)
 // per 16 elements, times d and dmin.
 struct Q2_KFast : Q2_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 16;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -77,7 +76,7 @@ struct Q2_KFast : Q2_KFormat {
             std::memcpy(&bytes, sc + 8 * k, 8);
             _mm256_storeu_ps(mins + b * 16 + 8 * k, bytes8_times(bytes >> 4 & 0x0F0F0F0F0F0F0F0Full, dmin));
         }
-        float s[TT][kSubBlocks];
+        __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 80)), b, x, s);
         for (int h = 0; h < 2; ++h) {
             const W32 codes = u8_words(blk + 16 + 32 * h);
@@ -94,7 +93,7 @@ struct Q2_KFast : Q2_KFormat {
 // byte l is clear; 16 6-bit scales biased by 32 (low 4 bits: nibbles of bytes 0-7, high 2 bits:
 // bit pairs of bytes 8-11).
 struct Q3_KFast : Q3_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 0;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float*) {
@@ -106,7 +105,7 @@ struct Q3_KFast : Q3_KFormat {
                                     (a1 >> 4 & 0x0F0F0F0Fu) | (a2 >> 6 & 0x03030303u) << 4};
         uint8_t sc[16];
         std::memcpy(sc, packed, 16);
-        float s[TT][kSubBlocks];
+        __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 108)), b, x, s);
         const W32 hmask = u8_words(blk);
         for (int h = 0; h < 2; ++h) {
@@ -122,7 +121,7 @@ struct Q3_KFast : Q3_KFormat {
 };
 
 struct Q4_KFast : Q4_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 32;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -131,7 +130,7 @@ struct Q4_KFast : Q4_KFormat {
 };
 
 struct Q5_KFast : Q5_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 32;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
@@ -142,12 +141,12 @@ struct Q5_KFast : Q5_KFormat {
 // Element 128h + 32p + l: the low (p < 2) or high (p >= 2) nibble of ql byte 64h + 32(p & 1) + l,
 // bits 2p, 2p+1 of qh byte 32h + l above it, minus 32; an int8 scale per 16 elements.
 struct Q6_KFast : Q6_KFormat {
-    static constexpr bool kPairs = false;
+    static constexpr bool kPairs = false, kQuads = false;
     static constexpr int kMinGroup = 0;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float*) {
         const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
-        float s[TT][kSubBlocks];
+        __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 208)), b, x, s);
         for (int h = 0; h < 2; ++h) {
             const W32 ql0 = u8_words(blk + 64 * h), ql1 = u8_words(blk + 64 * h + 32);

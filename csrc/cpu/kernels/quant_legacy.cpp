@@ -34,6 +34,16 @@ struct LegacyFast : D {
             if constexpr (sizeof...(blk) == 1) return nibble_lookup((blk + D::kQs)..., kIq4nlLevels2);
             else return lookup(nibble_words((blk + D::kQs)...), kIq4nlLevels2);
         } else {
+#if !defined(__AVX512F__)
+            if constexpr (D::kQh >= 0 && sizeof...(blk) == 1) {
+                // AVX2: the fifth bits set in bytes (no word masks there), then one widening.
+                const uint8_t* b = (blk, ...);
+                const __m256i codes = nibble_bytes(b + D::kQs), set = bit_bytes(b + D::kQh);
+                // Q5_0: nibble - 16 where the bit is clear (nibble | 0xF0 as int8); Q5_1: + 16 where set.
+                return i8_words(D::kBias ? _mm256_or_si256(codes, _mm256_andnot_si256(set, _mm256_set1_epi8(int8_t(0xF0))))
+                                         : _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(16))));
+            }
+#endif
             auto w = nibble_words((blk + D::kQs)...);
             if constexpr (D::kQh >= 0) {
                 const auto bits = bits_mask(u32_at(blk + D::kQh)...);
@@ -56,12 +66,66 @@ struct LegacyFast : D {
         if constexpr (D::kMin >= 0) mins[b] = -half_at(blk + D::kMin);
     }
 
+#if !defined(__AVX512F__)
+    // AVX2: blocks b .. b + 3 one by one (acc[i % 2][t][i / 2]), their fp16 scales (and minima)
+    // converted in one vcvtph2ps and multiplied by the activation scales in one step.
+    static constexpr bool kQuads = true;
+    template <int TT>
+    static void dot_quad_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[2][TT][2], float* mins) {
+        __m128i halves = _mm_cvtsi32_si128(half_bits(blk));
+        halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes), 1);
+        halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes), 2);
+        halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes), 3);
+        if constexpr (D::kMin >= 0) {
+            halves = _mm_insert_epi16(halves, half_bits(blk + D::kMin), 4);
+            halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes + D::kMin), 5);
+            halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes + D::kMin), 6);
+            halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes + D::kMin), 7);
+        }
+        const __m256 d_and_min = _mm256_cvtph_ps(halves);
+        if constexpr (D::kMin >= 0) _mm_storeu_ps(mins + b, _mm_sub_ps(_mm_setzero_ps(), _mm256_extractf128_ps(d_and_min, 1)));
+        __m256 s[TT];  // lanes 0-3: d times the activation scale of blocks b .. b + 3
+        for (int t = 0; t < TT; ++t)
+            s[t] = _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b)));
+        for (int i = 0; i < 4; ++i) {
+            const W32 w = words(blk + i * D::kBytes);
+            for (int t = 0; t < TT; ++t)
+                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems, lane_splat(s[t], i));
+        }
+    }
+    static int half_bits(const uint8_t* p) {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        return h;
+    }
+#else
+    static constexpr bool kQuads = false;  // the pairs' quads instead (below)
+#endif
+
 #if defined(__AVX512F__)
+    // The int16 weights of two neighbouring blocks, their fifth bits (where the format has
+    // them) from `bits`.
+    static Pair pair_words(const uint8_t* b0, const uint8_t* b1, PairMask bits) {
+        if constexpr (D::kTable) {
+            return lookup(nibble_words(b0 + D::kQs, b1 + D::kQs), kIq4nlLevels2);
+        } else if constexpr (D::kQh >= 0) {
+            static_assert(D::kBias == 0 || D::kBias == -16, "a 5-bit code's bias is 0 or -16");
+            // Q5_0: nibble - 16, plus 16 where the bit is set; Q5_1: nibble, plus 16 there.
+            if constexpr (D::kBias) return add_where(nibble_words_minus16(b0 + D::kQs, b1 + D::kQs), bits, 16);
+            else return add_where(nibble_words(b0 + D::kQs, b1 + D::kQs), bits, 16);
+        } else {
+            const Pair w = nibble_words(b0 + D::kQs, b1 + D::kQs);
+            return D::kBias ? add_c(w, D::kBias) : w;
+        }
+    }
+
     // Blocks b and b + 1; x rearranged by pair_activations.
     template <int TT>
     static void dot_pair_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float* mins) {
         const uint8_t* next = blk + D::kBytes;
-        const Pair w = words(blk, next);
+        PairMask bits{};
+        if constexpr (D::kQh >= 0) bits = bits_mask(u32_at(blk + D::kQh), u32_at(next + D::kQh));
+        const Pair w = pair_words(blk, next, bits);
         const __m128 d = half_pair(blk, next);
         for (int t = 0; t < TT; ++t) pair_dot_acc(acc[t][0], w, x.q[t] + b * kBlockElems, d, x.s[t] + b);
         if constexpr (D::kMin >= 0) {
@@ -69,6 +133,14 @@ struct LegacyFast : D {
             mins[b + 1] = -half_at(next + D::kMin);
         }
     }
+
+    // Blocks b .. b + 3 (two pairs, on acc[0] and acc[1]): their scales, minima and fifth bits
+    // gathered by one vpermt2w (QuadFields) instead of a scalar load and insert each.
+    // (Forced inline: called twice per step, GCC would otherwise keep one out-of-line copy and
+    // pass the accumulators through memory.)
+    template <int TT>
+    __attribute__((always_inline)) static void dot_quad_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x,
+                                                            Acc (&acc)[2][TT][2], float* mins);
 #endif
 };
 
@@ -92,6 +164,57 @@ struct Iq4NlFields : Iq4NlFormat {
     static constexpr int kQs = 2, kQh = -1, kBias = 0, kMin = -1;
     static constexpr bool kTable = true;
 };
+#if defined(__AVX512F__)
+// Where the per-block fields of four neighbouring blocks sit for vpermt2w, whose two tables are
+// the four blocks' first 64 bytes (words 0-31) and their last 64 (words 32-63; every field is at
+// an even offset): words 0-7 the fifth-bit masks of the two pairs (dwords 2p, 2p + 1 = pair p's
+// side_by_side_mask lows, highs), 8-11 the scales d, 12-15 the minima.
+template <class D>
+struct QuadFields {
+    static constexpr int kTail = 4 * D::kBytes - 64;  // offset of the second table
+    alignas(64) int16_t index[32];
+
+    static constexpr int16_t word(int blk, int offset) {
+        const int byte = blk * D::kBytes + offset;
+        return int16_t(byte + 2 <= 64 ? byte / 2 : 32 + (byte - kTail) / 2);
+    }
+    constexpr QuadFields() : index{} {
+        for (int i = 0; i < 4; ++i) {
+            index[8 + i] = word(i, 0);
+            if (D::kMin >= 0) index[12 + i] = word(i, D::kMin);
+            if (D::kQh >= 0) {
+                const int pair = i / 2, second = i % 2;
+                index[4 * pair + second] = word(i, D::kQh);          // bits 0-15
+                index[4 * pair + 2 + second] = word(i, D::kQh + 2);  // bits 16-31
+            }
+        }
+    }
+};
+template <class D>
+inline constexpr QuadFields<D> kQuadFields{};
+
+template <class D>
+template <int TT>
+inline void LegacyFast<D>::dot_quad_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[2][TT][2],
+                                 float* mins) {
+    static_assert(4 * D::kBytes >= 64, "the two tables lie inside the four blocks");
+    const __m512i fields = _mm512_permutex2var_epi16(_mm512_loadu_si512(blk), _mm512_load_si512(kQuadFields<D>.index),
+                                                     _mm512_loadu_si512(blk + QuadFields<D>::kTail));
+    const __m256 d_and_min = _mm256_cvtph_ps(_mm512_extracti32x4_epi32(fields, 1));
+    if constexpr (D::kMin >= 0) _mm_storeu_ps(mins + b, _mm_sub_ps(_mm_setzero_ps(), _mm256_extractf128_ps(d_and_min, 1)));
+    __m128 s[TT];  // d times the activation scale, blocks b .. b + 3
+    for (int t = 0; t < TT; ++t) s[t] = _mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b));
+    const __m128i masks = _mm512_castsi512_si128(fields);
+    const uint64_t pair_masks[2] = {uint64_t(_mm_cvtsi128_si64(masks)), uint64_t(_mm_extract_epi64(masks, 1))};
+    for (int p = 0; p < 2; ++p) {
+        const uint8_t* first = blk + 2 * p * D::kBytes;
+        const Pair w = pair_words(first, first + D::kBytes,
+                                  side_by_side_mask(uint32_t(pair_masks[p]), uint32_t(pair_masks[p] >> 32)));
+        for (int t = 0; t < TT; ++t)
+            pair_dot_acc(acc[p][t][0], w, x.q[t] + (b + 2 * p) * kBlockElems, pair_scales(s[t], p));
+    }
+}
+#endif
 using Q4_0Fast = LegacyFast<Q4_0Fields>;
 using Q4_1Fast = LegacyFast<Q4_1Fields>;
 using Q5_0Fast = LegacyFast<Q5_0Fields>;

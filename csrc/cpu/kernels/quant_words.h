@@ -57,10 +57,14 @@ inline W32 add_where_not(W32 w, Mask m, int16_t c) { return add_where(w, Mask(~m
 
 inline Acc zero() { return _mm512_setzero_ps(); }
 // acc += float(w · x, exact in int32) * scale.
-inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
-    const __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.v, _mm512_loadu_si512(x));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(scale), acc);
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, __m512 scales) {
+    const __m512i dot = _mm512_madd_epi16(w.v, _mm512_loadu_si512(x));  // vpdpwssd on zero, without the zeroing
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc);
 }
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) { dot_acc(acc, w, x, _mm512_set1_ps(scale)); }
+// Lane i of the 8 scales s in every lane of a scale vector: one vpermps (GCC spells
+// set1(s[i]) of a register as two shuffles).
+inline __m512 lane_splat(__m256 s, int i) { return _mm512_permutexvar_ps(_mm512_set1_epi32(i), _mm512_castps256_ps512(s)); }
 inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
 
 // Two neighbouring 32-element blocks in one pass: `lo` holds elements 0-15 of both (block 0 in
@@ -102,14 +106,33 @@ inline __m128 half_pair(const uint8_t* p0, const uint8_t* p1) {
     std::memcpy(&h1, p1, 2);
     return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(h0), h1, 1));
 }
+// Fifth-bit masks of two blocks from their qh words already side by side: `lows` = (qh0 bits
+// 0-15, qh1 bits 0-15), `highs` = (qh0 bits 16-31, qh1 bits 16-31), the lanes of Pair's lo / hi.
+inline PairMask side_by_side_mask(uint32_t lows, uint32_t highs) { return {Mask(lows), Mask(highs)}; }
+// The 16-bit words minus 16 (w | 0xFFF0 = w - 16 where w < 16): Q5_0's bias, one OR per vector.
+inline Pair nibble_words_minus16(const uint8_t* p0, const uint8_t* p1) {
+    const __m256i both = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+    const __m512i w = _mm512_cvtepu8_epi16(both), high4 = _mm512_set1_epi16(int16_t(0xFFF0));
+    return {{_mm512_or_si512(w, high4)}, {_mm512_or_si512(_mm512_srli_epi16(w, 4), high4)}};
+}
+// Lanes 2p, 2p + 1 of s (pair p of four blocks' scales), each spread over 8 lanes.
+inline __m512 pair_scales(__m128 s, int p) {
+    const __m512i idx = _mm512_inserti64x4(_mm512_set1_epi32(2 * p), _mm256_set1_epi32(2 * p + 1), 1);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+}
+// acc += float(w · x) * scales (pair_scales); x rearranged by pair_activations.
+inline void pair_dot_acc(Acc& acc, Pair w, const int16_t* x, __m512 scales) {
+    __m512i dot = _mm512_madd_epi16(w.lo.v, _mm512_loadu_si512(x));
+    dot = _mm512_dpwssd_epi32(dot, w.hi.v, _mm512_loadu_si512(x + 32));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales, acc);
+}
 // acc += float(w · x) * (d0 xs0 in lanes 0-7, d1 xs1 in lanes 8-15), d = the two blocks' scales,
 // xs their activation scales; x rearranged by pair_activations.
 inline void pair_dot_acc(Acc& acc, Pair w, const int16_t* x, __m128 d, const float* xs) {
-    __m512i dot = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w.lo.v, _mm512_loadu_si512(x));
-    dot = _mm512_dpwssd_epi32(dot, w.hi.v, _mm512_loadu_si512(x + 32));
     const __m128 s = _mm_mul_ps(d, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xs))));
-    const __m512i halves = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi32(1), 1);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(s)), acc);
+    pair_dot_acc(acc, w, x, pair_scales(s, 0));
 }
 // Per pair of blocks: elements 0-15 of both, then 16-31 of both; an odd last block as it is.
 inline void pair_activations(const int16_t* x, int64_t K, int16_t* out) {
@@ -135,9 +158,31 @@ inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm256_set1_epi16(lo), _
 inline __m256i widen16(__m128i bytes) { return _mm256_cvtepu8_epi16(bytes); }
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline W32 u8_words(const uint8_t* p) { return {widen16(load16(p)), widen16(load16(p + 16))}; }
+// The bytes widened first (vpmovzxbw from memory): the high nibble is then one shift.
 inline W32 nibble_words(const uint8_t* p) {
-    const __m128i c = load16(p), low4 = _mm_set1_epi8(15);
-    return {widen16(_mm_and_si128(c, low4)), widen16(_mm_and_si128(_mm_srli_epi16(c, 4), low4))};
+    const __m256i w = widen16(load16(p));
+    return {_mm256_and_si256(w, _mm256_set1_epi16(15)), _mm256_srli_epi16(w, 4)};
+}
+// The 32 nibbles of the 16 bytes at p as bytes in GGUF's element order (low nibbles, then high).
+inline __m256i nibble_bytes(const uint8_t* p) {
+    const __m128i c = load16(p);
+    return _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(c), _mm_srli_epi16(c, 4), 1),
+                            _mm256_set1_epi8(15));
+}
+// Byte j all ones where bit j of the little-endian 32 bits at p is set: each of the four bytes
+// copied to eight lanes (pshufb), each lane testing its own bit.
+inline __m256i bit_bytes(const uint8_t* p) {
+    int32_t bits;
+    std::memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                                  3, 3, 3, 3, 3, 3, 3, 3));
+    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+// 32 signed bytes, sign-extended to words.
+inline W32 i8_words(__m256i v) {
+    return {_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1))};
 }
 inline W32 nibble_lookup(const uint8_t* p, const int16_t* table32) {
     // pshufb looks bytes up: the table as int8 (its entries fit), then sign-extended.
@@ -179,7 +224,7 @@ inline W32 add_where_not(W32 w, Mask m, int16_t c) {
 }
 
 inline Acc zero() { return _mm256_setzero_ps(); }
-inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, __m256 scales) {
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16));
 #if defined(__AVXVNNI__)
@@ -187,8 +232,10 @@ inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) {
 #else
     const __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(w.a, x0), _mm256_madd_epi16(w.b, x1));
 #endif
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scales, acc);
 }
+inline void dot_acc(Acc& acc, W32 w, const int16_t* x, const float& scale) { dot_acc(acc, w, x, _mm256_set1_ps(scale)); }
+inline __m256 lane_splat(__m256 s, int i) { return _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(i)); }
 inline float reduce(Acc a) { return hsum(vfloat(a)); }
 
 constexpr bool kHasPairs = false;  // two ymm per block already: nothing to share between two
