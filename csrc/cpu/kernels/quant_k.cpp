@@ -78,11 +78,12 @@ struct Q2_KFast : Q2_KFormat {
         }
         __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 80)), b, x, s);
+        const GroupScales scales = GroupScales::low_nibbles_at(sc);
         for (int h = 0; h < 2; ++h) {
             const W32 codes = u8_words(blk + 16 + 32 * h);
             for (int j = 0; j < 4; ++j) {
                 const int i = 4 * h + j;
-                const W32 w = mul(and_c(shr(codes, 2 * j), 3), pair_splat(sc[2 * i] & 15, sc[2 * i + 1] & 15));
+                const W32 w = mul(and_c(shr(codes, 2 * j), 3), scales.pair(i));
                 sub_block_dot<TT>(w, i, b, x, s, acc);
             }
         }
@@ -103,8 +104,7 @@ struct Q3_KFast : Q3_KFormat {
                                     (a1 & 0x0F0F0F0Fu) | (a2 >> 2 & 0x03030303u) << 4,
                                     (a0 >> 4 & 0x0F0F0F0Fu) | (a2 >> 4 & 0x03030303u) << 4,
                                     (a1 >> 4 & 0x0F0F0F0Fu) | (a2 >> 6 & 0x03030303u) << 4};
-        uint8_t sc[16];
-        std::memcpy(sc, packed, 16);
+        const GroupScales scales = GroupScales::biased6(packed);
         __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 108)), b, x, s);
         const W32 hmask = u8_words(blk);
@@ -113,7 +113,7 @@ struct Q3_KFast : Q3_KFormat {
             for (int j = 0; j < 4; ++j) {
                 const int i = 4 * h + j;
                 W32 w = add_where_not(and_c(shr(codes, 2 * j), 3), word_bit_mask(hmask, i), -4);
-                w = mul(w, pair_splat(int16_t(sc[2 * i] - 32), int16_t(sc[2 * i + 1] - 32)));
+                w = mul(w, scales.pair(i));
                 sub_block_dot<TT>(w, i, b, x, s, acc);
             }
         }
@@ -145,7 +145,7 @@ struct Q6_KFast : Q6_KFormat {
     static constexpr int kMinGroup = 0;
     template <int TT>
     static void dot_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[TT][2], float*) {
-        const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const GroupScales scales = GroupScales::int8_at(blk + 192);
         __m256 s[TT];
         sub_block_scales<TT>(_mm256_set1_ps(half_at(blk + 208)), b, x, s);
         for (int h = 0; h < 2; ++h) {
@@ -156,7 +156,7 @@ struct Q6_KFast : Q6_KFormat {
                 const W32 low = p < 2 ? and_c(ql, 15) : shr(ql, 4);
                 const W32 high = and_c(p < 2 ? shl(qh, 4 - 2 * p) : shr(qh, 2 * p - 4), 0x30);
                 const int i = 4 * h + p;
-                const W32 w = mul(add_c(or_(low, high), -32), pair_splat(sc[2 * i], sc[2 * i + 1]));
+                const W32 w = mul(add_c(or_(low, high), -32), scales.pair(i));
                 sub_block_dot<TT>(w, i, b, x, s, acc);
             }
         }

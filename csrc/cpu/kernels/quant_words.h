@@ -30,6 +30,25 @@ using Acc = __m512;
 inline W32 splat(int16_t c) { return {_mm512_set1_epi16(c)}; }
 // Lanes 0-15 `lo`, 16-31 `hi` (the two 16-element scales of a K-quant sub-block).
 inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm512_mask_set1_epi16(_mm512_set1_epi16(lo), 0xFFFF0000u, hi)}; }
+// A K-quant super-block's 16 integer group scales (16 bytes, as int8 or uint8), widened once;
+// pair(i) = pair_splat(scale 2i, scale 2i + 1) in one vpermw (was two broadcasts from scalars).
+struct GroupScales {
+    __m512i words;
+    static GroupScales of_int8(__m128i b) { return {_mm512_castsi256_si512(_mm256_cvtepi8_epi16(b))}; }
+    static GroupScales of_uint8(__m128i b) { return {_mm512_castsi256_si512(_mm256_cvtepu8_epi16(b))}; }
+    static GroupScales int8_at(const uint8_t* p) { return of_int8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+    static GroupScales low_nibbles_at(const uint8_t* p) {
+        return of_uint8(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_set1_epi8(15)));
+    }
+    // Q3_K's 6-bit scales: four little-endian words of bytes, each biased by 32.
+    static GroupScales biased6(const uint32_t (&packed)[4]) {
+        return of_int8(_mm_sub_epi8(_mm_setr_epi32(int(packed[0]), int(packed[1]), int(packed[2]), int(packed[3])),
+                                    _mm_set1_epi8(32)));
+    }
+    W32 pair(int i) const {
+        return {_mm512_permutexvar_epi16(_mm512_mask_set1_epi16(_mm512_set1_epi16(int16_t(2 * i)), 0xFFFF0000u, int16_t(2 * i + 1)), words)};
+    }
+};
 // 32 bytes, zero-extended.
 inline W32 u8_words(const uint8_t* p) { return {_mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
 // 16 bytes -> lanes 0-15 bytes 0-15 unchanged, lanes 16-31 the same bytes shifted right by 4.
@@ -155,6 +174,29 @@ using Acc = __m256;
 
 inline W32 splat(int16_t c) { return {_mm256_set1_epi16(c), _mm256_set1_epi16(c)}; }
 inline W32 pair_splat(int16_t lo, int16_t hi) { return {_mm256_set1_epi16(lo), _mm256_set1_epi16(hi)}; }
+// AVX2: the 16 group scales read as bytes where they lie, each broadcast from a scalar register
+// (a widened vector measured slower here).
+struct GroupScales {
+    enum Kind { kInt8, kLowNibble, kBiased6 };
+    const uint8_t* p;
+    Kind kind;
+    uint8_t own[16];  // kBiased6: the bytes assembled
+    static GroupScales int8_at(const uint8_t* at) { return {at, kInt8, {}}; }
+    static GroupScales low_nibbles_at(const uint8_t* at) { return {at, kLowNibble, {}}; }
+    static GroupScales biased6(const uint32_t (&packed)[4]) {
+        GroupScales g{nullptr, kBiased6, {}};
+        std::memcpy(g.own, packed, 16);
+        return g;
+    }
+    int16_t at(int k) const {
+        switch (kind) {
+            case kInt8: return int8_t(p[k]);
+            case kLowNibble: return p[k] & 15;
+            default: return int16_t(own[k] - 32);
+        }
+    }
+    W32 pair(int i) const { return pair_splat(at(2 * i), at(2 * i + 1)); }
+};
 inline __m256i widen16(__m128i bytes) { return _mm256_cvtepu8_epi16(bytes); }
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline W32 u8_words(const uint8_t* p) { return {widen16(load16(p)), widen16(load16(p + 16))}; }
