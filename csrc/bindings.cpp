@@ -314,17 +314,22 @@ void bind_ops(py::module_& m) {
     }, py::arg("x"), py::arg("g"), py::arg("eps") = 1e-5f, py::arg("isa") = "auto");
     m.def("attention", [](F32Array q, F32Array k_cache, F32Array v_cache, int64_t j_lo,
                           int64_t j_hi, F32Array sinks, float scale, const std::string& isa,
-                          const std::string& kv_type, bool split) {
+                          const std::string& kv_type, bool split, int64_t window) {
         // The query heads of one GQA group: q [G, d], sinks [G]; k_cache / v_cache [cap, d]
-        // with the slot of position j at j % cap (keys are transposed here, as the cache does),
+        // with the slot of position j at j % cap (keys are put in blocks here, as the cache does),
         // stored as kv_type as the cache stores them. split: cut the range into the chunks of
-        // flash-decoding (attention_split.h), attend to each as a partial and merge.
-        if (q.ndim() != 2 || k_cache.ndim() != 2 || v_cache.ndim() != 2 || sinks.ndim() != 1 ||
-            sinks.shape(0) != q.shape(0) || k_cache.shape(1) != q.shape(1) ||
-            v_cache.shape(1) != q.shape(1) || k_cache.shape(0) != v_cache.shape(0))
-            throw py::value_error("attention wants q [G, d], k/v [cap, d], sinks [G]");
-        const int64_t G = q.shape(0), d = q.shape(1), cap = k_cache.shape(0);
-        if (j_lo < 0 || j_hi < j_lo - 1 || j_hi - j_lo + 1 > cap)
+        // flash-decoding (attention_split.h), attend to each as a partial and merge. q [R, G, d]:
+        // R rows at consecutive positions in one call (row r's range ends at j_hi + r and, with a
+        // window, starts no earlier than j_hi + r - window + 1), as prefill attends.
+        const bool rows = q.ndim() == 3;
+        if ((q.ndim() != 2 && !rows) || k_cache.ndim() != 2 || v_cache.ndim() != 2 || sinks.ndim() != 1 ||
+            sinks.shape(0) != q.shape(q.ndim() - 2) || k_cache.shape(1) != q.shape(q.ndim() - 1) ||
+            v_cache.shape(1) != q.shape(q.ndim() - 1) || k_cache.shape(0) != v_cache.shape(0))
+            throw py::value_error("attention wants q [G, d] or [R, G, d], k/v [cap, d], sinks [G]");
+        const int64_t R = rows ? q.shape(0) : 1, G = q.shape(q.ndim() - 2), d = q.shape(q.ndim() - 1);
+        const int64_t cap = k_cache.shape(0);
+        if (R < 1 || window < 0 || (split && R > 1)) throw py::value_error("attention: rows >= 1, window >= 0, split for one row");
+        if (j_lo < 0 || j_hi < j_lo - 1 || j_hi + R - 1 - j_lo + 1 > cap)
             throw py::value_error("key range does not fit the cache");
         const KernelTable* k = table_arg(isa);
         KvType type;
@@ -334,7 +339,8 @@ void bind_ops(py::module_& m) {
             throw py::value_error(e.what());
         }
         const size_t eb = size_t(kv_type_bytes(type));
-        std::vector<uint8_t> k_t(size_t(d * cap) * eb), v(size_t(d * cap) * eb);
+        // Unused slots of the last key block hold NaN: the kernel computes and drops their scores.
+        std::vector<uint8_t> kb(size_t(d * key_block_slots(cap)) * eb, 0xff), v(size_t(d * cap) * eb);
         auto put = [&](std::vector<uint8_t>& dst, size_t i, float x) {
             if (type == KvType::F32) std::memcpy(dst.data() + i * 4, &x, 4);
             else {
@@ -344,21 +350,23 @@ void bind_ops(py::module_& m) {
         };
         for (int64_t s = 0; s < cap; ++s)
             for (int64_t c = 0; c < d; ++c) {
-                put(k_t, size_t(c * cap + s), k_cache.data()[s * d + c]);
+                put(kb, size_t(((s / kKeyBlock) * d + c) * kKeyBlock + s % kKeyBlock), k_cache.data()[s * d + c]);
                 put(v, size_t(s * d + c), v_cache.data()[s * d + c]);
             }
-        std::vector<float> scores(size_t(G * (kAttentionTile + 2)));
-        py::array_t<float> out({G, d});
+        std::vector<float> scores(size_t(attention_scratch_floats(G, R)));
+        py::array_t<float> out(rows ? std::vector<ssize_t>{R, G, d} : std::vector<ssize_t>{G, d});
         AttentionArgs a;
         a.q = q.data();
-        a.k_t = k_t.data();
-        a.k_stride = cap;
+        a.k = kb.data();
         a.v = v.data();
         a.v_stride = d;
         a.kv_type = type;
         a.cap = cap;
         a.j_lo = j_lo;
         a.j_hi = j_hi;
+        a.n_rows = R;
+        a.row_stride = G * d;
+        a.window = window;
         a.n_heads = G;
         a.head_dim = d;
         a.sinks = sinks.data();
@@ -383,7 +391,7 @@ void bind_ops(py::module_& m) {
         return out;
     }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("j_lo"), py::arg("j_hi"),
        py::arg("sinks"), py::arg("scale"), py::arg("isa") = "auto", py::arg("kv_type") = "f32",
-       py::arg("split") = false);
+       py::arg("split") = false, py::arg("window") = 0);
     m.def("kv_round", [](F32Array x, const std::string& kv_type) {
         // x rounded to the KV cache's element type as the cache stores it, back in float32.
         const KvType type = [&] {

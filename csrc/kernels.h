@@ -34,34 +34,47 @@ enum class KvType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };
 inline int64_t kv_type_bytes(KvType t) { return t == KvType::F32 ? 4 : 2; }
 
 // Keys per tile of the attention kernel's online softmax: its scratch is n_heads tiles, however
-// long the key range (prefill of a long prompt never holds a row of scores per key).
+// long the key range (prefill of a long prompt never holds a row of scores per key). Tiles start
+// at multiples of it (absolute positions), so a row's result depends on its own key range alone.
 constexpr int64_t kAttentionTile = 256;
+// Keys are stored in blocks of kKeyBlock slots, each block transposed: element c of slot s at
+// ((s / kKeyBlock) * head_dim + c) * kKeyBlock + s % kKeyBlock. A vector holds consecutive keys of
+// one dimension (no horizontal sums, each key load serves every head of the group), and a block
+// is one contiguous run of memory (4 KiB for 16-bit keys of 64 dims), so a key range streams.
+constexpr int64_t kKeyBlock = 32;
+// Slots of key storage for a capacity of cap: whole blocks.
+inline int64_t key_block_slots(int64_t cap) { return (cap + kKeyBlock - 1) / kKeyBlock * kKeyBlock; }
 
-// The query heads of one KV head (a GQA group) at one position, against keys j_lo..j_hi
-// (inclusive) of a KV cache whose slot for position j is j % cap (MODEL.md §2.5). Keys are stored
-// transposed, k_t[c * k_stride + slot], so scores are computed for a run of keys per vector; each
+// The query heads of one KV head (a GQA group) at n_rows consecutive positions, against keys
+// j_lo..j_hi (inclusive, row 0; row r ends at j_hi + r and, with a window, starts no earlier than
+// j_hi + r - window + 1) of a KV cache whose slot for position j is j % cap (MODEL.md §2.5). Each
 // head's sink joins its softmax denominator only (no value, no 1/sqrt(d)). K and V elements are
-// of kv_type; strides count elements.
+// of kv_type; strides count elements. Rows share each tile of keys while it is in cache (prefill).
 struct AttentionArgs {
-    const float* q = nullptr;      // [n_heads][head_dim]
-    const void* k_t = nullptr;     // [head_dim][k_stride], slots 0 .. cap-1 used
-    int64_t k_stride = 0;
+    const float* q = nullptr;      // [n_rows][row_stride]: row r's heads at q + r * row_stride, [n_heads][head_dim]
+    const void* k = nullptr;       // key blocks (kKeyBlock above), key_block_slots(cap) slots
     const void* v = nullptr;       // value of slot s at v + s * v_stride, [head_dim]
     int64_t v_stride = 0;
     KvType kv_type = KvType::F32;
     int64_t cap = 0;
     int64_t j_lo = 0, j_hi = -1;
+    int64_t n_rows = 1, row_stride = 0, window = 0;
     int64_t n_heads = 1, head_dim = 0;
     const float* sinks = nullptr;  // [n_heads]
     float scale = 0.0f;
-    float* scores = nullptr;       // scratch, >= n_heads * (kAttentionTile + 2) floats
-    float* out = nullptr;          // [n_heads][head_dim]
-    // Partial mode (one chunk of a key range split across threads, attention_split.h): when set,
-    // the sinks are left out, out gets the unnormalised sum of exp(z - max) * v per head, and
-    // part_max / part_sum [n_heads] that max and the sum of exp(z - max) (-inf and 0 for no key).
+    float* scores = nullptr;       // scratch, attention_scratch_floats(n_heads, n_rows)
+    float* out = nullptr;          // [n_rows][row_stride] as q
+    // Partial mode (one row only: a chunk of a key range split across threads, attention_split.h):
+    // when set, the sinks are left out, out gets the unnormalised sum of exp(z - max) * v per head,
+    // and part_max / part_sum [n_heads] that max and the sum of exp(z - max) (-inf and 0 for no key).
     float* part_max = nullptr;
     float* part_sum = nullptr;
 };
+// Score slack each side of a head's tile: scores are computed for whole key vectors.
+constexpr int64_t kAttentionScorePad = kKeyBlock;
+inline int64_t attention_scratch_floats(int64_t n_heads, int64_t n_rows) {
+    return n_heads * (kAttentionTile + 2 * kAttentionScorePad) + 2 * n_heads * n_rows;
+}
 
 struct KernelTable {
     const char* name;

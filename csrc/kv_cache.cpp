@@ -16,7 +16,7 @@ KvType parse_kv_type(const std::string& name) {
 }
 
 KvCache::KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type)
-    : config_(c), n_ctx_(n_ctx), kv_width_(c.kv_width()), head_dim_(c.key_length), type_(type),
+    : config_(c), n_ctx_(n_ctx), kv_width_(c.kv_width()), head_dim_(c.key_length), n_kv_(c.head_count_kv), type_(type),
       elem_(kv_type_bytes(type)) {
     const size_t L = size_t(c.block_count);
     cap_.resize(L);
@@ -26,39 +26,42 @@ KvCache::KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType 
     for (size_t l = 0; l < L; ++l) {
         const int64_t ring = c.sliding_window - 1 + max_chunk + kRollbackMargin;
         cap_[l] = c.is_sliding(int64_t(l)) ? std::min(n_ctx, ring) : n_ctx;
-        k_[l].reset(new uint8_t[size_t(k_stride(int64_t(l)) * kv_width_ * elem_)]);
-        v_[l].reset(new uint8_t[size_t(cap_[l] * kv_width_ * elem_)]);
+        k_[l].reset(new uint8_t[k_bytes(int64_t(l))]);
+        v_[l].reset(new uint8_t[v_bytes(int64_t(l))]);
         held_[l].assign(size_t(cap_[l]), -1);
     }
 }
 
 namespace {
 
+// Slot s of every kv head: k_row and v_row [n_kv][d] -> the heads' key blocks and value rows.
 template <class E, class Convert>
-void store_typed(uint8_t* k_bytes, uint8_t* v_bytes, int64_t width, int64_t stride, int64_t s,
-                 const float* k_row, const float* v_row, Convert convert) {
-    E* kt = reinterpret_cast<E*>(k_bytes);
-    E* v = reinterpret_cast<E*>(v_bytes) + s * width;
-    for (int64_t i = 0; i < width; ++i) kt[i * stride + s] = convert(k_row[i]);  // [g][c] -> [g][c][slot]
-    for (int64_t i = 0; i < width; ++i) v[i] = convert(v_row[i]);
+void store_typed(uint8_t* k_bytes, uint8_t* v_bytes, int64_t n_kv, int64_t d, int64_t key_slots, int64_t cap,
+                 int64_t s, const float* k_row, const float* v_row, Convert convert) {
+    for (int64_t g = 0; g < n_kv; ++g) {
+        E* k = reinterpret_cast<E*>(k_bytes) + g * key_slots * d + (s / kKeyBlock) * d * kKeyBlock + s % kKeyBlock;
+        E* v = reinterpret_cast<E*>(v_bytes) + (g * cap + s) * d;
+        for (int64_t c = 0; c < d; ++c) k[c * kKeyBlock] = convert(k_row[g * d + c]);
+        for (int64_t c = 0; c < d; ++c) v[c] = convert(v_row[g * d + c]);
+    }
 }
 
 }  // namespace
 
 void KvCache::store(int64_t layer, int64_t pos, const float* k_row, const float* v_row) {
     const size_t l = size_t(layer);
-    const int64_t s = slot(layer, pos), stride = k_stride(layer);
+    const int64_t s = slot(layer, pos), ks = key_slots(layer), cap = cap_[l];
     uint8_t* k = k_[l].get();
     uint8_t* v = v_[l].get();
     switch (type_) {
         case KvType::F16:
-            store_typed<uint16_t>(k, v, kv_width_, stride, s, k_row, v_row, float_to_fp16);
+            store_typed<uint16_t>(k, v, n_kv_, head_dim_, ks, cap, s, k_row, v_row, float_to_fp16);
             break;
         case KvType::BF16:
-            store_typed<uint16_t>(k, v, kv_width_, stride, s, k_row, v_row, float_to_bf16);
+            store_typed<uint16_t>(k, v, n_kv_, head_dim_, ks, cap, s, k_row, v_row, float_to_bf16);
             break;
         default:
-            store_typed<float>(k, v, kv_width_, stride, s, k_row, v_row, [](float x) { return x; });
+            store_typed<float>(k, v, n_kv_, head_dim_, ks, cap, s, k_row, v_row, [](float x) { return x; });
     }
     held_[l][size_t(s)] = pos;
 }
@@ -78,14 +81,14 @@ void KvCache::clear() {
 
 void KvCache::commit() {
     for (size_t l = 0; l < cap_.size(); ++l) {
-        std::fill_n(k_[l].get(), size_t(k_stride(int64_t(l)) * kv_width_ * elem_), uint8_t(0));
-        std::fill_n(v_[l].get(), size_t(cap_[l] * kv_width_ * elem_), uint8_t(0));
+        std::fill_n(k_[l].get(), k_bytes(int64_t(l)), uint8_t(0));
+        std::fill_n(v_[l].get(), v_bytes(int64_t(l)), uint8_t(0));
     }
 }
 
 size_t KvCache::bytes() const {
     size_t b = 0;
-    for (int64_t c : cap_) b += 2 * size_t(c * kv_width_ * elem_);
+    for (size_t l = 0; l < cap_.size(); ++l) b += k_bytes(int64_t(l)) + v_bytes(int64_t(l));
     return b;
 }
 

@@ -1,6 +1,8 @@
 // The KV cache (MODEL.md §2.5): K after RoPE and V, per layer, in float32 or a 16-bit type
-// (KvType: IEEE half or bfloat16, rounded to nearest even when stored). V is [slot][n_kv][d];
-// K is stored transposed, [n_kv][d][slot], so attention scores a run of keys per vector. Full
+// (KvType: IEEE half or bfloat16, rounded to nearest even when stored), each KV head's apart, so
+// that attention reads one head's keys and values as two streams: V is [n_kv][slot][d]; K is
+// [n_kv][slot block][d][kKeyBlock], blocks of kKeyBlock slots transposed (kernels.h), so
+// attention scores a vector of keys at once. Full
 // layers hold every position; sliding layers hold a ring of the last positions, big enough for
 // one prefill chunk plus a rollback margin, and remember which position each slot holds so that
 // a truncation that reaches past the ring is detected (the session then replays its tokens).
@@ -25,16 +27,13 @@ public:
     int64_t n_ctx() const { return n_ctx_; }
     KvType type() const { return type_; }
     int64_t capacity(int64_t layer) const { return cap_[size_t(layer)]; }
-    int64_t v_stride() const { return kv_width_; }  // elements from one value slot to the next
-    // Keys of kv head g, transposed: element c of slot s at [c * k_stride(layer) + s].
-    const void* k_t(int64_t layer, int64_t g) const {
-        return k_[size_t(layer)].get() + size_t(g * head_dim_ * k_stride(layer) * elem_);
+    int64_t v_stride() const { return head_dim_; }  // elements from one value slot to the next
+    // Keys of kv head g in blocks (kKeyBlock, AttentionArgs::k).
+    const void* k(int64_t layer, int64_t g) const {
+        return k_[size_t(layer)].get() + size_t(g * key_slots(layer) * head_dim_ * elem_);
     }
-    // A cache line more than the capacity: rows a power of two apart would all fall into the
-    // same L1 sets when attention walks down the 64 rows of a key block.
-    int64_t k_stride(int64_t layer) const { return cap_[size_t(layer)] + 64 / elem_; }
     const void* v(int64_t layer, int64_t g) const {
-        return v_[size_t(layer)].get() + size_t(g * head_dim_ * elem_);
+        return v_[size_t(layer)].get() + size_t(g * cap_[size_t(layer)] * head_dim_ * elem_);
     }
     // Writes position pos: k_row and v_row are [n_kv * d] (K after RoPE), converted to type().
     void store(int64_t layer, int64_t pos, const float* k_row, const float* v_row);
@@ -49,9 +48,12 @@ public:
 
 private:
     int64_t slot(int64_t layer, int64_t pos) const { return pos % cap_[size_t(layer)]; }
+    int64_t key_slots(int64_t layer) const { return key_block_slots(cap_[size_t(layer)]); }
+    size_t k_bytes(int64_t layer) const { return size_t(key_slots(layer) * kv_width_ * elem_); }
+    size_t v_bytes(int64_t layer) const { return size_t(cap_[size_t(layer)] * kv_width_ * elem_); }
 
     ModelConfig config_;
-    int64_t n_ctx_, kv_width_, head_dim_;
+    int64_t n_ctx_, kv_width_, head_dim_, n_kv_;
     KvType type_;
     int64_t elem_;  // bytes per element
     std::vector<int64_t> cap_;

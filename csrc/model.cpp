@@ -293,8 +293,7 @@ void Model::attention_block(const Segment* segs, Scratch& s, int64_t layer, int6
         const KvCache& kv = *segs[s.row_segment[size_t(t)]].kv;
         AttentionArgs a;
         a.q = s.q.data() + (t * nq + g * group) * d;
-        a.k_t = kv.k_t(layer, g);
-        a.k_stride = kv.k_stride(layer);
+        a.k = kv.k(layer, g);
         a.v = kv.v(layer, g);
         a.v_stride = kv.v_stride();
         a.kv_type = kv.type();
@@ -308,52 +307,82 @@ void Model::attention_block(const Segment* segs, Scratch& s, int64_t layer, int6
         a.out = s.attn.data() + (t * nq + g * group) * d;
         return a;
     };
-    // One task per (token, kv head): the group's query heads share every key and value load.
-    // Decode steps have few such tasks: there each long row is cut into chunks of keys, one task
-    // each (flash-decoding, attention_split.h), merged below.
+    // The group's query heads share every key and value load. Prefill: one task per kv head and
+    // block of up to kRowBlock consecutive rows of one segment, which share each tile of keys
+    // while it is in cache; the threads take the blocks of one kv head together.
+    constexpr int64_t kRowBlock = 16;
     const bool split = T * nkv < kAttentionSplitMaxTasks;
-    std::vector<int64_t>& first = s.attn_task_first;  // first task of row i = t * nkv + g
-    first.resize(size_t(T * nkv + 1));
-    first[0] = 0;
-    for (int64_t i = 0; i < T * nkv; ++i) {
-        const AttentionArgs a = args_of(i / nkv, i % nkv);
-        first[size_t(i + 1)] = first[size_t(i)] + (split ? attention_chunks(a.j_lo, a.j_hi) : 1);
-    }
-    const int64_t n_tasks = first[size_t(T * nkv)];
-    if (n_tasks > T * nkv) {
-        s.attn_part_acc.resize(size_t(n_tasks * group * d));
-        s.attn_part_max.resize(size_t(n_tasks * group));
-        s.attn_part_sum.resize(size_t(n_tasks * group));
-    }
-    pool_.parallel_for(n_tasks, 1, [&](int64_t k0, int64_t k1) {
-        thread_local std::vector<float> scores;
-        if (scores.size() < size_t(group * (kAttentionTile + 2))) scores.resize(size_t(group * (kAttentionTile + 2)));
-        // The row of task k0, then walked forward.
-        int64_t i = std::upper_bound(first.begin(), first.end(), k0) - first.begin() - 1;
-        for (int64_t k = k0; k < k1; ++k) {
-            while (first[size_t(i + 1)] <= k) ++i;
-            AttentionArgs a = args_of(i / nkv, i % nkv);
-            a.scores = scores.data();
-            const int64_t parts = first[size_t(i + 1)] - first[size_t(i)];
-            if (parts > 1) {
-                attention_chunk_range(a.j_lo, a.j_hi, k - first[size_t(i)], a.j_lo, a.j_hi);
-                a.out = s.attn_part_acc.data() + k * group * d;
-                a.part_max = s.attn_part_max.data() + k * group;
-                a.part_sum = s.attn_part_sum.data() + k * group;
-            }
-            kernels_->attention(a);
+    if (!split) {
+        std::vector<int64_t>& starts = s.attn_task_first;  // first row of each block, then T
+        starts.clear();
+        for (int64_t t = 0; t < T;) {
+            starts.push_back(t);
+            const int64_t t0 = t;
+            while (++t < T && t - t0 < kRowBlock && s.row_segment[size_t(t)] == s.row_segment[size_t(t0)]) {}
         }
-    });
-    if (n_tasks > T * nkv)
-        pool_.parallel_for(T * nkv, 1, [&](int64_t i0, int64_t i1) {
-            for (int64_t i = i0; i < i1; ++i) {
-                const int64_t k = first[size_t(i)], parts = first[size_t(i + 1)] - k;
-                if (parts < 2) continue;
-                const AttentionArgs a = args_of(i / nkv, i % nkv);
-                merge_attention_parts(s.attn_part_acc.data() + k * group * d, s.attn_part_max.data() + k * group,
-                                      s.attn_part_sum.data() + k * group, parts, group, d, a.sinks, a.out);
+        starts.push_back(T);
+        const int64_t n_blocks = int64_t(starts.size()) - 1;
+        pool_.parallel_for(n_blocks * nkv, 1, [&](int64_t k0, int64_t k1) {
+            thread_local std::vector<float> scores;
+            const size_t need = size_t(attention_scratch_floats(group, kRowBlock));
+            if (scores.size() < need) scores.resize(need);
+            for (int64_t k = k0; k < k1; ++k) {
+                const int64_t g = k / n_blocks, b = k % n_blocks, t0 = starts[size_t(b)];
+                AttentionArgs a = args_of(t0, g);
+                a.n_rows = starts[size_t(b + 1)] - t0;
+                a.row_stride = nq * d;
+                a.window = window;
+                a.scores = scores.data();
+                kernels_->attention(a);
             }
         });
+    } else {
+        // Decode steps have few (token, kv head) rows: each long row is cut into chunks of keys,
+        // one task each (flash-decoding, attention_split.h), merged below.
+        std::vector<int64_t>& first = s.attn_task_first;  // first task of row i = t * nkv + g
+        first.resize(size_t(T * nkv + 1));
+        first[0] = 0;
+        for (int64_t i = 0; i < T * nkv; ++i) {
+            const AttentionArgs a = args_of(i / nkv, i % nkv);
+            first[size_t(i + 1)] = first[size_t(i)] + attention_chunks(a.j_lo, a.j_hi);
+        }
+        const int64_t n_tasks = first[size_t(T * nkv)];
+        if (n_tasks > T * nkv) {
+            s.attn_part_acc.resize(size_t(n_tasks * group * d));
+            s.attn_part_max.resize(size_t(n_tasks * group));
+            s.attn_part_sum.resize(size_t(n_tasks * group));
+        }
+        pool_.parallel_for(n_tasks, 1, [&](int64_t k0, int64_t k1) {
+            thread_local std::vector<float> scores;
+            const size_t need = size_t(attention_scratch_floats(group, 1));
+            if (scores.size() < need) scores.resize(need);
+            // The row of task k0, then walked forward.
+            int64_t i = std::upper_bound(first.begin(), first.end(), k0) - first.begin() - 1;
+            for (int64_t k = k0; k < k1; ++k) {
+                while (first[size_t(i + 1)] <= k) ++i;
+                AttentionArgs a = args_of(i / nkv, i % nkv);
+                a.scores = scores.data();
+                const int64_t parts = first[size_t(i + 1)] - first[size_t(i)];
+                if (parts > 1) {
+                    attention_chunk_range(a.j_lo, a.j_hi, k - first[size_t(i)], a.j_lo, a.j_hi);
+                    a.out = s.attn_part_acc.data() + k * group * d;
+                    a.part_max = s.attn_part_max.data() + k * group;
+                    a.part_sum = s.attn_part_sum.data() + k * group;
+                }
+                kernels_->attention(a);
+            }
+        });
+        if (n_tasks > T * nkv)
+            pool_.parallel_for(T * nkv, 1, [&](int64_t i0, int64_t i1) {
+                for (int64_t i = i0; i < i1; ++i) {
+                    const int64_t k = first[size_t(i)], parts = first[size_t(i + 1)] - k;
+                    if (parts < 2) continue;
+                    const AttentionArgs a = args_of(i / nkv, i % nkv);
+                    merge_attention_parts(s.attn_part_acc.data() + k * group * d, s.attn_part_max.data() + k * group,
+                                          s.attn_part_sum.data() + k * group, parts, group, d, a.sinks, a.out);
+                }
+            });
+    }
 
     MatmulArgs out = matmul_args(w.attn_output, 0, s.attn.data(), T, s.proj.data(), w.attn_output_b);
     attach_i16(s, s.attn.data(), T, config_.q_width(), out);

@@ -110,7 +110,7 @@ def reference_and_bound(q, k_cache, v_cache, j_lo, j_hi, sinks, kv_type, parts=1
     k, v = kf.astype(np.float64), vf.astype(np.float64)
     u16 = 0.0 if rounded else U16[kv_type]
     n = len(js)
-    tiles = -(-n // TILE)
+    tiles = j_hi // TILE - j_lo // TILE + 1  # tiles start at multiples of TILE
     ref = R.attention(q.astype(np.float64)[None], k[:, None, :], v[:, None, :],
                       sinks.astype(np.float64), [j_hi], js)[0]
     bounds = []
@@ -174,6 +174,45 @@ def test_split_of_an_empty_range_and_a_lone_key(isa, rng):
     out = ops.attention(q, k, v, CHUNK - 1, CHUNK, sinks, np.float32(0.125), isa, "f32", True)
     ref, bound = reference_and_bound(q, k, v, CHUNK - 1, CHUNK, sinks, "f32", 2)
     assert np.all(np.abs(out - ref) <= bound)
+
+
+ROW_CASES = {
+    # name: (cap, j_lo, j_hi of row 0, rows, window): prefill's blocks of rows at consecutive positions
+    "full_from_zero": (700, 0, 300, 16, 0),  # rows end inside and across tile boundaries
+    "full_odd_rows": (900, 0, 508, 5, 0),
+    "window_ring": (128 + 16 + 9, 1900, 2027, 16, 128),  # a sliding layer's ring, wrapped, window moving
+    "window_start": (300, 0, 3, 13, 128),  # first rows of a prompt: the window not yet full
+}
+
+
+@pytest.mark.parametrize("kv_type", KV_TYPES)
+@pytest.mark.parametrize("case", list(ROW_CASES))
+def test_rows_share_tiles_and_match_one_row_each(isa, rng, case, kv_type):
+    # Several rows in one call (prefill) give each row's single-row result bit for bit (tiles start
+    # at absolute positions, so a row's arithmetic does not depend on its neighbours), and that
+    # agrees with the float64 reference within the bound above.
+    cap, j_lo, j_hi, rows, window = ROW_CASES[case]
+    heads, d = 9, 64
+    q = rng.standard_normal((rows, heads, d)).astype(np.float32)
+    _, k, v, sinks = group_inputs(rng, cap, d, heads)
+    scale = np.float32(0.125)
+    out = ops.attention(q, k, v, j_lo, j_hi, sinks, scale, isa, kv_type, window=window)
+    assert out.shape == q.shape
+    for r in range(rows):
+        hi = j_hi + r
+        lo = max(j_lo, hi - window + 1) if window else j_lo
+        one = ops.attention(q[r], k, v, lo, hi, sinks, scale, isa, kv_type)
+        assert np.array_equal(out[r], one), f"row {r}"
+        ref, bound = reference_and_bound(q[r], k, v, lo, hi, sinks, kv_type)
+        assert np.all(np.abs(out[r] - ref) <= bound), f"row {r}: {np.max(np.abs(out[r] - ref) / bound):.3g}"
+
+
+def test_rows_bad_arguments_are_value_errors(rng):
+    q, k, v, sinks = group_inputs(rng, 64, 16, 2)
+    with pytest.raises(ValueError, match="split"):
+        ops.attention(np.stack([q, q]), k, v, 0, 10, sinks, 0.25, "auto", "f32", True)
+    with pytest.raises(ValueError, match="fit"):  # rows 0..9 end at 60..69: past the 64 slots
+        ops.attention(np.stack([q] * 10), k, v, 0, 60, sinks, 0.25)
 
 
 # --------------------------------------------------------------------------- sessions

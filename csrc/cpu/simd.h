@@ -59,10 +59,18 @@ inline vfloat vload_bf16(const uint16_t* p) {
     return v;
 #endif
 }
+// f in every lane, as one broadcast where the ISA has one (a loop over the lanes can become an
+// insert per lane); exact for every f, -0.0 and NaN included.
 inline vfloat vsplat(float f) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vfloat>(_mm512_set1_ps(f));
+#elif defined(__AVX2__)
+    return reinterpret_cast<vfloat>(_mm256_set1_ps(f));
+#else
     vfloat v;
     for (int i = 0; i < kVW; ++i) v[i] = f;
     return v;
+#endif
 }
 inline float hsum(vfloat v) {
 #if defined(__AVX512F__)
@@ -82,13 +90,16 @@ inline float hsum(vfloat v) {
 
 // exp(x) for x <= 0 (softmax arguments), to ~2 ulp: 2^n · p(r) with a degree-7 Taylor polynomial on
 // |r| <= ln2/2. Inputs below -87 flush to 0, as their true values are below float's normal range.
+// Lane-wise selects and the rounding shift keep it in vector instructions (roundf would be a call
+// per lane without -ffast-math).
 inline vfloat vexp_nonpositive(vfloat x) {
     const vfloat log2e = vsplat(1.44269504088896341f);
     const vfloat ln2_hi = vsplat(0.693359375f), ln2_lo = vsplat(-2.12194440e-4f);
-    vfloat xc = x;
-    for (int i = 0; i < kVW; ++i) xc[i] = xc[i] < -87.0f ? -87.0f : xc[i];
-    vfloat n = xc * log2e;
-    for (int i = 0; i < kVW; ++i) n[i] = __builtin_roundf(n[i]);
+    const vfloat lo = vsplat(-87.0f);
+    const vfloat xc = x < lo ? lo : x;
+    // n = xc·log2e rounded to an integer: adding 1.5·2^23 leaves no fraction bits (|xc·log2e| < 126).
+    const vfloat shift = vsplat(12582912.0f);
+    const vfloat n = (xc * log2e + shift) - shift;
     const vfloat r = (xc - n * ln2_hi) - n * ln2_lo;
     vfloat p = vsplat(1.0f / 5040.0f);
     p = p * r + vsplat(1.0f / 720.0f);
@@ -103,9 +114,8 @@ inline vfloat vexp_nonpositive(vfloat x) {
     bits <<= 23;
     vfloat scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    vfloat out = p * scale;
-    for (int i = 0; i < kVW; ++i) out[i] = x[i] < -87.0f ? 0.0f : out[i];
-    return out;
+    const vfloat out = p * scale;
+    return x < lo ? vsplat(0.0f) : out;
 }
 
 }  // namespace ossrun::OSSRUN_ISA_NS
