@@ -35,6 +35,7 @@ Scratch::Scratch(const ModelConfig& c, int64_t chunk) : max_chunk(chunk) {
     expert_offset.resize(E + 1);
     pair_token.resize(P);
     pair_weight.resize(P);
+    token_pair.resize(P);
     expert_x.resize(P * H);
     expert_gate.resize(P * I);
     expert_up.resize(P * I);
@@ -399,60 +400,99 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
         router_topk(s.router_logits.data() + t * E, E, k, s.expert_idx.data() + t * k,
                     s.expert_weight.data() + t * k);
 
-    // Group the (token, expert) pairs by expert, gathering each pair's input row.
+    // Group the (token, expert) pairs by expert.
     std::fill(s.expert_count.begin(), s.expert_count.end(), 0);
     for (int64_t p = 0; p < T * k; ++p) ++s.expert_count[size_t(s.expert_idx[size_t(p)])];
     s.expert_offset[0] = 0;
     for (int64_t e = 0; e < E; ++e) s.expert_offset[size_t(e + 1)] = s.expert_offset[size_t(e)] + s.expert_count[size_t(e)];
     std::vector<int64_t>& fill = s.expert_count;  // reused as each expert's fill cursor
     for (int64_t e = 0; e < E; ++e) fill[size_t(e)] = s.expert_offset[size_t(e)];
-    for (int64_t t = 0; t < T; ++t)
+    for (int64_t t = 0; t < T; ++t) {
+        int32_t* mine = s.token_pair.data() + t * k;
         for (int64_t j = 0; j < k; ++j) {
             const int64_t p = fill[size_t(s.expert_idx[size_t(t * k + j)])]++;
             s.pair_token[size_t(p)] = int32_t(t);
             s.pair_weight[size_t(p)] = s.expert_weight[size_t(t * k + j)];
-            std::copy_n(s.normed.data() + t * H, H, s.expert_x.data() + p * H);
+            mine[j] = int32_t(p);
         }
+        std::sort(mine, mine + k);  // the order the weighted sum below adds them in
+    }
+
+    // Each pair's input row, gathered in parallel. The fast precision quantizes each token's row
+    // once (not once per routed expert) and gathers the int16 rows; the float rows are only
+    // needed by weights whose matmuls read them (matmul.cpp: MXFP4 and Q8_0 take int16 only).
+    const bool i16 = use_i16_;
+    auto int16_only = [](const Matrix& W) {
+        return (W.type == DType::MXFP4 || W.type == DType::Q8_0) && W.row_bytes * 16 < (size_t(1) << 31);
+    };
+    const int64_t P = T * k, HB = H / kBlockElems;
+    if (i16) {
+        quantize_i16(s, s.normed.data(), T, H);
+        if (int64_t(s.expert_x_i16.size()) < P * H) {
+            s.expert_x_i16.resize(size_t(P * H));
+            s.expert_x_i16_scale.resize(size_t(P * HB));
+        }
+        pool_.parallel_for(P, 16, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) {
+                const int64_t t = s.pair_token[size_t(p)];
+                std::copy_n(s.x_i16.data() + t * H, H, s.expert_x_i16.data() + p * H);
+                std::copy_n(s.x_i16_scale.data() + t * HB, HB, s.expert_x_i16_scale.data() + p * HB);
+            }
+        });
+    }
+    if (!i16 || !int16_only(w.gate_exps) || !int16_only(w.up_exps))
+        pool_.parallel_for(P, 16, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p)
+                std::copy_n(s.normed.data() + int64_t(s.pair_token[size_t(p)]) * H, H, s.expert_x.data() + p * H);
+        });
 
     // Every routed expert's gate and up projections in one parallel loop, then SwiGLU, then
     // every down projection in another: real GEMMs over each expert's tokens.
-    // The fast precision hands these GEMMs (and the decode GEMVs) int16 activations, quantized
-    // once for gate and up.
-    const bool i16 = use_i16_;
+    // The fast precision hands these GEMMs (and the decode GEMVs) int16 activations.
     // One job per routed expert: its pairs' rows of `in` [., in_w] -> the same rows of `out`.
-    auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in,
-                               int64_t in_w, float* out) {
+    auto add_expert_jobs = [&](const Matrix& W, const float* bias, const float* in, const int16_t* in_i16,
+                               const float* in_i16_scale, int64_t in_w, float* out) {
         for (int64_t e = 0; e < E; ++e) {
             const int64_t p0 = s.expert_offset[size_t(e)], n = s.expert_offset[size_t(e + 1)] - p0;
             if (n == 0) continue;
             MatmulArgs a = matmul_args(W, e, in + p0 * in_w, n, out + p0 * W.rows, bias + e * W.rows);
             if (i16) {
-                a.x_i16 = s.x_i16.data() + p0 * in_w;
-                a.x_i16_scale = s.x_i16_scale.data() + p0 * in_w / kBlockElems;
+                a.x_i16 = in_i16 + p0 * in_w;
+                a.x_i16_scale = in_i16_scale + p0 * in_w / kBlockElems;
             }
             s.jobs.push_back(a);
         }
     };
-    if (i16) quantize_i16(s, s.expert_x.data(), T * k, H);
     s.jobs.clear();
-    add_expert_jobs(w.gate_exps, w.gate_exps_b, s.expert_x.data(), H, s.expert_gate.data());
-    add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), H, s.expert_up.data());
+    add_expert_jobs(w.gate_exps, w.gate_exps_b, s.expert_x.data(), s.expert_x_i16.data(),
+                    s.expert_x_i16_scale.data(), H, s.expert_gate.data());
+    add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), s.expert_x_i16.data(),
+                    s.expert_x_i16_scale.data(), H, s.expert_up.data());
     matmuls(s.jobs.data(), s.jobs.size());
-    swiglu_oai(s.expert_gate.data(), s.expert_up.data(), s.expert_h.data(), T * k * I,
-               config_.swiglu_alpha, config_.swiglu_limit);
-    if (i16) quantize_i16(s, s.expert_h.data(), T * k, I);
+    pool_.parallel_for(P, 8, [&](int64_t p0, int64_t p1) {
+        swiglu_oai(s.expert_gate.data() + p0 * I, s.expert_up.data() + p0 * I, s.expert_h.data() + p0 * I,
+                   (p1 - p0) * I, config_.swiglu_alpha, config_.swiglu_limit);
+    });
+    if (i16) quantize_i16(s, s.expert_h.data(), P, I);
     s.jobs.clear();
-    add_expert_jobs(w.down_exps, w.down_exps_b, s.expert_h.data(), I, s.expert_y.data());
+    add_expert_jobs(w.down_exps, w.down_exps_b, s.expert_h.data(), s.x_i16.data(), s.x_i16_scale.data(), I,
+                    s.expert_y.data());
     matmuls(s.jobs.data(), s.jobs.size());
 
-    // Weighted sum; the down bias sits inside it (MODEL.md §2.6 step 6).
-    std::fill_n(s.proj.data(), T * H, 0.0f);
-    for (int64_t p = 0; p < T * k; ++p) {
-        float* dst = s.proj.data() + s.pair_token[size_t(p)] * H;
-        const float* y = s.expert_y.data() + p * H;
-        const float wt = s.pair_weight[size_t(p)];
-        for (int64_t c = 0; c < H; ++c) dst[c] += wt * y[c];
-    }
+    // Weighted sum, a token per task, its pairs in ascending order; the down bias sits inside it
+    // (MODEL.md §2.6 step 6).
+    pool_.parallel_for(T, 4, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            float* dst = s.proj.data() + t * H;
+            std::fill_n(dst, H, 0.0f);
+            for (int64_t j = 0; j < k; ++j) {
+                const int64_t p = s.token_pair[size_t(t * k + j)];
+                const float* y = s.expert_y.data() + p * H;
+                const float wt = s.pair_weight[size_t(p)];
+                for (int64_t c = 0; c < H; ++c) dst[c] += wt * y[c];
+            }
+        }
+    });
 }
 
 }  // namespace ossrun

@@ -39,7 +39,10 @@ struct Scratch {
     std::vector<int64_t> expert_count, expert_offset;  // [E], [E + 1]
     std::vector<int32_t> pair_token;                     // [T * k]
     std::vector<float> pair_weight;                      // [T * k]
+    std::vector<int32_t> token_pair;                     // [T, k]: its pairs, ascending
     std::vector<float> expert_x, expert_gate, expert_up, expert_h, expert_y;
+    std::vector<int16_t> expert_x_i16;                   // fast precision: expert_x as int16
+    std::vector<float> expert_x_i16_scale;               //   and one scale per 32
     std::vector<int16_t> x_i16;                          // fast precision: [rows, width]
     std::vector<float> x_i16_scale;                      //   and one scale per 32
     std::vector<MatmulArgs> jobs;

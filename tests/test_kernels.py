@@ -336,7 +336,8 @@ def test_quantize_i16(isa_name, rng):
 
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
-@pytest.mark.parametrize("rows", [1, 19, 37], ids=["one_row", "rows19", "rows37"])
+# 50 rows: a whole 32-row GEMM panel, then one whose second 16-row half has 2 rows.
+@pytest.mark.parametrize("rows", [1, 19, 37, 50], ids=["one_row", "rows19", "rows37", "rows50"])
 @pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
                                    (MXFP4, 224), (MXFP4, 2880)], ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
