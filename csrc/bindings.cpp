@@ -19,6 +19,9 @@
 #include "numerics.h"
 #include "rope.h"
 #include "session.h"
+#ifdef OSSRUN_HAVE_DEVICE_MODEL
+#include "../cuda/device_bindings.h"  // the CUDA device model (cuda/device_model.h)
+#endif
 
 namespace py = pybind11;
 using namespace ossrun;
@@ -597,4 +600,7 @@ PYBIND11_MODULE(_core, m) {
 
     py::module_ ops = m.def_submodule("ops", "single kernels, for tests");
     bind_ops(ops);
+#ifdef OSSRUN_HAVE_DEVICE_MODEL
+    ossrun::cuda::bind_device_model(m);
+#endif
 }

@@ -96,6 +96,13 @@ public:
     // Each segment needs its own cache. forward() is the one-segment case.
     void forward_batch(const Segment* segs, size_t n_segs, Scratch& s);
 
+    // Hooks of the CUDA device model (cuda/device_model.cpp), which runs the layers on the GPU
+    // and hands this CPU backend the MoE blocks whose experts stay in RAM (cpu_moe): the weight
+    // views it uploads from, and one layer's MoE block, s.normed [T, H] -> s.proj [T, H]. The
+    // caller serialises calls (the device model's own lock) and owns this Model's pool.
+    const ModelWeights& weights() const { return weights_; }
+    void moe_block(Scratch& s, int64_t layer, int64_t T);
+
 private:
     void embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0);
     void rmsnorm_rows(const float* x, const float* g, float* y, int64_t T);
@@ -108,7 +115,6 @@ private:
     MatmulArgs matmul_args(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
                            const float* bias) const;
     void attention_block(const Segment* segs, Scratch& s, int64_t layer, int64_t T);
-    void moe_block(Scratch& s, int64_t layer, int64_t T);
     void add_into(float* dst, const float* src, int64_t n);
     void trace(Scratch& s, int64_t T);
     // int16 copy of rows [n, width] (blocks of 32, one scale each) into s.x_i16, in parallel.

@@ -3,8 +3,10 @@
 // keys in chunks of the block's width with an online softmax (running max m, denominator l,
 // weighted value sum acc rescaled by e^(m_old - m_new)). The sink starts the softmax: m = sink,
 // l = e^0 = 1, acc = 0, so it joins the denominator only and a large sink cannot overflow.
+// K and V elements are float32 or 16-bit (KvType), widened to float32 as they are read.
 // A split-K flash-decoding kernel (several blocks per head, a final merge) and a tiled prefill
 // kernel come later and are checked against the same tests.
+#include "../csrc/numerics.h"
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -14,7 +16,16 @@ namespace {
 
 constexpr int kThreads = 128;  // keys per chunk; also the threads sharing the head's d channels
 
+// Element i of a K or V array of the cache's type, as float32 (exact for every type).
+template <KvType kType>
+__device__ inline float kv_load(const void* p, int64_t i) {
+    if constexpr (kType == KvType::F32) return static_cast<const float*>(p)[i];
+    else if constexpr (kType == KvType::F16) return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
+    else return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+}
+
 // grid (n_q, T), block kThreads; d <= kMaxHeadDim.
+template <KvType kType>
 __global__ void attention_kernel(AttentionArgs a) {
     __shared__ float q_s[kMaxHeadDim];
     __shared__ float acc[kMaxHeadDim];  // channel c is owned by thread c % kThreads
@@ -34,9 +45,9 @@ __global__ void attention_kernel(AttentionArgs a) {
         const int64_t j = j0 + tid;
         float s = -INFINITY;
         if (j <= j_hi) {
-            const float* key = a.k + ((j % a.cap) * a.n_kv + g) * d;
+            const int64_t key = ((j % a.cap) * a.n_kv + g) * d;
             float dot = 0.0f;
-            for (int64_t c = 0; c < d; ++c) dot += q_s[c] * key[c];
+            for (int64_t c = 0; c < d; ++c) dot += q_s[c] * kv_load<kType>(a.k, key + c);
             s = dot * a.scale;
         }
         const float m_new = fmaxf(m, block_max(s));
@@ -46,7 +57,7 @@ __global__ void attention_kernel(AttentionArgs a) {
         const int64_t n = j_hi - j0 + 1 < kThreads ? j_hi - j0 + 1 : kThreads;
         for (int64_t c = tid; c < d; c += kThreads) {
             float sum = acc[c] * alpha;
-            for (int64_t i = 0; i < n; ++i) sum += p_s[i] * a.v[(((j0 + i) % a.cap) * a.n_kv + g) * d + c];
+            for (int64_t i = 0; i < n; ++i) sum += p_s[i] * kv_load<kType>(a.v, (((j0 + i) % a.cap) * a.n_kv + g) * d + c);
             acc[c] = sum;
         }
         l = l * alpha + chunk_sum;
@@ -60,7 +71,12 @@ __global__ void attention_kernel(AttentionArgs a) {
 
 void attention(const AttentionArgs& a, cudaStream_t stream) {
     if (a.T == 0 || a.n_q == 0) return;
-    attention_kernel<<<dim3(unsigned(a.n_q), unsigned(a.T)), kThreads, 0, stream>>>(a);
+    const dim3 grid(unsigned(a.n_q), unsigned(a.T));
+    switch (a.kv_type) {
+        case KvType::F16: attention_kernel<KvType::F16><<<grid, kThreads, 0, stream>>>(a); break;
+        case KvType::BF16: attention_kernel<KvType::BF16><<<grid, kThreads, 0, stream>>>(a); break;
+        default: attention_kernel<KvType::F32><<<grid, kThreads, 0, stream>>>(a);
+    }
     check_launch("attention");
 }
 

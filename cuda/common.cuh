@@ -1,4 +1,4 @@
-// What every CUDA source of ossrun shares: turning CUDA errors into C++ exceptions (which the
+// What every CUDA source of ossrun shares: CUDA errors as C++ exceptions (cuda_check.h, which the
 // binding turns into Python ones), block-wide reductions, and the address of a weight row.
 #pragma once
 #include <cuda_runtime.h>
@@ -9,18 +9,9 @@
 #include <string>
 
 #include "../csrc/weights.h"
-#include "cuda_error.h"
+#include "cuda_check.h"
 
 namespace ossrun::cuda {
-
-inline void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess)
-        throw CudaError(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" +
-                        cudaGetErrorString(e) + ")");
-}
-
-// After a launch: a bad configuration shows at once, a fault in the kernel at the next sync.
-inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 constexpr int kWarp = 32;
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "../csrc/kernels.h"  // KvType
 #include "../csrc/weights.h"
 
 namespace ossrun::cuda {
@@ -41,13 +42,15 @@ void rope(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_
           const float* theta, float concentration, cudaStream_t stream);
 
 // Causal GQA attention with sinks and an optional sliding window over a KV cache (attention.cu).
-// The slot of position j is j % cap; keys and values are [cap][n_kv][d]. Query t at positions[t]
+// The slot of position j is j % cap; keys and values are [cap][n_kv][d] of kv_type (float32, or
+// IEEE half / bfloat16 widened to float32 as they are read). Query t at positions[t]
 // sees keys max(0, p - window + 1) .. p (window 0: all from 0), which must span at most cap slots.
 // Each head's sink joins its softmax denominator only (no value, no scale).
 struct AttentionArgs {
     const float* q = nullptr;          // [T][n_q][d]
-    const float* k = nullptr;          // [cap][n_kv][d], after RoPE
-    const float* v = nullptr;          // [cap][n_kv][d]
+    const void* k = nullptr;           // [cap][n_kv][d], after RoPE
+    const void* v = nullptr;           // [cap][n_kv][d]
+    KvType kv_type = KvType::F32;
     const int64_t* positions = nullptr;  // [T]
     const float* sinks = nullptr;      // [n_q]
     float* out = nullptr;              // [T][n_q][d]
@@ -65,5 +68,35 @@ void router_topk(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* 
 // h[j] = min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(l, -limit, limit) + 1), j < n.
 void swiglu(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit,
             cudaStream_t stream);
+
+// dst[i] += src[i], i < n: the residual adds (elementwise.cu).
+void add_into(float* dst, const float* src, int64_t n, cudaStream_t stream);
+
+// The KV cache on the device (kv_store.cu): rows t < T of k and v ([T][width] float32, K after
+// RoPE) go to slot positions[t] % cap of k_cache and v_cache ([cap][width] of `type`), rounded to
+// nearest even for the 16-bit types as the CPU cache stores them.
+void kv_store(const float* k, const float* v, const int64_t* positions, int64_t T, int64_t width,
+              int64_t cap, KvType type, void* k_cache, void* v_cache, cudaStream_t stream);
+// n elements of `type` at `cache` set to pseudo-random values in [-1, 1) (benchmarks at depth).
+void kv_fill(void* cache, int64_t n, KvType type, uint32_t seed, cudaStream_t stream);
+
+// The routed experts' matmuls, one (token, slot) pair p < n_pairs at a time (moe_ops.cu):
+// y[p * ldy + r] = W[idx[p]] row r · x[(p / x_div) * ldx ..] + bias[idx[p] * W.rows + r], r < W.rows.
+// x_div = k reads each token's row for its k pairs (gate, up); 1 reads the pair's own row (down).
+struct ExpertMatmulArgs {
+    Matrix W;                     // the [E][rows][cols] stack, data on the device
+    const int32_t* idx = nullptr;  // [n_pairs] expert of each pair, 0 <= idx < W.n_mats
+    int64_t n_pairs = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0, x_div = 1;
+    float* y = nullptr;
+    int64_t ldy = 0;
+    const float* bias = nullptr;  // [E][rows]
+};
+void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream);
+
+// out[t][c] = sum_j weight[t * k + j] * y[(t * k + j) * H + c]: the routed outputs' weighted sum.
+void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,
+                 cudaStream_t stream);
 
 }  // namespace ossrun::cuda

@@ -1,5 +1,8 @@
-// The small per-token pieces of the MoE block (MODEL.md §2.6), as csrc/moe_ops.h computes them:
-// router top-k with softmax over the selected logits, and the clamped SwiGLU ("swiglu_oai").
+// The MoE block's pieces (MODEL.md §2.6), as csrc/moe_ops.h and Model::moe_block compute them:
+// router top-k with softmax over the selected logits, the clamped SwiGLU ("swiglu_oai"), the
+// routed experts' matmuls pair by pair (one warp per output row, as gemv.cu: simple and exact;
+// grouping the pairs by expert into GEMMs comes later) and their weighted sum.
+#include "../csrc/weight_element.h"
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -43,8 +46,46 @@ __global__ void swiglu_kernel(const float* gate, const float* lin, float* h, int
 }
 
 constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = 4;  // warps per block of expert_matmul
+
+// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32.
+__global__ void expert_matmul_kernel(ExpertMatmulArgs a) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
+    if (r >= a.W.rows) return;  // whole warps leave; no block-wide sync below
+    const int64_t e = a.idx[p];
+    const uint8_t* row = weight_row(a.W, e, r);
+    const float* x = a.x + (p / a.x_div) * a.ldx;
+    float acc = 0.0f;
+    for (int64_t c = lane; c < a.W.cols; c += kWarp) acc += weight_element(a.W.type, row, c) * x[c];
+    acc = warp_sum(acc);
+    if (lane == 0) a.y[p * a.ldy + r] = acc + a.bias[e * a.W.rows + r];
+}
+
+// grid (ceil(H / kThreads), T).
+__global__ void moe_combine_kernel(const float* y, const float* weight, int64_t k, int64_t H, float* out) {
+    const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, t = blockIdx.y;
+    if (c >= H) return;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < k; ++j) acc += weight[t * k + j] * y[(t * k + j) * H + c];
+    out[t * H + c] = acc;
+}
 
 }  // namespace
+
+void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream) {
+    if (a.W.rows == 0 || a.n_pairs == 0) return;
+    const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_pairs));
+    expert_matmul_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    check_launch("expert_matmul");
+}
+
+void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,
+                 cudaStream_t stream) {
+    if (T == 0 || H == 0) return;
+    moe_combine_kernel<<<dim3(blocks_for(H, kThreads), unsigned(T)), kThreads, 0, stream>>>(y, weight, k, H, out);
+    check_launch("moe_combine");
+}
 
 void router_topk(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight,
                  cudaStream_t stream) {

@@ -142,8 +142,9 @@ void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, i
 
 void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
                     const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
-                    int64_t cap, int64_t window, float scale) {
+                    int64_t cap, int64_t window, float scale, int kv_type) {
     require(T >= 1 && T <= kMaxGridY, "attention takes 1 to 65535 query tokens");
+    require(kv_type >= 0 && kv_type <= 2, "kv_type must be 0 (f32), 1 (f16) or 2 (bf16)");
     require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0, "n_q must be a multiple of n_kv");
     require(d >= 1 && d <= kMaxHeadDim, "the CUDA attention takes head dimensions up to 256");
     require(cap >= 1 && window >= 0, "cap must be positive and window non-negative");
@@ -153,13 +154,29 @@ void attention_host(const float* q, const float* k, const float* v, const int64_
         const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
         require(p - lo + 1 <= cap, "a query's key range does not fit the cache");
     }
-    DeviceArray<float> dq(q, size_t(T * n_q * d)), dk(k, size_t(cap * n_kv * d)), dv(v, size_t(cap * n_kv * d));
+    // The cache as the device model stores it: float32, or 16-bit elements rounded as the CPU does.
+    const size_t n_kv_elems = size_t(cap * n_kv * d);
+    const KvType type = KvType(kv_type);
+    std::vector<uint16_t> k16, v16;
+    if (type != KvType::F32) {
+        k16.resize(n_kv_elems);
+        v16.resize(n_kv_elems);
+        for (size_t i = 0; i < n_kv_elems; ++i) {
+            k16[i] = type == KvType::F16 ? float_to_fp16(k[i]) : float_to_bf16(k[i]);
+            v16[i] = type == KvType::F16 ? float_to_fp16(v[i]) : float_to_bf16(v[i]);
+        }
+    }
+    DeviceArray<float> dq(q, size_t(T * n_q * d));
+    DeviceArray<float> dk(type == KvType::F32 ? k : nullptr, type == KvType::F32 ? n_kv_elems : 0);
+    DeviceArray<float> dv(type == KvType::F32 ? v : nullptr, type == KvType::F32 ? n_kv_elems : 0);
+    DeviceArray<uint16_t> dk16(k16.data(), k16.size()), dv16(v16.data(), v16.size());
     DeviceArray<float> dsinks(sinks, size_t(n_q)), dout{size_t(T * n_q * d)};
     DeviceArray<int64_t> dpos(positions, size_t(T));
     AttentionArgs a;
     a.q = dq.get();
-    a.k = dk.get();
-    a.v = dv.get();
+    a.k = type == KvType::F32 ? static_cast<const void*>(dk.get()) : dk16.get();
+    a.v = type == KvType::F32 ? static_cast<const void*>(dv.get()) : dv16.get();
+    a.kv_type = type;
     a.positions = dpos.get();
     a.sinks = dsinks.get();
     a.out = dout.get();

@@ -355,6 +355,31 @@ def test_cuda_attention(rng, case, d, heads):
         assert np.all(np.abs(out[t, hs] - want) <= 2 * tol[t, hs])
 
 
+@needs_device
+@pytest.mark.parametrize("kv_type", ["f16", "bf16"])
+@pytest.mark.parametrize("case", ["full_causal_decode", "kv_ring_wrapped"])
+def test_cuda_attention_16_bit_cache_is_the_rounded_float_cache(rng, case, kv_type):
+    # A 16-bit cache holds K and V rounded to nearest even and widens them exactly: the same
+    # outputs, bit for bit, as the float32 kernel on the values the CPU cache's rounding gives.
+    cap, P, qpos, window = ATTENTION_CASES[case]
+    nq, nkv, d = 8, 2, 64
+    k_cache = rng.standard_normal((cap, nkv, d)).astype(np.float32)
+    v_cache = rng.standard_normal((cap, nkv, d)).astype(np.float32)
+    q = rng.standard_normal((len(qpos), nq, d)).astype(np.float32)
+    sinks = rng.normal(0, 2, nq).astype(np.float32)
+    pos = np.array(qpos, np.int64)
+    scale = np.float32(1 / math.sqrt(d))
+    out = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, kv_type)
+    rounded = [cpu.kv_round(c.ravel(), kv_type).reshape(c.shape) for c in (k_cache, v_cache)]
+    assert np.array_equal(f32_bits(out), f32_bits(gpu.attention(q, *rounded, pos, sinks, window, scale)))
+
+
+def test_cuda_attention_kv_type_is_checked():
+    z = np.zeros((1, 1, 8), np.float32)
+    with pytest.raises(ValueError, match="kv_type"):
+        gpu.attention(z, z, z, np.array([0]), np.zeros(1, np.float32), 0, 1.0, "f8")
+
+
 # --------------------------------------------------------------------------- router, SwiGLU (device)
 
 

@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
 # The CUDA check for a fresh GPU machine (an H200 lent through the device tool, or any Linux box
-# with an NVIDIA GPU, nvcc >= 12.8, Python 3 with numpy, pytest, pybind11 and CMake): builds this
-# checkout with CUDA for one architecture (nothing from another machine's build), runs the CUDA op
-# tests (required to run, not skip), compute-sanitizer's memcheck and racecheck on a subset, the
-# kernels' rates, and the model bench once the forward pass runs on CUDA. Prints a summary; the
-# whole run stays within DEVICE_CHECK_BUDGET seconds (default 470: under 8 minutes).
-#   usage: bash tools/device_check.sh            (logs and summary in $OUT or /tmp/device_check)
-#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470
+# with an NVIDIA GPU, nvcc >= 12.8, Python 3 with numpy, pytest, pybind11, CMake, tiktoken): builds
+# this checkout with CUDA for one architecture (nothing from another machine's build), runs the
+# CUDA op and device-model tests (required to run, not skip: OSSRUN_REQUIRE_CUDA), compute-
+# sanitizer's memcheck and racecheck on a subset, the kernels' rates, and the model bench on a
+# 20b-shaped file made there (load, pp512, tg128 with --device cuda and with --n-cpu-moe 12).
+# Prints a summary; the whole run stays within DEVICE_CHECK_BUDGET seconds (default 470).
+#
+# Nothing can be fetched on the lent machine, so first, here:  bash tools/device_check_prepare.sh
+# (the gguf wheel and the test fixtures into .device_carry/), then run on the device tool:
+#     command: bash tools/device_check.sh     carry: [".device_carry"]     timeout_s: 540
+#
+#   usage: bash tools/device_check.sh [--host]
+#     --host  only what needs no GPU, on this machine: the same build, the tests (the GPU ones
+#             skip), the bench's command lines on a 2-layer 20b-shaped cut with --device cpu; run
+#             it before a GPU session to check the script itself (logs: /tmp/device_check_host).
+#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470  (logs in $OUT or /tmp/device_check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-BUDGET=${DEVICE_CHECK_BUDGET:-470}
+HOST_ONLY=0
+[ "${1:-}" = "--host" ] && HOST_ONLY=1
+# On the GPU machine (16 cores) the whole run keeps within 470 s; --host on a small shared machine
+# gets an hour and four times each step's limit.
+BUDGET=${DEVICE_CHECK_BUDGET:-$((HOST_ONLY ? 3600 : 470))}
+SCALE=$((HOST_ONLY ? 4 : 1))
 ARCH=${CUDA_ARCH:-90}
 PY=${PYTHON:-python3}
-LOGDIR=${OUT:-/tmp/device_check}
-BUILD=$REPO/build/device_check
+if ((HOST_ONLY)); then
+    LOGDIR=/tmp/device_check_host
+    BUILD=$REPO/build/device_check_host
+else
+    LOGDIR=${OUT:-/tmp/device_check}
+    BUILD=$REPO/build/device_check
+fi
 SITE=$BUILD/site
-mkdir -p "$LOGDIR"
+CARRY=$REPO/.device_carry
+MODEL=$BUILD/gpt-oss-20b-shaped.gguf
+mkdir -p "$LOGDIR" "$BUILD"
 SUMMARY=()
 FAILED=0
 
@@ -31,6 +52,7 @@ step() {
         FAILED=1
         return 0
     fi
+    limit=$((limit * SCALE))
     ((limit > left)) && limit=$left
     local t0=$SECONDS rc=0
     echo "== $name (limit ${limit} s)"
@@ -61,6 +83,30 @@ environment() {
     nproc
 }
 
+# What tools/device_check_prepare.sh carried: the gguf wheel (the loader's tokenizer and the model
+# maker import it) and the fixtures (the golden logits).
+carried() {
+    if [ -d "$CARRY/whl" ] && ls "$CARRY"/whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$BUILD/wheels" "$CARRY"/whl/*.whl
+    fi
+    "$PY" -c "import gguf; print('gguf', gguf.__file__)" ||
+        { echo "no gguf package: run tools/device_check_prepare.sh here and carry .device_carry"; return 1; }
+    [ -d "$OSSRUN_SHARED/spec/fixtures/tiny-w4" ] ||
+        { echo "no fixtures at $OSSRUN_SHARED/spec/fixtures: the golden tests would skip"; return 1; }
+    ls "$OSSRUN_SHARED/spec/fixtures"
+}
+
+# The 20b-shaped file, made while the build runs (one core; ~12 GB, a minute or two).
+make_model_file() {
+    local layers=()
+    ((HOST_ONLY)) && layers=(--layers 2)
+    [ -f "$MODEL" ] || "$PY" tools/make_model.py "$MODEL.part" --preset 20b --byte-vocab "${layers[@]}" 2>&1 |
+        tr '\r' '\n' | grep -v '% of'
+    [ -f "$MODEL.part" ] && mv "$MODEL.part" "$MODEL"
+    ls -la "$MODEL"
+}
+
 # A plain CMake build (no pip, no network): the extension modules beside a copy of the package.
 build() {
     local generator=()
@@ -72,6 +118,7 @@ build() {
     rm -rf "$SITE" && mkdir -p "$SITE"
     cp -r "$REPO/python/ossrun" "$SITE/ossrun"
     cp "$BUILD"/cmake/_core*.so "$BUILD"/cmake/cuda/_cuda*.so "$SITE/ossrun/"
+    "$PY" -c "import ossrun._core as c; assert c.HAS_DEVICE_MODEL; print('device model built')"
 }
 
 status() {
@@ -80,19 +127,24 @@ import ossrun
 st = ossrun.cuda_status()
 print(st)
 print(repr(st))
-raise SystemExit(0 if st.available else 1)"
+raise SystemExit(0 if st.available or $HOST_ONLY else 1)"
 }
 
+# Waits for the background make_model_file, then the bench runs.
 bench_model() {
-    if ! "$PY" -c "from ossrun.device import CUDA_FORWARD; raise SystemExit(0 if CUDA_FORWARD else 1)"; then
-        echo "SKIPPED: the model's forward pass does not run on CUDA yet (ossrun.device.CUDA_FORWARD)"
+    while [ -f "$BUILD/make_model.running" ]; do sleep 2; done
+    [ -f "$MODEL" ] || { echo "the model file was not made: $LOGDIR/make_model.log"; cat "$LOGDIR/make_model.log"; return 1; }
+    local common=(--reps 1)
+    if ((HOST_ONLY)); then  # the command lines only, on the CPU
+        "$PY" -m ossrun bench "$MODEL" --device cpu --prompt 16 --gen 4 --n-cpu-moe 1 --threads 2 --bandwidth 10 "${common[@]}"
+        "$PY" -m ossrun info "$MODEL" --device --vram 8 --n-cpu-moe 1
         return 0
     fi
-    "$PY" -c "import gguf" || { echo "no gguf package here: carry its wheel (.library/device/README.md)"; return 1; }
-    local model=$BUILD/gpt-oss-20b-shaped.gguf
-    [ -f "$model" ] || "$PY" tools/make_model.py "$model" --preset 20b --byte-vocab
-    "$PY" -m ossrun bench "$model" --device cuda --reps 1
-    "$PY" -m ossrun bench "$model" --device cuda --n-cpu-moe 12 --reps 1
+    "$PY" -m ossrun info "$MODEL" --device --ctx 1024
+    echo "-- --device cuda"
+    "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
+    echo "-- --device cuda --n-cpu-moe 12"
+    "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
 }
 
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
@@ -100,37 +152,50 @@ SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8
   or router or swiglu or rope_yarn"
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
-export -f environment build status bench_model
-export REPO BUILD SITE PY ARCH
-export PYTHONPATH=$SITE PYTHONUNBUFFERED=1 OSSRUN_REQUIRE_CUDA=1
+export -f environment carried make_model_file build status bench_model
+export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY
+export OSSRUN_SHARED=${OSSRUN_SHARED:-$CARRY/shared}
+[ -d "$OSSRUN_SHARED" ] || OSSRUN_SHARED=$REPO/../shared
+export PYTHONPATH=$SITE:$BUILD/wheels PYTHONUNBUFFERED=1
+((HOST_ONLY)) || export OSSRUN_REQUIRE_CUDA=1
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step environment 60 environment
+step carried 30 carried
+# The model file in the background (bench_model waits for it); its log is make_model.log.
+touch "$BUILD/make_model.running"
+( timeout $((300 * SCALE)) bash -c make_model_file >"$LOGDIR/make_model.log" 2>&1; rm -f "$BUILD/make_model.running" ) &
 step build 300 build
 if [ -d "$SITE/ossrun" ]; then
     step cuda_status 30 status
-    step op_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_ops.py tests/test_placement.py
-    if command -v compute-sanitizer >/dev/null; then
+    step gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_ops.py tests/test_cuda_model.py \
+        tests/test_placement.py tests/test_device.py
+    if ((!HOST_ONLY)) && command -v compute-sanitizer >/dev/null; then
         step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py -k "$SANITIZER_SUBSET"
+        step memcheck_model 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_model.py \
+            -k "(golden and tiny-w4) or (hybrid and tiny-w4-1)"
         step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py \
             -k "(attention and q8kv2 and 80 and full_causal_decode) or (rmsnorm and 2880)"
-    else
+    elif ((!HOST_ONLY)); then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi
-    step op_rates 60 "$PY" tools/cuda_op_rates.py
-    step bench_model 120 bench_model
+    ((HOST_ONLY)) || step op_rates 60 "$PY" tools/cuda_op_rates.py
+    step bench_model 240 bench_model
 fi
+wait
 
 {
     echo
     echo "== device_check summary (${SECONDS} s of ${BUDGET}; CUDA arch ${ARCH}; logs in $LOGDIR)"
     printf '%s\n' "${SUMMARY[@]}"
-    for f in cuda_status op_tests op_rates bench_model; do
+    for f in cuda_status gpu_tests op_rates make_model bench_model; do
         [ -f "$LOGDIR/$f.log" ] || continue
         echo "-- $f"
         case $f in
-            op_tests) tail -n 15 "$LOGDIR/$f.log" ;;
+            gpu_tests) tail -n 15 "$LOGDIR/$f.log" ;;
+            bench_model) tail -n 40 "$LOGDIR/$f.log" ;;
             *) tail -n 12 "$LOGDIR/$f.log" ;;
         esac
     done

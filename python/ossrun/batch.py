@@ -26,7 +26,7 @@ class Batch:
             raise ValueError(f"rows must be an integer in [1, {MAX_ROWS}], got {rows!r}")
         self.model = model
         self.rows = rows
-        self._core = _core.Batch(model._core, rows)
+        self._core = (_core.DeviceBatch if model.device == "cuda" else _core.Batch)(model._core, rows)
 
     def step(self, work: Sequence[tuple[Session, Sequence[int], bool]]) -> list[np.ndarray]:
         """One forward over (session, ids, all_logits) triples, each session at most once.

@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra llama-bench arguments, e.g. '--repack 0'")
     p.add_argument("--bandwidth", type=float, default=None, metavar="GBS",
                    help="the machine's DRAM read bandwidth in GB/s (default: measured before the runs)")
+    from .device_cli import add_device_flags
+
+    add_device_flags(p)  # --device, --gpu-layers, --n-cpu-moe / --cpu-moe (ossrun only)
 
 
 def _tokens(n: int, seed: int) -> list[int]:
@@ -93,7 +96,8 @@ def _worker_ossrun(a) -> dict:
     import ossrun
 
     t = time.perf_counter()
-    model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type)
+    model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type, device=a.device,
+                        gpu_layers=a.gpu_layers, cpu_moe=a.cpu_moe)
     load_s = time.perf_counter() - t
     s = model.session()
     if a.commit_kv:
@@ -102,7 +106,8 @@ def _worker_ossrun(a) -> dict:
     prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read,
                                                  fill)
     r = _result(a, load_s, prefill_s, decode_s,
-                f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache")
+                f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache"
+                + (f", CUDA: {model.device_reason}" if model.device == "cuda" else ""))
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
     r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
     r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)
@@ -183,6 +188,10 @@ def _run_worker(engine: str, a) -> dict:
         cmd += ["--commit-kv"]
     if a.synthetic_depth:
         cmd += ["--synthetic-depth"]
+    if engine == "ossrun":
+        cmd += ["--device", a.device] + (["--gpu-layers", str(a.gpu_layers)] if a.gpu_layers is not None else [])
+        if a.cpu_moe is not None:
+            cmd += ["--cpu-moe"] if a.cpu_moe == "all" else ["--n-cpu-moe", str(a.cpu_moe)]
     if engine == "llama_bench":
         cmd += ["--llama-bench", a.llama_bench, f"--llama-bench-args={a.llama_bench_args}"]
     out = subprocess.run(cmd, capture_output=True, text=True)

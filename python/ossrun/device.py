@@ -2,9 +2,10 @@
 `device="cpu"|"cuda"|"auto"` is resolved. An explicit "cuda" that cannot be honoured is a
 `DeviceError` saying why, never a silent fall-back to the CPU; "auto" takes the CPU and says why.
 
-The CUDA kernels exist (cuda/, ossrun._cuda) and are tested op by op, but the model's forward
-pass does not run on them yet (README "CUDA (in progress)"): until it does, "cuda" is refused
-even where a GPU is present, and "auto" picks the CPU.
+With the CUDA target built, the core has a device model (cuda/device_model.h) and "cuda" / "auto"
+resolve to the GPU where one is usable; ossrun.device_load then plans the placement and may still
+refuse (or, for "auto", stay on the CPU) with the reason. The CUDA forward pass is new and has not
+yet run on a GPU in this project's checks (README "CUDA").
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from dataclasses import dataclass
 from .errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
-# Whether Model's forward pass can run on CUDA in this version (the switch the CUDA backend flips).
-CUDA_FORWARD = False
+
+
+def _has_device_model() -> bool:
+    try:
+        from . import _core
+    except ImportError:  # a source checkout without its build: say so elsewhere
+        return False
+    return bool(getattr(_core, "HAS_DEVICE_MODEL", False))
+
+
+# Whether Model's forward pass can run on CUDA in this build (the core has the device model).
+CUDA_FORWARD = _has_device_model()
 
 _NOT_BUILT = ("ossrun was built without CUDA (no nvcc of CUDA >= 12.8 was found at build time, or "
               "OSSRUN_CUDA=OFF); rebuild with nvcc on PATH, e.g. "
@@ -108,11 +119,11 @@ def resolve_device(device: str, status: CudaStatus | None = None) -> tuple[str, 
             raise DeviceError(f"device='cuda' cannot be used: {status.reason}")
         if not CUDA_FORWARD:
             raise DeviceError(f"device='cuda' cannot be used: {status.device} is here and the CUDA "
-                              "kernels are built, but the model's forward pass does not run on CUDA "
-                              "yet (only single kernels do); use device='cpu' or 'auto'")
+                              "kernels are built, but this build's core has no CUDA device model "
+                              "(the forward pass does not run on CUDA); use device='cpu' or 'auto'")
         return "cuda", str(status)
     if not status.available:
         return "cpu", str(status)
     if not CUDA_FORWARD:
-        return "cpu", f"{status.device} unused: the forward pass does not run on CUDA yet"
+        return "cpu", f"{status.device} unused: this build's forward pass does not run on CUDA"
     return "cuda", str(status)

@@ -63,9 +63,10 @@ class Model:
             range) or "f32" (the default, and the exact path, with precision="f32").
         device: "auto" (default: the GPU when the CUDA backend can run the model, else the CPU;
             `device_reason` says which and why), "cpu", or "cuda" (a DeviceError saying why when
-            it cannot be used; the forward pass does not run on CUDA yet, ossrun.device).
+            it cannot be used; ossrun.device, ossrun.device_load).
         gpu_layers, cpu_moe: the GPU/CPU split of ossrun.placement (layers on the GPU; layers
-            whose experts stay on the CPU, or "all"); default as much on the GPU as fits.
+            whose experts stay on the CPU, or "all"); default as much on the GPU as fits. On the
+            GPU, `plan` is the placement used (None on the CPU).
     """
 
     def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
@@ -104,6 +105,16 @@ class Model:
                                      precision)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
+        self.plan = None
+        if self.device == "cuda":  # the CPU core above embeds tokens and runs the CPU-MoE layers
+            from .device_load import place_on_gpu
+
+            core, placed = place_on_gpu(self, explicit=device == "cuda")
+            if core is None:
+                self.device, self.device_reason = "cpu", placed
+            else:
+                self._core, self.plan = core, placed
+                self.device_reason = f"{self.device_reason}; {placed.summary()}"
         self.tokenizer = self._load_tokenizer()
 
     def _core_config(self) -> dict:
@@ -136,6 +147,11 @@ class Model:
     @property
     def isa(self) -> str:
         return self._core.isa
+
+    def _new_core_session(self, n_ctx: int, kv_type: str):
+        """The core session of this model's backend (the CPU's, or the device model's)."""
+        kind = _core.DeviceSession if self.device == "cuda" else _core.Session
+        return kind(self._core, n_ctx, kv_type)
 
     def session(self, n_ctx: int | None = None, kv_type: str | None = None) -> Session:
         """A fresh context (KV cache) of n_ctx tokens (default: the model's n_ctx) whose elements
@@ -202,7 +218,7 @@ class Session:
         if kv_type not in KV_TYPES:
             raise ValueError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
         self.model = model
-        self._core = _core.Session(model._core, n_ctx, kv_type)
+        self._core = model._new_core_session(n_ctx, kv_type)
 
     @property
     def n_past(self) -> int:

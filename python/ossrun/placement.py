@@ -3,10 +3,11 @@ the KV cache at n_ctx and the free VRAM (pure Python: plans are made and tested 
 
 Parts are placed in the order that pays most per byte of VRAM:
   1. the output norm and unembedding matrix, and each layer's attention and dense weights (norms,
-     q/k/v/o, sinks, router) with that layer's KV cache, from the last layer down (the layers on
+     q/k/v/o, sinks) with that layer's KV cache, from the last layer down (the layers on
      the GPU are the last ones, llama.cpp's `-ngl`, so the hidden state crosses over once);
-  2. then the experts of those layers, again from the last layer down, so that the experts left on
-     the CPU are those of the first N layers (llama.cpp's `--n-cpu-moe N`).
+  2. then the MoE blocks of those layers (the router, the experts and their biases; "experts"
+     below), again from the last layer down, so that the experts left on the CPU are those of the
+     first N layers (llama.cpp's `--n-cpu-moe N`), whose whole MoE block the CPU runs.
 The token embedding stays on the CPU (one row per token is read) and so does whatever does not fit.
 `gpu_layers` and `cpu_moe` force the split; a forced split that does not fit is a DeviceError
 naming what would fit. Parts on the CPU run there at the same time (the CPU backend).
@@ -25,10 +26,11 @@ DEFAULT_RESERVE = 512 * 2**20
 # Tokens per prefill chunk and the rollback depth of sliding layers (csrc/session.h, kv_cache.h).
 MAX_CHUNK = 256
 ROLLBACK_MARGIN = 1024
+LOGIT_ROWS = 8  # rows of logits per output matmul of the device model (cuda/device_model.h)
 KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2}  # bytes per K or V element of each kv_type
 
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
-_EXPERTS = re.compile(r"ffn_(gate|up|down)_exps\.")
+_EXPERTS = re.compile(r"ffn_(gate|up|down)_exps\.|ffn_gate_inp\.")  # the MoE block
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,13 @@ def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
 def scratch_bytes(cfg) -> int:
     """float32 activations of one prefill chunk: per token the residual, norm, q/k/v, attention
     output, projection and router logits; per routed (token, expert) pair its input, gate, up,
-    SwiGLU and output rows; one row of logits."""
+    SwiGLU and output rows; LOGIT_ROWS rows of logits (cuda/device_model.cpp's DeviceBuffers carve
+    at most this)."""
     H, I = cfg.embedding_length, cfg.expert_feed_forward_length
     q_width, kv_width = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length
     per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + 2 * cfg.expert_used_count
     per_pair = 2 * H + 3 * I
-    return 4 * (MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair) + cfg.vocab_size)
+    return 4 * (MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair) + LOGIT_ROWS * cfg.vocab_size)
 
 
 def group_tensor_bytes(tensor_bytes: Mapping[str, int], block_count: int) -> dict:

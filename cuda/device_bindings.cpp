@@ -1,0 +1,196 @@
+// The device model in ossrun._core (compiled into it when the CUDA target is built; csrc/bindings.cpp
+// calls bind_device_model): DeviceModel, DeviceSession and DeviceBatch with the methods of Model,
+// Session and Batch that ossrun/model.py and batch.py use, plus the host-side layout queries the
+// tests check without a GPU. A CUDA failure or out-of-memory raises ossrun.DeviceError.
+#include "device_bindings.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda_error.h"
+#include "device_model.h"
+
+namespace py = pybind11;
+
+namespace ossrun::cuda {
+
+namespace {
+
+using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// The core's std exceptions as the Python ones csrc/bindings.cpp raises; CudaError is translated
+// to DeviceError by the module's translator (bind_device_model).
+template <class F>
+auto translated(F&& fn) -> decltype(fn()) {
+    try {
+        return fn();
+    } catch (const std::length_error& e) {
+        throw py::value_error(e.what());
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    } catch (const std::out_of_range& e) {
+        throw py::index_error(e.what());
+    }
+}
+
+KvType kv_type_arg(const std::string& name) {
+    return translated([&] { return parse_kv_type(name); });
+}
+
+const char* kv_type_name(KvType t) { return t == KvType::F16 ? "f16" : t == KvType::BF16 ? "bf16" : "f32"; }
+
+int64_t n_cpu_moe_arg(const Model& host, int64_t n_cpu_moe) {
+    if (n_cpu_moe < 0 || n_cpu_moe > host.config().block_count)
+        throw py::value_error("n_cpu_moe must be in [0, " + std::to_string(host.config().block_count) + "]");
+    return n_cpu_moe;
+}
+
+IdArray ids_arg(const py::handle& ids, const char* what) {
+    IdArray a = IdArray::ensure(ids);
+    if (!a || a.ndim() != 1 || a.shape(0) < 1)
+        throw py::value_error(std::string(what) + " must be a non-empty 1-D sequence of token ids");
+    return a;
+}
+
+py::array_t<float> prefill(DeviceSession& s, const IdArray& ids, bool all_logits) {
+    const int64_t n = ids.shape(0), V = s.vocab_size();
+    py::array_t<float> logits = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
+    float* out = logits.mutable_data();
+    translated([&] {
+        py::gil_scoped_release nogil;
+        s.prefill(ids.data(), n, out, all_logits);
+    });
+    return logits;
+}
+
+}  // namespace
+
+void bind_device_model(py::module_& m) {
+    py::register_local_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const CudaError& e) {
+            const py::object device_error = py::module_::import("ossrun.errors").attr("DeviceError");
+            PyErr_SetString(device_error.ptr(), e.what());
+        }
+    });
+    m.attr("HAS_DEVICE_MODEL") = true;
+
+    m.def("device_upload_layout", [](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
+        // [(tensor name, arena offset, bytes)] and the arena's size: what DeviceModel uploads.
+        const UploadLayout lay = upload_layout(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe));
+        py::list items;
+        for (const UploadItem& it : lay.items) items.append(py::make_tuple(it.name, it.offset, it.bytes));
+        return py::make_tuple(items, lay.total);
+    }, py::arg("host"), py::arg("n_cpu_moe"));
+    m.def("device_unsupported_weight", [](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
+        return unsupported_device_weight(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe));
+    }, py::arg("host"), py::arg("n_cpu_moe"), "'' when the CUDA kernels read every uploaded matrix's type");
+    m.def("device_scratch_bytes", [](std::shared_ptr<Model> host) {
+        return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk);
+    }, py::arg("host"));
+    m.def("device_kv_bytes", [](std::shared_ptr<Model> host, int64_t n_ctx, const std::string& kv_type) {
+        if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
+        return kv_cache_bytes(host->config(), n_ctx, DeviceSession::kMaxChunk, kv_type_arg(kv_type));
+    }, py::arg("host"), py::arg("n_ctx"), py::arg("kv_type"));
+
+    py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
+        .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
+                 n_cpu_moe_arg(*host, n_cpu_moe);
+                 return translated([&] {
+                     py::gil_scoped_release nogil;
+                     return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe);
+                 });
+             }),
+             py::arg("host"), py::arg("n_cpu_moe"))
+        .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })
+        .def_property_readonly("threads", [](const DeviceModel& d) { return d.host().threads(); })
+        .def_property_readonly("uses_i16", [](const DeviceModel& d) { return d.n_cpu_moe() > 0 && d.host().uses_i16(); })
+        .def_property_readonly("n_cpu_moe", &DeviceModel::n_cpu_moe)
+        .def_property_readonly("weight_bytes_on_device", &DeviceModel::weight_bytes_on_device)
+        .def_property_readonly("weight_bytes_read", &DeviceModel::weight_bytes_read)
+        .def_property_readonly("part_seconds", [](const DeviceModel& d) {
+            // The CPU backend's parts (its MoE blocks); the GPU's time is not split by part.
+            py::dict out;
+            for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.host().part_seconds(Part(p));
+            return out;
+        });
+
+    py::class_<DeviceSession>(m, "DeviceSession")
+        .def(py::init([](std::shared_ptr<DeviceModel> model, int64_t n_ctx, const std::string& kv_type) {
+                 if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
+                 const KvType type = kv_type_arg(kv_type);
+                 return translated([&] { return new DeviceSession(std::move(model), n_ctx, type); });
+             }),
+             py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = "f32")
+        .def_property_readonly("kv_type", [](const DeviceSession& s) { return std::string(kv_type_name(s.kv_type())); })
+        .def("prefill", [](DeviceSession& s, const py::handle& ids, bool all_logits) {
+            return prefill(s, ids_arg(ids, "ids"), all_logits);
+        }, py::arg("ids"), py::arg("all_logits") = false)
+        .def("prefill_traced", [](DeviceSession&, const py::handle&) -> py::tuple {
+            throw py::value_error("prefill_traced runs on the CPU model only (device='cpu')");
+        }, py::arg("ids"))
+        .def_property_readonly("n_past", &DeviceSession::n_past)
+        .def_property_readonly("n_ctx", &DeviceSession::n_ctx)
+        .def_property_readonly("kv_bytes", &DeviceSession::kv_bytes)
+        .def_property_readonly("tokens", &DeviceSession::tokens)
+        .def("truncate", [](DeviceSession& s, int64_t n) {
+            translated([&] {
+                py::gil_scoped_release nogil;
+                s.truncate(n);
+            });
+        })
+        .def("truncates_in_place", &DeviceSession::truncates_in_place)
+        .def("reset", &DeviceSession::reset)
+        .def("commit_kv", [](DeviceSession&) {})  // device memory is allocated whole at creation
+        .def("fill_synthetic", [](DeviceSession& s, int64_t n) {
+            translated([&] {
+                py::gil_scoped_release nogil;
+                s.fill_synthetic(n);
+            });
+        });
+
+    // Batch's face over device sessions: each session's rows in turn (not one stacked forward yet).
+    struct DeviceBatch {
+        std::shared_ptr<DeviceModel> model;
+        int64_t rows;
+    };
+    py::class_<DeviceBatch>(m, "DeviceBatch")
+        .def(py::init([](std::shared_ptr<DeviceModel> model, int64_t rows) {
+                 if (rows < 1 || rows > DeviceSession::kMaxChunk)
+                     throw py::value_error("rows must be in [1, " + std::to_string(DeviceSession::kMaxChunk) + "]");
+                 return new DeviceBatch{std::move(model), rows};
+             }),
+             py::arg("model"), py::arg("rows") = DeviceSession::kMaxChunk)
+        .def_property_readonly("rows", [](const DeviceBatch& b) { return b.rows; })
+        .def("step", [](DeviceBatch& b, const py::list& sessions, const py::list& ids, const py::list& all_logits) {
+            const size_t n = sessions.size();
+            if (ids.size() != n || all_logits.size() != n)
+                throw py::value_error("step wants as many id arrays and all_logits flags as sessions");
+            std::vector<DeviceSession*> ss;
+            std::vector<IdArray> arrays;
+            int64_t total = 0;
+            for (size_t i = 0; i < n; ++i) {
+                ss.push_back(sessions[i].cast<DeviceSession*>());
+                for (size_t j = 0; j < i; ++j)
+                    if (ss[j] == ss[i]) throw py::value_error("step: a session appears twice");
+                arrays.push_back(ids_arg(ids[i], ("ids[" + std::to_string(i) + "]").c_str()));
+                total += arrays.back().shape(0);
+                if (ss[i]->n_past() + arrays.back().shape(0) > ss[i]->n_ctx())
+                    throw py::value_error("context overflow: " + std::to_string(ss[i]->n_past()) + " + " +
+                                          std::to_string(arrays.back().shape(0)) + " tokens exceed n_ctx = " +
+                                          std::to_string(ss[i]->n_ctx()));
+            }
+            if (total > b.rows)
+                throw py::value_error("step: " + std::to_string(total) + " tokens exceed one chunk of " +
+                                      std::to_string(b.rows));
+            py::list out;
+            for (size_t i = 0; i < n; ++i) out.append(prefill(*ss[i], arrays[i], all_logits[i].cast<bool>()));
+            return out;
+        }, py::arg("sessions"), py::arg("ids"), py::arg("all_logits"));
+}
+
+}  // namespace ossrun::cuda

@@ -1,0 +1,191 @@
+// The CUDA device model: a gpt-oss model whose layers run on the GPU, beside the CPU Model it was
+// made from (csrc/model.h), which embeds the tokens and runs the MoE blocks of the first
+// n_cpu_moe layers on its own weights in RAM (llama.cpp's --n-cpu-moe). Weights are copied once
+// from the memory map to one device arena (no pinned copy is kept); each session's KV cache lives
+// in device memory. The forward pass mirrors Model::forward_batch step for step with the CUDA
+// kernels of kernels.cuh. Plain C++ (no CUDA headers): csrc-side code and the bindings include it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "../csrc/model.h"
+#include "../csrc/session.h"
+
+namespace ossrun::cuda {
+
+// ---------------------------------------------------------------- what goes to the device
+
+constexpr size_t kUploadAlign = 256;  // every tensor's offset in the arena (cudaMalloc's alignment)
+
+// Calls f(name, field, bytes) for every tensor a device model with n_cpu_moe CPU-MoE layers
+// copies to the GPU, in arena order: the output norm and matrix, then per layer its norms,
+// attention weights and sinks and, for layers >= n_cpu_moe, its MoE block (router and experts
+// with their biases). `field` is the weight view's pointer (Matrix::data or a const float*),
+// which f may repoint. The token embedding stays on the host (one row per token is read).
+template <class F>
+void for_each_device_tensor(ModelWeights& w, const ModelConfig& c, int64_t n_cpu_moe, F&& f) {
+    const size_t H = size_t(c.embedding_length), E = size_t(c.expert_count);
+    const size_t I = size_t(c.expert_feed_forward_length), Q = size_t(c.q_width()), KV = size_t(c.kv_width());
+    f(std::string("output_norm.weight"), w.output_norm, 4 * H);
+    f(std::string("output.weight"), w.output.data, w.output.total_bytes());
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+        LayerWeights& L = w.layers[l];
+        const std::string p = "blk." + std::to_string(l) + ".";
+        f(p + "attn_norm.weight", L.attn_norm, 4 * H);
+        f(p + "attn_q.weight", L.attn_q.data, L.attn_q.total_bytes());
+        f(p + "attn_q.bias", L.attn_q_b, 4 * Q);
+        f(p + "attn_k.weight", L.attn_k.data, L.attn_k.total_bytes());
+        f(p + "attn_k.bias", L.attn_k_b, 4 * KV);
+        f(p + "attn_v.weight", L.attn_v.data, L.attn_v.total_bytes());
+        f(p + "attn_v.bias", L.attn_v_b, 4 * KV);
+        f(p + "attn_output.weight", L.attn_output.data, L.attn_output.total_bytes());
+        f(p + "attn_output.bias", L.attn_output_b, 4 * H);
+        f(p + "attn_sinks.weight", L.attn_sinks, 4 * size_t(c.head_count));
+        f(p + "post_attention_norm.weight", L.post_attention_norm, 4 * H);
+        if (int64_t(l) < n_cpu_moe) continue;
+        f(p + "ffn_gate_inp.weight", L.router.data, L.router.total_bytes());
+        f(p + "ffn_gate_inp.bias", L.router_b, 4 * E);
+        f(p + "ffn_gate_exps.weight", L.gate_exps.data, L.gate_exps.total_bytes());
+        f(p + "ffn_gate_exps.bias", L.gate_exps_b, 4 * E * I);
+        f(p + "ffn_up_exps.weight", L.up_exps.data, L.up_exps.total_bytes());
+        f(p + "ffn_up_exps.bias", L.up_exps_b, 4 * E * I);
+        f(p + "ffn_down_exps.weight", L.down_exps.data, L.down_exps.total_bytes());
+        f(p + "ffn_down_exps.bias", L.down_exps_b, 4 * E * H);
+    }
+}
+
+struct UploadItem {
+    std::string name;
+    const uint8_t* host = nullptr;  // in the memory map
+    size_t bytes = 0;
+    size_t offset = 0;  // in the device arena, a multiple of kUploadAlign
+};
+
+struct UploadLayout {
+    std::vector<UploadItem> items;
+    size_t total = 0;  // arena bytes
+};
+
+// Where each tensor of for_each_device_tensor lies in the arena (host logic, tested without a GPU).
+UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe);
+
+// The weight types the CUDA kernels read (csrc/weight_element.h); "" when every matrix the
+// device model uploads has one, else a sentence naming the first that does not.
+std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe);
+
+// Device bytes of one forward's activations for chunks of up to max_chunk tokens (placement.py's
+// scratch_bytes bounds it), and of a KV cache (placement.py's kv_cache_bytes, summed).
+size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk);
+// Rows of logits computed per output matmul when a forward wants every position's logits.
+constexpr int64_t kLogitRowsPerPass = 8;
+
+// ---------------------------------------------------------------- the KV cache on the device
+
+// Slots of `layer`: n_ctx on full layers, the sliding ring of csrc/kv_cache.cpp on sliding ones.
+int64_t kv_capacity(const ModelConfig& c, int64_t layer, int64_t n_ctx, int64_t max_chunk);
+size_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type);
+
+// K (after RoPE) and V per layer, each [cap][n_kv][d] of `type` in device memory, and on the host
+// which position each slot holds (csrc/kv_cache.h's rules for resuming after a truncation).
+class DeviceKvCache {
+public:
+    DeviceKvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type);
+    ~DeviceKvCache();
+    DeviceKvCache(const DeviceKvCache&) = delete;
+    DeviceKvCache& operator=(const DeviceKvCache&) = delete;
+
+    int64_t n_ctx() const { return n_ctx_; }
+    KvType type() const { return type_; }
+    int64_t capacity(int64_t layer) const { return cap_[size_t(layer)]; }
+    void* k(int64_t layer) const { return k_[size_t(layer)]; }
+    void* v(int64_t layer) const { return v_[size_t(layer)]; }
+    // Positions pos0 .. pos0 + n - 1 of every layer were written.
+    void mark_held(int64_t pos0, int64_t n);
+    bool can_resume_at(int64_t n) const;
+    void clear();
+    size_t bytes() const { return bytes_; }
+    // Every held slot of positions 0 .. n - 1 filled with pseudo-random keys and values.
+    void fill_synthetic(int64_t n);
+
+private:
+    ModelConfig config_;
+    int64_t n_ctx_;
+    KvType type_;
+    size_t bytes_ = 0;
+    std::vector<int64_t> cap_;
+    std::vector<void*> k_, v_;
+    std::vector<std::vector<int64_t>> held_;
+};
+
+// ---------------------------------------------------------------- the model
+
+struct DeviceBuffers;  // one chunk's activations on the device (device_model.cpp)
+
+class DeviceModel {
+public:
+    // Uploads the weights (a CudaError naming the bytes when the device memory is short) and
+    // allocates the activations. host must outlive nothing: the device model keeps it.
+    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe);
+    ~DeviceModel();
+    DeviceModel(const DeviceModel&) = delete;
+    DeviceModel& operator=(const DeviceModel&) = delete;
+
+    const ModelConfig& config() const { return host_->config(); }
+    Model& host() const { return *host_; }
+    int64_t n_cpu_moe() const { return n_cpu_moe_; }
+    size_t weight_bytes_on_device() const { return layout_.total; }
+    const UploadLayout& layout() const { return layout_; }
+    // Weight bytes read by the GPU's matmuls since load (each routed pair's expert counted, which
+    // is each expert once for a decode step) plus the CPU backend's.
+    uint64_t weight_bytes_read() const { return weight_bytes_read_ + host_->weight_bytes_read(); }
+
+    // As Model::forward, on the device: T <= max_chunk tokens at positions pos0 .. pos0 + T - 1,
+    // their K/V appended to kv; logits [T, V] when all_logits, else the last token's [V] (host).
+    void forward(DeviceKvCache& kv, const int32_t* tokens, int64_t T, int64_t pos0, float* logits,
+                 bool all_logits);
+
+private:
+    std::shared_ptr<Model> host_;
+    int64_t n_cpu_moe_;
+    UploadLayout layout_;
+    ModelWeights dev_;         // views of the arena (layers >= n_cpu_moe have their MoE weights)
+    void* arena_ = nullptr;    // device memory of every uploaded tensor
+    void* stream_ = nullptr;   // cudaStream_t
+    std::unique_ptr<DeviceBuffers> buf_;
+    Scratch host_scratch_;     // the CPU backend's, for its MoE blocks
+    std::mutex mutex_;         // one forward at a time
+    uint64_t weight_bytes_read_ = 0;
+};
+
+// ---------------------------------------------------------------- a conversation
+
+// Session (csrc/session.h) over a DeviceModel: the same prefill / truncate / reset contract.
+class DeviceSession {
+public:
+    static constexpr int64_t kMaxChunk = Session::kMaxChunk;
+
+    DeviceSession(std::shared_ptr<DeviceModel> model, int64_t n_ctx, KvType kv_type);
+
+    int64_t n_past() const { return int64_t(tokens_.size()); }
+    int64_t n_ctx() const { return kv_.n_ctx(); }
+    const std::vector<int32_t>& tokens() const { return tokens_; }
+    size_t kv_bytes() const { return kv_.bytes(); }
+    KvType kv_type() const { return kv_.type(); }
+    int64_t vocab_size() const { return model_->config().vocab_size; }
+    void prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits);
+    void truncate(int64_t n);
+    bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && kv_.can_resume_at(n)); }
+    void reset();
+    void fill_synthetic(int64_t n);
+
+private:
+    std::shared_ptr<DeviceModel> model_;
+    DeviceKvCache kv_;
+    std::vector<int32_t> tokens_;
+};
+
+}  // namespace ossrun::cuda

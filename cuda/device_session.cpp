@@ -1,0 +1,58 @@
+// A conversation over a DeviceModel (device_model.h): csrc/session.cpp's contract (chunked
+// prefill, exact truncation that replays the kept tokens when a sliding ring lost keys).
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "device_model.h"
+
+namespace ossrun::cuda {
+
+DeviceSession::DeviceSession(std::shared_ptr<DeviceModel> model, int64_t n_ctx, KvType kv_type)
+    : model_(std::move(model)), kv_(model_->config(), n_ctx, kMaxChunk, kv_type) {}
+
+void DeviceSession::prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits) {
+    if (n < 1) throw std::invalid_argument("prefill needs at least one token");
+    if (n_past() + n > n_ctx())
+        throw std::length_error("context overflow: " + std::to_string(n_past()) + " + " + std::to_string(n) +
+                                " tokens exceed n_ctx = " + std::to_string(n_ctx()));
+    const int64_t V = vocab_size();
+    for (int64_t i = 0; i < n; ++i)
+        if (ids[i] < 0 || ids[i] >= V)
+            throw std::out_of_range("token id " + std::to_string(ids[i]) + " is outside the vocabulary [0, " +
+                                    std::to_string(V) + ")");
+    for (int64_t done = 0; done < n;) {
+        const int64_t T = std::min(kMaxChunk, n - done);
+        float* out = all_logits ? logits + done * V : logits;  // else the final chunk's last row stays
+        model_->forward(kv_, ids + done, T, n_past(), out, all_logits);
+        kv_.mark_held(n_past(), T);
+        tokens_.insert(tokens_.end(), ids + done, ids + done + T);
+        done += T;
+    }
+}
+
+void DeviceSession::truncate(int64_t n) {
+    if (n < 0 || n > n_past())
+        throw std::out_of_range("truncate(" + std::to_string(n) + ") outside [0, n_past = " +
+                                std::to_string(n_past()) + "]");
+    tokens_.resize(size_t(n));
+    if (n == 0 || kv_.can_resume_at(n)) return;
+    std::vector<int32_t> kept = std::move(tokens_);  // a sliding ring lost keys: rebuild
+    reset();
+    std::vector<float> last(static_cast<size_t>(vocab_size()));
+    prefill(kept.data(), int64_t(kept.size()), last.data(), false);
+}
+
+void DeviceSession::reset() {
+    tokens_.clear();
+    kv_.clear();
+}
+
+void DeviceSession::fill_synthetic(int64_t n) {
+    if (n < 0 || n > n_ctx()) throw std::out_of_range("fill_synthetic: n outside [0, n_ctx]");
+    reset();
+    kv_.fill_synthetic(n);
+    tokens_.assign(size_t(n), 0);
+}
+
+}  // namespace ossrun::cuda

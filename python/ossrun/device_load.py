@@ -1,0 +1,73 @@
+"""Putting a model on the GPU: the placement plan for this device's free VRAM (ossrun.placement),
+the checks the CUDA backend needs, then the core's DeviceModel, which copies the planned weights
+once from the memory map to device memory and runs the forward pass there, the experts of the
+first `n_cpu_moe` layers on the CPU backend (cuda/device_model.h).
+
+The CUDA backend runs every layer on the GPU (with any number of CPU-MoE layers): a plan that keeps
+whole layers on the CPU (too little VRAM for the attention and dense weights of them all, or
+gpu_layers < block_count) is refused with the reason, or for device="auto" leaves the model on
+the CPU and says why.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .device import cuda_status
+from .errors import DeviceError
+from .placement import Plan, plan_placement
+
+
+def has_device_model() -> bool:
+    """Whether this build's core has the CUDA device model (built with the CUDA target)."""
+    return bool(getattr(_core, "HAS_DEVICE_MODEL", False))
+
+
+def device_plan(model, free_vram: int | None) -> Plan:
+    """The plan of `model` (an ossrun.model.Model being loaded) for `free_vram` bytes, with its
+    gpu_layers / cpu_moe and kv_type; DeviceError when a forced split does not fit."""
+    tensor_bytes = {name: int(arr.nbytes) for name, (arr, _, _) in model._file.tensors.items()}
+    return plan_placement(model.config, tensor_bytes, model.n_ctx, free_vram, model.gpu_layers,
+                          model.cpu_moe, kv_type=model.kv_type)
+
+
+def check_plan(model, plan: Plan) -> str:
+    """'' when the device model can run `plan`, else why not (a sentence)."""
+    L = model.config.block_count
+    if plan.gpu_layers < L:
+        why = plan.reason or f"only the last {plan.gpu_layers} of {L} layers fit"
+        return (f"the CUDA backend runs every layer on the GPU, and this plan keeps "
+                f"{L - plan.gpu_layers} on the CPU ({why}); keep the experts in RAM instead "
+                "(cpu_moe='all', --cpu-moe) or use device='cpu'")
+    bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe)
+    if bad:
+        return f"the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 matrices, and {bad}"
+    return ""
+
+
+def place_on_gpu(model, explicit: bool):
+    """(core DeviceModel, plan) for `model`, or (None, reason) when device="auto" should stay on
+    the CPU; with explicit=True (device="cuda") every reason is a DeviceError instead."""
+    def refuse(why: str):
+        if explicit:
+            raise DeviceError(f"device='cuda' cannot be used: {why}")
+        return None, why
+
+    if not has_device_model():
+        return refuse("this build of ossrun has no CUDA device model")
+    status = cuda_status()
+    if not status.available:
+        return refuse(status.reason)
+    try:
+        plan = device_plan(model, status.free_bytes)
+    except DeviceError as e:
+        return refuse(str(e))
+    why = check_plan(model, plan)
+    if why:
+        return refuse(why)
+    try:
+        core = _core.DeviceModel(model._core, plan.n_cpu_moe)
+    except DeviceError as e:  # out of device memory, a CUDA failure: always said
+        if explicit:
+            raise
+        return None, str(e)
+    return core, plan

@@ -1,0 +1,262 @@
+"""The CUDA device model (cuda/device_model.h, ossrun.device_load). On every machine whose build has
+the CUDA target: the host logic (which tensors go to the device and where in its arena, against
+the placement plan's bytes; the KV cache and activation sizes against the plan; which weight types
+and splits are refused and why; a CUDA failure as a DeviceError). On a machine with a GPU
+(tools/device_check.sh): the fixtures' golden logits (float32 within 1e-4, MODEL.md §7.4's bound,
+as tests/test_model.py), decode == prefill, chunked and long prompts, truncation, batches, the
+16-bit KV caches and the hybrid split (experts of the first layers on the CPU) against the CPU
+backend. Those skip cleanly without a device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import ossrun
+import pytest
+from ossrun import _core, device_load, placement
+from ossrun.device import CudaStatus, cuda_status
+from ossrun.errors import DeviceError
+
+if not getattr(_core, "HAS_DEVICE_MODEL", False):
+    pytest.skip("ossrun was built without CUDA (no device model in the core)", allow_module_level=True)
+
+STATUS = cuda_status()
+if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/device_check.sh
+    raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
+needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
+
+TOL = 1e-4  # tests/test_model.py's float32 bound on max|a-b| / max|b|
+FIXTURES = ["tiny-w4", "tiny-w128"]
+ALIGN = 256  # cuda/device_model.h kUploadAlign
+DENSE = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
+         "attn_v.weight", "attn_v.bias", "attn_output.weight", "attn_output.bias",
+         "attn_sinks.weight", "post_attention_norm.weight")
+MOE = ("ffn_gate_inp.weight", "ffn_gate_inp.bias", "ffn_gate_exps.weight", "ffn_gate_exps.bias",
+       "ffn_up_exps.weight", "ffn_up_exps.bias", "ffn_down_exps.weight", "ffn_down_exps.bias")
+
+
+def rel_err(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+
+
+_MODELS: dict = {}
+
+
+def load(path, **kw):
+    key = (str(path), tuple(sorted(kw.items())))
+    if key not in _MODELS:
+        _MODELS[key] = ossrun.load(path, **kw)
+    return _MODELS[key]
+
+
+@pytest.fixture(scope="module", params=FIXTURES)
+def fx(request, fixtures_dir):
+    d = fixtures_dir / request.param
+    g = np.load(d / "golden.npz")
+    return {"gguf": d / "tiny.gguf", "tokens": g["tokens"], "gold": g["logits_ref_fp32"]}
+
+
+def tensor_bytes(m) -> dict:
+    return {name: int(arr.nbytes) for name, (arr, _, _) in m._file.tensors.items()}
+
+
+# --------------------------------------------------------------------------- host logic (no GPU)
+
+
+@pytest.mark.parametrize("n_cpu_moe", [0, 1, "all"])
+def test_upload_layout_is_the_plans_gpu_part(fx, n_cpu_moe):
+    # What DeviceModel copies to the GPU: every tensor the plan puts there, each at an aligned,
+    # non-overlapping offset with its GGUF size, and nothing else (never the token embedding).
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    L = m.config.block_count
+    n = L if n_cpu_moe == "all" else n_cpu_moe
+    items, total = _core.device_upload_layout(m._core, n)
+    names = [name for name, _, _ in items]
+    want = ["output_norm.weight", "output.weight"]
+    for layer in range(L):
+        want += [f"blk.{layer}.{t}" for t in DENSE + (MOE if layer >= n else ())]
+    assert names == want
+    sizes = tensor_bytes(m)
+    end = 0
+    for name, offset, nbytes in items:
+        assert nbytes == sizes[name], name
+        assert offset % ALIGN == 0 and offset >= end, name
+        end = offset + nbytes
+    assert end <= total < end + ALIGN
+    plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=n_cpu_moe)
+    assert plan.gpu_layers == L and plan.n_cpu_moe == n
+    kv = sum(p.bytes for p in plan.parts if p.kind == "kv_cache" and p.device == "cuda")
+    assert sum(b for _, _, b in items) == plan.bytes_on("cuda") - kv
+
+
+@pytest.mark.parametrize("kv_type", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("n_ctx", [1, 100, 2000])
+def test_device_kv_cache_bytes_are_the_plans(fx, kv_type, n_ctx):
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    want = sum(placement.kv_cache_bytes(m.config, layer, n_ctx, kv_type) for layer in range(m.config.block_count))
+    assert _core.device_kv_bytes(m._core, n_ctx, kv_type) == want
+
+
+def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
+    for path in (fx["gguf"], tiny_gguf):
+        m = load(path, precision="f32", device="cpu")
+        assert 0 < _core.device_scratch_bytes(m._core) <= placement.scratch_bytes(m.config)
+
+
+def test_weight_types_the_kernels_do_not_read_are_named(tmp_path):
+    from ossrun import model_maker
+
+    path = model_maker.make_model(tmp_path / "q4.gguf", "tiny", use_byte_vocab=True, vocab=512,
+                                  role_types={"attn_qkv": "q4_0"})
+    m = ossrun.load(path, n_ctx=64, threads=1, device="cpu")
+    bad = _core.device_unsupported_weight(m._core, 0)
+    assert "blk.0.attn_q.weight is Q4_0" in bad
+    assert "Q4_0" in device_load.check_plan(m, device_load.device_plan(m, 2**40))
+
+
+def fake_status(free: int) -> CudaStatus:
+    return CudaStatus(True, "", built=True, device="Fake GPU", compute_capability=(9, 0),
+                      free_bytes=free, total_bytes=free)
+
+
+def test_a_plan_that_keeps_layers_on_the_cpu_is_refused(fx, monkeypatch):
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(placement.DEFAULT_RESERVE))
+    with pytest.raises(DeviceError, match="runs every layer on the GPU"):
+        device_load.place_on_gpu(m, explicit=True)
+    core, why = device_load.place_on_gpu(m, explicit=False)  # auto: the CPU, and why
+    assert core is None and "runs every layer on the GPU" in why
+    monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(2**40))
+    m.gpu_layers = 1
+    try:
+        with pytest.raises(DeviceError, match=r"keeps \d+ on the CPU"):
+            device_load.place_on_gpu(m, explicit=True)
+    finally:
+        m.gpu_layers = None
+
+
+@pytest.mark.skipif(STATUS.available, reason="needs a machine where CUDA cannot start")
+def test_cuda_failure_is_a_device_error(fx, monkeypatch):
+    # The plan fits (a fake 1 TiB device), then the real CUDA runtime fails to start: DeviceError
+    # from the core's translator, raised for "cuda", the reason kept for "auto".
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    with pytest.raises(DeviceError, match="CUDA error in cudaSetDevice"):
+        _core.DeviceModel(m._core, 0)
+    monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(2**40))
+    with pytest.raises(DeviceError, match="cudaSetDevice"):
+        device_load.place_on_gpu(m, explicit=True)
+    core, why = device_load.place_on_gpu(m, explicit=False)
+    assert core is None and "cudaSetDevice" in why
+
+
+def test_device_model_arguments_are_checked(fx):
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    with pytest.raises(ValueError, match="n_cpu_moe must be in"):
+        _core.DeviceModel(m._core, m.config.block_count + 1)
+    with pytest.raises(ValueError, match="n_cpu_moe must be in"):
+        _core.device_upload_layout(m._core, -1)
+
+
+# --------------------------------------------------------------------------- on the GPU
+
+
+def gpu(path, **kw):
+    return load(path, device="cuda", **kw)
+
+
+@needs_device
+def test_loads_on_the_gpu_with_a_plan(fx):
+    m = gpu(fx["gguf"], precision="f32")
+    assert m.device == "cuda" and m.plan is not None and m.plan.gpu_layers == m.config.block_count
+    cpu = load(fx["gguf"], precision="f32", device="cpu")
+    assert m._core.weight_bytes_on_device == _core.device_upload_layout(cpu._core, 0)[1]
+
+
+@needs_device
+def test_f32_logits_match_golden_on_the_gpu(fx):
+    logits = gpu(fx["gguf"], precision="f32").logits(fx["tokens"])
+    assert logits.shape == fx["gold"].shape and rel_err(logits, fx["gold"]) < TOL
+    assert np.array_equal(np.argmax(logits, -1), np.argmax(fx["gold"], -1))
+
+
+@needs_device
+def test_decode_token_by_token_equals_golden_on_the_gpu(fx):
+    s = gpu(fx["gguf"], precision="f32").session()
+    toks = fx["tokens"]
+    rows = [s.prefill(toks[:1])] + [s.decode(int(t)) for t in toks[1:]]
+    assert s.n_past == len(toks) and s.tokens == toks.tolist()
+    assert rel_err(np.stack(rows), fx["gold"]) < TOL
+
+
+@needs_device
+@pytest.mark.parametrize("chunks", [[127, 73], [1, 127, 1, 71], [200]])
+def test_chunked_prefill_on_the_gpu(fixtures_dir, chunks):
+    g = np.load(fixtures_dir / "tiny-w128" / "golden.npz")
+    toks, gold = g["tokens"], g["logits_ref_fp32"]
+    s = gpu(fixtures_dir / "tiny-w128" / "tiny.gguf", precision="f32").session()
+    done = 0
+    for n in chunks:
+        last = s.prefill(toks[done:done + n])
+        done += n
+        assert rel_err(last, gold[done - 1]) < TOL
+
+
+@needs_device
+@pytest.mark.parametrize("n_cpu_moe", [1, "all"])
+def test_hybrid_cpu_experts_equal_the_cpu(fx, n_cpu_moe):
+    m = gpu(fx["gguf"], precision="f32", cpu_moe=n_cpu_moe)
+    assert m.plan.n_cpu_moe == (m.config.block_count if n_cpu_moe == "all" else n_cpu_moe)
+    cpu = load(fx["gguf"], precision="f32", device="cpu").logits(fx["tokens"])
+    assert rel_err(m.logits(fx["tokens"]), cpu) < TOL
+
+
+@needs_device
+def test_long_prompt_and_truncation_past_the_ring_on_the_gpu(fixtures_dir):
+    # tiny-w4's sliding ring holds 4 - 1 + 256 + 1024 positions: 1400 tokens wrap it, and
+    # truncating to 100 must replay the kept tokens (as the CPU session does).
+    path = fixtures_dir / "tiny-w4" / "tiny.gguf"
+    toks = np.random.default_rng(3).integers(0, 256, 1400).astype(np.int32)
+    cpu = load(path, precision="f32", device="cpu").logits(toks)
+    m = gpu(path, precision="f32")
+    assert rel_err(m.logits(toks), cpu) < TOL
+    s = m.session(n_ctx=2048)
+    s.prefill(toks)
+    assert not s.truncates_in_place(100)
+    s.truncate(100)
+    assert s.n_past == 100
+    assert rel_err(s.prefill(toks[100:110]), cpu[109]) < TOL
+
+
+@needs_device
+@pytest.mark.parametrize("kv_type", ["f16", "bf16"])
+def test_16_bit_kv_cache_on_the_gpu_matches_the_cpus(fx, kv_type):
+    # Both round the same float32 K/V to the same type (nearest even); the float32 values differ
+    # in their last bits, so an element may round the other way: 16-bit tolerances.
+    dev = gpu(fx["gguf"], precision="f32", kv_type=kv_type).logits(fx["tokens"])
+    cpu = load(fx["gguf"], precision="f32", kv_type=kv_type, device="cpu").logits(fx["tokens"])
+    assert rel_err(dev, cpu) < (2e-3 if kv_type == "f16" else 2e-2)
+    assert np.mean(np.argmax(dev, -1) == np.argmax(cpu, -1)) >= 0.95
+
+
+@needs_device
+def test_batch_and_generate_on_the_gpu(fixtures_dir):
+    from ossrun.batch import Batch
+
+    g = np.load(fixtures_dir / "tiny-w128" / "golden.npz")
+    toks, gold = g["tokens"], g["logits_ref_fp32"]
+    m = gpu(fixtures_dir / "tiny-w128" / "tiny.gguf", precision="f32")
+    a, b = m.session(), m.session()
+    out = Batch(m).step([(a, toks[:50], False), (b, toks[:30], True)])
+    assert rel_err(out[0], gold[49]) < TOL and rel_err(out[1], gold[:30]) < TOL
+    cpu = load(fixtures_dir / "tiny-w128" / "tiny.gguf", precision="f32", device="cpu")
+    assert list(m.generate(toks[:20], 12, temperature=0)) == list(cpu.generate(toks[:20], 12, temperature=0))
+
+
+@needs_device
+def test_out_of_device_memory_is_a_device_error(fx):
+    m = gpu(fx["gguf"], precision="f32")
+    with pytest.raises(DeviceError, match="cannot allocate the KV cache"):
+        _core.DeviceSession(m._core, 2**40, "f32")
+    assert m.session().prefill(fx["tokens"][:3]).shape == (m.n_vocab,)  # still usable after
