@@ -25,7 +25,14 @@ alignas(64) constexpr int16_t kIq4nlLevels2[32] = {-127, -104, -83, -65, -49, -3
 template <class D>
 struct LegacyFast : D {
     static constexpr bool kPairs = kHasPairs;
-    static constexpr int kMinGroup = D::kMin >= 0 ? 32 : 0;
+#if defined(__AVX512F__)
+    static constexpr bool kBiasAsMin = false;
+#else
+    // AVX2: Q5_0's codes stay unsigned (five_bit_words); its -16 meets the activations' block
+    // sums once per row as the offset m = 16 d (no per-element subtraction).
+    static constexpr bool kBiasAsMin = D::kQh >= 0 && D::kBias != 0;
+#endif
+    static constexpr int kMinGroup = D::kMin >= 0 || kBiasAsMin ? 32 : 0;
 
     // The int16 weights of one block (W32) or two (Pair), from their bytes.
     template <class... Blocks>
@@ -36,12 +43,10 @@ struct LegacyFast : D {
         } else {
 #if !defined(__AVX512F__)
             if constexpr (D::kQh >= 0 && sizeof...(blk) == 1) {
-                // AVX2: the fifth bits set in bytes (no word masks there), then one widening.
+                // AVX2: the unsigned codes nibble + 16 * bit (Q5_0's bias: kBiasAsMin).
+                static_assert(D::kBias == 0 || D::kBias == -16, "a 5-bit code's bias is 0 or -16");
                 const uint8_t* b = (blk, ...);
-                const __m256i codes = nibble_bytes(b + D::kQs), set = bit_bytes(b + D::kQh);
-                // Q5_0: nibble - 16 where the bit is clear (nibble | 0xF0 as int8); Q5_1: + 16 where set.
-                return i8_words(D::kBias ? _mm256_or_si256(codes, _mm256_andnot_si256(set, _mm256_set1_epi8(int8_t(0xF0))))
-                                         : _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(16))));
+                return five_bit_words(b + D::kQs, b + D::kQh);
             }
 #endif
             auto w = nibble_words((blk + D::kQs)...);
@@ -64,6 +69,7 @@ struct LegacyFast : D {
             dot_acc(acc[t][0], w, x.q[t] + b * kBlockElems, scale);
         }
         if constexpr (D::kMin >= 0) mins[b] = -half_at(blk + D::kMin);
+        if constexpr (kBiasAsMin) mins[b] = float(-D::kBias) * d;
     }
 
 #if !defined(__AVX512F__)
@@ -72,25 +78,23 @@ struct LegacyFast : D {
     static constexpr bool kQuads = true;
     template <int TT>
     static void dot_quad_i16(const uint8_t* blk, int64_t b, const Tokens<TT>& x, Acc (&acc)[2][TT][2], float* mins) {
-        __m128i halves = _mm_cvtsi32_si128(half_bits(blk));
-        halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes), 1);
-        halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes), 2);
-        halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes), 3);
-        if constexpr (D::kMin >= 0) {
-            halves = _mm_insert_epi16(halves, half_bits(blk + D::kMin), 4);
-            halves = _mm_insert_epi16(halves, half_bits(blk + D::kBytes + D::kMin), 5);
-            halves = _mm_insert_epi16(halves, half_bits(blk + 2 * D::kBytes + D::kMin), 6);
-            halves = _mm_insert_epi16(halves, half_bits(blk + 3 * D::kBytes + D::kMin), 7);
-        }
-        const __m256 d_and_min = _mm256_cvtph_ps(halves);
+        // The four scales (and minima) gathered in general registers (vpinsrw from memory costs
+        // two vector uops each), and each block's scale broadcast from memory (a load, where a
+        // vpermps of the register would take a shuffle per block).
+        uint64_t d4 = 0, m4 = 0;
+        for (int i = 0; i < 4; ++i) d4 |= uint64_t(half_bits(blk + i * D::kBytes)) << (16 * i);
+        if constexpr (D::kMin >= 0)
+            for (int i = 0; i < 4; ++i) m4 |= uint64_t(half_bits(blk + i * D::kBytes + D::kMin)) << (16 * i);
+        const __m256 d_and_min = _mm256_cvtph_ps(_mm_insert_epi64(_mm_cvtsi64_si128(int64_t(d4)), int64_t(m4), 1));
         if constexpr (D::kMin >= 0) _mm_storeu_ps(mins + b, _mm_sub_ps(_mm_setzero_ps(), _mm256_extractf128_ps(d_and_min, 1)));
-        __m256 s[TT];  // lanes 0-3: d times the activation scale of blocks b .. b + 3
-        for (int t = 0; t < TT; ++t)
-            s[t] = _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b)));
+        if constexpr (kBiasAsMin)
+            _mm_storeu_ps(mins + b, _mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_set1_ps(float(-D::kBias))));
+        alignas(16) float s[TT][4];  // d times the activation scale, blocks b .. b + 3
+        for (int t = 0; t < TT; ++t) _mm_store_ps(s[t], _mm_mul_ps(_mm256_castps256_ps128(d_and_min), _mm_loadu_ps(x.s[t] + b)));
         for (int i = 0; i < 4; ++i) {
             const W32 w = words(blk + i * D::kBytes);
             for (int t = 0; t < TT; ++t)
-                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems, lane_splat(s[t], i));
+                dot_acc(acc[i & 1][t][i >> 1], w, x.q[t] + (b + i) * kBlockElems, _mm256_broadcast_ss(&s[t][i]));
         }
     }
     static int half_bits(const uint8_t* p) {

@@ -205,26 +205,25 @@ inline W32 nibble_words(const uint8_t* p) {
     const __m256i w = widen16(load16(p));
     return {_mm256_and_si256(w, _mm256_set1_epi16(15)), _mm256_srli_epi16(w, 4)};
 }
-// The 32 nibbles of the 16 bytes at p as bytes in GGUF's element order (low nibbles, then high).
-inline __m256i nibble_bytes(const uint8_t* p) {
-    const __m128i c = load16(p);
-    return _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(c), _mm_srli_epi16(c, 4), 1),
-                            _mm256_set1_epi8(15));
-}
-// Byte j all ones where bit j of the little-endian 32 bits at p is set: each of the four bytes
-// copied to eight lanes (pshufb), each lane testing its own bit.
-inline __m256i bit_bytes(const uint8_t* p) {
+// The unsigned 5-bit codes (nibble + 16 * fifth bit, 0..31) of one block straight as words:
+// qs's 16 bytes widened once (word k = byte k: element k's nibble low, element k + 16's high)
+// and the 32 fifth bits spread to bytes by one pshufb, byte 2k testing bit k and byte 2k + 1
+// bit k + 16, so each word's two bytes meet the two elements of that word's byte: 16 lands in
+// bit 4 of the low half, and in bit 8 before the high half's shift by 4. No widening of bytes,
+// three shuffles fewer than the nibbles and bits as bytes, then widened (measured: Q5_0 14.6 -> see
+// docs/PERFORMANCE.md).
+inline W32 five_bit_words(const uint8_t* qs, const uint8_t* qh) {
     int32_t bits;
-    std::memcpy(&bits, p, 4);
+    std::memcpy(&bits, qh, 4);
     const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32(bits), _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
-                                                  3, 3, 3, 3, 3, 3, 3, 3));
-    const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
-    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-}
-// 32 signed bytes, sign-extended to words.
-inline W32 i8_words(__m256i v) {
-    return {_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1))};
+        _mm256_set1_epi32(bits), _mm256_setr_epi8(0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 1, 3, 1, 3, 1, 3, 1, 3,
+                                                  1, 3, 1, 3, 1, 3, 1, 3));
+    const __m256i bit = _mm256_setr_epi8(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, -128, -128, 1, 1, 2, 2, 4, 4,
+                                         8, 8, 16, 16, 32, 32, 64, 64, -128, -128);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    const __m256i w = widen16(load16(qs));
+    return {_mm256_or_si256(_mm256_and_si256(w, _mm256_set1_epi16(15)), _mm256_and_si256(set, _mm256_set1_epi16(0x10))),
+            _mm256_srli_epi16(_mm256_or_si256(w, _mm256_and_si256(set, _mm256_set1_epi16(0x100))), 4)};
 }
 inline W32 nibble_lookup(const uint8_t* p, const int16_t* table32) {
     // pshufb looks bytes up: the table as int8 (its entries fit), then sign-extended.
