@@ -8,9 +8,8 @@ import dataclasses
 
 import gguf
 import numpy as np
-import pytest
-
 import ossrun
+import pytest
 from ossrun import ModelError, layout_writers, model_maker
 
 SEED = 7

@@ -315,8 +315,8 @@ def test_wide_q5_0_model_loads(wide_q5_0_model):
 
 
 def test_k_quant_row_of_2880_is_a_model_error(tmp_path, wide_q5_0_model):
-    from ossrun.errors import ModelError
     import ossrun
+    from ossrun.errors import ModelError
 
     path = tmp_path / "bad.gguf"
     path.write_bytes(wide_q5_0_model.read_bytes())
@@ -326,8 +326,8 @@ def test_k_quant_row_of_2880_is_a_model_error(tmp_path, wide_q5_0_model):
 
 
 def test_unknown_and_unaccepted_types_are_model_errors(tmp_path, wide_q5_0_model):
-    from ossrun.errors import ModelError
     import ossrun
+    from ossrun.errors import ModelError
 
     path = tmp_path / "bad.gguf"
     for type_id, pattern in [(99, "type 99"), (16, "IQ2_XXS")]:
@@ -338,9 +338,8 @@ def test_unknown_and_unaccepted_types_are_model_errors(tmp_path, wide_q5_0_model
 
 
 def test_truncated_quant_tensor_is_a_model_error(tmp_path, wide_q5_0_model):
-    from ossrun.errors import ModelError
     import ossrun
-
+    from ossrun.errors import ModelError
     from ossrun.gguf_reader import GgufFile
 
     embd = GgufFile(wide_q5_0_model).tensors["token_embd.weight"]  # the first tensor: Q5_0

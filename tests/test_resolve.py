@@ -13,9 +13,8 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import pytest
-
 import ossrun
+import pytest
 from ossrun import ModelError, cli, model_maker
 from ossrun.resolve import find_local_models, resolve_model
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-import pytest
-
 import ossrun
+import pytest
 from ossrun import ModelError, layout_writers, model_maker
 from ossrun.gguf_split import shard_path
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-
 from ossrun import _cuda, cuda_status
 
 Q8_0, MXFP4 = 8, 39

@@ -681,7 +681,7 @@ def bpe_tokens(merges: list[tuple[bytes, bytes]]) -> list[bytes]:
 def bpe_tokenizer(merges: list[tuple[bytes, bytes]], n_vocab: int):
     """The tokenizer ossrun builds from a GGUF with these tokens (harmony specials after them)."""
     import tiktoken
-    from ossrun.model_maker import N_NAMED_SPECIALS, _SPECIAL_NAMES
+    from ossrun.model_maker import _SPECIAL_NAMES, N_NAMED_SPECIALS
     from ossrun.tokenizer import O200K_PATTERN, Tokenizer
 
     tokens = bpe_tokens(merges)
