@@ -28,6 +28,12 @@ struct MatmulArgs {
     const float* x_i16_scale = nullptr;
 };
 
+// Whether the fast precision's matmuls of W read only the int16 copy of x, so callers may leave
+// the float rows unset: MXFP4 and Q8_0, whose int16 GEMM gathers panels with 32-bit row offsets.
+inline bool matmul_reads_int16_only(const Matrix& W) {
+    return (W.type == DType::MXFP4 || W.type == DType::Q8_0) && W.row_bytes * 16 < (size_t(1) << 31);
+}
+
 // Element type of a KV cache (kv_type): float32, or 16-bit (IEEE half or bfloat16) stored with
 // round-to-nearest-even and widened to float32 in registers by the attention kernels.
 enum class KvType : int32_t { F32 = 0, F16 = 1, BF16 = 2 };

@@ -420,11 +420,8 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Each pair's input row, gathered in parallel. The fast precision quantizes each token's row
     // once (not once per routed expert) and gathers the int16 rows; the float rows are only
-    // needed by weights whose matmuls read them (matmul.cpp: MXFP4 and Q8_0 take int16 only).
+    // needed by weights whose matmuls read them (matmul_reads_int16_only, kernels.h).
     const bool i16 = use_i16_;
-    auto int16_only = [](const Matrix& W) {
-        return (W.type == DType::MXFP4 || W.type == DType::Q8_0) && W.row_bytes * 16 < (size_t(1) << 31);
-    };
     const int64_t P = T * k, HB = H / kBlockElems;
     if (i16) {
         quantize_i16(s, s.normed.data(), T, H);
@@ -440,7 +437,7 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
             }
         });
     }
-    if (!i16 || !int16_only(w.gate_exps) || !int16_only(w.up_exps))
+    if (!i16 || !matmul_reads_int16_only(w.gate_exps) || !matmul_reads_int16_only(w.up_exps))
         pool_.parallel_for(P, 16, [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p)
                 std::copy_n(s.normed.data() + int64_t(s.pair_token[size_t(p)]) * H, H, s.expert_x.data() + p * H);

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import ossrun
 import pytest
+from golden import FIXTURES, TOL, golden_case, load, rel_err
 from ossrun import _core, device_load, placement
 from ossrun.device import CudaStatus, cuda_status
 from ossrun.errors import DeviceError
@@ -27,8 +28,6 @@ if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/devi
     raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
 needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
 
-TOL = 1e-4  # tests/test_model.py's float32 bound on max|a-b| / max|b|
-FIXTURES = ["tiny-w4", "tiny-w128"]
 ALIGN = 256  # cuda/device_model.h kUploadAlign
 DENSE = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
          "attn_v.weight", "attn_v.bias", "attn_output.weight", "attn_output.bias",
@@ -37,25 +36,9 @@ MOE = ("ffn_gate_inp.weight", "ffn_gate_inp.bias", "ffn_gate_exps.weight", "ffn_
        "ffn_up_exps.weight", "ffn_up_exps.bias", "ffn_down_exps.weight", "ffn_down_exps.bias")
 
 
-def rel_err(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
-_MODELS: dict = {}
-
-
-def load(path, **kw):
-    key = (str(path), tuple(sorted(kw.items())))
-    if key not in _MODELS:
-        _MODELS[key] = ossrun.load(path, **kw)
-    return _MODELS[key]
-
-
 @pytest.fixture(scope="module", params=FIXTURES)
 def fx(request, fixtures_dir):
-    d = fixtures_dir / request.param
-    g = np.load(d / "golden.npz")
-    return {"gguf": d / "tiny.gguf", "tokens": g["tokens"], "gold": g["logits_ref_fp32"]}
+    return golden_case(fixtures_dir, request.param)
 
 
 def tensor_bytes(m) -> dict:

@@ -7,57 +7,27 @@ and generate().
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import ossrun
 import pytest
 import reference as R
+from golden import FIXTURES, TOL, golden_case, load, rel_err
 from ossrun._core import ops
 
 ISAS = ops.available_isas()
-FIXTURES = ["tiny-w4", "tiny-w128"]
-# MODEL.md §7.4's exact-mode bound on max|a−b| / max|b|; we measure 6e-7..4e-6 (float32 vs the
-# float32 golden or the float64 reference). Every classic bug in §7.3 moves logits by ≥ 2.5e-4.
-TOL = 1e-4
 # Session.kMaxChunk (csrc/session.h) and the sliding ring's extra room (csrc/kv_cache.h):
 # a sliding layer holds window − 1 + 256 + 1024 positions.
 MAX_CHUNK = 256
 RING_EXTRA = MAX_CHUNK + 1024
 
 
-def rel_err(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
 def agreement(a, b) -> float:
     return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
 
 
-_MODELS: dict = {}
-
-
-def load(path, **kw):
-    """ossrun.load, cached per (path, options): loading is cheap but not free."""
-    key = (str(path), tuple(sorted(kw.items())))
-    if key not in _MODELS:
-        _MODELS[key] = ossrun.load(path, **kw)
-    return _MODELS[key]
-
-
 @pytest.fixture(scope="module", params=FIXTURES)
 def fx(request, fixtures_dir):
-    d = fixtures_dir / request.param
-    g = np.load(d / "golden.npz")
-    return {
-        "name": request.param,
-        "dir": d,
-        "gguf": d / "tiny.gguf",
-        "tokens": g["tokens"],
-        "gold": g["logits_ref_fp32"],
-        "bf16": g["logits_ref_bf16"],
-        "config": json.loads((d / "config.json").read_text()),
-    }
+    return golden_case(fixtures_dir, request.param)
 
 
 @pytest.fixture(scope="module")

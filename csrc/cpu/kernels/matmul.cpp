@@ -20,9 +20,7 @@ void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
     if (a.W->type == DType::F32 && a.n_tok <= kGemvI16MaxTokens) return gemv(a, r0, r1);
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
-    if (a.x_i16 && (a.W->type == DType::MXFP4 || a.W->type == DType::Q8_0) && a.n_tok >= kTileTokens &&
-        a.W->row_bytes * 16 < (size_t(1) << 31))  // the panel gathers use 32-bit row offsets
-        return gemm_i16(a, r0, r1);
+    if (a.x_i16 && a.n_tok >= kTileTokens && matmul_reads_int16_only(*a.W)) return gemm_i16(a, r0, r1);
     if (a.x_i16 && a.W->type == DType::Q8_0 && a.n_tok < kTileTokens) return gemv_q8_0_i16(a, r0, r1);
     if (a.x_i16 && a.W->type == DType::MXFP4 && a.n_tok < kTileTokens) return gemv_mxfp4_i16(a, r0, r1);
 #endif
