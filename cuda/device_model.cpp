@@ -213,15 +213,7 @@ void DeviceModel::forward(DeviceKvCache& kv, const int32_t* tokens, int64_t T, i
     check(cudaMemcpyAsync(b.positions, hs.positions.data(), size_t(T) * 8, cudaMemcpyHostToDevice, st), "cudaMemcpy");
 
     auto matmul_on = [&](const Matrix& W, const float* x, int64_t n, float* y, const float* bias) {
-        MatmulArgs a;
-        a.W = W;
-        a.x = x;
-        a.ldx = W.cols;
-        a.n_tok = n;
-        a.y = y;
-        a.ldy = W.rows;
-        a.bias = bias;
-        matmul(a, st);
+        matmul(matmul_args(W, x, n, y, bias), st);
         weight_bytes_read_ += uint64_t(W.rows) * W.row_bytes;
     };
     auto experts_on = [&](const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias) {

@@ -24,6 +24,20 @@ struct MatmulArgs {
     const float* bias = nullptr;  // [rows] or null
 };
 
+// The arguments of y[n_tok, W.rows] = x[n_tok, W.cols] W^T (+ bias), dense rows: W.data, x, y
+// and bias on the device.
+inline MatmulArgs matmul_args(const Matrix& W, const float* x, int64_t n_tok, float* y, const float* bias) {
+    MatmulArgs a;
+    a.W = W;
+    a.x = x;
+    a.ldx = W.cols;
+    a.n_tok = n_tok;
+    a.y = y;
+    a.ldy = W.rows;
+    a.bias = bias;
+    return a;
+}
+
 // Decode: one warp per (row, token), for few tokens (gemv.cu).
 void gemv(const MatmulArgs& a, cudaStream_t stream);
 // Prefill: 32x32 output tiles through shared memory (gemm.cu).

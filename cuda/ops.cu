@@ -48,15 +48,8 @@ constexpr int64_t kMaxGridY = 65535;
 // The launch arguments of y[n_tok, rows] = x[n_tok, cols] W^T (+ bias), all pointers on the device.
 MatmulArgs device_matmul_args(const Matrix& W_host, const uint8_t* w, const float* x, int64_t n_tok,
                               float* y, const float* bias) {
-    MatmulArgs a;
-    a.W = W_host;
+    MatmulArgs a = matmul_args(W_host, x, n_tok, y, bias);
     a.W.data = w;
-    a.x = x;
-    a.ldx = W_host.cols;
-    a.n_tok = n_tok;
-    a.y = y;
-    a.ldy = W_host.rows;
-    a.bias = bias;
     return a;
 }
 
