@@ -13,7 +13,7 @@ from ossrun.sampler import Sampler
 
 pytest.importorskip("fastapi")
 
-from ossrun.server.scheduler import DoneEvent, Generation, QueueFull, Scheduler, TokenEvent  # noqa: E402
+from ossrun.server.scheduler import DoneEvent, Generation, QueueFull, Scheduler, TokenEvent, _logprobs  # noqa: E402
 
 VOCAB = 4096
 
@@ -179,3 +179,16 @@ def test_a_prefix_the_rings_lost_is_fed_in_steps_not_replayed(model, rng):
         assert done.cached_tokens == 0 and tokens == greedy_alone(model, again, 6)
     finally:
         sched.close()
+
+
+def test_logprobs_match_a_float64_log_softmax(rng):
+    z = rng.normal(0, 3, 5000).astype(np.float32)
+    z[rng.integers(0, 5000, 300)] = -np.inf  # a constraint's mask
+    token = int(np.flatnonzero(np.isfinite(z))[7])
+    finite = z[np.isfinite(z)].astype(np.float64)
+    lse = finite.max() + np.log(np.exp(finite - finite.max()).sum())
+    lp, top = _logprobs(z, token, 5)
+    assert abs(lp - (float(z[token]) - lse)) < 1e-5
+    want = np.lexsort((np.arange(5000), -z))[:5]
+    assert [i for i, _ in top] == want.tolist()
+    np.testing.assert_allclose([v for _, v in top], z[want].astype(np.float64) - lse, atol=1e-5)

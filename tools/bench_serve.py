@@ -99,6 +99,30 @@ def aggregate_decode(url: str, model: str, n: int, n_tokens: int, run: int) -> f
     return tokens / (end - start) if end > start else float("nan")
 
 
+def server_decode_stats(url: str) -> dict | None:
+    """ossrun's own count of its decode steps by size (/health "decode"); None for another server."""
+    try:
+        return httpx.get(url + "/health", timeout=10).json().get("decode")
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def server_step_ms(before: dict | None, after: dict | None, n: int) -> dict | None:
+    """Milliseconds per n-sequence decode step between two server_decode_stats: period (step
+    start to the next one's, what a client sees), step (forward, sampling, events), forward."""
+    if before is None or after is None or str(n) not in after:
+        return None
+    a, b = after[str(n)], before.get(str(n), {})
+    steps = a["steps"] - b.get("steps", 0)
+    periods = a["periods"] - b.get("periods", 0)
+    if steps < 1 or periods < 1:
+        return None
+    return {"steps": steps,
+            "period": 1e3 * (a["period_seconds"] - b.get("period_seconds", 0.0)) / periods,
+            "step": 1e3 * (a["step_seconds"] - b.get("step_seconds", 0.0)) / steps,
+            "forward": 1e3 * (a["forward_seconds"] - b.get("forward_seconds", 0.0)) / steps}
+
+
 def first_token_seconds(url: str, model: str, prompt: str) -> float:
     t0 = time.perf_counter()
     r = httpx.post(url + "/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 1,
@@ -177,10 +201,22 @@ def main(argv=None) -> int:
         tok = _tokenizer(args.model)
         rng = random.Random(0)
         decode = {name: {n: [] for n in args.streams} for name in starters}
+        server_ms = {n: [] for n in args.streams}  # ossrun's own ms per step (server_step_ms)
         ttft = {name: {"seen_prefix": [], "cold": []} for name in starters}
         if not args.one_at_a_time:
             for name in starters:
                 up(name)
+        def decode_case(name, n, run):
+            before = server_decode_stats(engines[name]) if name == "ossrun" else None
+            rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
+            decode[name][n].append(rate)
+            ms = server_step_ms(before, server_decode_stats(engines[name]), n) if before is not None else None
+            if ms:
+                server_ms[n].append(ms)
+            progress(f"{name}: {n} streams {rate:.2f} tok/s" + (
+                f" (server: {ms['steps']} steps of {n}: {ms['period']:.1f} ms apart, the step "
+                f"{ms['step']:.1f} ms, its forward {ms['forward']:.1f} ms)" if ms else ""))
+
         def ttft_cases(name, prompts):
             # TTFT: a fresh 2k prompt whose first 1.9k tokens were sent before (another ending),
             # and a cold 2k prompt.
@@ -203,18 +239,14 @@ def main(argv=None) -> int:
                 for name in starters:
                     up(name)
                     for n in args.streams:
-                        rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
-                        decode[name][n].append(rate)
-                        progress(f"{name}: {n} streams {rate:.2f} tok/s")
+                        decode_case(name, n, run)
                     if prompts:
                         ttft_cases(name, prompts)
                     down(name)
             else:  # by case
                 for n in args.streams:
                     for name in starters:
-                        rate = aggregate_decode(engines[name], models[name], n, args.tokens, run)
-                        decode[name][n].append(rate)
-                        progress(f"{name}: {n} streams {rate:.2f} tok/s")
+                        decode_case(name, n, run)
                 if prompts:
                     for name in engines:
                         ttft_cases(name, prompts)
@@ -223,7 +255,7 @@ def main(argv=None) -> int:
                   "decode_tok_s": {name: {n: med(v) for n, v in d.items()} for name, d in decode.items()},
                   "ttft_s": {name: {k: med(v) for k, v in t.items()}
                              for name, t in ttft.items() if not args.skip_ttft},
-                  "runs": {"decode_tok_s": decode, "ttft_s": ttft}}
+                  "runs": {"decode_tok_s": decode, "ttft_s": ttft, "ossrun_server_ms": server_ms}}
         if args.json:
             print(json.dumps(result, indent=2))
         else:
