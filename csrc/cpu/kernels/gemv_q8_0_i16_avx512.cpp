@@ -1,7 +1,8 @@
 // Fast-precision decode of Q8_0 rows: int16 activations (quantized by gemm_i16.cpp's
-// quantize_i16) times the int8 weights with AVX512-VNNI vpdpwssd, 1-8 tokens per call.
+// quantize_i16) times the int8 weights with AVX512-VNNI vpdpwssd, 1-8 tokens per call. Token
+// groups and the shape of the loops: gemv_i16_groups (matmul_internal.h).
 // Shape contract in kernels.h (MatmulArgs).
-#include "gemv_i16_avx512.h"
+#include "matmul_internal.h"
 
 #if defined(__AVX512F__)
 namespace ossrun::OSSRUN_ISA_NS {
