@@ -19,12 +19,14 @@
 #include "numerics.h"
 #include "rope.h"
 #include "session.h"
+#include "session_bindings.h"
 #ifdef OSSRUN_HAVE_DEVICE_MODEL
 #include "../cuda/device_bindings.h"  // the CUDA device model (cuda/device_model.h)
 #endif
 
 namespace py = pybind11;
 using namespace ossrun;
+using namespace ossrun::bindings;
 
 namespace {
 
@@ -187,20 +189,6 @@ ModelWeights weights_from_dict(const ModelConfig& c, const py::dict& t) {
         w.layers.push_back(L);
     }
     return w;
-}
-
-// Runs fn, turning the core's std exceptions into the Python exceptions a caller expects.
-template <class F>
-auto translated(F&& fn) -> decltype(fn()) {
-    try {
-        return fn();
-    } catch (const std::length_error& e) {
-        throw py::value_error(e.what());
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    } catch (const std::out_of_range& e) {
-        throw py::index_error(e.what());
-    }
 }
 
 const KernelTable* table_arg(const std::string& isa) {
@@ -496,38 +484,17 @@ PYBIND11_MODULE(_core, m) {
         })
         .def_property_readonly("threads", &Model::threads);
 
-    py::class_<Session>(m, "Session")
+    py::class_<Session> session(m, "Session");
+    session
         .def(py::init([](std::shared_ptr<Model> model, int64_t n_ctx, const std::string& kv_type) {
                  if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
-                 KvType type;
-                 try {
-                     type = parse_kv_type(kv_type);
-                 } catch (const std::invalid_argument& e) {
-                     throw py::value_error(e.what());
-                 }
-                 return new Session(std::move(model), n_ctx, type);
+                 return new Session(std::move(model), n_ctx, kv_type_arg(kv_type));
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = "f32")
-        .def_property_readonly("kv_type", [](const Session& s) {
-            return std::string(s.kv_type() == KvType::F16 ? "f16" : s.kv_type() == KvType::BF16 ? "bf16" : "f32");
-        })
-        .def("prefill", [](Session& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids,
-                           bool all_logits) {
-            if (ids.ndim() != 1 || ids.shape(0) < 1)
-                throw py::value_error("ids must be a non-empty 1-D sequence of token ids");
-            const int64_t n = ids.shape(0), V = s.vocab_size();
-            py::array_t<float> logits = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
-            float* out = logits.mutable_data();
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.prefill(ids.data(), n, out, all_logits);
-            });
-            return logits;
-        }, py::arg("ids"), py::arg("all_logits") = false)
-        .def("prefill_traced", [](Session& s, py::array_t<int32_t, py::array::c_style | py::array::forcecast> ids) {
+        .def("prefill_traced", [](Session& s, const py::handle& ids_in) {
             // Debugging aid on a fresh context: logits [n, V] and the residual stream after each
             // half layer [2L, n, H] (attention half, then MoE half).
-            if (ids.ndim() != 1 || ids.shape(0) < 1) throw py::value_error("ids must be a non-empty 1-D array");
+            const IdArray ids = ids_arg(ids_in, "ids");
             const int64_t n = ids.shape(0), V = s.vocab_size();
             const int64_t L = s.config().block_count, H = s.config().embedding_length;
             py::array_t<float> logits({n, V});
@@ -541,25 +508,8 @@ PYBIND11_MODULE(_core, m) {
             std::copy(res.begin(), res.end(), residuals.mutable_data());
             return py::make_tuple(logits, residuals);
         }, py::arg("ids"))
-        .def_property_readonly("n_past", &Session::n_past)
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("kv_bytes", &Session::kv_bytes)
-        .def_property_readonly("tokens", &Session::tokens)
-        .def("truncate", [](Session& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.truncate(n);
-            });
-        })
-        .def("truncates_in_place", &Session::truncates_in_place)
-        .def("reset", &Session::reset)
-        .def("commit_kv", &Session::commit_kv)
-        .def("fill_synthetic", [](Session& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.fill_synthetic(n);
-            });
-        });
+        .def("commit_kv", &Session::commit_kv);
+    bind_session_common(session);
 
     // Batched steps over several sessions (continuous batching); owns the activation scratch.
     py::class_<Scratch>(m, "Batch")
@@ -575,15 +525,13 @@ PYBIND11_MODULE(_core, m) {
             const size_t n = sessions.size();
             if (ids.size() != n || all_logits.size() != n)
                 throw py::value_error("step wants as many id arrays and all_logits flags as sessions");
-            std::vector<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> id_arrays;
+            std::vector<IdArray> id_arrays;
             std::vector<py::array_t<float>> outs;
             std::vector<SessionStep> steps(n);
             for (size_t i = 0; i < n; ++i) {
                 Session* s = sessions[i].cast<Session*>();
-                id_arrays.emplace_back(py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(ids[i]));
+                id_arrays.push_back(ids_arg(ids[i], "ids[" + std::to_string(i) + "]"));
                 const auto& a = id_arrays.back();
-                if (!a || a.ndim() != 1 || a.shape(0) < 1)
-                    throw py::value_error("ids[" + std::to_string(i) + "] must be a non-empty 1-D sequence of token ids");
                 const bool all = all_logits[i].cast<bool>();
                 const int64_t len = a.shape(0), V = s->vocab_size();
                 outs.push_back(all ? py::array_t<float>({len, V}) : py::array_t<float>(V));

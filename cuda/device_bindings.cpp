@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../csrc/session_bindings.h"
 #include "cuda_error.h"
 #include "device_model.h"
 
@@ -17,53 +18,14 @@ namespace py = pybind11;
 
 namespace ossrun::cuda {
 
+using namespace ossrun::bindings;
+
 namespace {
-
-using IdArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-// The core's std exceptions as the Python ones csrc/bindings.cpp raises; CudaError is translated
-// to DeviceError by the module's translator (bind_device_model).
-template <class F>
-auto translated(F&& fn) -> decltype(fn()) {
-    try {
-        return fn();
-    } catch (const std::length_error& e) {
-        throw py::value_error(e.what());
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    } catch (const std::out_of_range& e) {
-        throw py::index_error(e.what());
-    }
-}
-
-KvType kv_type_arg(const std::string& name) {
-    return translated([&] { return parse_kv_type(name); });
-}
-
-const char* kv_type_name(KvType t) { return t == KvType::F16 ? "f16" : t == KvType::BF16 ? "bf16" : "f32"; }
 
 int64_t n_cpu_moe_arg(const Model& host, int64_t n_cpu_moe) {
     if (n_cpu_moe < 0 || n_cpu_moe > host.config().block_count)
         throw py::value_error("n_cpu_moe must be in [0, " + std::to_string(host.config().block_count) + "]");
     return n_cpu_moe;
-}
-
-IdArray ids_arg(const py::handle& ids, const char* what) {
-    IdArray a = IdArray::ensure(ids);
-    if (!a || a.ndim() != 1 || a.shape(0) < 1)
-        throw py::value_error(std::string(what) + " must be a non-empty 1-D sequence of token ids");
-    return a;
-}
-
-py::array_t<float> prefill(DeviceSession& s, const IdArray& ids, bool all_logits) {
-    const int64_t n = ids.shape(0), V = s.vocab_size();
-    py::array_t<float> logits = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
-    float* out = logits.mutable_data();
-    translated([&] {
-        py::gil_scoped_release nogil;
-        s.prefill(ids.data(), n, out, all_logits);
-    });
-    return logits;
 }
 
 }  // namespace
@@ -119,39 +81,19 @@ void bind_device_model(py::module_& m) {
             return out;
         });
 
-    py::class_<DeviceSession>(m, "DeviceSession")
+    py::class_<DeviceSession> session(m, "DeviceSession");
+    session
         .def(py::init([](std::shared_ptr<DeviceModel> model, int64_t n_ctx, const std::string& kv_type) {
                  if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
                  const KvType type = kv_type_arg(kv_type);
                  return translated([&] { return new DeviceSession(std::move(model), n_ctx, type); });
              }),
              py::arg("model"), py::arg("n_ctx"), py::arg("kv_type") = "f32")
-        .def_property_readonly("kv_type", [](const DeviceSession& s) { return std::string(kv_type_name(s.kv_type())); })
-        .def("prefill", [](DeviceSession& s, const py::handle& ids, bool all_logits) {
-            return prefill(s, ids_arg(ids, "ids"), all_logits);
-        }, py::arg("ids"), py::arg("all_logits") = false)
         .def("prefill_traced", [](DeviceSession&, const py::handle&) -> py::tuple {
             throw py::value_error("prefill_traced runs on the CPU model only (device='cpu')");
         }, py::arg("ids"))
-        .def_property_readonly("n_past", &DeviceSession::n_past)
-        .def_property_readonly("n_ctx", &DeviceSession::n_ctx)
-        .def_property_readonly("kv_bytes", &DeviceSession::kv_bytes)
-        .def_property_readonly("tokens", &DeviceSession::tokens)
-        .def("truncate", [](DeviceSession& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.truncate(n);
-            });
-        })
-        .def("truncates_in_place", &DeviceSession::truncates_in_place)
-        .def("reset", &DeviceSession::reset)
-        .def("commit_kv", [](DeviceSession&) {})  // device memory is allocated whole at creation
-        .def("fill_synthetic", [](DeviceSession& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.fill_synthetic(n);
-            });
-        });
+        .def("commit_kv", [](DeviceSession&) {});  // device memory is allocated whole at creation
+    bind_session_common(session);
 
     // Batch's face over device sessions: each session's rows in turn (not one stacked forward yet).
     struct DeviceBatch {
@@ -177,7 +119,7 @@ void bind_device_model(py::module_& m) {
                 ss.push_back(sessions[i].cast<DeviceSession*>());
                 for (size_t j = 0; j < i; ++j)
                     if (ss[j] == ss[i]) throw py::value_error("step: a session appears twice");
-                arrays.push_back(ids_arg(ids[i], ("ids[" + std::to_string(i) + "]").c_str()));
+                arrays.push_back(ids_arg(ids[i], "ids[" + std::to_string(i) + "]"));
                 total += arrays.back().shape(0);
                 if (ss[i]->n_past() + arrays.back().shape(0) > ss[i]->n_ctx())
                     throw py::value_error("context overflow: " + std::to_string(ss[i]->n_past()) + " + " +
@@ -188,7 +130,7 @@ void bind_device_model(py::module_& m) {
                 throw py::value_error("step: " + std::to_string(total) + " tokens exceed one chunk of " +
                                       std::to_string(b.rows));
             py::list out;
-            for (size_t i = 0; i < n; ++i) out.append(prefill(*ss[i], arrays[i], all_logits[i].cast<bool>()));
+            for (size_t i = 0; i < n; ++i) out.append(prefill_logits(*ss[i], arrays[i], all_logits[i].cast<bool>()));
             return out;
         }, py::arg("sessions"), py::arg("ids"), py::arg("all_logits"));
 }
