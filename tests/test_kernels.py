@@ -338,8 +338,11 @@ def test_quantize_i16(isa_name, rng):
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 # 50 rows: a whole 32-row GEMM panel, then one whose second 16-row half has 2 rows.
 @pytest.mark.parametrize("rows", [1, 19, 37, 50], ids=["one_row", "rows19", "rows37", "rows50"])
+# MXFP4 block counts 1, 3, 4, 5, 7, 90: every remainder of the 2- and 4-block layouts of the
+# AVX-512 GEMVs (avx512 pairs blocks, avx512vbmi lays four into a vector), with and without whole ones.
 @pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
-                                   (MXFP4, 224), (MXFP4, 2880)], ids=_shape_id)
+                                   (MXFP4, 128), (MXFP4, 160), (MXFP4, 224), (MXFP4, 2880)],
+                         ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
     exact weights, in the GEMM and the GEMVs (decode, decode batches) alike. Given the quantized
@@ -369,6 +372,45 @@ def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
 
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+@pytest.mark.parametrize("scales, x_scale", [((0, 1, 2, 3), 1e30), ((252, 253, 254), 1e-30)],
+                         ids=["e0_to_3", "e252_to_254"])
+def test_matmul_fast_mxfp4_extreme_scales(isa_name, rng, scales, x_scale):
+    """E8M0's ends: 2^-127 (e = 0, a float32 subnormal) up to 2^127, each block's float step
+    exact as in test_matmul_fast_int16_activations. The activations are scaled so that the
+    products stay normal floats (a subnormal product would round more than the bound allows)."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    rows, cols = 13, 32 * 11
+    raw = raw_mxfp4(rng, rows, cols, scales=rng.choice(scales, (rows, cols // 32)))
+    W = R.dequantize(raw, MXFP4, (rows, cols))
+    for T in (1, 2, 3, 4, 5):
+        x = (rng.standard_normal((T, cols)) * x_scale).astype(np.float32)
+        y = ops.matmul(raw, MXFP4, rows, cols, x, None, isa_name, "fast")
+        q, scale = quantize_i16_ref(x)
+        xq = q.astype(np.float64) * np.repeat(scale, 32, axis=1).astype(np.float64)
+        ref = R.matmul(xq, W)
+        tol = (cols // 32 + 4) * U * (np.abs(xq) @ np.abs(W).T)
+        assert np.all(np.isfinite(y)) and np.all(np.abs(y - ref) <= tol), f"T={T}"
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+def test_matmul_fast_mxfp4_nan_scale_is_not_finite(isa_name, rng):
+    """E8M0 byte 255 is NaN: a row with one such block must not come out finite (the model
+    reports non-finite logits, tests/test_bad_input.py), whatever the block's place in the row."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    rows, cols = 12, 32 * 7
+    scales = rng.integers(118, 129, (rows, cols // 32))
+    bad = np.arange(rows) % 2 == 0
+    scales[bad, np.arange(rows)[bad] % (cols // 32)] = 255
+    raw = raw_mxfp4(rng, rows, cols, scales=scales)
+    for T in (1, 2, 4, 5):
+        y = ops.matmul(raw, MXFP4, rows, cols, rng.standard_normal((T, cols)).astype(np.float32), None,
+                       isa_name, "fast")
+        assert np.all(~np.isfinite(y[:, bad])) and np.all(np.isfinite(y[:, ~bad])), f"T={T}"
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 @pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 224), (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
@@ -382,7 +424,7 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
     rows = 37
     raw = raw_random(rng, ggml_type, rows, cols)
     b = rng.standard_normal(rows).astype(np.float32)
-    for T in range(2, (8 if isa_name == "avx512" else 3) + 1):
+    for T in range(2, (8 if isa_name.startswith("avx512") else 3) + 1):
         x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
         y = ops.matmul(raw, ggml_type, rows, cols, x, b, isa_name, "fast")
         for t in range(T):
