@@ -7,6 +7,9 @@ rounding bound stated next to each test. Spec: MODEL.md §2.2-§2.6, §7.4 item 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -338,8 +341,10 @@ def test_quantize_i16(isa_name, rng):
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 # 50 rows: a whole 32-row GEMM panel, then one whose second 16-row half has 2 rows.
 @pytest.mark.parametrize("rows", [1, 19, 37, 50], ids=["one_row", "rows19", "rows37", "rows50"])
-@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
-                                   (MXFP4, 224), (MXFP4, 2880)], ids=_shape_id)
+# Q8_0 at 1, 3, 5, 89, 90, 91 and 128 blocks: its GEMV takes blocks in quads (every remainder).
+@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2848), (Q8_0, 2880), (Q8_0, 2912),
+                                   (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 224), (MXFP4, 2880)],
+                         ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
     exact weights, in the GEMM and the GEMVs (decode, decode batches) alike. Given the quantized
@@ -388,6 +393,44 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
         for t in range(T):
             alone = ops.matmul(raw, ggml_type, rows, cols, x[t:t + 1], b, isa_name, "fast")
             assert np.array_equal(y[t], alone[0]), f"T={T}, token {t}"
+
+
+_NO_VBMI_CHILD = """
+import sys
+import numpy as np
+from ossrun._core import ops
+d = np.load(sys.argv[1])
+out = {}
+for i in range(int(d["cases"])):
+    raw, x, cols = d[f"raw{i}"], d[f"x{i}"], int(d[f"cols{i}"])
+    out[f"y{i}"] = np.concatenate([ops.matmul(raw, int(d["q8_0"]), raw.shape[0], cols, x[:T], None, "avx512",
+                                              "fast").ravel() for T in range(1, 9)])
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.skipif("avx512" not in FAST_ISAS, reason="no AVX-512 int16 GEMV on this CPU")
+def test_matmul_fast_q8_0_without_vbmi_same_bits(rng, tmp_path):
+    """The AVX-512 Q8_0 GEMV builds its weight vectors with one VBMI byte permute where the CPU
+    has it and with unpacks and lane permutes where it does not (OSSRUN_NO_VBMI forces that here):
+    the same vectors, so the same bits, for every token count 1..8, row pairs and odd rows, and
+    every remainder of blocks past the quads (1, 3, 5, 89, 90, 91, 128 blocks)."""
+    cases = {}
+    for i, (rows, nb) in enumerate([(1, 1), (19, 3), (50, 5), (37, 89), (19, 90), (50, 91), (19, 128)]):
+        cols = 32 * nb
+        cases[f"raw{i}"] = raw_q8_0(rng, rows, cols)
+        cases[f"x{i}"] = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+        cases[f"cols{i}"] = np.array(cols)
+    np.savez(tmp_path / "in.npz", cases=7, q8_0=Q8_0, **cases)
+    env = dict(os.environ, OSSRUN_NO_VBMI="1")
+    subprocess.run([sys.executable, "-c", _NO_VBMI_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                   env=env, check=True, timeout=120)
+    child = np.load(tmp_path / "out.npz")
+    for i in range(7):
+        raw, x, cols = cases[f"raw{i}"], cases[f"x{i}"], int(cases[f"cols{i}"])
+        here = np.concatenate([ops.matmul(raw, Q8_0, raw.shape[0], cols, x[:T], None, "avx512", "fast").ravel()
+                               for T in range(1, 9)])
+        assert np.array_equal(here, child[f"y{i}"]), f"case {i}: {raw.shape[0]} rows, {cols // 32} blocks"
 
 
 def test_matmul_fast_rejects_bad_precision():
