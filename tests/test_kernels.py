@@ -7,9 +7,6 @@ rounding bound stated next to each test. Spec: MODEL.md §2.2-§2.6, §7.4 item 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -341,9 +338,12 @@ def test_quantize_i16(isa_name, rng):
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 # 50 rows: a whole 32-row GEMM panel, then one whose second 16-row half has 2 rows.
 @pytest.mark.parametrize("rows", [1, 19, 37, 50], ids=["one_row", "rows19", "rows37", "rows50"])
-# Q8_0 at 1, 3, 5, 89, 90, 91 and 128 blocks: its GEMV takes blocks in quads (every remainder).
+# MXFP4 block counts 1, 3, 4, 5, 7, 90: every remainder of the 2- and 4-block layouts of the
+# AVX-512 GEMVs (avx512 pairs blocks, avx512vbmi lays four into a vector), with and without whole ones.
+# Q8_0 at 1, 3, 5, 89, 90, 91 and 128 blocks: its AVX-512 GEMVs take blocks in quads (every remainder).
 @pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2848), (Q8_0, 2880), (Q8_0, 2912),
-                                   (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 224), (MXFP4, 2880)],
+                                   (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128), (MXFP4, 160), (MXFP4, 224),
+                                   (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
@@ -374,6 +374,45 @@ def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
 
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+@pytest.mark.parametrize("scales, x_scale", [((0, 1, 2, 3), 1e30), ((252, 253, 254), 1e-30)],
+                         ids=["e0_to_3", "e252_to_254"])
+def test_matmul_fast_mxfp4_extreme_scales(isa_name, rng, scales, x_scale):
+    """E8M0's ends: 2^-127 (e = 0, a float32 subnormal) up to 2^127, each block's float step
+    exact as in test_matmul_fast_int16_activations. The activations are scaled so that the
+    products stay normal floats (a subnormal product would round more than the bound allows)."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    rows, cols = 13, 32 * 11
+    raw = raw_mxfp4(rng, rows, cols, scales=rng.choice(scales, (rows, cols // 32)))
+    W = R.dequantize(raw, MXFP4, (rows, cols))
+    for T in (1, 2, 3, 4, 5):
+        x = (rng.standard_normal((T, cols)) * x_scale).astype(np.float32)
+        y = ops.matmul(raw, MXFP4, rows, cols, x, None, isa_name, "fast")
+        q, scale = quantize_i16_ref(x)
+        xq = q.astype(np.float64) * np.repeat(scale, 32, axis=1).astype(np.float64)
+        ref = R.matmul(xq, W)
+        tol = (cols // 32 + 4) * U * (np.abs(xq) @ np.abs(W).T)
+        assert np.all(np.isfinite(y)) and np.all(np.abs(y - ref) <= tol), f"T={T}"
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+def test_matmul_fast_mxfp4_nan_scale_is_not_finite(isa_name, rng):
+    """E8M0 byte 255 is NaN: a row with one such block must not come out finite (the model
+    reports non-finite logits, tests/test_bad_input.py), whatever the block's place in the row."""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    rows, cols = 12, 32 * 7
+    scales = rng.integers(118, 129, (rows, cols // 32))
+    bad = np.arange(rows) % 2 == 0
+    scales[bad, np.arange(rows)[bad] % (cols // 32)] = 255
+    raw = raw_mxfp4(rng, rows, cols, scales=scales)
+    for T in (1, 2, 4, 5):
+        y = ops.matmul(raw, MXFP4, rows, cols, rng.standard_normal((T, cols)).astype(np.float32), None,
+                       isa_name, "fast")
+        assert np.all(~np.isfinite(y[:, bad])) and np.all(np.isfinite(y[:, ~bad])), f"T={T}"
+
+
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
 @pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 224), (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
@@ -387,7 +426,7 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
     rows = 37
     raw = raw_random(rng, ggml_type, rows, cols)
     b = rng.standard_normal(rows).astype(np.float32)
-    for T in range(2, (8 if isa_name == "avx512" else 3) + 1):
+    for T in range(2, (8 if isa_name.startswith("avx512") else 3) + 1):
         x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
         y = ops.matmul(raw, ggml_type, rows, cols, x, b, isa_name, "fast")
         for t in range(T):
@@ -395,42 +434,18 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
             assert np.array_equal(y[t], alone[0]), f"T={T}, token {t}"
 
 
-_NO_VBMI_CHILD = """
-import sys
-import numpy as np
-from ossrun._core import ops
-d = np.load(sys.argv[1])
-out = {}
-for i in range(int(d["cases"])):
-    raw, x, cols = d[f"raw{i}"], d[f"x{i}"], int(d[f"cols{i}"])
-    out[f"y{i}"] = np.concatenate([ops.matmul(raw, int(d["q8_0"]), raw.shape[0], cols, x[:T], None, "avx512",
-                                              "fast").ravel() for T in range(1, 9)])
-np.savez(sys.argv[2], **out)
-"""
-
-
-@pytest.mark.skipif("avx512" not in FAST_ISAS, reason="no AVX-512 int16 GEMV on this CPU")
-def test_matmul_fast_q8_0_without_vbmi_same_bits(rng, tmp_path):
-    """The AVX-512 Q8_0 GEMV builds its weight vectors with one VBMI byte permute where the CPU
-    has it and with unpacks and lane permutes where it does not (OSSRUN_NO_VBMI forces that here):
-    the same vectors, so the same bits, for every token count 1..8, row pairs and odd rows, and
-    every remainder of blocks past the quads (1, 3, 5, 89, 90, 91, 128 blocks)."""
-    cases = {}
-    for i, (rows, nb) in enumerate([(1, 1), (19, 3), (50, 5), (37, 89), (19, 90), (50, 91), (19, 128)]):
+@pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(FAST_ISAS), reason="needs AVX-512 with and without VBMI")
+def test_matmul_fast_q8_0_same_bits_with_and_without_vbmi(rng):
+    """The avx512vbmi variant's Q8_0 GEMV builds its weight vectors with one byte permute each,
+    the avx512 variant's with unpacks and lane permutes: the same vectors, so the same bits, for
+    every token count 1..8, row pairs and odd rows, and every remainder of blocks past the quads."""
+    for rows, nb in [(1, 1), (19, 3), (50, 5), (37, 89), (19, 90), (50, 91), (19, 128)]:
         cols = 32 * nb
-        cases[f"raw{i}"] = raw_q8_0(rng, rows, cols)
-        cases[f"x{i}"] = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
-        cases[f"cols{i}"] = np.array(cols)
-    np.savez(tmp_path / "in.npz", cases=7, q8_0=Q8_0, **cases)
-    env = dict(os.environ, OSSRUN_NO_VBMI="1")
-    subprocess.run([sys.executable, "-c", _NO_VBMI_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                   env=env, check=True, timeout=120)
-    child = np.load(tmp_path / "out.npz")
-    for i in range(7):
-        raw, x, cols = cases[f"raw{i}"], cases[f"x{i}"], int(cases[f"cols{i}"])
-        here = np.concatenate([ops.matmul(raw, Q8_0, raw.shape[0], cols, x[:T], None, "avx512", "fast").ravel()
-                               for T in range(1, 9)])
-        assert np.array_equal(here, child[f"y{i}"]), f"case {i}: {raw.shape[0]} rows, {cols // 32} blocks"
+        raw = raw_q8_0(rng, rows, cols)
+        x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+        for T in range(1, 9):
+            y = [ops.matmul(raw, Q8_0, rows, cols, x[:T], None, isa, "fast") for isa in ("avx512", "avx512vbmi")]
+            assert np.array_equal(y[0], y[1]), f"{rows} rows, {nb} blocks, T={T}"
 
 
 def test_matmul_fast_rejects_bad_precision():

@@ -20,6 +20,9 @@ namespace avx2vnni { const KernelTable* table(); }
 #ifdef OSSRUN_HAVE_AVX512
 namespace avx512 { const KernelTable* table(); }
 #endif
+#ifdef OSSRUN_HAVE_AVX512VBMI
+namespace avx512vbmi { const KernelTable* table(); }
+#endif
 #ifdef OSSRUN_HAVE_NEON
 namespace neon { const KernelTable* table(); }
 #endif
@@ -29,8 +32,12 @@ std::vector<const KernelTable*> available_kernel_tables() {
 #if defined(OSSRUN_HAVE_AVX512) && (defined(__x86_64__) || defined(__i386__))
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+#ifdef OSSRUN_HAVE_AVX512VBMI
+        if (__builtin_cpu_supports("avx512vbmi")) out.push_back(avx512vbmi::table());
+#endif
         out.push_back(avx512::table());
+    }
 #endif
 #if defined(OSSRUN_HAVE_AVX2) && (defined(__x86_64__) || defined(__i386__))
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

@@ -55,8 +55,8 @@ class Model:
         precision: "fast" (default; matmuls on MXFP4 and Q8_0 weights take int16
             activations, ~2^-16 of each 32-block's largest value lost) or "f32" (float32
             activations end to end).
-        isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "neon"); default the best
-            this CPU runs (or $OSSRUN_ISA).
+        isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "avx512vbmi",
+            "neon"); default the best this CPU runs (or $OSSRUN_ISA).
         kv_type: element type of the sessions' KV caches: "f16" (IEEE half, the default in the
             fast precision: half the memory and bytes read per decoded token of float32, each K
             and V element rounded to 11 significant bits), "bf16" (8 significant bits, float32's

@@ -8,6 +8,137 @@ namespace ossrun::OSSRUN_ISA_NS {
 #if defined(__AVX512F__)
 namespace {
 
+// MXFP4 values doubled are small integers (0, 1, 2, 3, 4, 6, 8, 12 and their negatives), so a
+// block times int16 activations is an exact int32 dot (|sum| <= 32 * 12 * 32767 < 2^24, exact in
+// float too); the block scale halved stays a power of two.
+alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                                       0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+#if defined(__AVX512VBMI__)
+// With AVX512-VBMI (the avx512vbmi variant): four blocks per vector, as the Q8_0 GEMV lays them
+// (gemv.cpp), and VBMI's byte permutes take the codes and scales straight from the row. Lanes
+// 4b..4b+3 of one int32 vector sum block b of a quad (four vpdpwssd a token), so per token and
+// 4 blocks there is one convert, one scale product and one FMA. A quad's 68 bytes come in as two
+// overlapping 64-byte loads (bytes 0..63 and 4..67); one vpermb each gathers code bytes 0..7 and
+// 8..15 of the 4 blocks into words, which give elements 0..7 and 16..23 (low and high nibble)
+// and 8..15 and 24..31 through the table. A third puts each block's scale byte e at bit 24 of
+// its lanes: shifted right by one it is the float 2^(e-127) for e >= 1 (255: infinity), and an
+// unsigned max with 2^-127's bits gives e = 0 its value, so halved it is e8m0_half_table()[e].
+#define OSSRUN_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,f16c")))
+
+// Per token and quad, five 64-byte lines: the activations of vector k (elements 8k..8k+7 of the
+// quad's 4 blocks) for k = 0..3, then the blocks' scales (block b's in lanes 4b..4b+3).
+struct alignas(64) ActLine {
+    int16_t v[32];
+};
+constexpr int kQuadLines = 5;
+
+// The re-laid activations of all tokens of a call (thread-local, reused: no allocation once warm).
+struct QuadActs {
+    const ActLine* lines;  // [t][quad][kQuadLines]
+    int64_t quads;         // ceil(nb / 4): a last partial quad is padded with zero activations
+    QuadActs from(int64_t t0) const { return QuadActs{lines + t0 * quads * kQuadLines, quads}; }
+};
+
+OSSRUN_VBMI QuadActs quad_acts(const int16_t* xq, const float* xs, int64_t ldx, int64_t nb, int64_t nt) {
+    thread_local std::vector<ActLine> buf;
+    const int64_t quads = (nb + 3) / 4;
+    if (int64_t(buf.size()) < nt * quads * kQuadLines) buf.resize(size_t(nt * quads * kQuadLines));
+    for (int64_t t = 0; t < nt; ++t) {
+        const int16_t* src = xq + t * ldx;
+        const float* ssrc = xs + t * (ldx / kBlockElems);
+        for (int64_t q = 0; q < quads; ++q) {
+            ActLine* dst = buf.data() + (t * quads + q) * kQuadLines;
+            float scales[16];
+            for (int b = 0; b < 4; ++b) {
+                const int64_t blk = 4 * q + b;
+                for (int k = 0; k < 4; ++k)
+                    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst[k].v + 8 * b),
+                                     blk < nb ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + blk * kBlockElems + 8 * k))
+                                              : _mm_setzero_si128());
+                for (int j = 0; j < 4; ++j) scales[4 * b + j] = blk < nb ? ssrc[blk] : 0.0f;
+            }
+            std::memcpy(dst[4].v, scales, 64);
+        }
+    }
+    return QuadActs{buf.data(), quads};
+}
+
+// Byte indices into a quad's bytes 0..63 (vpermb): word 8b + m gets code byte m of block b (at
+// 17b + 1 + m), in both of its bytes (vpermw reads only the low 5 bits, the shift the low 8).
+// Into bytes 4..67: code byte 8 + m, at 17b + 9 + m - 4. Scales: byte 3 of dword 4b + j gets
+// block b's scale byte (at 17b), the others are zeroed.
+struct QuadIndices {
+    alignas(64) uint8_t codes_lo[64], codes_hi[64], scales[64], padding[64];
+    constexpr QuadIndices() : codes_lo(), codes_hi(), scales(), padding() {
+        for (int b = 0; b < 4; ++b) padding[17 * b] = 127;
+        for (int b = 0; b < 4; ++b)
+            for (int m = 0; m < 8; ++m)
+                for (int i = 0; i < 2; ++i) {
+                    codes_lo[2 * (8 * b + m) + i] = uint8_t(17 * b + 1 + m);
+                    codes_hi[2 * (8 * b + m) + i] = uint8_t(17 * b + 5 + m);
+                }
+        for (int lane = 0; lane < 16; ++lane) scales[4 * lane + 3] = uint8_t(17 * (lane / 4));
+    }
+};
+constexpr QuadIndices kQuadIndices;
+
+template <int NT>
+OSSRUN_VBMI void mxfp4_quad_rows(const uint8_t* row, const QuadActs& x, int64_t nb, float* out) {
+    const __m512i table = _mm512_load_si512(kDoubledE2M1Words);
+    const __m512i codes_lo = _mm512_load_si512(kQuadIndices.codes_lo);
+    const __m512i codes_hi = _mm512_load_si512(kQuadIndices.codes_hi);
+    const __m512i scale_bytes = _mm512_load_si512(kQuadIndices.scales);
+    const __mmask64 byte3 = 0x8888888888888888ull;
+    const __m512i e0_bits = _mm512_set1_epi32(0x00400000);  // 2^-127, E8M0's e = 0
+    const __m512 half = _mm512_set1_ps(0.5f);
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    const int64_t full = nb / 4;
+    for (int64_t q = 0; q < x.quads; ++q) {
+        const uint8_t* p = row + q * 4 * kMxfp4BlockBytes;
+        __m512i lo, hi;
+        if (q < full) {
+            prefetch_ahead(p);
+            lo = _mm512_loadu_si512(p);
+            hi = _mm512_loadu_si512(p + 4);
+        } else {  // 1-3 blocks left: loads that stop at the row's end, zero codes past it
+            // and scale bytes 127 (not 0, whose 2^-128 would make the FPU take a slow path)
+            const int bytes = int(nb - 4 * full) * kMxfp4BlockBytes;
+            lo = _mm512_mask_loadu_epi8(_mm512_load_si512(kQuadIndices.padding), (__mmask64(1) << bytes) - 1, p);
+            hi = _mm512_maskz_loadu_epi8((__mmask64(1) << (bytes - 4)) - 1, p + 4);
+        }
+        const __m512i c0 = _mm512_permutexvar_epi8(codes_lo, lo);
+        const __m512i c1 = _mm512_permutexvar_epi8(codes_hi, hi);
+        const __m512i w0 = _mm512_permutexvar_epi16(c0, table);
+        const __m512i w1 = _mm512_permutexvar_epi16(c1, table);
+        const __m512i w2 = _mm512_permutexvar_epi16(_mm512_srli_epi16(c0, 4), table);
+        const __m512i w3 = _mm512_permutexvar_epi16(_mm512_srli_epi16(c1, 4), table);
+        const __m512i e24 = _mm512_maskz_permutexvar_epi8(byte3, scale_bytes, lo);
+        const __m512 ws = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_max_epu32(_mm512_srli_epi32(e24, 1), e0_bits)), half);
+        for (int t = 0; t < NT; ++t) {
+            const ActLine* xl = x.lines + (t * x.quads + q) * kQuadLines;
+            __m512i dot = _mm512_madd_epi16(w0, _mm512_load_si512(xl[0].v));
+            dot = _mm512_dpwssd_epi32(dot, w1, _mm512_load_si512(xl[1].v));
+            dot = _mm512_dpwssd_epi32(dot, w2, _mm512_load_si512(xl[2].v));
+            dot = _mm512_dpwssd_epi32(dot, w3, _mm512_load_si512(xl[3].v));
+            const __m512 s = _mm512_mul_ps(ws, _mm512_load_ps(reinterpret_cast<const float*>(xl[4].v)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) out[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+}  // namespace
+
+OSSRUN_VBMI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
+    const QuadActs x = quad_acts(a.x_i16, a.x_i16_scale, a.ldx, a.W->cols / kBlockElems, a.n_tok);
+    gemv_i16_groups(a, r0, r1, x, [](auto nt, int, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
+        mxfp4_quad_rows<decltype(nt)::value>(row, x, n, out);
+    });
+}
+
+#else
 // MXFP4: two blocks share one vector (even lanes sum block 2p, odd lanes block 2p+1), so per
 // token and block pair there are two vpdpwssd, one convert, one multiply and one FMA, where one
 // block per vector cost a convert, a scalar multiply, a broadcast and an FMA per block. The
@@ -83,12 +214,6 @@ OSSRUN_VNNI inline void tail_dots(__m512i w, float ws, const PairedActs& x, int6
     }
 }
 
-// MXFP4 values doubled are small integers (0, 1, 2, 3, 4, 6, 8, 12 and their negatives), so a
-// block times int16 activations is an exact int32 dot (|sum| <= 32 * 12 * 32767 < 2^24, exact in
-// float too); the block scale halved stays a power of two.
-alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                                       0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
 template <int NT>
 OSSRUN_VNNI void mxfp4_i16_rows(const uint8_t* row, const PairedActs& x, int64_t nb, const float* halves,
                                 float* out) {
@@ -130,6 +255,7 @@ OSSRUN_VNNI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     });
 }
 
+#endif
 #endif
 
 }  // namespace ossrun::OSSRUN_ISA_NS

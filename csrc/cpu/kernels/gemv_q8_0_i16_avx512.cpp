@@ -2,8 +2,6 @@
 // quantize_i16) times the int8 weights with AVX512-VNNI vpdpwssd, 1-8 tokens per call. Token
 // groups and the shape of the loops: gemv_i16_groups (matmul_internal.h).
 // Shape contract in kernels.h (MatmulArgs).
-#include <cstdlib>
-
 #include "matmul_internal.h"
 
 #if defined(__AVX512F__)
@@ -158,7 +156,8 @@ OSSRUN_VNNI void q8_0_i16_rows(const uint8_t* row, int64_t row_bytes, const Quad
     finish_rows<NT, NR>(row, row_bytes, x, nb, acc, out);
 }
 
-// ---- With AVX512-VBMI: one byte permute per weight vector. vpermt2b picks any 64 of 128 bytes,
+#if defined(__AVX512VBMI__)
+// ---- With AVX512-VBMI (the avx512vbmi variant): one byte permute per weight vector. vpermt2b picks any 64 of 128 bytes,
 // so vector k of a quad comes from two 64-byte loads in one instruction, each weight byte placed
 // in the high byte of its word; an arithmetic shift right by 8 sign-extends it. Units 0..2 of
 // all four blocks (elements 0..23: bytes 2..127 of the quad) lie in its bytes 0..127, unit 3
@@ -215,28 +214,20 @@ OSSRUN_VNNI_VBMI void q8_0_i16_rows_vbmi(const uint8_t* row, int64_t row_bytes, 
     finish_rows<NT, NR>(row, row_bytes, x, nb, acc, out);
 }
 
-// VBMI where the CPU has it (Ice Lake, Zen 4 and later), unless OSSRUN_NO_VBMI is set (tests run
-// the unpack path that way on such CPUs too).
-bool use_vbmi() {
-    static const bool use = __builtin_cpu_supports("avx512vbmi") && !std::getenv("OSSRUN_NO_VBMI");
-    return use;
-}
+#define OSSRUN_Q8_0_ROWS q8_0_i16_rows_vbmi
+#else
+#define OSSRUN_Q8_0_ROWS q8_0_i16_rows
+#endif
 
 }  // namespace
 
 OSSRUN_VNNI void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const QuadActs x = quad_acts(a.x_i16, a.x_i16_scale, a.ldx, a.W->cols / kBlockElems, a.n_tok);
     const int64_t row_bytes = int64_t(a.W->row_bytes);
-    const bool vbmi = use_vbmi();
-    gemv_i16_groups(a, r0, r1, x, [row_bytes, vbmi](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
+    gemv_i16_groups(a, r0, r1, x, [row_bytes](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
         constexpr int kTokens = decltype(nt)::value;
-        if (kTokens > 2 && nr == 2)
-            return vbmi ? q8_0_i16_rows_vbmi<kTokens, 2>(row, row_bytes, x, n, out)
-                        : q8_0_i16_rows<kTokens, 2>(row, row_bytes, x, n, out);
-        for (int i = 0; i < nr; ++i) {
-            if (vbmi) q8_0_i16_rows_vbmi<kTokens, 1>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
-            else q8_0_i16_rows<kTokens, 1>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
-        }
+        if (kTokens > 2 && nr == 2) return OSSRUN_Q8_0_ROWS<kTokens, 2>(row, row_bytes, x, n, out);
+        for (int i = 0; i < nr; ++i) OSSRUN_Q8_0_ROWS<kTokens, 1>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
     }, 2);
 }
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""One-thread MXFP4 decode GEMV rate (ossrun._core.ops.matmul at the fast precision, int16
+activations) for 1..8 tokens, each listed ISA variant timed in turn in the same loop so that an
+A/B comparison sees the same machine load. GB/s of weights per call and ns per block and row,
+the best of --reps calls. 65536 rows x 2880 columns (190 MB) stream from DRAM; 1024 rows (3 MB)
+come from L3 after the first call: the kernel's own rate. --mmap reads the weights from a file's
+page cache (4 KiB pages, as a model's memory map) rather than numpy's memory (huge pages)."""
+
+import argparse
+import sys
+import tempfile
+import time
+
+import numpy as np
+from ossrun._core import ops
+
+MXFP4 = 39
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rows", type=int, nargs="+", default=[65536, 1024])
+    p.add_argument("--cols", type=int, default=2880)
+    p.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 3, 4, 8])
+    p.add_argument("--isa", nargs="+", default=["auto"], help="variants to compare, e.g. avx512vbmi avx512")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--mmap", action="store_true", help="weights from a memory-mapped file")
+    a = p.parse_args()
+    rng = np.random.default_rng(1)
+    for rows in a.rows:
+        nb = rows * (a.cols // 32)
+        raw = rng.integers(0, 256, nb * 17, dtype=np.uint8)
+        raw.reshape(-1, 17)[:, 0] = rng.integers(118, 129, nb)  # scales of trained weights
+        raw = raw.reshape(rows, -1)
+        if a.mmap:
+            f = tempfile.NamedTemporaryFile(dir="/tmp")
+            raw.tofile(f.name)
+            raw = np.memmap(f.name, np.uint8, "r", shape=raw.shape)
+        for t in a.tokens:
+            x = rng.standard_normal((t, a.cols)).astype(np.float32)
+            best = {isa: float("inf") for isa in a.isa}
+            for _ in range(a.reps):
+                for isa in a.isa:
+                    t0 = time.perf_counter()
+                    ops.matmul(raw, MXFP4, rows, a.cols, x, None, isa, "fast")
+                    best[isa] = min(best[isa], time.perf_counter() - t0)
+            cells = [f"{isa} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns" for isa, s in best.items()]
+            print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
