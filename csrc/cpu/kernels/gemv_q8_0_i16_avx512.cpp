@@ -1,5 +1,6 @@
 // Fast-precision decode of Q8_0 rows: int16 activations (quantized by gemm_i16.cpp's
-// quantize_i16) times the int8 weights with AVX512-VNNI vpdpwssd, 1-8 tokens per call. Token
+// quantize_i16) times the int8 weights with AVX512-VNNI vpdpwssd, 1-8 tokens per call (the
+// avx512 and avx512vbmi variants; the latter builds the weight vectors with VBMI). Token
 // groups and the shape of the loops: gemv_i16_groups (matmul_internal.h).
 // Shape contract in kernels.h (MatmulArgs).
 #include "matmul_internal.h"
@@ -15,8 +16,8 @@ namespace {
 // per-token work decides: lanes 4b..4b+3 of one int32 vector sum block b of a quad (four
 // vpdpwssd, eight products a lane), and one convert, one multiply and one FMA per token serve
 // four blocks, where the paired layout spent two of each. For that a quad's 4 x 32 weight bytes
-// are transposed in 8-byte units (unpack + lane permute, shared by all tokens) and the
-// activations re-laid to match, once per call (quad_acts). From L2 on one core this is 17-20 %
+// are transposed in 8-byte units (unpack + lane permute, shared by all tokens; one byte permute
+// per vector with VBMI, below) and the activations re-laid to match, once per call (quad_acts). From L2 on one core this is 17-20 %
 // faster than the paired layout at 1-2 tokens and 10 % at 4.
 
 // The re-laid activations of all tokens of a call (thread-local, reused: no allocation once warm).
@@ -157,12 +158,13 @@ OSSRUN_VNNI void q8_0_i16_rows(const uint8_t* row, int64_t row_bytes, const Quad
 }
 
 #if defined(__AVX512VBMI__)
-// ---- With AVX512-VBMI (the avx512vbmi variant): one byte permute per weight vector. vpermt2b picks any 64 of 128 bytes,
-// so vector k of a quad comes from two 64-byte loads in one instruction, each weight byte placed
-// in the high byte of its word; an arithmetic shift right by 8 sign-extends it. Units 0..2 of
-// all four blocks (elements 0..23: bytes 2..127 of the quad) lie in its bytes 0..127, unit 3
-// (elements 24..31: bytes 26..135) in bytes 8..135, so the layout is the same as above. Per quad
-// and row that is 4 permutes and 4 shifts where the unpack path spends 12 shuffles.
+// ---- With AVX512-VBMI (the avx512vbmi variant): one byte permute per weight vector. vpermt2b
+// picks any 64 of 128 bytes, so vector k of a quad is one instruction over two 64-byte registers,
+// each weight byte placed in the high byte of its word; an arithmetic shift right by 8
+// sign-extends it. Units 0..2 of all four blocks (elements 0..23: bytes 2..127 of the quad) lie
+// in its bytes 0..127, unit 3 (elements 24..31: bytes 26..135) in bytes 8..135, so the layout is
+// the one above, bit for bit the same vectors. Per quad and row that is 4 permutes and 4 shifts
+// (plus 2 inserts and 2 aligns) where the unpack path spends 12 shuffles.
 #define OSSRUN_VNNI_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,f16c")))
 
 // Byte indices of vector k's words: word 8b + i (block b, element 8k + i) at quad byte
