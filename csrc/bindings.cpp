@@ -442,12 +442,14 @@ void bind_ops(py::module_& m) {
             router_topk(logits.data() + t * E, E, k, idx.mutable_data() + t * k, w.mutable_data() + t * k);
         return py::make_tuple(idx, w);
     });
-    m.def("swiglu", [](F32Array gate, F32Array lin, float alpha, float limit) {
+    m.def("swiglu", [](F32Array gate, F32Array lin, float alpha, float limit, const std::string& isa) {
         if (gate.size() != lin.size()) throw py::value_error("gate and lin differ in size");
+        const KernelTable* k = table_arg(isa);
         py::array_t<float> h(gate.size());
-        swiglu_oai(gate.data(), lin.data(), h.mutable_data(), gate.size(), alpha, limit);
+        k->swiglu(gate.data(), lin.data(), h.mutable_data(), gate.size(), alpha, limit);
         return h;
-    }, py::arg("gate"), py::arg("lin"), py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f);
+    }, py::arg("gate"), py::arg("lin"), py::arg("alpha") = 1.702f, py::arg("limit") = 7.0f,
+       py::arg("isa") = "auto");
 }
 
 }  // namespace

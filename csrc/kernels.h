@@ -93,6 +93,10 @@ struct KernelTable {
     // q[i] = round(x[i] / scale[i / 32]) with scale = max|block| / 32767, n a multiple of 32;
     // null when this variant or CPU has no int16 dot products.
     void (*quantize_i16)(const float* x, int64_t n, int16_t* q, float* scale);
+    // h[i] = min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(l, -limit, limit) + 1) with
+    // g = gate[i], l = lin[i], i < n (the experts' SwiGLU, MODEL.md §2.6); each element's result
+    // is the same wherever it sits in the array.
+    void (*swiglu)(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 };
 
 // The variants this build has and this CPU can run, best first.

@@ -423,13 +423,16 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
     // needed by weights whose matmuls read them (matmul_reads_int16_only, kernels.h).
     const bool i16 = use_i16_;
     const int64_t P = T * k, HB = H / kBlockElems;
+    // A decode step's gathers, SwiGLU and sums take microseconds: the calling thread alone (a
+    // hand-off waits for the second thread, which a busy machine stretches to a time slice).
+    const bool decode = T <= kDecodeMaxTokens;
     if (i16) {
         quantize_i16(s, s.normed.data(), T, H);
         if (int64_t(s.expert_x_i16.size()) < P * H) {
             s.expert_x_i16.resize(size_t(P * H));
             s.expert_x_i16_scale.resize(size_t(P * HB));
         }
-        pool_.parallel_for(P, 16, [&](int64_t p0, int64_t p1) {
+        pool_.parallel_for(P, decode ? P : 16, [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p) {
                 const int64_t t = s.pair_token[size_t(p)];
                 std::copy_n(s.x_i16.data() + t * H, H, s.expert_x_i16.data() + p * H);
@@ -438,7 +441,7 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
         });
     }
     if (!i16 || !matmul_reads_int16_only(w.gate_exps) || !matmul_reads_int16_only(w.up_exps))
-        pool_.parallel_for(P, 16, [&](int64_t p0, int64_t p1) {
+        pool_.parallel_for(P, decode ? P : 16, [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p)
                 std::copy_n(s.normed.data() + int64_t(s.pair_token[size_t(p)]) * H, H, s.expert_x.data() + p * H);
         });
@@ -466,9 +469,9 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
     add_expert_jobs(w.up_exps, w.up_exps_b, s.expert_x.data(), s.expert_x_i16.data(),
                     s.expert_x_i16_scale.data(), H, s.expert_up.data());
     matmuls(s.jobs.data(), s.jobs.size());
-    pool_.parallel_for(P, 8, [&](int64_t p0, int64_t p1) {
-        swiglu_oai(s.expert_gate.data() + p0 * I, s.expert_up.data() + p0 * I, s.expert_h.data() + p0 * I,
-                   (p1 - p0) * I, config_.swiglu_alpha, config_.swiglu_limit);
+    pool_.parallel_for(P, decode ? P : 8, [&](int64_t p0, int64_t p1) {
+        kernels_->swiglu(s.expert_gate.data() + p0 * I, s.expert_up.data() + p0 * I, s.expert_h.data() + p0 * I,
+                         (p1 - p0) * I, config_.swiglu_alpha, config_.swiglu_limit);
     });
     if (i16) quantize_i16(s, s.expert_h.data(), P, I);
     s.jobs.clear();
@@ -478,7 +481,7 @@ void Model::moe_block(Scratch& s, int64_t layer, int64_t T) {
 
     // Weighted sum, a token per task, its pairs in ascending order; the down bias sits inside it
     // (MODEL.md §2.6 step 6).
-    pool_.parallel_for(T, 4, [&](int64_t t0, int64_t t1) {
+    pool_.parallel_for(T, decode ? T : 4, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             float* dst = s.proj.data() + t * H;
             std::fill_n(dst, H, 0.0f);

@@ -1,5 +1,5 @@
-// The small per-token pieces of the MoE block (MODEL.md §2.6): router top-k with softmax over
-// the selected logits, and the clamped SwiGLU ("swiglu_oai").
+// The small per-token piece of the MoE block (MODEL.md §2.6): router top-k with softmax over
+// the selected logits. (The clamped SwiGLU is a kernel, cpu/kernels/swiglu.cpp.)
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -21,17 +21,6 @@ inline void router_topk(const float* logits, int64_t E, int64_t k, int32_t* idx,
     float den = 0.0f;
     for (int64_t s = 0; s < k; ++s) den += (weight[s] = std::exp(logits[idx[s]] - m));
     for (int64_t s = 0; s < k; ++s) weight[s] /= den;
-}
-
-// h = min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(l, -limit, limit) + 1).
-inline void swiglu_oai(const float* gate, const float* lin, float* h, int64_t n, float alpha,
-                       float limit) {
-    for (int64_t j = 0; j < n; ++j) {
-        const float g = gate[j] < limit ? gate[j] : limit;  // upper clamp only
-        float l = lin[j];
-        l = l < -limit ? -limit : (l > limit ? limit : l);
-        h[j] = g / (1.0f + std::exp(-alpha * g)) * (l + 1.0f);
-    }
 }
 
 }  // namespace ossrun

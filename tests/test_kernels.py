@@ -712,20 +712,31 @@ def swiglu_tol(gate, lin):
     return gs * rel + np.finfo(np.float32).tiny
 
 
-def test_swiglu_random(rng):
-    gate = (rng.standard_normal(4097) * 6).astype(np.float32)
-    lin = (rng.standard_normal(4097) * 6).astype(np.float32)
-    h = ops.swiglu(gate, lin)
+@pytest.mark.parametrize("n", [4097, 1, 15, 33])  # vector tails of every width
+def test_swiglu_random(isa, rng, n):
+    gate = (rng.standard_normal(n) * 6).astype(np.float32)
+    lin = (rng.standard_normal(n) * 6).astype(np.float32)
+    h = ops.swiglu(gate, lin, isa=isa)
     ref = R.swiglu_oai(gate.astype(np.float64), lin.astype(np.float64), alpha=ALPHA32)
     assert np.all(np.abs(h - ref) <= swiglu_tol(gate, lin))
 
 
-def test_swiglu_clamp_boundaries():
+def test_swiglu_an_element_does_not_depend_on_its_place(isa, rng):
+    # The forward runs a step's experts in one call over all their rows: a row's result must not
+    # depend on where it starts (the tail goes through the vector code too).
+    gate = (rng.standard_normal(200) * 6).astype(np.float32)
+    lin = (rng.standard_normal(200) * 6).astype(np.float32)
+    whole = ops.swiglu(gate, lin, isa=isa)
+    for start in (1, 3, 7, 13):
+        np.testing.assert_array_equal(ops.swiglu(gate[start:], lin[start:], isa=isa), whole[start:])
+
+
+def test_swiglu_clamp_boundaries(isa):
     seven = np.float32(7)
     above, below = np.nextafter(seven, np.float32(8)), np.nextafter(seven, np.float32(6))
     g = np.array([seven, above, below, 100, 1e30, 3, 3, 3, 3, 3, 3, -7, -8], np.float32)
     lin = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 7, -7, above, -above, 1e30, -1e30, 2, 2], np.float32)
-    h = ops.swiglu(g, lin)
+    h = ops.swiglu(g, lin, isa=isa)
     ref = R.swiglu_oai(g.astype(np.float64), lin.astype(np.float64), alpha=ALPHA32)
     assert np.all(np.abs(h - ref) <= swiglu_tol(g, lin))
     # Gates above 7 act like 7 exactly, linear values beyond ±7 like ±7; no lower clamp on the gate.
@@ -736,11 +747,11 @@ def test_swiglu_clamp_boundaries():
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # float64 reference, g = -1e30
 @pytest.mark.parametrize("gate", [-20.0, -60.0, -1000.0, -1e30])
-def test_swiglu_large_negative_gate(gate):
+def test_swiglu_large_negative_gate(isa, gate):
     # σ(α·g) underflows towards 0: h must go to (signed) zero, never NaN (exp overflows to inf).
     g = np.full(5, gate, np.float32)
     lin = np.array([-7, -1, 0, 3, 7], np.float32)
-    h = ops.swiglu(g, lin)
+    h = ops.swiglu(g, lin, isa=isa)
     ref = R.swiglu_oai(g.astype(np.float64), lin.astype(np.float64), alpha=ALPHA32)
     assert np.all(np.isfinite(h))
     assert np.all(np.abs(h - ref) <= swiglu_tol(g, lin))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ossrun.sampler import Sampler
+from ossrun.sampler import BLOCK, Sampler, top_ids
 
 
 def softmax(z):
@@ -54,6 +54,38 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(rng, vocab, top_p):
     want /= want.sum()
     got = Sampler(top_p=top_p)._nucleus(p)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("vocab", [16 * BLOCK + 1, 5000])  # the blocked draw; a padded last block
+def test_a_large_vocabulary_draws_by_blocks_with_the_same_frequencies(rng, vocab):
+    logits = rng.normal(0, 2.5, vocab).astype(np.float32)
+    logits[-1] = logits.max() + 1.0  # the padded block carries real mass
+    want = softmax(logits.astype(np.float64))
+    got = empirical(Sampler(temperature=1.0, seed=4), logits, 20000)
+    assert np.abs(got - want).max() < 0.018  # 5 sigma of 20000 draws, as above
+    assert set(np.flatnonzero(got)) <= set(np.flatnonzero(want > 0))
+
+
+def test_top_k_then_top_p(rng):
+    logits = rng.normal(0, 1, 3000).astype(np.float32)
+    got = empirical(Sampler(top_k=8, top_p=0.5, seed=5), logits, 4000)
+    top8 = np.lexsort((np.arange(3000), -logits))[:8]
+    p = softmax(logits[top8].astype(np.float64))  # likeliest first
+    n_keep = int(np.searchsorted(np.cumsum(p), 0.5) + 1)
+    want = np.zeros(3000)
+    want[top8[:n_keep]] = p[:n_keep] / p[:n_keep].sum()
+    assert set(np.flatnonzero(got)) <= set(top8[:n_keep].tolist())
+    assert np.abs(got - want).max() < 0.04
+
+
+@pytest.mark.parametrize("n", [1, 5, BLOCK, BLOCK + 3, 20 * BLOCK + 7])
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_top_ids_match_a_full_sort_with_ties_by_lower_id(rng, n, k):
+    k = min(k, n)
+    z = rng.integers(-4, 4, n).astype(np.float32)  # many ties
+    z[rng.integers(0, n, max(1, n // 10))] = -np.inf  # masked ids
+    want = np.lexsort((np.arange(n), -z))[:k]
+    assert top_ids(z, k).tolist() == want.tolist()
 
 
 def test_seed_makes_runs_reproducible(rng):

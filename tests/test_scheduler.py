@@ -4,6 +4,7 @@ cancellation, the queue bound and the token-mask seam of constrained decoding.""
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 import ossrun
@@ -13,7 +14,7 @@ from ossrun.sampler import Sampler
 
 pytest.importorskip("fastapi")
 
-from ossrun.server.scheduler import DoneEvent, Generation, QueueFull, Scheduler, TokenEvent  # noqa: E402
+from ossrun.server.scheduler import DoneEvent, Generation, QueueFull, Scheduler, TokenEvent, _logprobs  # noqa: E402
 
 VOCAB = 4096
 
@@ -177,5 +178,41 @@ def test_a_prefix_the_rings_lost_is_fed_in_steps_not_replayed(model, rng):
         _, q = run(sched, again, max_tokens=6)
         tokens, done = collect(q)
         assert done.cached_tokens == 0 and tokens == greedy_alone(model, again, 6)
+    finally:
+        sched.close()
+
+
+def test_logprobs_match_a_float64_log_softmax(rng):
+    z = rng.normal(0, 3, 5000).astype(np.float32)
+    z[rng.integers(0, 5000, 300)] = -np.inf  # a constraint's mask
+    token = int(np.flatnonzero(np.isfinite(z))[7])
+    finite = z[np.isfinite(z)].astype(np.float64)
+    lse = finite.max() + np.log(np.exp(finite - finite.max()).sum())
+    lp, top = _logprobs(z, token, 5)
+    assert abs(lp - (float(z[token]) - lse)) < 1e-5
+    want = np.lexsort((np.arange(5000), -z))[:5]
+    assert [i for i, _ in top] == want.tolist()
+    np.testing.assert_allclose([v for _, v in top], z[want].astype(np.float64) - lse, atol=1e-5)
+
+
+def test_deliver_takes_each_steps_events_of_all_sequences_at_once(model, rng):
+    batches = []
+    sched = Scheduler(model, n_slots=2, n_ctx=256, deliver=lambda items: batches.append(list(items)))
+    try:
+        prompts = [list(rng.integers(0, VOCAB, 6)) for _ in range(2)]
+        qs = [run(sched, p, max_tokens=6)[1] for p in prompts]  # the emits, called by the test below
+        deadline = time.monotonic() + 30
+        while sum(isinstance(e, DoneEvent) for b in batches for _, e in b) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for batch in batches:
+            for emit, event in batch:
+                emit(event)  # here, as the server's event loop would
+        for q, p in zip(qs, prompts):
+            tokens, done = collect(q)
+            assert tokens == greedy_alone(model, p, 6) and done.finish_reason == "length"
+        # Once both decode, a step's two tokens come in one delivery.
+        assert any(sum(isinstance(e, TokenEvent) for _, e in b) == 2 for b in batches)
+        assert sched.status()["decode"]["2"]["steps"] >= 1
     finally:
         sched.close()

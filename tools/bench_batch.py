@@ -5,7 +5,11 @@ sessions, each decoding one token, for N = 1, 2, 4, 8.
     python tools/bench_batch.py /work/models/gpt-oss-20b-4layer.gguf [--repeats 3]
 
 Each repeat times --steps steps per N, the Ns alternating; prints the median per N. The sessions
-hold a 4-token prompt (attention over a short context: this measures the weights' side).
+hold a 4-token prompt each (attention over a short context: this measures the weights' side),
+distinct random ids, and each decodes its own greedy next token, as a server's streams do
+(--feed greedy), so the sequences of a step route to different experts. --feed fixed gives every
+sequence the same token at every step (the earlier runs of this tool): the sequences' hidden
+states stay alike and share experts, which a server's streams do not.
 Then, per N, the milliseconds per step each part of the forward took (the core's part timer,
 csrc/part_timer.h), summed over all repeats; "python" is the step's wall time outside the core.
 """
@@ -18,6 +22,7 @@ import time
 
 
 def main(argv=None) -> int:
+    import numpy as np
     import ossrun
     from ossrun.batch import Batch
 
@@ -29,13 +34,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps of all sessions first")
     ap.add_argument("--precision", choices=("fast", "f32"), default="fast")
+    ap.add_argument("--feed", choices=("greedy", "fixed"), default="greedy",
+                    help="each sequence's own greedy token (default), or token 5 for all")
     args = ap.parse_args(argv)
 
     model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision)
     batch = Batch(model)
     sessions = [model.session() for _ in range(max(args.sequences))]
-    for i, s in enumerate(sessions):
-        s.prefill([100 + i, 200, 300, 400])
+    prompts = np.random.default_rng(0).integers(1000, min(model.n_vocab, 100000), (len(sessions), 4))
+    for prompt, s in zip(prompts, sessions):
+        s.prefill(prompt.tolist())
     # Warm-up: page in the weights, most experts included (varied tokens route to varied experts).
     for w in range(args.warmup):
         batch.step([(s, [7 + 13 * w + i], False) for i, s in enumerate(sessions)])
@@ -47,8 +55,11 @@ def main(argv=None) -> int:
         for n in args.sequences:
             before = model._core.part_seconds
             t0 = time.perf_counter()
+            feed = prompts[:n, 0].tolist() if args.feed == "greedy" else [5] * n
             for _ in range(args.steps):
-                batch.step([(s, [5], False) for s in sessions[:n]])
+                logits = batch.step([(s, [t], False) for s, t in zip(sessions[:n], feed)])
+                if args.feed == "greedy":
+                    feed = [int(np.argmax(x)) for x in logits]
             wall = time.perf_counter() - t0
             rates[n].append(n * args.steps / wall)
             after = model._core.part_seconds

@@ -12,10 +12,11 @@ void attention(const AttentionArgs& a);
 void rmsnorm(const float* x, const float* g, float* y, int64_t n, float eps);
 // Defined where the variant and CPU have int16 dot products; null otherwise.
 extern void (*const quantize_i16)(const float* x, int64_t n, int16_t* q, float* scale);
+void swiglu(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 
 const KernelTable* table() {
     static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention, rmsnorm,
-                               quantize_i16};
+                               quantize_i16, swiglu};
     return &t;
 }
 

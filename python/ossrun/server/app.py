@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from . import chat_completions, completions, errors, responses
-from .auth import OPEN_PATHS, check_bearer
+from .auth import BearerAuth
 from .engine import Engine, EngineOptions
 from .schemas import ChatCompletionRequest, CompletionRequest, ResponsesRequest
 from .store import ResponseStore
@@ -32,15 +32,8 @@ def create_app(options: EngineOptions, *, api_key: str | None = None, store_path
     app.state.engine = engine
     errors.install(app)
 
-    @app.middleware("http")
-    async def authorized(request: Request, call_next):
-        # Before the body is read or validated: without the key, nothing but /health answers.
-        if request.url.path not in OPEN_PATHS:
-            try:
-                check_bearer(request.headers.get("authorization"), api_key)
-            except errors.APIError as e:
-                return e.response()
-        return await call_next(request)
+    # Before the body is read or validated: without the key, nothing but /health answers.
+    app.add_middleware(BearerAuth, api_key=api_key)
 
     @app.get("/health")
     async def health():

@@ -103,10 +103,20 @@ class Engine:
             parallel = o.parallel or default_parallel(model, n_ctx)
             self.stop_ids = frozenset(stop_token_ids(model.tokenizer))
             self.script = ScriptedOutput(o.test_script, model.tokenizer) if o.test_script else None
-            self.scheduler = Scheduler(model, parallel, n_ctx, o.max_queue)
+            self.scheduler = Scheduler(model, parallel, n_ctx, o.max_queue, deliver=self._deliver)
             self.model = model
         except Exception as e:  # noqa: BLE001 - reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
+
+    @staticmethod
+    def _deliver(items) -> None:
+        """The scheduler's events of one step (scheduler thread) -> their queues, one call per
+        event loop (the server has one)."""
+        by_loop: dict = {}
+        for emit, event in items:
+            by_loop.setdefault(emit.loop, []).append((emit, event))
+        for loop, group in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, group)
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -153,9 +163,8 @@ class Engine:
 
     def submit(self, gen: Generation) -> asyncio.Queue:
         """Submit `gen` (429 when the queue is full); its events arrive on the returned queue."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        gen.emit = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+        gen.emit = _QueueEmit(asyncio.get_running_loop(), queue)
         try:
             self.scheduler.submit(gen)
         except QueueFull as e:
@@ -164,14 +173,22 @@ class Engine:
 
     async def events(self, request: Request, gen: Generation, queue: asyncio.Queue):
         """Yield a started generation's TokenEvents, then its DoneEvent; returns early when the
-        client disconnects (the caller cancels the generation)."""
+        client disconnects (the caller cancels the generation). The disconnect check runs at most
+        every POLL_SECONDS, not per token (it was a third of the event loop's time per token)."""
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + POLL_SECONDS
         while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), POLL_SECONDS)
-            except asyncio.TimeoutError:
-                event = None
-            if await request.is_disconnected():
-                return
+            if queue.empty():
+                try:
+                    event = await asyncio.wait_for(queue.get(), max(check_at - loop.time(), 0.001))
+                except asyncio.TimeoutError:
+                    event = None
+            else:
+                event = queue.get_nowait()
+            if event is None or loop.time() >= check_at:
+                if await request.is_disconnected():
+                    return
+                check_at = loop.time() + POLL_SECONDS
             if event is None:
                 continue
             if isinstance(event, ErrorEvent):
@@ -179,6 +196,23 @@ class Engine:
             yield event
             if isinstance(event, DoneEvent):
                 return
+
+
+class _QueueEmit:
+    """A generation's emit: puts an event on its queue; runs on the queue's event loop."""
+
+    __slots__ = ("loop", "queue")
+
+    def __init__(self, loop, queue):
+        self.loop, self.queue = loop, queue
+
+    def __call__(self, event) -> None:
+        self.queue.put_nowait(event)
+
+
+def _put_all(items) -> None:
+    for emit, event in items:
+        emit(event)
 
 
 @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ fed the same way rather than replayed in one go (Session.truncate would). A canc
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..batch import Batch
 from ..chat import common_prefix
+from ..sampler import top_ids
 
 
 @dataclass
@@ -52,7 +54,8 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Generation:
-    """One request's generation. `emit` is called from the scheduler thread with each event;
+    """One request's generation. `emit` is called with each event: from the scheduler thread,
+    or, where the scheduler has a `deliver` function, by that (see Scheduler);
     `mask` (constrained decoding, see constraints.py) returns the allowed ids or None; if it has
     a `prepare(output)` method, the scheduler calls that before each forward pass, so that the
     mask is computed while the forward runs."""
@@ -79,12 +82,20 @@ class _Slot:
 
 
 class Scheduler:
-    def __init__(self, model, n_slots: int, n_ctx: int, max_queue: int = 64, prefill_chunk: int = 32):
+    """`deliver(items)`, where given, takes the (emit, event) pairs of each round (a step's tokens
+    of all sequences) at once, to run the emits on another thread: one wake-up of that thread per
+    step, not one per token, each of which made this thread wait for the interpreter lock while
+    it handled the token. Without it, each emit is called here as its event comes."""
+
+    def __init__(self, model, n_slots: int, n_ctx: int, max_queue: int = 64, prefill_chunk: int = 32,
+                 deliver: Callable[[list[tuple[Callable[[object], None], object]]], None] | None = None):
         if n_slots < 1:
             raise ValueError("the scheduler needs at least one slot")
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
         self.prefill_chunk = prefill_chunk
+        self.deliver = deliver
+        self._outbox: list[tuple[Callable[[object], None], object]] = []
         self.model = model
         self.n_ctx = n_ctx
         self.max_queue = max_queue
@@ -95,6 +106,12 @@ class Scheduler:
         self.running = True
         self.stats = {"steps": 0, "cancelled": 0, "completed": 0, "generated_tokens": 0,
                       "prefilled_tokens": 0, "cached_tokens": 0}
+        # Steps that only decode, by their number of sequences (str), for a benchmark's ms per
+        # step: "step_seconds" the whole step (forward, sampling, events), "forward_seconds" the
+        # model's part of it, "period_seconds" over "periods" the time from one such step's start
+        # to the next one's of the same size with no idle wait between (what a client sees).
+        self.decode_stats: dict[str, dict[str, float]] = {}
+        self._last_decode: tuple[float, int] | None = None  # (start, sequences) of the last step
         self.thread = threading.Thread(target=self._run, name="ossrun-scheduler", daemon=True)
         self.thread.start()
 
@@ -125,7 +142,8 @@ class Scheduler:
     def status(self) -> dict:
         with self.cond:
             return {"slots": len(self.slots), "active": sum(s.gen is not None for s in self.slots),
-                    "waiting": len(self.waiting), **self.stats}
+                    "waiting": len(self.waiting), **self.stats,
+                    "decode": {n: dict(d) for n, d in self.decode_stats.items()}}
 
     # -- the scheduler thread ------------------------------------------------------------------
 
@@ -133,6 +151,7 @@ class Scheduler:
         while True:
             with self.cond:
                 while self.running and not self.waiting and not self._active():
+                    self._last_decode = None
                     self.cond.wait()
                 if not self.running:
                     break
@@ -142,8 +161,24 @@ class Scheduler:
                 self._start(slot)
             if self._active():
                 self._step()
+            self._flush()
         for slot in self._active():
             self._finish(slot, "cancelled")
+        self._flush()
+
+    def _post(self, gen: Generation, event) -> None:
+        if self.deliver is None:
+            gen.emit(event)
+        else:
+            self._outbox.append((gen.emit, event))
+
+    def _flush(self) -> None:
+        if self._outbox:
+            items, self._outbox = self._outbox, []
+            try:
+                self.deliver(items)
+            except Exception:  # noqa: BLE001 - e.g. the server's event loop closed: nobody listens
+                pass
 
     def _active(self) -> list[_Slot]:
         return [s for s in self.slots if s.gen is not None]
@@ -188,6 +223,7 @@ class Scheduler:
         self.stats["cached_tokens"] += reused
 
     def _step(self) -> None:
+        t0 = time.perf_counter()
         budget = self.batch.rows
         work = []  # (slot, ids, wants the reply's next token)
         active = self._active()
@@ -209,8 +245,11 @@ class Scheduler:
         for slot, _, wants in work:
             if wants:
                 self._prepare_mask(slot)
+        decode_only = all(len(ids) == 1 and wants and slot.gen.output for slot, ids, wants in work)
         try:
+            t1 = time.perf_counter()
             logits = self.batch.step([(slot.session, ids, False) for slot, ids, _ in work])
+            t2 = time.perf_counter()
         except Exception as e:  # noqa: BLE001 - the step's requests fail, the server stays up
             for slot, _, _ in work:
                 slot.session.reset()
@@ -220,6 +259,22 @@ class Scheduler:
         for (slot, _, wants), row in zip(work, logits):
             if wants:
                 self._next_token(slot, row)
+        if decode_only:
+            self._count_decode(len(work), t0, t2 - t1)
+        else:
+            self._last_decode = None
+
+    def _count_decode(self, n: int, start: float, forward: float) -> None:
+        with self.cond:  # status() copies these from another thread
+            d = self.decode_stats.setdefault(str(n), {"steps": 0, "step_seconds": 0.0, "forward_seconds": 0.0,
+                                                      "periods": 0, "period_seconds": 0.0})
+            d["steps"] += 1
+            d["step_seconds"] += time.perf_counter() - start
+            d["forward_seconds"] += forward
+            if self._last_decode is not None and self._last_decode[1] == n:
+                d["periods"] += 1
+                d["period_seconds"] += start - self._last_decode[0]
+        self._last_decode = (start, n)
 
     def _prepare_mask(self, slot: _Slot) -> None:
         """Start computing the mask of the token this step's logits will give (on the mask's
@@ -249,7 +304,7 @@ class Scheduler:
             event.logprob, event.top = _logprobs(logits, token, gen.top_logprobs)
         gen.output.append(token)
         self.stats["generated_tokens"] += 1
-        gen.emit(event)
+        self._post(gen, event)
         if token in gen.stop_ids:
             self._finish(slot, "stop")
         elif gen.max_tokens is not None and len(gen.output) >= gen.max_tokens:
@@ -262,11 +317,11 @@ class Scheduler:
     def _finish(self, slot: _Slot, reason: str) -> None:
         gen = slot.gen
         self.stats["cancelled" if reason == "cancelled" else "completed"] += 1
-        gen.emit(DoneEvent(reason, len(gen.prompt), slot.cached, len(gen.output)))
+        self._post(gen, DoneEvent(reason, len(gen.prompt), slot.cached, len(gen.output)))
         self._release(slot)
 
     def _fail(self, slot: _Slot, message: str) -> None:
-        slot.gen.emit(ErrorEvent(message))
+        self._post(slot.gen, ErrorEvent(message))
         self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
@@ -275,13 +330,10 @@ class Scheduler:
 
 
 def _logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
-    z = logits.astype(np.float64)
-    finite = np.isfinite(z)
-    m = z[finite].max()
-    lse = m + np.log(np.exp(z[finite] - m).sum())
-    top: list[tuple[int, float]] = []
-    if k > 0:
-        ids = np.argpartition(-z, min(k, z.size - 1))[:k]
-        ids = ids[np.lexsort((ids, -z[ids]))]
-        top = [(int(i), float(z[i] - lse)) for i in ids]
-    return float(z[token] - lse), top
+    """The chosen id's log-probability and the k likeliest (id, log-probability), likeliest
+    first; exp in float32, the normaliser summed in float64 (masked ids are -inf: they add 0)."""
+    z = np.asarray(logits, np.float32)
+    m = float(z.max())
+    lse = m + math.log(float(np.exp(z - m).sum(dtype=np.float64)))
+    top = [(int(i), float(z[i]) - lse) for i in top_ids(z, min(k, z.size))] if k > 0 else []
+    return float(z[token]) - lse, top
