@@ -16,7 +16,7 @@ alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 
 
 #if defined(__AVX512VBMI__)
 // With AVX512-VBMI (the avx512vbmi variant): four blocks per vector, as the Q8_0 GEMV lays them
-// (gemv.cpp), and VBMI's byte permutes take the codes and scales straight from the row. Lanes
+// (gemv_q8_0_i16_avx512.cpp), and VBMI's byte permutes take the codes and scales straight from the row. Lanes
 // 4b..4b+3 of one int32 vector sum block b of a quad (four vpdpwssd a token), so per token and
 // 4 blocks there is one convert, one scale product and one FMA. A quad's 68 bytes come in as two
 // overlapping 64-byte loads (bytes 0..63 and 4..67); one vpermb each gathers code bytes 0..7 and
@@ -144,8 +144,8 @@ OSSRUN_VBMI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 // block per vector cost a convert, a scalar multiply, a broadcast and an FMA per block. The
 // pair's two activation scales are one 64-bit broadcast. For that the activations are re-laid
 // once per call (paired_acts): per token and pair, xa holds elements 0..15 and xb 16..31 of both
-// blocks, 32-bit units alternating between them. Q8_0 lays four blocks into a vector (gemv.cpp;
-// the same for MXFP4 measured 15 % slower at 3-4 tokens, no faster at 1-2).
+// blocks, 32-bit units alternating between them. (Four blocks per vector, as Q8_0 and the VBMI
+// path above lay them, measured 15 % slower here at 3-4 tokens and no faster at 1-2.)
 
 // The re-laid activations of all tokens of a call (thread-local, reused: no allocation once warm).
 struct PairedActs {

@@ -169,7 +169,7 @@ void gemm(const MatmulArgs& a, int64_t r0, int64_t r1);
 constexpr int kGemvI16MaxTokens = 8;
 #endif
 #if defined(__AVX512F__)
-// ---- Fast decode on AVX-512: int16 activations x Q8_0 (gemv.cpp) or MXFP4
+// ---- Fast decode on AVX-512: int16 activations x Q8_0 (gemv_q8_0_i16_avx512.cpp) or MXFP4
 // (gemv_mxfp4_i16_avx512.cpp) weights, AVX512-VNNI vpdpwssd.
 #define OSSRUN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
 
@@ -214,7 +214,7 @@ OSSRUN_VNNI void gemv_i16_groups(const MatmulArgs& a, int64_t r0, int64_t r1, co
 #endif
 
 #if defined(__AVX512F__) || defined(__AVX2__)
-// AVX-512 (1-8 tokens): gemv.cpp (Q8_0), gemv_mxfp4_i16_avx512.cpp; AVX2 (1-3): gemv_i16.cpp.
+// AVX-512 (1-8 tokens): gemv_q8_0_i16_avx512.cpp, gemv_mxfp4_i16_avx512.cpp; AVX2 (1-3): gemv_i16.cpp.
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp
