@@ -340,8 +340,10 @@ def test_quantize_i16(isa_name, rng):
 @pytest.mark.parametrize("rows", [1, 19, 37, 50], ids=["one_row", "rows19", "rows37", "rows50"])
 # MXFP4 block counts 1, 3, 4, 5, 7, 90: every remainder of the 2- and 4-block layouts of the
 # AVX-512 GEMVs (avx512 pairs blocks, avx512vbmi lays four into a vector), with and without whole ones.
-@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2880), (MXFP4, 32), (MXFP4, 96),
-                                   (MXFP4, 128), (MXFP4, 160), (MXFP4, 224), (MXFP4, 2880)],
+# Q8_0 at 1, 3, 5, 89, 90, 91 and 128 blocks: its AVX-512 GEMVs take blocks in quads (every remainder).
+@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2848), (Q8_0, 2880), (Q8_0, 2912),
+                                   (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128), (MXFP4, 160), (MXFP4, 224),
+                                   (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
@@ -430,6 +432,20 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
         for t in range(T):
             alone = ops.matmul(raw, ggml_type, rows, cols, x[t:t + 1], b, isa_name, "fast")
             assert np.array_equal(y[t], alone[0]), f"T={T}, token {t}"
+
+
+@pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(FAST_ISAS), reason="needs AVX-512 with and without VBMI")
+def test_matmul_fast_q8_0_same_bits_with_and_without_vbmi(rng):
+    """The avx512vbmi variant's Q8_0 GEMV builds its weight vectors with one byte permute each,
+    the avx512 variant's with unpacks and lane permutes: the same vectors, so the same bits, for
+    every token count 1..8, row pairs and odd rows, and every remainder of blocks past the quads."""
+    for rows, nb in [(1, 1), (19, 3), (50, 5), (37, 89), (19, 90), (50, 91), (19, 128)]:
+        cols = 32 * nb
+        raw = raw_q8_0(rng, rows, cols)
+        x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+        for T in range(1, 9):
+            y = [ops.matmul(raw, Q8_0, rows, cols, x[:T], None, isa, "fast") for isa in ("avx512", "avx512vbmi")]
+            assert np.array_equal(y[0], y[1]), f"{rows} rows, {nb} blocks, T={T}"
 
 
 def test_matmul_fast_rejects_bad_precision():

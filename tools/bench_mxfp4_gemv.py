@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One-thread MXFP4 decode GEMV rate (ossrun._core.ops.matmul at the fast precision, int16
+"""One-thread MXFP4 (or, with --type q8_0, Q8_0) decode GEMV rate (ossrun._core.ops.matmul at the fast precision, int16
 activations) for 1..8 tokens, each listed ISA variant timed in turn in the same loop so that an
 A/B comparison sees the same machine load. GB/s of weights per call and ns per block and row,
 the best of --reps calls. 65536 rows x 2880 columns (190 MB) stream from DRAM; 1024 rows (3 MB)
@@ -15,6 +15,7 @@ import numpy as np
 from ossrun._core import ops
 
 MXFP4 = 39
+Q8_0 = 8
 
 
 def main() -> int:
@@ -25,12 +26,17 @@ def main() -> int:
     p.add_argument("--isa", nargs="+", default=["auto"], help="variants to compare, e.g. avx512vbmi avx512")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--mmap", action="store_true", help="weights from a memory-mapped file")
+    p.add_argument("--type", choices=("mxfp4", "q8_0"), default="mxfp4")
     a = p.parse_args()
     rng = np.random.default_rng(1)
     for rows in a.rows:
         nb = rows * (a.cols // 32)
-        raw = rng.integers(0, 256, nb * 17, dtype=np.uint8)
-        raw.reshape(-1, 17)[:, 0] = rng.integers(118, 129, nb)  # scales of trained weights
+        if a.type == "mxfp4":
+            raw = rng.integers(0, 256, nb * 17, dtype=np.uint8)
+            raw.reshape(-1, 17)[:, 0] = rng.integers(118, 129, nb)  # scales of trained weights
+        else:
+            raw = rng.integers(0, 256, nb * 34, dtype=np.uint8)
+            raw.reshape(-1, 34)[:, :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)  # fp16 scales
         raw = raw.reshape(rows, -1)
         if a.mmap:
             f = tempfile.NamedTemporaryFile(dir="/tmp")
@@ -42,7 +48,7 @@ def main() -> int:
             for _ in range(a.reps):
                 for isa in a.isa:
                     t0 = time.perf_counter()
-                    ops.matmul(raw, MXFP4, rows, a.cols, x, None, isa, "fast")
+                    ops.matmul(raw, MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None, isa, "fast")
                     best[isa] = min(best[isa], time.perf_counter() - t0)
             cells = [f"{isa} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns" for isa, s in best.items()]
             print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
