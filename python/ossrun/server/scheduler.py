@@ -82,10 +82,11 @@ class _Slot:
 
 
 class Scheduler:
-    """`deliver(items)`, where given, takes the (emit, event) pairs of each round (a step's tokens
-    of all sequences) at once, to run the emits on another thread: one wake-up of that thread per
-    step, not one per token, each of which made this thread wait for the interpreter lock while
-    it handled the token. Without it, each emit is called here as its event comes."""
+    """`deliver(items)`, where given, takes the (emit, event) pairs of each step (its tokens of all
+    sequences) at once, to run the emits on another thread: one wake-up of that thread per step,
+    not one per token, each of which made this thread wait for the interpreter lock while it
+    handled the token. They go out as the next forward starts (or at once when none follows).
+    Without it, each emit is called here as its event comes."""
 
     def __init__(self, model, n_slots: int, n_ctx: int, max_queue: int = 64, prefill_chunk: int = 32,
                  deliver: Callable[[list[tuple[Callable[[object], None], object]]], None] | None = None):
@@ -161,7 +162,8 @@ class Scheduler:
                 self._start(slot)
             if self._active():
                 self._step()
-            self._flush()
+            if not self._active():
+                self._flush()  # no step follows to hand them over in
         for slot in self._active():
             self._finish(slot, "cancelled")
         self._flush()
@@ -241,12 +243,16 @@ class Scheduler:
                 budget -= n
                 self.stats["prefilled_tokens"] += n
         if not work:
+            self._flush()
             return
         for slot, _, wants in work:
             if wants:
                 self._prepare_mask(slot)
         decode_only = all(len(ids) == 1 and wants and slot.gen.output for slot, ids, wants in work)
         try:
+            # The last step's events go now: the event loop handles them while the forward runs
+            # without the interpreter lock, instead of holding it while this thread sets up.
+            self._flush()
             t1 = time.perf_counter()
             logits = self.batch.step([(slot.session, ids, False) for slot, ids, _ in work])
             t2 = time.perf_counter()
