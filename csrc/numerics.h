@@ -69,8 +69,9 @@ inline uint16_t float_to_bf16(float f) {
     return uint16_t((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
-// E8M0 scale byte e means 2^(e-127). e = 0 is the float32 subnormal 2^-127; 255 (NaN) is
-// rejected when a file is loaded.
+// E8M0 scale byte e means 2^(e-127). e = 0 is the float32 subnormal 2^-127; 255 (NaN) comes out
+// as infinity, so a row holding it gives non-finite outputs, which the model's logits check
+// reports (loading does not scan the experts' scale bytes).
 OSSRUN_HD inline float e8m0_to_float(uint8_t e) {
     return e == 0 ? bits_to_float(0x00400000u) : bits_to_float(uint32_t(e) << 23);
 }

@@ -40,12 +40,23 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
         job_n_ = n;
         job_grain_ = grain;
         next_ = 0;
-        busy_ = n_threads_ - 1;
-        generation_.fetch_add(1, std::memory_order_release);
+        // Open the job before waking anyone: a worker that sees the new generation finds it open.
+        const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+        attach_.store((gen << 32) | kOpen, std::memory_order_release);
+        generation_.store(gen, std::memory_order_release);
     }
     wake_.notify_all();
     run_chunks();
-    while (busy_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    // Every chunk is claimed: close the job to latecomers, then wait for the chunks in flight.
+    attach_.fetch_and(~kOpen, std::memory_order_acq_rel);
+    while ((attach_.load(std::memory_order_acquire) & (kOpen - 1)) != 0) std::this_thread::yield();
+}
+
+bool ThreadPool::try_attach() {
+    uint64_t s = attach_.load(std::memory_order_acquire);
+    while (s & kOpen)
+        if (attach_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) return true;
+    return false;
 }
 
 void ThreadPool::worker_loop() {
@@ -64,8 +75,9 @@ void ThreadPool::worker_loop() {
         }
         seen = gen;
         if (stop_) return;
+        if (!try_attach()) continue;  // that job is done already (or this is a later one's turn)
         run_chunks();
-        busy_.fetch_sub(1, std::memory_order_acq_rel);
+        attach_.fetch_sub(1, std::memory_order_release);
     }
 }
 

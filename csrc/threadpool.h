@@ -32,11 +32,18 @@ private:
     std::vector<std::thread> workers_;
     std::mutex mutex_;
     std::condition_variable wake_;
+    bool try_attach();
+
     std::atomic<uint64_t> generation_{0};
-    std::atomic<int> busy_{0};
+    // Which job workers may join: its generation (high 32 bits), kOpen while its chunks are being
+    // handed out, and how many workers are inside it (low bits). The caller waits only for those:
+    // a worker that wakes late (descheduled on a busy machine) finds the job closed and skips it,
+    // where waiting for every worker to check in cost up to a time slice per parallel loop.
+    static constexpr uint64_t kOpen = uint64_t(1) << 31;
+    std::atomic<uint64_t> attach_{0};
     std::atomic<int64_t> next_{0};
     std::atomic<bool> stop_{false};
-    // The current job; written before generation_ is bumped.
+    // The current job; written before attach_ opens it, unchanged while a worker is attached.
     const std::function<void(int64_t, int64_t)>* job_ = nullptr;
     int64_t job_n_ = 0, job_grain_ = 1;
 };
