@@ -502,10 +502,7 @@ PYBIND11_MODULE(_core, m) {
             py::array_t<float> logits({n, V});
             float* out = logits.mutable_data();
             std::vector<float> res;
-            translated([&] {
-                py::gil_scoped_release nogil;
-                res = s.prefill_traced(ids.data(), n, out);
-            });
+            released([&] { res = s.prefill_traced(ids.data(), n, out); });
             py::array_t<float> residuals({2 * L, n, H});
             std::copy(res.begin(), res.end(), residuals.mutable_data());
             return py::make_tuple(logits, residuals);
@@ -539,10 +536,7 @@ PYBIND11_MODULE(_core, m) {
                 outs.push_back(all ? py::array_t<float>({len, V}) : py::array_t<float>(V));
                 steps[i] = SessionStep{s, a.data(), len, outs.back().mutable_data(), all};
             }
-            translated([&] {
-                py::gil_scoped_release nogil;
-                Session::step(steps.data(), n, scratch);
-            });
+            released([&] { Session::step(steps.data(), n, scratch); });
             py::list result;
             for (auto& o : outs) result.append(o);
             return result;

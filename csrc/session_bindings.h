@@ -33,6 +33,16 @@ auto translated(F&& fn) -> decltype(fn()) {
     }
 }
 
+// fn() with the interpreter lock released (the core's compute runs without it), its exceptions
+// translated.
+template <class F>
+auto released(F&& fn) -> decltype(fn()) {
+    return translated([&]() -> decltype(fn()) {
+        py::gil_scoped_release nogil;
+        return fn();
+    });
+}
+
 inline KvType kv_type_arg(const std::string& name) {
     return translated([&] { return parse_kv_type(name); });
 }
@@ -53,10 +63,7 @@ py::array_t<float> prefill_logits(S& s, const IdArray& ids, bool all_logits) {
     const int64_t n = ids.shape(0), V = s.vocab_size();
     py::array_t<float> logits = all_logits ? py::array_t<float>({n, V}) : py::array_t<float>(V);
     float* out = logits.mutable_data();
-    translated([&] {
-        py::gil_scoped_release nogil;
-        s.prefill(ids.data(), n, out, all_logits);
-    });
+    released([&] { s.prefill(ids.data(), n, out, all_logits); });
     return logits;
 }
 
@@ -72,20 +79,10 @@ void bind_session_common(py::class_<S>& c) {
         .def_property_readonly("n_ctx", &S::n_ctx)
         .def_property_readonly("kv_bytes", &S::kv_bytes)
         .def_property_readonly("tokens", &S::tokens)
-        .def("truncate", [](S& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.truncate(n);
-            });
-        })
+        .def("truncate", [](S& s, int64_t n) { released([&] { s.truncate(n); }); })
         .def("truncates_in_place", &S::truncates_in_place)
         .def("reset", &S::reset)
-        .def("fill_synthetic", [](S& s, int64_t n) {
-            translated([&] {
-                py::gil_scoped_release nogil;
-                s.fill_synthetic(n);
-            });
-        });
+        .def("fill_synthetic", [](S& s, int64_t n) { released([&] { s.fill_synthetic(n); }); });
 }
 
 }  // namespace ossrun::bindings

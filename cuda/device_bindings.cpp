@@ -62,10 +62,7 @@ void bind_device_model(py::module_& m) {
     py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
                  n_cpu_moe_arg(*host, n_cpu_moe);
-                 return translated([&] {
-                     py::gil_scoped_release nogil;
-                     return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe);
-                 });
+                 return released([&] { return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe); });
              }),
              py::arg("host"), py::arg("n_cpu_moe"))
         .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })
