@@ -440,7 +440,7 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
                          ids=_shape_id)
 def test_matmul_fast_decode_rows_do_not_interact(isa_name, rng, shape):
     """The AVX-512 GEMVs take two rows per pass at some token counts (Q8_0 from 3, MXFP4 from 2
-    tokens) and one otherwise, and an odd last row alone; avx512vbmi's one-token MXFP4 GEMV sums
+    tokens) and one otherwise, and an odd last row alone; the one-token MXFP4 GEMVs sum
     four rows' accumulators together (rows 0-3 here) and the rest alone: every row must come out
     with the bits it gets as a one-row matrix, for 1..8 tokens and every remainder of blocks past
     the quads.
