@@ -36,9 +36,11 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("fast", "f32"), default="fast")
     ap.add_argument("--feed", choices=("greedy", "fixed"), default="greedy",
                     help="each sequence's own greedy token (default), or token 5 for all")
+    ap.add_argument("--no-mmap", action="store_true", help="experts copied into 2 MiB pages")
     args = ap.parse_args(argv)
 
-    model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision)
+    model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision,
+                        mmap=not args.no_mmap)
     batch = Batch(model)
     sessions = [model.session() for _ in range(max(args.sequences))]
     prompts = np.random.default_rng(0).integers(1000, min(model.n_vocab, 100000), (len(sessions), 4))

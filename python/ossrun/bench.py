@@ -99,7 +99,7 @@ def _worker_ossrun(a) -> dict:
 
     t = time.perf_counter()
     model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type, device=a.device,
-                        gpu_layers=a.gpu_layers, cpu_moe=a.cpu_moe)
+                        gpu_layers=a.gpu_layers, cpu_moe=a.cpu_moe, mmap=not a.no_mmap)
     load_s = time.perf_counter() - t
     s = model.session()
     if a.commit_kv:
@@ -109,7 +109,8 @@ def _worker_ossrun(a) -> dict:
                                                  lambda: model._core.weight_bytes_read, fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache"
-                + (f", CUDA: {model.device_reason}" if model.device == "cuda" else ""))
+                + (f", CUDA: {model.device_reason}" if model.device == "cuda" else "")
+                + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else ""))
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
     r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
     r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)
@@ -192,6 +193,8 @@ def _run_worker(engine: str, a) -> dict:
         cmd += ["--synthetic-depth"]
     if engine == "ossrun":
         cmd += ["--device", a.device]
+        if a.no_mmap:
+            cmd += ["--no-mmap"]
         if a.gpu_layers is not None:
             cmd += ["--gpu-layers", str(a.gpu_layers)]
         if a.cpu_moe is not None:

@@ -38,6 +38,9 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                    help="where the model runs (default auto: the GPU when ossrun can use it, else "
                         "the CPU; 'cuda' fails with the reason rather than fall back)")
     add_split_flags(p)
+    from .weights_in_ram import add_no_mmap_flag
+
+    add_no_mmap_flag(p)
 
 
 def add_info_flags(p: argparse.ArgumentParser) -> None:
@@ -52,7 +55,7 @@ def add_info_flags(p: argparse.ArgumentParser) -> None:
 def load_options(args) -> dict:
     """Model() keyword arguments of the device flags (absent on commands without them)."""
     return {"device": getattr(args, "device", "auto"), "gpu_layers": getattr(args, "gpu_layers", None),
-            "cpu_moe": getattr(args, "cpu_moe", None)}
+            "cpu_moe": getattr(args, "cpu_moe", None), "mmap": not getattr(args, "no_mmap", False)}
 
 
 def describe_device(g, n_ctx: int, args) -> dict:

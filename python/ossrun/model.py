@@ -67,11 +67,14 @@ class Model:
         gpu_layers, cpu_moe: the GPU/CPU split of ossrun.placement (layers on the GPU; layers
             whose experts stay on the CPU, or "all"); default as much on the GPU as fits. On the
             GPU, `plan` is the placement used (None on the CPU).
+        mmap: True (default) reads the weights from the file's memory map; False copies the
+            expert weights into RAM backed by 2 MiB pages first (ossrun.weights_in_ram: faster
+            decoding, slower load; `weights_in_ram` describes the copy). CPU loads only.
     """
 
     def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
                  kv_type: str | None = None, device: str = "auto", gpu_layers: int | None = None,
-                 cpu_moe: int | str | None = None):
+                 cpu_moe: int | str | None = None, mmap: bool = True):
         from .device import resolve_device
 
         self.device, self.device_reason = resolve_device(device)
@@ -87,6 +90,8 @@ class Model:
             raise ValueError(f"threads must be an integer in [1, 1024], got {threads!r}")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if not isinstance(mmap, bool):
+            raise ValueError(f"mmap must be True or False, got {mmap!r}")
         self._file = open_gguf(path)
         self.path = self._file.path
         self.config: ModelConfig = self._file.config
@@ -100,6 +105,9 @@ class Model:
         from .placement import check_split
 
         self.gpu_layers, self.cpu_moe = check_split(self.config.block_count, gpu_layers, cpu_moe)
+        self.weights_in_ram = None
+        if not mmap:
+            self.weights_in_ram = self._copy_weights_to_ram()
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)
@@ -116,6 +124,17 @@ class Model:
                 self._core, self.plan = core, placed
                 self.device_reason = f"{self.device_reason}; {placed.summary()}"
         self.tokenizer = self._load_tokenizer()
+
+    def _copy_weights_to_ram(self):
+        import warnings
+
+        from .weights_in_ram import copy_experts_to_ram
+
+        if self.device == "cuda":  # the device path uploads the experts it places from the map
+            warnings.warn("mmap=False (--no-mmap) applies to CPU loads; ignored with the CUDA "
+                          "device", RuntimeWarning, stacklevel=3)
+            return None
+        return copy_experts_to_ram(self._file)
 
     def _core_config(self) -> dict:
         c = self.config

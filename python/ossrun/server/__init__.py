@@ -57,7 +57,8 @@ def main(args) -> int:
     options = EngineOptions(args.model, n_ctx=args.ctx, parallel=args.parallel, threads=args.threads,
                             precision=args.precision, kv_type=args.kv_type, name=args.name,
                             max_queue=args.queue, tools=tools, test_script=args.test_script,
-                            test_load_delay=args.test_load_delay)
+                            test_load_delay=args.test_load_delay,
+                            mmap=not getattr(args, "no_mmap", False))
     api_key = args.api_key or os.environ.get("OSSRUN_API_KEY") or None
     app = create_app(options, api_key=api_key, store_path=args.store or default_store_path())
     hosted = [t.name for t in tools if not t.unavailable()]

@@ -35,6 +35,7 @@ class EngineOptions:
     tools: list = field(default_factory=list)  # built-in tools: ossrun.Browser, ossrun.PythonTool
     test_script: str | None = None      # tests only: scripted completions (ScriptedOutput)
     test_load_delay: float = 0.0        # tests only: seconds to stay "loading"
+    mmap: bool = True                   # False: --no-mmap (ossrun.weights_in_ram)
 
 
 def default_parallel(model, n_ctx: int) -> int:
@@ -97,7 +98,7 @@ class Engine:
                 time.sleep(o.test_load_delay)
             n_ctx = o.n_ctx or min(DEFAULT_CTX, _context_length(o.model_path))
             model = Model(o.model_path, n_ctx=n_ctx, threads=o.threads, precision=o.precision,
-                          kv_type=o.kv_type)
+                          kv_type=o.kv_type, mmap=o.mmap)
             if model.tokenizer is None:
                 raise ValueError(f"{o.model_path}: the model has no tokenizer")
             parallel = o.parallel or default_parallel(model, n_ctx)
