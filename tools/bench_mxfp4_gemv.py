@@ -51,7 +51,7 @@ def main() -> int:
         files = []
         if a.mmap:
             # The GGUF layout as a model reads it (the file's map); the repacked copy stays in
-            # anonymous memory, as the model's (csrc/q8_0_interleave_weights.cpp: huge pages).
+            # anonymous memory, as the model's (csrc/q8_0_interleave_weights.cpp).
             files.append(tempfile.NamedTemporaryFile(dir="/tmp"))
             raw.tofile(files[-1].name)
             weights["rows"] = np.memmap(files[-1].name, np.uint8, "r", shape=raw.shape)
