@@ -3,6 +3,10 @@ the routed experts and the dense matrices of each decode step, and the machine p
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import ossrun
 import pytest
 from ossrun import bench, model_maker
@@ -53,3 +57,14 @@ def test_machine_probes_measure_something():
     assert (gops > 1.0) == bool(instruction)
     with pytest.raises(ValueError):
         ops.read_bandwidth(0, 64)
+
+
+def test_bench_runs_on_a_model_whose_vocabulary_is_small(expert_model):
+    """The bench's prompt ids come from the model's own vocabulary (a tiny model's is 256 ids)."""
+    ids = bench._tokens(64, 1, 256)
+    assert all(0 <= i < 256 for i in ids) and len(set(ids)) > 1
+    args = ["bench", str(expert_model), "--prompt", "8", "--gen", "4", "--reps", "1", "--bandwidth", "10",
+            "--json"]
+    run = subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["decode_tok_s"] > 0

@@ -78,7 +78,8 @@ def test_upload_layout_is_the_plans_gpu_part(fx, n_cpu_moe):
 @pytest.mark.parametrize("n_ctx", [1, 100, 2000])
 def test_device_kv_cache_bytes_are_the_plans(fx, kv_type, n_ctx):
     m = load(fx["gguf"], precision="f32", device="cpu")
-    want = sum(placement.kv_cache_bytes(m.config, layer, n_ctx, kv_type) for layer in range(m.config.block_count))
+    layers = range(m.config.block_count)
+    want = sum(placement.kv_cache_bytes(m.config, layer, n_ctx, kv_type) for layer in layers)
     assert _core.device_kv_bytes(m._core, n_ctx, kv_type) == want
 
 

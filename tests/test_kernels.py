@@ -434,6 +434,28 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
             assert np.array_equal(y[t], alone[0]), f"T={T}, token {t}"
 
 
+@pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
+@pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 160), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128), (MXFP4, 160),
+                                   (MXFP4, 224), (MXFP4, 2880)],
+                         ids=_shape_id)
+def test_matmul_fast_decode_rows_do_not_interact(isa_name, rng, shape):
+    """The AVX-512 GEMVs take two rows per pass at some token counts (Q8_0 from 3, MXFP4 from 2
+    tokens) and one otherwise, and an odd last row alone: every row must come out with the bits
+    it gets as a one-row matrix, for 1..8 tokens and every remainder of blocks past the quads.
+    (Their accuracy against float64 is test_matmul_fast_int16_activations'.)"""
+    if isa_name == "none":
+        pytest.skip("no kernel variant with int16 dot products on this CPU")
+    ggml_type, cols = shape
+    rows = 7
+    raw = raw_random(rng, ggml_type, rows, cols)
+    x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+    for T in range(1, 9):
+        y = ops.matmul(raw, ggml_type, rows, cols, x[:T], None, isa_name, "fast")
+        for r in range(rows):
+            alone = ops.matmul(raw[r:r + 1], ggml_type, 1, cols, x[:T], None, isa_name, "fast")
+            assert np.array_equal(y[:, r], alone[:, 0]), f"T={T}, row {r}"
+
+
 @pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(FAST_ISAS), reason="needs AVX-512 with and without VBMI")
 def test_matmul_fast_q8_0_same_bits_with_and_without_vbmi(rng):
     """The avx512vbmi variant's Q8_0 GEMV builds its weight vectors with one byte permute each,

@@ -52,7 +52,7 @@ def test_batched_generations_equal_greedy_alone_and_reuse_prefixes(model, rng):
     try:
         prompts = [list(rng.integers(0, VOCAB, n)) for n in (5, 40, 17, 3)]
         runs = [run(sched, p) for p in prompts]  # 4 requests, 3 slots: one waits
-        for (gen, q), p in zip(runs, prompts):
+        for (_gen, q), p in zip(runs, prompts):
             tokens, done = collect(q)
             assert tokens == greedy_alone(model, p, 8) and done.finish_reason == "length"
         # The same 40-token prompt with another ending lands on the slot that holds it.

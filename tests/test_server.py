@@ -303,7 +303,8 @@ def test_responses_tool_round_trip(client, model_id):
     assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens + \
         first.usage.output_tokens - 1
     # ... and with the items sent back by the client, streamed.
-    items = [{"role": "user", "content": "WEATHER-Q"}, *[o.model_dump(exclude_none=True) for o in first.output], out]
+    replayed = [o.model_dump(exclude_none=True) for o in first.output]
+    items = [{"role": "user", "content": "WEATHER-Q"}, *replayed, out]
     events = list(client.responses.create(model=model_id, input=items, tools=tools, stream=True, store=False))
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "Sunny, 21 C in Paris."
@@ -371,7 +372,8 @@ def test_auth(server, model_id):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}):
         r = httpx.get(server.url + "/models", headers=headers, timeout=10)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        r = httpx.post(server.url + "/chat/completions", json={"model": model_id}, headers=headers, timeout=10)
+        r = httpx.post(server.url + "/chat/completions", json={"model": model_id}, headers=headers,
+                       timeout=10)
         assert r.status_code == 401
     assert httpx.get(server.base + "/health", timeout=10).status_code == 200
     with pytest.raises(openai.AuthenticationError):
@@ -397,8 +399,9 @@ def _open_stream(server, model_id, opened: list, stop: threading.Event):
     body = json.dumps({"model": model_id, "stream": True, "max_tokens": 3500, "temperature": 0,
                        "messages": [{"role": "user", "content": "write a lot"}]}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=0.1) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        sock.sendall(head + body)
         first = True
         while not stop.is_set():
             try:

@@ -43,7 +43,8 @@ def test_eight_clients_at_once_get_the_replies_each_gets_alone(server):
 def test_a_repeated_prompt_reuses_its_slot(server):
     client = server.client()
     long_prompt = "Once upon a time " * 40
-    first = client.completions.create(model="tiny", prompt=long_prompt + "the end", max_tokens=2, temperature=0)
+    first = client.completions.create(model="tiny", prompt=long_prompt + "the end", max_tokens=2,
+                                      temperature=0)
     again = client.completions.create(model="tiny", prompt=long_prompt + "a new ending", max_tokens=2,
                                       temperature=0)
     assert first.usage.prompt_tokens > 160

@@ -50,12 +50,14 @@ def feed_all(parser, text, tok):
 
 def test_output_parser_separates_reasoning_content_and_calls(tok):
     p = OutputParser(tok)
-    pieces = feed_all(p, "<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis"
-                         "<|message|>two<|end|><|start|>assistant<|channel|>final<|message|>answer<|return|>", tok)
+    text = ("<|channel|>analysis<|message|>one<|end|><|start|>assistant<|channel|>analysis"
+            "<|message|>two<|end|><|start|>assistant<|channel|>final<|message|>answer<|return|>")
+    pieces = feed_all(p, text, tok)
     assert "".join(x.text for x in pieces if x.kind == "reasoning") == "one\n\ntwo" == p.reasoning_text
     assert "".join(x.text for x in pieces if x.kind == "content") == "answer" == p.content_text
     p = OutputParser(tok)
-    pieces = feed_all(p, '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a":1}<|call|>', tok)
+    text = '<|channel|>commentary to=functions.f <|constrain|>json<|message|>{"a":1}<|call|>'
+    pieces = feed_all(p, text, tok)
     assert [x.kind for x in pieces if x.kind != "call_args"] == ["call_start", "call_done"]
     assert p.calls[0].name == "f" and p.calls[0].arguments == '{"a":1}'
 

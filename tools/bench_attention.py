@@ -50,7 +50,8 @@ def main() -> None:
         parts = {k: (v - parts0[k]) / a.gen for k, v in model._core.part_seconds.items()}
         kv_bytes = full_layers * (depth + a.gen / 2) * 2 * c.head_count_kv * c.key_length * elem
         attn = parts["attention"]
-        print(f"depth {depth:6d}: {1 / wall:6.2f} tok/s, wall {wall * 1e3:7.2f} ms, cpu {cpu * 1e3:7.2f} ms/token; "
+        print(f"depth {depth:6d}: {1 / wall:6.2f} tok/s, wall {wall * 1e3:7.2f} ms, "
+              f"cpu {cpu * 1e3:7.2f} ms/token; "
               f"attention {attn * 1e3:6.2f} ms ({kv_bytes / attn / 1e9:5.1f} GB/s of KV); "
               + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in parts.items() if k != "attention"))
         if a.prefill:

@@ -69,8 +69,8 @@ def main(argv=None) -> int:
             for s in sessions[:n]:
                 s.truncate(4)
     base = statistics.median(rates[args.sequences[0]])
-    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8}   (median of {args.repeats}, {model.threads} threads, "
-          f"{args.precision})")
+    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8}   "
+          f"(median of {args.repeats}, {model.threads} threads, {args.precision})")
     for n, v in rates.items():
         m = statistics.median(v)
         print(f"{n:>9} {m:>8.2f} {m / base:>8.2f}")

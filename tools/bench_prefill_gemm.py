@@ -4,8 +4,9 @@ precision's int16 activations): an expert's 2880 x 2880 MXFP4 matrix against the
 it (~T * 4 / 32 per expert for a T-token chunk) and the dense Q8_0 attention projections against
 a whole chunk. Prints G int16 ops/s per case (2 x rows x cols x tokens per call, median of --reps
 calls, in this process's CPU time, so that other processes sharing the cores do not count), the
-fraction of one thread's peak (the int16_peak loop, also in CPU time), and per matrix the fixed cost of a call (the
-panel packing: the time at 0 tokens extrapolated from two token counts) against the per-token cost.
+fraction of one thread's peak (the int16_peak loop, also in CPU time), and per matrix the fixed cost
+of a call (the panel packing: the time at 0 tokens extrapolated from two token counts) against the
+per-token cost.
 The matrices sit in L3 or DRAM (2880 x 2880 MXFP4 is 4.4 MB): the kernel's rate, not the model's."""
 
 import argparse

@@ -254,7 +254,8 @@ def main(argv=None) -> int:
             first_token_seconds(url, models[name], seen_first, extra)
             ttft[name]["seen_prefix"].append(first_token_seconds(url, models[name], seen_second, extra))
             ttft[name]["cold"].append(first_token_seconds(url, models[name], cold_prompt, extra))
-            progress(f"{name}: TTFT seen prefix {ttft[name]['seen_prefix'][-1]:.2f} s, cold {ttft[name]['cold'][-1]:.2f} s")
+            last = {k: v[-1] for k, v in ttft[name].items()}
+            progress(f"{name}: TTFT seen prefix {last['seen_prefix']:.2f} s, cold {last['cold']:.2f} s")
 
         for run in range(args.repeats):
             prompts = None
@@ -336,12 +337,13 @@ def _table(result: dict, args) -> str:
             row += f" {a / b:.2f}x |"
         lines.append(row)
     if result["ttft_s"]:
-        lines += ["", f"| TTFT, {args.prompt_tokens}-token prompt |" + "".join(f" {n} |" for n in result["ttft_s"]),
-                  "|---|" + "---|" * len(result["ttft_s"])]
         t = result["ttft_s"]
+        lines += ["", f"| TTFT, {args.prompt_tokens}-token prompt |" + "".join(f" {n} |" for n in t),
+                  "|---|" + "---|" * len(t)]
         lines.append("| cold |" + "".join(f" {t[n]['cold']:.2f} s |" for n in t))
-        lines.append(f"| first {args.seen_tokens} tokens seen before |" + "".join(
-            f" {t[n]['seen_prefix']:.2f} s ({100 * t[n]['seen_prefix'] / t[n]['cold']:.0f} % of cold) |" for n in t))
+        seen = {n: (t[n]["seen_prefix"], 100 * t[n]["seen_prefix"] / t[n]["cold"]) for n in t}
+        lines.append(f"| first {args.seen_tokens} tokens seen before |"
+                     + "".join(f" {s:.2f} s ({pct:.0f} % of cold) |" for s, pct in seen.values()))
     return "\n".join(lines)
 
 

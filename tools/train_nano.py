@@ -5,8 +5,8 @@ The model is the real gpt-oss architecture of shared/spec/MODEL.md at a tiny siz
 with per-head sinks, sliding-window (even) / full (odd) layers, YaRN RoPE with concentration,
 a top-k MoE with the clamped SwiGLU, biases everywhere the spec has them, untied embeddings.
 Its vocabulary is a small byte-level BPE learned from the training data (digits never merged)
-plus the harmony specials, so the file ships offline. Data: tools/nano_data.py, rendered with ossrun's harmony renderer; loss on the tokens
-the assistant writes only.
+plus the harmony specials, so the file ships offline. Data: tools/nano_data.py, rendered with
+ossrun's harmony renderer; loss on the tokens the assistant writes only.
 
 Quantization-aware: experts are stored as MXFP4, so the last part of training runs the expert
 matrices through MXFP4 rounding (straight-through gradient), and the export writes exactly the

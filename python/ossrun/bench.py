@@ -56,30 +56,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_device_flags(p)  # --device, --gpu-layers, --n-cpu-moe / --cpu-moe (ossrun only)
 
 
-def _tokens(n: int, seed: int) -> list[int]:
-    # Ordinary token ids well inside any vocabulary; the content does not matter for speed.
-    return [int(t) for t in np.random.default_rng(seed).integers(100, 20000, n)]
+def _tokens(n: int, seed: int, n_vocab: int) -> list[int]:
+    # Ordinary token ids inside the vocabulary (past the first 100, up to 20000 for o200k files);
+    # the content does not matter for speed.
+    hi = min(20000, n_vocab)
+    return [int(t) for t in np.random.default_rng(seed).integers(min(100, hi // 2), hi, n)]
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _measure(a, prefill, reset, counter=lambda: 0, fill=None) -> tuple[float, float, int]:
+def _measure(a, prefill, reset, n_vocab, counter=lambda: 0, fill=None) -> tuple[float, float, int]:
     """The same protocol for every engine: prefill `--prompt` tokens on an empty context; then
     from empty, `--depth` tokens of context and `--gen` decoded one at a time (the first one's
     prefill is not timed). `prefill(ids)` appends ids; `reset()` empties the context; `counter()`
     is a running count of weight bytes read, returned as its growth over the timed decode;
     `fill(n)`, where given, stands in for the depth's prefill (--synthetic-depth)."""
     t = time.perf_counter()
-    prefill(_tokens(a.prompt, 1))
+    prefill(_tokens(a.prompt, 1, n_vocab))
     prefill_s = time.perf_counter() - t
     reset()
     if a.depth and fill:
         fill(a.depth)
     elif a.depth:
-        prefill(_tokens(a.depth, 2))
-    gen = _tokens(a.gen, 3)
+        prefill(_tokens(a.depth, 2, n_vocab))
+    gen = _tokens(a.gen, 3, n_vocab)
     prefill(gen[:1])
     c0 = counter()
     t = time.perf_counter()
@@ -103,8 +105,8 @@ def _worker_ossrun(a) -> dict:
     if a.commit_kv:
         s._core.commit_kv()
     fill = s._core.fill_synthetic if a.synthetic_depth else None
-    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, lambda: model._core.weight_bytes_read,
-                                                 fill)
+    prefill_s, decode_s, decode_bytes = _measure(a, s.prefill, s.reset, model.n_vocab,
+                                                 lambda: model._core.weight_bytes_read, fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache"
                 + (f", CUDA: {model.device_reason}" if model.device == "cuda" else ""))
@@ -141,7 +143,7 @@ def _worker_llama_cpp(a) -> dict:
                           verbose=False)
     load_s = time.perf_counter() - t
     # reset(): the next eval starts at position 0 and drops the cached positions after it.
-    prefill_s, decode_s, _ = _measure(a, llm.eval, llm.reset)
+    prefill_s, decode_s, _ = _measure(a, llm.eval, llm.reset, llm.n_vocab())
     return _result(a, load_s, prefill_s, decode_s, f"llama.cpp via llama-cpp-python {llama_cpp.__version__}")
 
 
@@ -189,7 +191,9 @@ def _run_worker(engine: str, a) -> dict:
     if a.synthetic_depth:
         cmd += ["--synthetic-depth"]
     if engine == "ossrun":
-        cmd += ["--device", a.device] + (["--gpu-layers", str(a.gpu_layers)] if a.gpu_layers is not None else [])
+        cmd += ["--device", a.device]
+        if a.gpu_layers is not None:
+            cmd += ["--gpu-layers", str(a.gpu_layers)]
         if a.cpu_moe is not None:
             cmd += ["--cpu-moe"] if a.cpu_moe == "all" else ["--n-cpu-moe", str(a.cpu_moe)]
     if engine == "llama_bench":
@@ -240,7 +244,8 @@ def main(a) -> int:
         print("ossrun bench: --bandwidth must be positive", file=sys.stderr)
         return 2
     ceilings = _ceilings(a)
-    engines = ["ossrun"] + (["llama_cpp"] if a.vs_llama_cpp else []) + (["llama_bench"] if a.llama_bench else [])
+    engines = ["ossrun"] + (["llama_cpp"] if a.vs_llama_cpp else [])
+    engines += ["llama_bench"] if a.llama_bench else []
     runs: dict[str, list] = {e: [] for e in engines}
     try:
         for rep in range(a.reps):
@@ -325,17 +330,20 @@ def _print_table(r: dict) -> None:
     if "llama_cpp" in r:
         print(f"ratio      {r['ratio_prefill']:10.2f}x {r['ratio_decode']:15.2f}x")
     if "llama_bench" in r:
-        print(f"ratio (vs llama-bench) {r['ratio_prefill_llama_bench']:.2f}x {r['ratio_decode_llama_bench']:.2f}x")
+        print(f"ratio (vs llama-bench) {r['ratio_prefill_llama_bench']:.2f}x "
+              f"{r['ratio_decode_llama_bench']:.2f}x")
     print(f"(medians of {r['reps']} alternating runs; {r['engine']})")
     bw = "measured" if r["bandwidth_measured"] else "given"
     print(f"machine: {r['cpu'] or 'unknown CPU'}; DRAM read {r['bandwidth_gb_s']:.1f} GB/s ({bw}); "
           f"int16 peak {r['int16_peak_gops']:.0f} GOP/s ({r['int16_instruction'] or 'none'})")
     if "decode_gb_s" in r:
         print(f"decode: {r['decode_weight_bytes_per_token'] / 1e9:.3f} GB of weights per token, "
-              f"{r['decode_gb_s']:.1f} GB/s = {100 * r['decode_fraction_of_bandwidth']:.0f} % of the read bandwidth")
+              f"{r['decode_gb_s']:.1f} GB/s = {100 * r['decode_fraction_of_bandwidth']:.0f} % "
+              "of the read bandwidth")
     if "prefill_gops" in r:
         print(f"prefill: {r['prefill_int16_ops_per_token'] / 1e9:.2f} G int16 ops per token, "
-              f"{r['prefill_gops']:.0f} GOP/s = {100 * r['prefill_fraction_of_int16_peak']:.0f} % of the int16 peak")
+              f"{r['prefill_gops']:.0f} GOP/s = {100 * r['prefill_fraction_of_int16_peak']:.0f} % "
+              "of the int16 peak")
 
 
 def _worker_main(argv: list[str]) -> int:
@@ -343,7 +351,8 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--worker", choices=ENGINES, required=True)
     add_arguments(p)
     a = p.parse_args(argv)
-    fn = {"ossrun": _worker_ossrun, "llama_cpp": _worker_llama_cpp, "llama_bench": _worker_llama_bench}[a.worker]
+    workers = {"ossrun": _worker_ossrun, "llama_cpp": _worker_llama_cpp, "llama_bench": _worker_llama_bench}
+    fn = workers[a.worker]
     print(json.dumps(fn(a)))
     return 0
 

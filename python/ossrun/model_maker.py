@@ -736,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     vocab.add_argument(
         "--byte-vocab", action="store_true", help="byte-level vocabulary even for 20b/120b"
     )
-    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-qkv", "ollama-fused"), default="ggml-org",
+    ap.add_argument("--layout", choices=("ggml-org", "ollama", "ollama-qkv", "ollama-fused"),
+                    default="ggml-org",
                     help="ggml-org's (default), Ollama's gptoss blob (-qkv: with a fused "
                          "attn_qkv), or Ollama's refused Aug-Oct 2025 fused blob")
     ap.add_argument("--split-max-size", metavar="SIZE",

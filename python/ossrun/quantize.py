@@ -128,7 +128,8 @@ def _affine_k(x, sub, q_top, code_top):
 def _pack_crumbs256(q):
     """[n, 256] values 0..3 -> [n, 64]: element 128h + 32j + l in bits 2j.. of byte 32h + l."""
     q = q.reshape(-1, 2, 4, 32).astype(np.uint8)
-    return (q << (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]).sum(axis=2, dtype=np.uint8).reshape(-1, 64)
+    shifts = (2 * np.arange(4, dtype=np.uint8))[None, None, :, None]
+    return (q << shifts).sum(axis=2, dtype=np.uint8).reshape(-1, 64)
 
 
 def _pack_nibbles256(q):
@@ -174,7 +175,8 @@ def quantize_q3_k(x):
 def quantize_q4_k(x):
     x = x.reshape(-1, 256)
     hd, hm, sc, mn, q = _affine_k(x, 32, 15, 63)
-    return np.concatenate([_f16_bytes(hd), _f16_bytes(hm), _pack_k4_scales(sc, mn), _pack_nibbles256(q)], axis=1)
+    parts = [_f16_bytes(hd), _f16_bytes(hm), _pack_k4_scales(sc, mn), _pack_nibbles256(q)]
+    return np.concatenate(parts, axis=1)
 
 
 def quantize_q5_k(x):
