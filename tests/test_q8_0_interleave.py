@@ -46,7 +46,8 @@ def test_layout_rejects_what_it_cannot_hold():
     with pytest.raises(ValueError, match="multiple of 16"):
         ops.interleave_q8_0(np.zeros((8, 34), np.uint8), 8, 32)
     with pytest.raises(ValueError, match="multiple of 16"):
-        ops.matmul(np.zeros((20, 34), np.uint8), Q8_0, 20, 32, np.zeros((1, 32), np.float32), layout="q8_0x16")
+        ops.matmul(np.zeros((20, 34), np.uint8), Q8_0, 20, 32, np.zeros((1, 32), np.float32),
+                   layout="q8_0x16")
     with pytest.raises(ValueError, match="layout must be"):
         ops.matmul(np.zeros((16, 34), np.uint8), Q8_0, 16, 32, np.zeros((1, 32), np.float32), layout="cols")
     with pytest.raises(ValueError, match="r0 <= r1"):
@@ -72,7 +73,8 @@ def test_matmul_interleaved_against_reference(isa, rng, rows, nb):
     W = R.dequantize(raw, Q8_0, (rows, cols))
     b = rng.standard_normal(rows).astype(np.float32)
     r0 = int(rng.integers(1, 16))
-    ranges = [(0, rows), (r0, max(r0, rows - int(rng.integers(1, 16)))), (3, 13), (int(rng.integers(0, rows)), rows)]
+    ranges = [(0, rows), (r0, max(r0, rows - int(rng.integers(1, 16)))), (3, 13),
+              (int(rng.integers(0, rows)), rows)]
     for T in TOKENS:
         x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
         q, scale = quantize_i16_ref(x)
@@ -132,8 +134,8 @@ VOCAB = 1000  # not a multiple of 16: the output head stays in the GGUF layout, 
 @pytest.fixture(scope="module", params=[VOCAB, 1024], ids=["head_in_rows", "head_interleaved"])
 def q8_model(tmp_path_factory, request):
     # hidden 160: 5 blocks a row (odd); q 256 rows, k/v 128, attn_output 160, all whole groups.
-    return model_maker.make_model(tmp_path_factory.mktemp("q8x16") / "m.gguf", "tiny", seed=7, vocab=request.param,
-                                  use_byte_vocab=True, hidden=160, intermediate=64)
+    return model_maker.make_model(tmp_path_factory.mktemp("q8x16") / "m.gguf", "tiny", seed=7,
+                                  vocab=request.param, use_byte_vocab=True, hidden=160, intermediate=64)
 
 
 def load_pair(path, monkeypatch, **kw):

@@ -62,11 +62,11 @@ def main() -> int:
             for _ in range(a.reps):
                 for isa, layout in variants:
                     t0 = time.perf_counter()
-                    ops.matmul(weights[layout], MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None, isa, "fast",
-                               layout=layout)
+                    ops.matmul(weights[layout], MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None,
+                               isa, "fast", layout=layout)
                     best[isa, layout] = min(best[isa, layout], time.perf_counter() - t0)
-            cells = [f"{isa}{'' if layout == 'rows' else ' ' + layout} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns"
-                     for (isa, layout), s in best.items()]
+            cells = [f"{isa}{'' if layout == 'rows' else ' ' + layout} {raw.nbytes / s / 1e9:5.1f} GB/s "
+                     f"{s / nb * 1e9:5.3f} ns" for (isa, layout), s in best.items()]
             print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
     return 0
 
