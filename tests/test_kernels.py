@@ -440,19 +440,22 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
                          ids=_shape_id)
 def test_matmul_fast_decode_rows_do_not_interact(isa_name, rng, shape):
     """The AVX-512 GEMVs take two rows per pass at some token counts (Q8_0 from 3, MXFP4 from 2
-    tokens) and one otherwise, and an odd last row alone: every row must come out with the bits
-    it gets as a one-row matrix, for 1..8 tokens and every remainder of blocks past the quads.
+    tokens) and one otherwise, and an odd last row alone; the one-token MXFP4 GEMVs sum
+    four rows' accumulators together (rows 0-3 here) and the rest alone: every row must come out
+    with the bits it gets as a one-row matrix, for 1..8 tokens and every remainder of blocks past
+    the quads.
     (Their accuracy against float64 is test_matmul_fast_int16_activations'.)"""
     if isa_name == "none":
         pytest.skip("no kernel variant with int16 dot products on this CPU")
     ggml_type, cols = shape
     rows = 7
     raw = raw_random(rng, ggml_type, rows, cols)
+    b = rng.standard_normal(rows).astype(np.float32)
     x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
     for T in range(1, 9):
-        y = ops.matmul(raw, ggml_type, rows, cols, x[:T], None, isa_name, "fast")
+        y = ops.matmul(raw, ggml_type, rows, cols, x[:T], b, isa_name, "fast")
         for r in range(rows):
-            alone = ops.matmul(raw[r:r + 1], ggml_type, 1, cols, x[:T], None, isa_name, "fast")
+            alone = ops.matmul(raw[r:r + 1], ggml_type, 1, cols, x[:T], b[r:r + 1], isa_name, "fast")
             assert np.array_equal(y[:, r], alone[:, 0]), f"T={T}, row {r}"
 
 
