@@ -197,7 +197,9 @@ OSSRUN_VBMI void mxfp4_quad_rows(const uint8_t* row, int64_t row_bytes, const Qu
 // r0..r1 four at a time in one loop, one row per pass, their sums reduced together, which spares
 // each row a call, its constants' loads and most of its reduction. One thread, in one process
 // alternating with the per-row calls: 0.489-0.493 -> 0.473-0.477 ns per block and row (65536 rows,
-// mmap), 0.481 -> 0.463 (8192, L3), 0.515-0.519 -> 0.497-0.499 (2880 rows, an expert's matrix).
+// mmap), 0.481 -> 0.463 (8192, L3), 0.515-0.519 -> 0.497-0.499 (2880 rows, an expert's matrix,
+// from L3). (Two rows per pass, or the whole quads in a branch-free loop, are faster from L3
+// and slower from DRAM here: docs/PERFORMANCE.md, seventh session.)
 OSSRUN_VBMI void mxfp4_one_token(const MatmulArgs& a, int64_t r0, int64_t r1, const QuadActs& x) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems, row_bytes = int64_t(W.row_bytes);
