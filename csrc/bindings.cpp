@@ -17,6 +17,7 @@
 #include "model.h"
 #include "moe_ops.h"
 #include "numerics.h"
+#include "q8_0_interleave.h"
 #include "rope.h"
 #include "session.h"
 #include "session_bindings.h"
@@ -215,7 +216,24 @@ Matrix raw_matrix(const py::array_t<uint8_t, py::array::c_style>& raw, int type,
     return m;
 }
 
+// The `layout` argument of the op-level tests: "rows" (GGUF order) or "q8_0x16" (raw already
+// interleaved, ops.interleave_q8_0).
+void set_layout(Matrix& W, const std::string& layout) {
+    if (layout == "rows") return;
+    if (layout != "q8_0x16") throw py::value_error("layout must be 'rows' or 'q8_0x16', got '" + layout + "'");
+    if (!q8_0_interleavable(W)) throw py::value_error("layout q8_0x16 needs a Q8_0 matrix of rows a multiple of 16");
+    W.layout = RowLayout::kQ8_0x16;
+}
+
 void bind_ops(py::module_& m) {
+    m.def("interleave_q8_0", [](py::array_t<uint8_t, py::array::c_style> raw, int64_t rows, int64_t cols) {
+        Matrix W = raw_matrix(raw, int(DType::Q8_0), rows, cols);
+        set_layout(W, "q8_0x16");
+        py::array_t<uint8_t> out(raw.size());
+        interleave_q8_0_groups(raw.data(), out.mutable_data(), W.row_bytes, 0, rows / kInterleaveRows);
+        return out;
+    }, py::arg("raw"), py::arg("rows"), py::arg("cols"),
+       "Q8_0 rows [rows, cols] (rows a multiple of 16) repacked as the model repacks them (q8_0_interleave.h).");
     m.def("available_isas", [] {
         std::vector<std::string> names;
         for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
@@ -237,13 +255,15 @@ void bind_ops(py::module_& m) {
         return py::make_tuple(gops, instruction);
     }, py::arg("threads"), "(G int16 ops/s, instruction): the int16 dot-product peak of `threads` threads.");
     m.def("decode_rows", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
-                            int64_t cols, const std::string& isa) {
+                            int64_t cols, const std::string& isa, const std::string& layout) {
         Matrix W = raw_matrix(raw, type, rows, cols);
+        set_layout(W, layout);
         const KernelTable* k = table_arg(isa);
         py::array_t<float> out({rows, cols});
         for (int64_t r = 0; r < rows; ++r) k->decode_row(W, 0, r, out.mutable_data() + r * cols);
         return out;
-    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "auto");
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "auto",
+       py::arg("layout") = "rows");
     m.def("quantize_i16", [](F32Array x, const std::string& isa) {
         if (x.ndim() != 2 || x.shape(1) % kBlockElems) throw py::value_error("x must be [T, 32 * n]");
         const KernelTable* k = table_arg(isa);
@@ -256,14 +276,18 @@ void bind_ops(py::module_& m) {
        "int16 blocks of 32 and their scales (max|block| / 32767), as the fast precision makes them.");
     m.def("matmul", [](py::array_t<uint8_t, py::array::c_style> raw, int type, int64_t rows,
                        int64_t cols, F32Array x, std::optional<F32Array> bias, const std::string& isa,
-                       const std::string& precision) {
+                       const std::string& precision, int64_t r0, int64_t r1, const std::string& layout) {
         Matrix W = raw_matrix(raw, type, rows, cols);
+        set_layout(W, layout);
+        if (r1 < 0) r1 = rows;
+        if (r0 < 0 || r0 > r1 || r1 > rows) throw py::value_error("need 0 <= r0 <= r1 <= rows");
         if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [T, cols]");
         if (bias && (bias->ndim() != 1 || bias->shape(0) != rows))
             throw py::value_error("bias must be [rows]");
         if (precision != "f32" && precision != "fast") throw py::value_error("precision must be 'f32' or 'fast'");
         const KernelTable* k = table_arg(isa);
         py::array_t<float> y({int64_t(x.shape(0)), rows});
+        std::fill(y.mutable_data(), y.mutable_data() + y.size(), 0.0f);  // rows outside [r0, r1) stay 0
         MatmulArgs a;
         a.W = &W;
         a.x = x.data();
@@ -285,11 +309,12 @@ void bind_ops(py::module_& m) {
         }
         {
             py::gil_scoped_release release;
-            k->matmul(a, 0, rows);
+            k->matmul(a, r0, r1);
         }
         return y;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-       py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("precision") = "f32");
+       py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("precision") = "f32",
+       py::arg("r0") = 0, py::arg("r1") = -1, py::arg("layout") = "rows");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps, const std::string& isa) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
             throw py::value_error("rmsnorm wants x [T, n] and g [n]");
@@ -484,7 +509,13 @@ PYBIND11_MODULE(_core, m) {
             for (int p = 0; p < int(Part::kCount); ++p) d[part_name(Part(p))] = m.part_seconds(Part(p));
             return d;
         })
-        .def_property_readonly("threads", &Model::threads);
+        .def_property_readonly("threads", &Model::threads)
+        .def("interleave_q8_0", [](Model& m, bool release_source_pages) {
+            py::gil_scoped_release release;
+            return m.interleave_q8_0(release_source_pages);
+        }, py::arg("release_source_pages"),
+           "Repack the dense Q8_0 matrices into 16-row groups (fast precision, AVX-512); returns the bytes.")
+        .def_property_readonly("interleaved_q8_0_bytes", [](const Model& m) { return m.interleaved_q8_0().bytes(); });
 
     py::class_<Session> session(m, "Session");
     session

@@ -56,6 +56,14 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
         throw std::invalid_argument("precision must be 'fast' or 'f32'");
 }
 
+size_t Model::interleave_q8_0(bool release_source_pages) {
+    const std::string isa = kernels_->name;
+    if (!use_i16_ || (isa != "avx512" && isa != "avx512vbmi")) return 0;
+    std::lock_guard<std::mutex> lock(forward_mutex_);
+    interleaved_.interleave(weights_, pool_, release_source_pages);
+    return interleaved_.bytes();
+}
+
 void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {
     if (int64_t(s.x_i16.size()) < n * width) {
         s.x_i16.resize(size_t(n * width));

@@ -12,6 +12,7 @@
 #include "kernels.h"
 #include "kv_cache.h"
 #include "part_timer.h"
+#include "q8_0_interleave_weights.h"
 #include "rope.h"
 #include "threadpool.h"
 #include "weights.h"
@@ -103,6 +104,13 @@ public:
     const ModelWeights& weights() const { return weights_; }
     void moe_block(Scratch& s, int64_t layer, int64_t T);
 
+    // Fast precision on the AVX-512 variants: repacks the dense Q8_0 matrices into 16-row
+    // groups (q8_0_interleave.h), the layout their decode GEMV is fastest on; elsewhere nothing.
+    // Not for a model whose weights a device model copies (it expects the GGUF's bytes). Returns
+    // the bytes repacked. release_source_pages: see InterleavedQ8_0::interleave.
+    size_t interleave_q8_0(bool release_source_pages);
+    const InterleavedQ8_0& interleaved_q8_0() const { return interleaved_; }
+
 private:
     void embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0);
     void rmsnorm_rows(const float* x, const float* g, float* y, int64_t T);
@@ -131,6 +139,7 @@ private:
     bool use_i16_;
     uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
     PartTimer part_timer_;            // likewise
+    InterleavedQ8_0 interleaved_;     // owns the interleaved copies weights_ points at
 };
 
 }  // namespace ossrun

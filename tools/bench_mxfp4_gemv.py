@@ -4,7 +4,10 @@ activations) for 1..8 tokens, each listed ISA variant timed in turn in the same 
 A/B comparison sees the same machine load. GB/s of weights per call and ns per block and row,
 the best of --reps calls. 65536 rows x 2880 columns (190 MB) stream from DRAM; 1024 rows (3 MB)
 come from L3 after the first call: the kernel's own rate. --mmap reads the weights from a file's
-page cache (4 KiB pages, as a model's memory map) rather than numpy's memory (huge pages)."""
+page cache (4 KiB pages, as a model's memory map) rather than numpy's memory (huge pages).
+--layout rows q8_0x16 times Q8_0 as the GGUF lays it and as the model repacks it at load (16 rows
+interleaved, csrc/q8_0_interleave.h), alternating in the same loop; with --mmap only the GGUF layout
+comes from a file, the repacked copy lies in anonymous memory as the model's does."""
 
 import argparse
 import sys
@@ -27,7 +30,11 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--mmap", action="store_true", help="weights from a memory-mapped file")
     p.add_argument("--type", choices=("mxfp4", "q8_0"), default="mxfp4")
+    p.add_argument("--layout", nargs="+", choices=("rows", "q8_0x16"), default=["rows"],
+                   help="Q8_0 layouts to compare (q8_0x16 needs rows a multiple of 16)")
     a = p.parse_args()
+    if a.type != "q8_0" and a.layout != ["rows"]:
+        p.error("--layout q8_0x16 is for --type q8_0")
     rng = np.random.default_rng(1)
     for rows in a.rows:
         nb = rows * (a.cols // 32)
@@ -38,19 +45,28 @@ def main() -> int:
             raw = rng.integers(0, 256, nb * 34, dtype=np.uint8)
             raw.reshape(-1, 34)[:, :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)  # fp16 scales
         raw = raw.reshape(rows, -1)
+        weights = {"rows": raw}
+        if "q8_0x16" in a.layout:
+            weights["q8_0x16"] = ops.interleave_q8_0(raw, rows, a.cols).reshape(rows, -1)
+        files = []
         if a.mmap:
-            f = tempfile.NamedTemporaryFile(dir="/tmp")
-            raw.tofile(f.name)
-            raw = np.memmap(f.name, np.uint8, "r", shape=raw.shape)
+            # The GGUF layout as a model reads it (the file's map); the repacked copy stays in
+            # anonymous memory, as the model's (csrc/q8_0_interleave_weights.cpp).
+            files.append(tempfile.NamedTemporaryFile(dir="/tmp"))
+            raw.tofile(files[-1].name)
+            weights["rows"] = np.memmap(files[-1].name, np.uint8, "r", shape=raw.shape)
+        variants = [(isa, layout) for isa in a.isa for layout in a.layout]
         for t in a.tokens:
             x = rng.standard_normal((t, a.cols)).astype(np.float32)
-            best = {isa: float("inf") for isa in a.isa}
+            best = {v: float("inf") for v in variants}
             for _ in range(a.reps):
-                for isa in a.isa:
+                for isa, layout in variants:
                     t0 = time.perf_counter()
-                    ops.matmul(raw, MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None, isa, "fast")
-                    best[isa] = min(best[isa], time.perf_counter() - t0)
-            cells = [f"{isa} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns" for isa, s in best.items()]
+                    ops.matmul(weights[layout], MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None,
+                               isa, "fast", layout=layout)
+                    best[isa, layout] = min(best[isa, layout], time.perf_counter() - t0)
+            cells = [f"{isa}{'' if layout == 'rows' else ' ' + layout} {raw.nbytes / s / 1e9:5.1f} GB/s "
+                     f"{s / nb * 1e9:5.3f} ns" for (isa, layout), s in best.items()]
             print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
     return 0
 

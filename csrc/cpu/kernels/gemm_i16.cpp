@@ -148,6 +148,20 @@ OSSRUN_VNNI_GEMM void pack_q8_0(const Matrix& W, const uint8_t* row0, int64_t R,
     }
 }
 
+// A 16-row group of interleaved Q8_0 (RowLayout::kQ8_0x16, q8_0_interleave.h) is a panel half
+// as it lies: chunk p of block b widens to pair vector p, and the 16 scales are one load.
+OSSRUN_VNNI_GEMM void pack_q8_0x16(const Matrix& W, const uint8_t* group, Panel& P, int h) {
+    const int64_t nb = W.cols / kBlockElems;
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = group + b * kQ8GroupBlockBytes;
+        _mm512_storeu_ps(P.scale.data() + (b * kHalves + h) * kLanes,
+                         _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk))));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock * kHalves + h;
+        for (int p = 0; p < kPairsPerBlock; ++p)
+            out[kHalves * p] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 + 32 * p)));
+    }
+}
+
 // out[h][j] (rows 16h.. of token j) = sum over blocks of (int dot) * weight scale * activation
 // scale. Each broadcast activation pair feeds both halves; each weight load feeds TT tokens.
 // One activation pair of a block against both halves of the panel, for tokens J... (fold
@@ -208,18 +222,22 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
         P.pairs.resize(size_t(nb * kPairsPerBlock * kHalves));
         P.scale.resize(size_t(nb * kPanelRows));
     }
-    for (int64_t r = r0; r < r1; r += kPanelRows) {
-        const int64_t R = std::min<int64_t>(kPanelRows, r1 - r);
+    // Interleaved rows go by whole groups from the one holding r0; lanes outside [r0, r1) are
+    // computed and not stored.
+    const bool groups = W.layout == RowLayout::kQ8_0x16;
+    for (int64_t r = groups ? r0 / kLanes * kLanes : r0; r < r1; r += kPanelRows) {
         __mmask16 rows[kHalves];
         __m512 bias[kHalves];
         for (int h = 0; h < kHalves; ++h) {
+            const int64_t lo = std::clamp<int64_t>(r0 - r - h * kLanes, 0, kLanes);
+            const int64_t hi = std::clamp<int64_t>(r1 - r - h * kLanes, 0, kLanes);
+            rows[h] = hi > lo ? __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : __mmask16(0);
             // A half past the last row repeats the panel's first rows (read, never stored).
-            const int64_t Rh = std::clamp<int64_t>(R - h * kLanes, 0, kLanes);
-            const uint8_t* first = W.row(a.mat, Rh > 0 ? r + h * kLanes : r);
-            if (W.type == DType::MXFP4) pack_mxfp4(W, first, Rh, P, h);
-            else pack_q8_0(W, first, Rh, P, h);
-            rows[h] = __mmask16((1u << Rh) - 1u);
-            bias[h] = a.bias && Rh > 0 ? _mm512_maskz_loadu_ps(rows[h], a.bias + r + h * kLanes) : _mm512_setzero_ps();
+            const int64_t first_row = hi > lo ? r + h * kLanes : r;
+            if (groups) pack_q8_0x16(W, W.group_block(a.mat, first_row / kLanes, 0), P, h);
+            else if (W.type == DType::MXFP4) pack_mxfp4(W, W.row(a.mat, first_row), hi, P, h);
+            else pack_q8_0(W, W.row(a.mat, first_row), hi, P, h);
+            bias[h] = a.bias && hi > lo ? _mm512_maskz_loadu_ps(rows[h], a.bias + r + h * kLanes) : _mm512_setzero_ps();
         }
         // Tiles of as equal a size as the token count allows (32 tokens: 6, 6, 5, 5, 5, 5, not
         // 6 x 5 + 2): a small tail tile loads each weight vector for only a few products.

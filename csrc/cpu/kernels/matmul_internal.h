@@ -216,6 +216,9 @@ OSSRUN_VNNI void gemv_i16_groups(const MatmulArgs& a, int64_t r0, int64_t r1, co
 #if defined(__AVX512F__) || defined(__AVX2__)
 // AVX-512 (1-8 tokens): gemv_q8_0_i16_avx512.cpp, gemv_mxfp4_i16_avx512.cpp; AVX2 (1-3): gemv_i16.cpp.
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
+#if defined(__AVX512F__)
+void gemv_q8_0x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1);  // interleaved rows: gemv_q8_0x16_avx512.cpp
+#endif
 void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp
 #endif
