@@ -198,6 +198,15 @@ def test_device_model_sees_the_gguf_bytes(q8_model, monkeypatch):
     assert (m._core.interleaved_q8_0_bytes > 0) == (m.isa in AVX512 and m._core.uses_i16)
 
 
+def test_a_repacked_model_is_refused_by_the_device_path(q8_model):
+    from ossrun.device_load import check_plan, device_plan
+
+    m = Model(q8_model, n_ctx=64, device="cpu")
+    if not m._core.interleaved_q8_0_bytes:
+        pytest.skip("this CPU's kernels take the GGUF layout")
+    assert "repacked" in check_plan(m, device_plan(m, 1 << 40))
+
+
 def vm_rss() -> int:
     return psutil.Process().memory_info().rss
 
