@@ -341,9 +341,9 @@ def test_quantize_i16(isa_name, rng):
 # MXFP4 block counts 1, 3, 4, 5, 7, 90: every remainder of the 2- and 4-block layouts of the
 # AVX-512 GEMVs (avx512 pairs blocks, avx512vbmi lays four into a vector), with and without whole ones.
 # Q8_0 at 1, 3, 5, 89, 90, 91 and 128 blocks: its AVX-512 GEMVs take blocks in quads (every remainder).
-@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2848), (Q8_0, 2880), (Q8_0, 2912),
-                                   (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128), (MXFP4, 160), (MXFP4, 224),
-                                   (MXFP4, 2880)],
+@pytest.mark.parametrize("shape", [(Q8_0, 32), (Q8_0, 96), (Q8_0, 160), (Q8_0, 2848), (Q8_0, 2880),
+                                   (Q8_0, 2912), (Q8_0, 4096), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128),
+                                   (MXFP4, 160), (MXFP4, 224), (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_int16_activations(isa_name, rng, shape, rows):
     """The fast precision's matmuls: int16 activations in blocks of 32 (checked above) times the
@@ -435,8 +435,8 @@ def test_matmul_fast_decode_tokens_do_not_interact(isa_name, rng, shape):
 
 
 @pytest.mark.parametrize("isa_name", FAST_ISAS or ["none"])
-@pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 160), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128), (MXFP4, 160),
-                                   (MXFP4, 224), (MXFP4, 2880)],
+@pytest.mark.parametrize("shape", [(Q8_0, 96), (Q8_0, 160), (MXFP4, 32), (MXFP4, 96), (MXFP4, 128),
+                                   (MXFP4, 160), (MXFP4, 224), (MXFP4, 2880)],
                          ids=_shape_id)
 def test_matmul_fast_decode_rows_do_not_interact(isa_name, rng, shape):
     """The AVX-512 GEMVs take two rows per pass at some token counts (Q8_0 from 3, MXFP4 from 2
@@ -459,7 +459,8 @@ def test_matmul_fast_decode_rows_do_not_interact(isa_name, rng, shape):
             assert np.array_equal(y[:, r], alone[:, 0]), f"T={T}, row {r}"
 
 
-@pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(FAST_ISAS), reason="needs AVX-512 with and without VBMI")
+@pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(FAST_ISAS),
+                    reason="needs AVX-512 with and without VBMI")
 def test_matmul_fast_q8_0_same_bits_with_and_without_vbmi(rng):
     """The avx512vbmi variant's Q8_0 GEMV builds its weight vectors with one byte permute each,
     the avx512 variant's with unpacks and lane permutes: the same vectors, so the same bits, for
@@ -469,7 +470,8 @@ def test_matmul_fast_q8_0_same_bits_with_and_without_vbmi(rng):
         raw = raw_q8_0(rng, rows, cols)
         x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
         for T in range(1, 9):
-            y = [ops.matmul(raw, Q8_0, rows, cols, x[:T], None, isa, "fast") for isa in ("avx512", "avx512vbmi")]
+            y = [ops.matmul(raw, Q8_0, rows, cols, x[:T], None, isa, "fast")
+                 for isa in ("avx512", "avx512vbmi")]
             assert np.array_equal(y[0], y[1]), f"{rows} rows, {nb} blocks, T={T}"
 
 

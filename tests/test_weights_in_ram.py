@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ossrun import model_maker, weights_in_ram
 from ossrun.errors import ModelError
 from ossrun.gguf_loader import open_gguf
@@ -59,7 +58,7 @@ def test_expert_views_live_outside_the_file_map(experts_gguf):
     assert len(experts) == 3 * model.config.block_count == ram.n_tensors
     assert ram.address % weights_in_ram.HUGE_PAGE == 0
     reference = open_gguf(experts_gguf)
-    for name, (arr, ggml_type, shape) in g.tensors.items():
+    for name, (arr, _ggml_type, _shape) in g.tensors.items():
         if name in experts:
             assert not _inside(_span(arr), file_map), name
             assert _inside(_span(arr), copy_span), name
@@ -129,8 +128,8 @@ def test_a_truncated_file_is_refused_by_the_loader_first(experts_gguf, tmp_path)
         Model(path, n_ctx=16, threads=1, device="cpu", mmap=False)
 
 
-def test_mmap_must_be_a_bool(experts_gguf):
-    with pytest.raises(ValueError, match="mmap must be True or False"):
+def test_mmap_must_be_a_bool_or_auto(experts_gguf):
+    with pytest.raises(ValueError, match="mmap must be True, False or 'auto'"):
         Model(experts_gguf, n_ctx=16, threads=1, device="cpu", mmap="no")
 
 
@@ -146,3 +145,39 @@ def test_no_mmap_flag_on_every_loading_command(argv):
     assert args.no_mmap is True
     assert load_options(args)["mmap"] is False
     assert load_options(parser.parse_args(argv))["mmap"] is True
+
+
+def test_auto_copies_when_the_experts_fit_with_room_to_spare(experts_gguf, monkeypatch, rng):
+    ids = rng.integers(0, 512, 7).tolist()
+    mapped = Model(experts_gguf, n_ctx=32, threads=1, device="cpu")
+    assert mapped.mmap_reason.startswith("mmap=True")
+    monkeypatch.setattr(weights_in_ram, "mem_available", lambda: 64 << 30)
+    auto = Model(experts_gguf, n_ctx=32, threads=1, device="cpu", mmap="auto")
+    assert auto.weights_in_ram is not None
+    assert auto.mmap_reason.startswith("mmap='auto', the experts' ") and "copied" in auto.mmap_reason
+    assert np.array_equal(auto.logits(ids), mapped.logits(ids))
+
+
+def test_auto_reads_the_map_when_the_copy_would_not_leave_the_headroom(experts_gguf, monkeypatch):
+    need = sum(-(-a.nbytes // weights_in_ram.TENSOR_ALIGN) * weights_in_ram.TENSOR_ALIGN
+               for _, a, _, _ in weights_in_ram._sources(open_gguf(experts_gguf)))
+    # Enough for the experts themselves, not for the 2 GiB to spare beside them.
+    monkeypatch.setattr(weights_in_ram, "mem_available", lambda: need + weights_in_ram.AUTO_HEADROOM - 1)
+    model = Model(experts_gguf, n_ctx=32, threads=1, device="cpu", mmap="auto")
+    assert model.weights_in_ram is None
+    assert "read from the file's memory map" in model.mmap_reason
+    monkeypatch.setattr(weights_in_ram, "mem_available", lambda: None)
+    model = Model(experts_gguf, n_ctx=32, threads=1, device="cpu", mmap="auto")
+    assert model.weights_in_ram is None and "MemAvailable" in model.mmap_reason
+
+
+def test_serve_copies_the_experts_by_default_and_takes_mmap_either_way():
+    from ossrun.cli import build_parser
+    from ossrun.server import serve_mmap
+
+    parser = build_parser()
+    assert serve_mmap(parser.parse_args(["serve", "m.gguf"])) == "auto"
+    assert serve_mmap(parser.parse_args(["serve", "m.gguf", "--mmap"])) is True
+    assert serve_mmap(parser.parse_args(["serve", "m.gguf", "--no-mmap"])) is False
+    with pytest.raises(SystemExit, match="exclude each other"):
+        serve_mmap(parser.parse_args(["serve", "m.gguf", "--mmap", "--no-mmap"]))

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""One-thread MXFP4 (or, with --type q8_0, Q8_0) decode GEMV rate (ossrun._core.ops.matmul at the fast precision, int16
-activations) for 1..8 tokens, each listed ISA variant timed in turn in the same loop so that an
-A/B comparison sees the same machine load. GB/s of weights per call and ns per block and row,
-the best of --reps calls. 65536 rows x 2880 columns (190 MB) stream from DRAM; 1024 rows (3 MB)
-come from L3 after the first call: the kernel's own rate. --mmap reads the weights from a file's
-page cache (4 KiB pages, as a model's memory map) rather than numpy's memory (huge pages).
+"""One-thread MXFP4 (or, with --type q8_0, Q8_0) decode GEMV rate (ossrun._core.ops.matmul at the
+fast precision, int16 activations) for 1..8 tokens, each listed ISA variant timed in turn in the
+same loop so that an A/B comparison sees the same machine load. GB/s of weights per call and ns
+per block and row, the best of --reps calls. 65536 rows x 2880 columns (190 MB) stream from DRAM;
+1024 rows (3 MB) come from L3 after the first call: the kernel's own rate. --mmap reads the
+weights from a file's page cache (as a model's memory map; a freshly written file may be mapped
+with 2 MiB pages on kernels with large page-cache folios) rather than numpy's memory (huge pages).
 --layout rows q8_0x16 times Q8_0 as the GGUF lays it and as the model repacks it at load (16 rows
 interleaved, csrc/q8_0_interleave.h), alternating in the same loop; with --mmap only the GGUF layout
 comes from a file, the repacked copy lies in anonymous memory as the model's does."""

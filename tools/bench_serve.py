@@ -71,6 +71,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
            str(max(args.streams)), "--ctx", str(args.ctx), "--store", f"{store}/r.sqlite3"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    cmd += args.ossrun_args.split()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, _wait_health(proc, f"http://127.0.0.1:{port}")
 
@@ -182,6 +183,8 @@ def main(argv=None) -> int:
                     help="llama-server --no-repack: its weights from the file's map, as ossrun (its "
                     "default repacks them for its CPU kernels: a second copy of the experts)")
     ap.add_argument("--llama-server-args", default="", metavar="ARGS", help="more llama-server arguments")
+    ap.add_argument("--ossrun-args", default="", metavar="ARGS",
+                    help="more `ossrun serve` arguments, e.g. '--mmap'")
     ap.add_argument("--lock", metavar="FILE", help="hold flock(FILE) while an engine is loaded")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--tokens", type=int, default=48, help="tokens per stream (default 48)")
@@ -214,6 +217,9 @@ def main(argv=None) -> int:
                 _page_in(args.model)
             procs[name], engines[name] = starters[name]()
             models[name] = httpx.get(engines[name] + "/v1/models", timeout=10).json()["data"][0]["id"]
+            weights = httpx.get(engines[name] + "/health", timeout=10).json().get("weights")
+            if weights:
+                progress(f"{name} weights: {weights}")
             aggregate_decode(engines[name], models[name], 1, 4, -1)  # warm-up: page in the weights
 
     def down(name):

@@ -69,12 +69,14 @@ class Model:
             GPU, `plan` is the placement used (None on the CPU).
         mmap: True (default) reads the weights from the file's memory map; False copies the
             expert weights into RAM backed by 2 MiB pages first (ossrun.weights_in_ram: faster
-            decoding, slower load; `weights_in_ram` describes the copy). CPU loads only.
+            decoding, slower load; `weights_in_ram` describes the copy); "auto" (the server's
+            default) copies them when they fit in the memory available with 2 GiB to spare,
+            else reads the map (`mmap_reason` says which and why). CPU loads only.
     """
 
     def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
                  kv_type: str | None = None, device: str = "auto", gpu_layers: int | None = None,
-                 cpu_moe: int | str | None = None, mmap: bool = True):
+                 cpu_moe: int | str | None = None, mmap: bool | str = True):
         from .device import resolve_device
 
         self.device, self.device_reason = resolve_device(device)
@@ -90,8 +92,8 @@ class Model:
             raise ValueError(f"threads must be an integer in [1, 1024], got {threads!r}")
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        if not isinstance(mmap, bool):
-            raise ValueError(f"mmap must be True or False, got {mmap!r}")
+        if not isinstance(mmap, bool) and mmap != "auto":
+            raise ValueError(f"mmap must be True, False or 'auto', got {mmap!r}")
         self._file = open_gguf(path)
         self.path = self._file.path
         self.config: ModelConfig = self._file.config
@@ -106,8 +108,18 @@ class Model:
 
         self.gpu_layers, self.cpu_moe = check_split(self.config.block_count, gpu_layers, cpu_moe)
         self.weights_in_ram = None
+        self.mmap_reason = "mmap=True: weights read from the file's memory map" if mmap is True else None
+        if mmap == "auto":
+            from .weights_in_ram import copy_fits
+
+            fits, self.mmap_reason = (copy_fits(self._file) if self.device == "cpu"
+                                      else (False, "a device load reads the file's memory map"))
+            mmap = not fits
         if not mmap:
             self.weights_in_ram = self._copy_weights_to_ram()
+            if self.weights_in_ram is not None:
+                self.mmap_reason = ("mmap=False: " if self.mmap_reason is None
+                                    else f"mmap='auto', {self.mmap_reason}: ") + self.weights_in_ram.summary()
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)

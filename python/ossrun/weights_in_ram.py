@@ -130,6 +130,26 @@ def _read_into(fd: int, dest: memoryview, offset: int, path: Path) -> None:
         done += n
 
 
+# What "auto" (serve's default) leaves free after the copy: the KV caches, the repacked dense
+# weights, the Python process and everything else on the machine.
+AUTO_HEADROOM = 2 << 30
+
+
+def copy_fits(g, headroom: int = AUTO_HEADROOM) -> tuple[bool, str]:
+    """Whether mmap="auto" copies the expert weights of the opened GgufModel `g`: when they fit in
+    MemAvailable with `headroom` to spare. Returns (copy, why) for the load's description."""
+    need = sum(-(-arr.nbytes // TENSOR_ALIGN) * TENSOR_ALIGN for _, arr, _, _ in _sources(g))
+    if not need:
+        return False, "no expert weights in the file map"
+    available = mem_available()
+    if available is None:
+        return False, "the kernel does not report MemAvailable"
+    if need + headroom > available:
+        return False, (f"the experts' {_size(need)} and {_size(headroom)} to spare exceed the "
+                       f"{_size(available)} available: read from the file's memory map")
+    return True, f"the experts' {_size(need)} fit in the {_size(available)} available"
+
+
 def copy_experts_to_ram(g) -> WeightsInRam | None:
     """Copy the expert weights of the opened GgufModel `g` into one 2 MiB-page anonymous mapping
     and point `g.tensors` at the copies. None when there is nothing to copy."""

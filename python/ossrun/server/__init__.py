@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
                         "exposes the server to the network)")
     p.add_argument("--port", type=positive_int, default=DEFAULT_PORT,
                    help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--mmap", action="store_true",
+                   help="read the expert weights from the file's memory map (default: copy them "
+                        "into RAM backed by 2 MiB pages when they fit, for faster decoding; "
+                        "--no-mmap copies them always)")
     p.add_argument("--parallel", type=positive_int, metavar="N",
                    help="sequences generated at once, each with its own KV cache (default: what "
                         "fits in half the memory left, at most 4)")
@@ -39,6 +43,17 @@ def add_arguments(p: argparse.ArgumentParser, positive_int) -> None:
     # Test seams, not for users: scripted model output and a slow start.
     p.add_argument("--test-script", help=argparse.SUPPRESS)
     p.add_argument("--test-load-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def serve_mmap(args) -> bool | str:
+    """The server's weights: --no-mmap copies the experts into RAM, --mmap reads the file's map;
+    by default ("auto") the experts are copied when they fit, since a server runs long enough for
+    faster decoding to repay the load (docs/PERFORMANCE.md, seventh session)."""
+    if getattr(args, "no_mmap", False):
+        if getattr(args, "mmap", False):
+            raise SystemExit("ossrun serve: --mmap and --no-mmap exclude each other")
+        return False
+    return True if getattr(args, "mmap", False) else "auto"
 
 
 def main(args) -> int:
@@ -58,7 +73,7 @@ def main(args) -> int:
                             precision=args.precision, kv_type=args.kv_type, name=args.name,
                             max_queue=args.queue, tools=tools, test_script=args.test_script,
                             test_load_delay=args.test_load_delay,
-                            mmap=not getattr(args, "no_mmap", False))
+                            mmap=serve_mmap(args))
     api_key = args.api_key or os.environ.get("OSSRUN_API_KEY") or None
     app = create_app(options, api_key=api_key, store_path=args.store or default_store_path())
     hosted = [t.name for t in tools if not t.unavailable()]

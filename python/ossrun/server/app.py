@@ -42,7 +42,7 @@ def create_app(options: EngineOptions, *, api_key: str | None = None, store_path
         if not engine.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok", "model": engine.model_id, "n_ctx": engine.n_ctx,
-                **engine.scheduler.status()}
+                "weights": engine.model.mmap_reason, **engine.scheduler.status()}
 
     @app.get("/v1/models")
     async def list_models():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class EngineOptions:
     tools: list = field(default_factory=list)  # built-in tools: ossrun.Browser, ossrun.PythonTool
     test_script: str | None = None      # tests only: scripted completions (ScriptedOutput)
     test_load_delay: float = 0.0        # tests only: seconds to stay "loading"
-    mmap: bool = True                   # False: --no-mmap (ossrun.weights_in_ram)
+    mmap: bool | str = "auto"           # ossrun.Model's mmap: serve copies the experts when they fit
 
 
 def default_parallel(model, n_ctx: int) -> int:
@@ -106,6 +107,7 @@ class Engine:
             self.script = ScriptedOutput(o.test_script, model.tokenizer) if o.test_script else None
             self.scheduler = Scheduler(model, parallel, n_ctx, o.max_queue, deliver=self._deliver)
             self.model = model
+            print(f"ossrun: weights: {model.mmap_reason}", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - reported by /health and every request
             self.error = f"{type(e).__name__}: {e}"
 
