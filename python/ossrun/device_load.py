@@ -38,12 +38,13 @@ def check_plan(model, plan: Plan) -> str:
         return (f"the CUDA backend runs every layer on the GPU, and this plan keeps "
                 f"{L - plan.gpu_layers} on the CPU ({why}); keep the experts in RAM instead "
                 "(cpu_moe='all', --cpu-moe) or use device='cpu'")
-    if model._core.interleaved_q8_0_bytes:  # the device model copies the CPU model's views
-        return ("the CPU model's Q8_0 matrices are repacked for its own kernels (16-row groups), "
-                "and the CUDA kernels read the GGUF's layout")
+    # The file's own types first: what the user can change (the repack below is ossrun's doing).
     bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe)
     if bad:
         return f"the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 matrices, and {bad}"
+    if model._core.interleaved_q8_0_bytes:  # the device model copies the CPU model's views
+        return ("the CPU model's Q8_0 matrices are repacked for its own kernels (16-row groups), "
+                "and the CUDA kernels read the GGUF's layout")
     return ""
 
 
