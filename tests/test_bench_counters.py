@@ -67,4 +67,10 @@ def test_bench_runs_on_a_model_whose_vocabulary_is_small(expert_model):
             "--json"]
     run = subprocess.run([sys.executable, "-m", "ossrun", *args], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["decode_tok_s"] > 0
+    result = json.loads(run.stdout)
+    assert result["decode_tok_s"] > 0 and "--no-mmap" not in result["engine"]
+    # --no-mmap reaches the ossrun worker, whose engine line says the experts were copied.
+    run = subprocess.run([sys.executable, "-m", "ossrun", *args, "--no-mmap"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "experts copied into 2 MiB pages (--no-mmap)" in json.loads(run.stdout)["engine"]

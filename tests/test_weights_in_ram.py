@@ -181,3 +181,37 @@ def test_serve_copies_the_experts_by_default_and_takes_mmap_either_way():
     assert serve_mmap(parser.parse_args(["serve", "m.gguf", "--no-mmap"])) is False
     with pytest.raises(SystemExit, match="exclude each other"):
         serve_mmap(parser.parse_args(["serve", "m.gguf", "--mmap", "--no-mmap"]))
+
+
+class _Terminal:
+    def __init__(self, tty: bool):
+        self.text, self.tty = "", tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_long_copy_shows_its_progress_on_a_terminal_only(monkeypatch, tty):
+    term = _Terminal(tty)
+    monkeypatch.setattr("sys.stderr", term)
+    total = 3 << 30
+    p = weights_in_ram._Progress(total)
+    for _ in range(4):
+        p.add(total // 4)
+    p.close()
+    if tty:
+        assert term.text.count("\r") == 4 and " 25% of 3.0 GiB" in term.text
+        assert term.text.endswith("100% of 3.0 GiB\n")
+    else:
+        assert term.text == ""
+    small = weights_in_ram._Progress(1 << 20)  # a small copy says nothing
+    small.add(1 << 20)
+    small.close()
+    assert term.text.count("\n") == (1 if tty else 0)

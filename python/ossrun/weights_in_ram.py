@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +152,31 @@ def copy_fits(g, headroom: int = AUTO_HEADROOM) -> tuple[bool, str]:
     return True, f"the experts' {_size(need)} fit in the {_size(available)} available"
 
 
+class _Progress:
+    """A percentage line on stderr while a copy of over 1 GiB runs (seconds to minutes, by how
+    much of the file is in the page cache), only where stderr is a terminal (not in a server's log)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.shown = total, 0, -1
+        self.show = total > (1 << 30) and sys.stderr.isatty()
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        if not self.show:
+            return
+        with self.lock:
+            self.done += n
+            percent = self.done * 100 // self.total
+            if percent != self.shown:
+                self.shown = percent
+                print(f"\rossrun: copying the expert weights into RAM: {percent:3d}% of "
+                      f"{self.total / 2**30:.1f} GiB", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.show and self.shown >= 0:
+            print(file=sys.stderr)
+
+
 def copy_experts_to_ram(g) -> WeightsInRam | None:
     """Copy the expert weights of the opened GgufModel `g` into one 2 MiB-page anonymous mapping
     and point `g.tensors` at the copies. None when there is nothing to copy."""
@@ -187,8 +214,16 @@ def copy_experts_to_ram(g) -> WeightsInRam | None:
         whole = memoryview(buffer)
         jobs = [(fds[shard], offset + k, start + dest + k, min(READ_CHUNK, arr.nbytes - k), paths[shard])
                 for _, arr, shard, offset, dest in placed for k in range(0, arr.nbytes, READ_CHUNK)]
+        progress = _Progress(total)
+
+        def read(job):
+            fd, offset, dest, n, path = job
+            _read_into(fd, whole[dest:dest + n], offset, path)
+            progress.add(n)
+
         with ThreadPoolExecutor(READ_THREADS) as pool:
-            list(pool.map(lambda j: _read_into(j[0], whole[j[2]:j[2] + j[3]], j[1], j[4]), jobs))
+            list(pool.map(read, jobs))
+        progress.close()
         whole.release()
     finally:
         for fd in fds:
