@@ -154,6 +154,8 @@ def test_auto_copies_when_the_experts_fit_with_room_to_spare(experts_gguf, monke
     monkeypatch.setattr(weights_in_ram, "mem_available", lambda: 64 << 30)
     auto = Model(experts_gguf, n_ctx=32, threads=1, device="cpu", mmap="auto")
     assert auto.weights_in_ram is not None
+    copied = Model(experts_gguf, n_ctx=32, threads=1, device="cpu", mmap=False)
+    assert copied.mmap_reason.startswith("mmap=False: ")
     assert auto.mmap_reason.startswith("mmap='auto', the experts' ") and "copied" in auto.mmap_reason
     assert np.array_equal(auto.logits(ids), mapped.logits(ids))
 

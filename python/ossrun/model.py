@@ -120,6 +120,8 @@ class Model:
             if self.weights_in_ram is not None:
                 self.mmap_reason = ("mmap=False: " if self.mmap_reason is None
                                     else f"mmap='auto', {self.mmap_reason}: ") + self.weights_in_ram.summary()
+            else:  # a device load, or a file without expert tensors in its map
+                self.mmap_reason = "weights read from the file's memory map (nothing copied)"
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)
