@@ -511,8 +511,7 @@ PYBIND11_MODULE(_core, m) {
         })
         .def_property_readonly("threads", &Model::threads)
         .def("interleave_q8_0", [](Model& m, bool release_source_pages) {
-            py::gil_scoped_release release;
-            return m.interleave_q8_0(release_source_pages);
+            return released([&] { return m.interleave_q8_0(release_source_pages); });
         }, py::arg("release_source_pages"),
            "Repack the dense Q8_0 matrices into 16-row groups (fast precision, AVX-512); returns the bytes.")
         .def_property_readonly("interleaved_q8_0_bytes", [](const Model& m) { return m.interleaved_q8_0().bytes(); });

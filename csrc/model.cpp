@@ -57,8 +57,7 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
 }
 
 size_t Model::interleave_q8_0(bool release_source_pages) {
-    const std::string isa = kernels_->name;
-    if (!use_i16_ || (isa != "avx512" && isa != "avx512vbmi")) return 0;
+    if (!use_i16_ || !kernels_->fast_q8_0x16) return 0;
     std::lock_guard<std::mutex> lock(forward_mutex_);
     interleaved_.interleave(weights_, pool_, release_source_pages);
     return interleaved_.bytes();

@@ -21,9 +21,6 @@
 
 namespace ossrun {
 
-// Byte of group block holding row j's element i (0 <= j < 16, 0 <= i < 32).
-inline size_t q8_0x16_weight_byte(int j, int i) { return 32 + 32 * size_t(i / 2) + 2 * size_t(j) + size_t(i % 2); }
-
 // Whether W can take the layout: one Q8_0 matrix in GGUF order whose rows fill whole groups.
 inline bool q8_0_interleavable(const Matrix& W) {
     return W.type == DType::Q8_0 && W.layout == RowLayout::kRows && W.n_mats == 1 && W.rows > 0 &&
