@@ -10,6 +10,9 @@ distinct random ids, and each decodes its own greedy next token, as a server's s
 (--feed greedy), so the sequences of a step route to different experts. --feed fixed gives every
 sequence the same token at every step (the earlier runs of this tool): the sequences' hidden
 states stay alike and share experts, which a server's streams do not.
+Beside each N: the weight bytes a step read (MB/step), the ratio to the first N that a step
+timed by its bytes alone would give ("bound": how far batching can go with this routing), and
+the GB/s the step moved.
 Then, per N, the milliseconds per step each part of the forward took (the core's part timer,
 csrc/part_timer.h), summed over all repeats; "python" is the step's wall time outside the core.
 """
@@ -53,9 +56,11 @@ def main(argv=None) -> int:
         s.truncate(4)
     rates: dict[int, list[float]] = {n: [] for n in args.sequences}
     parts: dict[int, dict[str, float]] = {n: {} for n in args.sequences}
+    weight_bytes: dict[int, int] = {n: 0 for n in args.sequences}  # read by the timed steps
     for _ in range(args.repeats):
         for n in args.sequences:
             before = model._core.part_seconds
+            bytes_before = model._core.weight_bytes_read
             t0 = time.perf_counter()
             feed = prompts[:n, 0].tolist() if args.feed == "greedy" else [5] * n
             for _ in range(args.steps):
@@ -63,6 +68,7 @@ def main(argv=None) -> int:
                 if args.feed == "greedy":
                     feed = [int(np.argmax(x)) for x in logits]
             wall = time.perf_counter() - t0
+            weight_bytes[n] += model._core.weight_bytes_read - bytes_before
             rates[n].append(n * args.steps / wall)
             after = model._core.part_seconds
             for k in after:
@@ -71,13 +77,19 @@ def main(argv=None) -> int:
             for s in sessions[:n]:
                 s.truncate(4)
     base = statistics.median(rates[args.sequences[0]])
-    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8}   "
+    steps = args.repeats * args.steps
+    # "bound by bytes": the ratio to the first N if a step's time went as the weight bytes it
+    # reads (the experts the N tokens route to, the dense weights once): what memory-bound
+    # kernels can reach, given the routing.
+    mb = {n: weight_bytes[n] / steps / 1e6 for n in args.sequences}
+    first = args.sequences[0]
+    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8} {'MB/step':>9} {'bound':>6} {'GB/s':>6}   "
           f"(median of {args.repeats}, {model.threads} threads, {args.precision})")
     for n, v in rates.items():
         m = statistics.median(v)
-        print(f"{n:>9} {m:>8.2f} {m / base:>8.2f}")
+        bound = n * mb[first] / (first * mb[n])
+        print(f"{n:>9} {m:>8.2f} {m / base:>8.2f} {mb[n]:>9.4g} {bound:>6.2f} {mb[n] * m / n / 1e3:>6.1f}")
     names = list(parts[args.sequences[0]])
-    steps = args.repeats * args.steps
     print("\nms per step by part (all repeats)")
     print(f"{'sequences':>9} " + " ".join(f"{k:>12}" for k in names) + f" {'total':>8}")
     for n in args.sequences:

@@ -1,0 +1,34 @@
+"""tools/bench_batch.py on the tiny model: it runs, and its weight-byte count per step is what a
+batched step must read (the dense weights once, each routed expert once for all its tokens)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from conftest import REPO
+
+
+def _bench_batch():
+    spec = importlib.util.spec_from_file_location("bench_batch", REPO / "tools" / "bench_batch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_batch_reports_bytes_per_step_and_their_bound(tiny_gguf, capsys):
+    assert _bench_batch().main([str(tiny_gguf), "--sequences", "1", "2", "4", "--repeats", "1",
+                                "--steps", "2", "--warmup", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) == 6 and cells[0].isdigit():
+            rows[int(cells[0])] = (float(cells[3]), float(cells[4]))  # MB/step, bound
+    assert sorted(rows) == [1, 2, 4], out
+    mb1, bound1 = rows[1]
+    assert mb1 > 0 and bound1 == 1.0
+    for n in (2, 4):
+        mb, bound = rows[n]
+        # More sequences read at least one sequence's weights and at most n copies of them.
+        assert mb1 <= mb <= n * mb1 * 1.001, out
+        assert 1.0 - 1e-2 <= bound <= n + 1e-2, out
