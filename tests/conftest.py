@@ -59,3 +59,13 @@ def tiny_gguf(tmp_path_factory, request) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
     return model_maker.make_model(path, "tiny", seed=1, vocab_file=vocab, use_byte_vocab=vocab is None,
                                   **({} if vocab else {"vocab": 8192}))
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (the tools are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,20 +3,11 @@ batched step must read (the dense weights once, each routed expert once for all 
 
 from __future__ import annotations
 
-import importlib.util
-
-from conftest import REPO
-
-
-def _bench_batch():
-    spec = importlib.util.spec_from_file_location("bench_batch", REPO / "tools" / "bench_batch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool
 
 
 def test_bench_batch_reports_bytes_per_step_and_their_bound(tiny_gguf, capsys):
-    assert _bench_batch().main([str(tiny_gguf), "--sequences", "1", "2", "4", "--repeats", "1",
+    assert load_tool("bench_batch").main([str(tiny_gguf), "--sequences", "1", "2", "4", "--repeats", "1",
                                 "--steps", "2", "--warmup", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = {}

@@ -6,13 +6,12 @@ tensor table. Files are tiny; the 20b/120b shapes are checked on the plan, not w
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import gguf
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import load_tool
 from ossrun import model_maker as mm
 
 GT = gguf.GGMLQuantizationType
@@ -274,15 +273,8 @@ def test_overrides_are_honoured(tmp_path):
     assert list(got.values()) == [3, 96, 32, 6, 3, 16, 5, 3, 7, 2048]
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("make_model", REPO / "tools" / "make_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_writes_the_same_file(tmp_path, tiny_file):
-    tool = load_tool()
+    tool = load_tool("make_model")
     assert tool.main([str(tmp_path / "cli.gguf"), "--preset", "tiny", "--seed", "0"]) == 0
     assert (tmp_path / "cli.gguf").read_bytes() == tiny_file.read_bytes()
     tool.main(
@@ -323,7 +315,7 @@ def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(ValueError, match="has 512 tokens but hparams.vocab is 300"):
         mm.write_model(tmp_path / "x.gguf", mm.preset("tiny", vocab=300), vocab=mm.byte_vocab(512))
     with pytest.raises(SystemExit) as exit_info:
-        load_tool().main([str(tmp_path / "x.gguf"), "--hidden", "40"])
+        load_tool("make_model").main([str(tmp_path / "x.gguf"), "--hidden", "40"])
     assert exit_info.value.code == 2
     assert "hidden (40) and intermediate (96) must be multiples of 32" in capsys.readouterr().err
 
