@@ -7,8 +7,9 @@ from conftest import load_tool
 
 
 def test_bench_batch_reports_bytes_per_step_and_their_bound(tiny_gguf, capsys):
-    assert load_tool("bench_batch").main([str(tiny_gguf), "--sequences", "1", "2", "4", "--repeats", "1",
-                                "--steps", "2", "--warmup", "1", "--threads", "1"]) == 0
+    args = [str(tiny_gguf), "--sequences", "1", "2", "4", "--repeats", "1", "--steps", "2", "--warmup", "1",
+            "--threads", "1"]
+    assert load_tool("bench_batch").main(args) == 0
     out = capsys.readouterr().out
     rows = {}
     for line in out.splitlines():
