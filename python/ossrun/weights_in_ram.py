@@ -105,6 +105,11 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def _padded(n: int) -> int:
+    """A tensor's bytes in the copy: rounded up to TENSOR_ALIGN, where the next one starts."""
+    return -(-n // TENSOR_ALIGN) * TENSOR_ALIGN
+
+
 def _map_address(shard) -> int:
     return np.frombuffer(shard._map, dtype=np.uint8, count=1).ctypes.data
 
@@ -140,7 +145,7 @@ AUTO_HEADROOM = 2 << 30
 def copy_fits(g, headroom: int = AUTO_HEADROOM) -> tuple[bool, str]:
     """Whether mmap="auto" copies the expert weights of the opened GgufModel `g`: when they fit in
     MemAvailable with `headroom` to spare. Returns (copy, why) for the load's description."""
-    need = sum(-(-arr.nbytes // TENSOR_ALIGN) * TENSOR_ALIGN for _, arr, _, _ in _sources(g))
+    need = sum(_padded(arr.nbytes) for _, arr, _, _ in _sources(g))
     if not need:
         return False, "no expert weights in the file map"
     available = mem_available()
@@ -187,7 +192,7 @@ def copy_experts_to_ram(g) -> WeightsInRam | None:
     placed, total = [], 0
     for name, arr, shard, offset in sources:
         placed.append((name, arr, shard, offset, total))
-        total += -(-arr.nbytes // TENSOR_ALIGN) * TENSOR_ALIGN
+        total += _padded(arr.nbytes)
     n_bytes = sum(arr.nbytes for _, arr, _, _ in sources)
     available = mem_available()
     if available is not None and total > available:
