@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "attention_split.h"
+#include "cpu/cpu_tuning.h"
 #include "cpu/machine_probe.h"
 #include "kernels.h"
 #include "model.h"
@@ -239,6 +240,14 @@ void bind_ops(py::module_& m) {
         for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
         return names;
     }, "Kernel variants this build has and this CPU runs, best first.");
+    m.def("mxfp4_prefetch", [] { return std::string(mxfp4_prefetch() == Mxfp4Prefetch::kL1Near ? "l1" : "l2"); },
+          "Where the VBMI MXFP4 GEMV prefetches its weights now: 'l1' (4 KiB ahead) or 'l2' (8 KiB ahead).");
+    m.def("set_mxfp4_prefetch", [](const std::string& where) {
+        if (where == "l1") set_mxfp4_prefetch(Mxfp4Prefetch::kL1Near);
+        else if (where == "l2") set_mxfp4_prefetch(Mxfp4Prefetch::kL2Far);
+        else if (where == "auto") set_mxfp4_prefetch(mxfp4_prefetch_for_cpu());
+        else throw py::value_error("prefetch must be 'l1', 'l2' or 'auto', not '" + where + "'");
+    }, py::arg("where"), "Forces the VBMI MXFP4 GEMV's prefetch policy (cpu_tuning.h); 'auto' is this CPU's.");
     m.def("read_bandwidth", [](int threads, int64_t mib) {
         if (threads < 1 || mib < 1) throw py::value_error("threads and mib must be positive");
         py::gil_scoped_release release;

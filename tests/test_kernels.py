@@ -7,6 +7,9 @@ rounding bound stated next to each test. Spec: MODEL.md §2.2-§2.6, §7.4 item 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -798,3 +801,39 @@ def test_swiglu_large_negative_gate(isa, gate):
     ref = R.swiglu_oai(g.astype(np.float64), lin.astype(np.float64), alpha=ALPHA32)
     assert np.all(np.isfinite(h))
     assert np.all(np.abs(h - ref) <= swiglu_tol(g, lin))
+
+
+@pytest.mark.skipif("avx512vbmi" not in FAST_ISAS, reason="needs AVX512-VBMI")
+def test_matmul_fast_mxfp4_same_bits_with_either_prefetch(rng):
+    """The VBMI MXFP4 GEMV prefetches its weights into L1 or L2 by the CPU (cpu_tuning.h): only
+    where the bytes are fetched to differs, so the bits are the same under both policies, for every
+    token count 1..8, row pairs and odd rows, whole quads and every remainder of blocks."""
+    try:
+        for rows, nb in [(1, 1), (19, 3), (50, 5), (37, 90), (19, 91), (50, 128)]:
+            cols = 32 * nb
+            raw = raw_random(rng, MXFP4, rows, cols)
+            x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+            for T in range(1, 9):
+                y = []
+                for where in ("l1", "l2"):
+                    ops.set_mxfp4_prefetch(where)
+                    assert ops.mxfp4_prefetch() == where
+                    y.append(ops.matmul(raw, MXFP4, rows, cols, x[:T], None, "avx512vbmi", "fast"))
+                assert np.array_equal(y[0], y[1]), f"{rows} rows, {nb} blocks, T={T}"
+    finally:
+        ops.set_mxfp4_prefetch("auto")
+
+
+def test_mxfp4_prefetch_rejects_unknown_policy():
+    with pytest.raises(ValueError, match="l1"):
+        ops.set_mxfp4_prefetch("l3")
+
+
+@pytest.mark.parametrize("value, expect", [("l1", "l1"), ("l2", "l2"), ("l3", "must be l1, l2 or auto")])
+def test_mxfp4_prefetch_from_the_environment(value, expect):
+    """OSSRUN_MXFP4_PREFETCH forces the policy for a process; a bad value is a clear error."""
+    code = ("from ossrun._core import ops\ntry:\n print(ops.mxfp4_prefetch())\n"
+            "except ValueError as e:\n print(e)")
+    env = {**os.environ, "OSSRUN_MXFP4_PREFETCH": value}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert expect in run.stdout

@@ -8,6 +8,7 @@
 #endif
 
 #include "../kernels.h"
+#include "cpu_tuning.h"
 
 namespace ossrun {
 namespace scalar { const KernelTable* table(); }
@@ -64,6 +65,7 @@ const KernelTable* select_kernel_table(const std::string& requested) {
         const char* env = std::getenv("OSSRUN_ISA");
         name = env && *env ? env : "auto";
     }
+    mxfp4_prefetch();  // reads OSSRUN_MXFP4_PREFETCH here, where a bad value can be reported
     const auto tables = available_kernel_tables();
     if (name == "auto") return tables.front();
     std::string names;

@@ -2,6 +2,7 @@
 // (gemm_i16.cpp's quantize_i16) times the exact weights, 1-8 tokens (decode, a decode batch, an
 // expert's routed tokens). The AVX2 counterpart is in gemv_i16.cpp. Shape contract in kernels.h.
 #include "matmul_internal.h"
+#include "../cpu_tuning.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
 
@@ -155,7 +156,8 @@ OSSRUN_VBMI OSSRUN_ALWAYS_INLINE void quad_weights(const uint8_t* p, bool whole,
 // thread, 65536 rows from a page-cache mmap, ns per block and row, one row against two per pass:
 // 4 tokens 1.17 -> 0.93, 3 tokens 0.87 -> 0.77, 2 tokens 0.65-0.66 -> 0.63-0.64; 1 token
 // 0.47 -> 0.54, so one token takes one row per pass. A row's arithmetic is the same either way.
-template <int NT, int NR>
+// Prefetch: PrefetchL2Far or PrefetchL1Near, as cpu_tuning.h chooses for this CPU.
+template <int NT, int NR, class Prefetch>
 OSSRUN_VBMI OSSRUN_ALWAYS_INLINE void quad_sums(const uint8_t* row, int64_t row_bytes, const QuadActs& x, int64_t nb,
                                                 __m512 (&acc)[NR][NT]) {
     for (int i = 0; i < NR; ++i)
@@ -166,7 +168,7 @@ OSSRUN_VBMI OSSRUN_ALWAYS_INLINE void quad_sums(const uint8_t* row, int64_t row_
         __m512 ws[NR];
         for (int i = 0; i < NR; ++i) {
             const uint8_t* p = row + i * row_bytes + q * 4 * kMxfp4BlockBytes;
-            if (q < full) prefetch_ahead(p);
+            if (q < full) Prefetch::at(p);
             quad_weights(p, q < full, nb - 4 * full, w[i], ws[i]);
         }
         for (int t = 0; t < NT; ++t) {
@@ -185,10 +187,10 @@ OSSRUN_VBMI OSSRUN_ALWAYS_INLINE void quad_sums(const uint8_t* row, int64_t row_
     }
 }
 
-template <int NT, int NR>
+template <int NT, int NR, class Prefetch>
 OSSRUN_VBMI void mxfp4_quad_rows(const uint8_t* row, int64_t row_bytes, const QuadActs& x, int64_t nb, float* out) {
     __m512 acc[NR][NT];
-    quad_sums<NT, NR>(row, row_bytes, x, nb, acc);
+    quad_sums<NT, NR, Prefetch>(row, row_bytes, x, nb, acc);
     for (int i = 0; i < NR; ++i)
         for (int t = 0; t < NT; ++t) out[i * 4 + t] = _mm512_reduce_add_ps(acc[i][t]);
 }
@@ -200,6 +202,7 @@ OSSRUN_VBMI void mxfp4_quad_rows(const uint8_t* row, int64_t row_bytes, const Qu
 // mmap), 0.481 -> 0.463 (8192, L3), 0.515-0.519 -> 0.497-0.499 (2880 rows, an expert's matrix,
 // from L3). (Two rows per pass, or the whole quads in a branch-free loop, are faster from L3
 // and slower from DRAM here: docs/PERFORMANCE.md, seventh session.)
+template <class Prefetch>
 OSSRUN_VBMI void mxfp4_one_token(const MatmulArgs& a, int64_t r0, int64_t r1, const QuadActs& x) {
     const Matrix& W = *a.W;
     const int64_t nb = W.cols / kBlockElems, row_bytes = int64_t(W.row_bytes);
@@ -208,7 +211,7 @@ OSSRUN_VBMI void mxfp4_one_token(const MatmulArgs& a, int64_t r0, int64_t r1, co
         __m512 acc[4];
         for (int i = 0; i < 4; ++i) {
             __m512 one[1][1];
-            quad_sums<1, 1>(W.row(a.mat, r + i), row_bytes, x, nb, one);
+            quad_sums<1, 1, Prefetch>(W.row(a.mat, r + i), row_bytes, x, nb, one);
             acc[i] = one[0][0];
         }
         __m128 sums = reduce_add_4(acc);
@@ -217,22 +220,29 @@ OSSRUN_VBMI void mxfp4_one_token(const MatmulArgs& a, int64_t r0, int64_t r1, co
     }
     for (; r < r1; ++r) {
         __m512 one[1][1];
-        quad_sums<1, 1>(W.row(a.mat, r), row_bytes, x, nb, one);
+        quad_sums<1, 1, Prefetch>(W.row(a.mat, r), row_bytes, x, nb, one);
         a.y[r] = _mm512_reduce_add_ps(one[0][0]) + (a.bias ? a.bias[r] : 0.0f);
     }
+}
+
+template <class Prefetch>
+OSSRUN_VBMI void mxfp4_tokens(const MatmulArgs& a, int64_t r0, int64_t r1, const QuadActs& x) {
+    if (a.n_tok == 1) return mxfp4_one_token<Prefetch>(a, r0, r1, x);
+    const int64_t row_bytes = int64_t(a.W->row_bytes);
+    gemv_i16_groups(a, r0, r1, x, [row_bytes](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
+        constexpr int kTokens = decltype(nt)::value;
+        if (kTokens >= 2 && nr == 2) return mxfp4_quad_rows<kTokens, 2, Prefetch>(row, row_bytes, x, n, out);
+        for (int i = 0; i < nr; ++i)
+            mxfp4_quad_rows<kTokens, 1, Prefetch>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
+    }, 2);
 }
 
 }  // namespace
 
 OSSRUN_VBMI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     const QuadActs x = quad_acts(a.x_i16, a.x_i16_scale, a.ldx, a.W->cols / kBlockElems, a.n_tok);
-    if (a.n_tok == 1) return mxfp4_one_token(a, r0, r1, x);
-    const int64_t row_bytes = int64_t(a.W->row_bytes);
-    gemv_i16_groups(a, r0, r1, x, [row_bytes](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
-        constexpr int kTokens = decltype(nt)::value;
-        if (kTokens >= 2 && nr == 2) return mxfp4_quad_rows<kTokens, 2>(row, row_bytes, x, n, out);
-        for (int i = 0; i < nr; ++i) mxfp4_quad_rows<kTokens, 1>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
-    }, 2);
+    if (mxfp4_prefetch() == Mxfp4Prefetch::kL1Near) return mxfp4_tokens<PrefetchL1Near>(a, r0, r1, x);
+    mxfp4_tokens<PrefetchL2Far>(a, r0, r1, x);
 }
 
 #else

@@ -29,6 +29,14 @@ constexpr size_t kPrefetchAhead = 8192;
 
 inline void prefetch_ahead(const uint8_t* p) { __builtin_prefetch(p + kPrefetchAhead, 0, 2); }
 
+// The two policies of the VBMI MXFP4 GEMV (cpu_tuning.h), as types its loops are instantiated for.
+struct PrefetchL2Far {
+    static void at(const uint8_t* p) { prefetch_ahead(p); }
+};
+struct PrefetchL1Near {
+    static void at(const uint8_t* p) { __builtin_prefetch(p + 4096, 0, 3); }
+};
+
 // Runs f(std::integral_constant<int, n>{}) for n = count (1 <= count <= kMax): turns a tile's
 // run-time token count into the compile-time one its micro-kernel is instantiated for.
 template <int kMax, class F>
