@@ -12,7 +12,8 @@ sequence the same token at every step (the earlier runs of this tool): the seque
 states stay alike and share experts, which a server's streams do not.
 Beside each N: the weight bytes a step read (MB/step), the ratio to the first N that a step
 timed by its bytes alone would give ("bound": how far batching can go with this routing), and
-the GB/s the step moved.
+the GB/s the step moved. --mxfp4-prefetch l1 l2 alternates the MXFP4 GEMV's prefetch policies
+(csrc/cpu/cpu_tuning.h) within each repeat and prints a table for each.
 Then, per N, the milliseconds per step each part of the forward took (the core's part timer,
 csrc/part_timer.h), summed over all repeats; "python" is the step's wall time outside the core.
 """
@@ -27,6 +28,7 @@ import time
 def main(argv=None) -> int:
     import numpy as np
     import ossrun
+    from ossrun._core import ops
     from ossrun.batch import Batch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--feed", choices=("greedy", "fixed"), default="greedy",
                     help="each sequence's own greedy token (default), or token 5 for all")
     ap.add_argument("--no-mmap", action="store_true", help="experts copied into 2 MiB pages")
+    ap.add_argument("--mxfp4-prefetch", nargs="+", choices=("l1", "l2"),
+                    help="the MXFP4 GEMV's prefetch policies to compare, alternating "
+                         "(csrc/cpu/cpu_tuning.h); default: this CPU's")
     args = ap.parse_args(argv)
 
     model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision,
@@ -54,47 +59,59 @@ def main(argv=None) -> int:
         batch.step([(s, [7 + 13 * w + i], False) for i, s in enumerate(sessions)])
     for s in sessions:
         s.truncate(4)
-    rates: dict[int, list[float]] = {n: [] for n in args.sequences}
-    parts: dict[int, dict[str, float]] = {n: {} for n in args.sequences}
-    weight_bytes: dict[int, int] = {n: 0 for n in args.sequences}  # read by the timed steps
-    for _ in range(args.repeats):
-        for n in args.sequences:
-            before = model._core.part_seconds
-            bytes_before = model._core.weight_bytes_read
-            t0 = time.perf_counter()
-            feed = prompts[:n, 0].tolist() if args.feed == "greedy" else [5] * n
-            for _ in range(args.steps):
-                logits = batch.step([(s, [t], False) for s, t in zip(sessions[:n], feed)])
-                if args.feed == "greedy":
-                    feed = [int(np.argmax(x)) for x in logits]
-            wall = time.perf_counter() - t0
-            weight_bytes[n] += model._core.weight_bytes_read - bytes_before
-            rates[n].append(n * args.steps / wall)
-            after = model._core.part_seconds
-            for k in after:
-                parts[n][k] = parts[n].get(k, 0.0) + after[k] - before[k]
-            parts[n]["python"] = parts[n].get("python", 0.0) + wall - sum(after[k] - before[k] for k in after)
-            for s in sessions[:n]:
-                s.truncate(4)
-    base = statistics.median(rates[args.sequences[0]])
+    policies = args.mxfp4_prefetch or [ops.mxfp4_prefetch()]
+    cases = [(pf, n) for pf in policies for n in args.sequences]
+    rates: dict[tuple, list[float]] = {c: [] for c in cases}
+    parts: dict[tuple, dict[str, float]] = {c: {} for c in cases}
+    weight_bytes: dict[tuple, int] = {c: 0 for c in cases}  # read by the timed steps
+    try:
+        for _ in range(args.repeats):
+            for pf, n in cases:
+                ops.set_mxfp4_prefetch(pf)
+                before = model._core.part_seconds
+                bytes_before = model._core.weight_bytes_read
+                t0 = time.perf_counter()
+                feed = prompts[:n, 0].tolist() if args.feed == "greedy" else [5] * n
+                for _ in range(args.steps):
+                    logits = batch.step([(s, [t], False) for s, t in zip(sessions[:n], feed)])
+                    if args.feed == "greedy":
+                        feed = [int(np.argmax(x)) for x in logits]
+                wall = time.perf_counter() - t0
+                weight_bytes[pf, n] += model._core.weight_bytes_read - bytes_before
+                rates[pf, n].append(n * args.steps / wall)
+                after = model._core.part_seconds
+                for k in after:
+                    parts[pf, n][k] = parts[pf, n].get(k, 0.0) + after[k] - before[k]
+                outside = wall - sum(after[k] - before[k] for k in after)
+                parts[pf, n]["python"] = parts[pf, n].get("python", 0.0) + outside
+                for s in sessions[:n]:
+                    s.truncate(4)
+    finally:
+        ops.set_mxfp4_prefetch("auto")
     steps = args.repeats * args.steps
-    # "bound by bytes": the ratio to the first N if a step's time went as the weight bytes it
-    # reads (the experts the N tokens route to, the dense weights once): what memory-bound
-    # kernels can reach, given the routing.
-    mb = {n: weight_bytes[n] / steps / 1e6 for n in args.sequences}
     first = args.sequences[0]
-    print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8} {'MB/step':>9} {'bound':>6} {'GB/s':>6}   "
-          f"(median of {args.repeats}, {model.threads} threads, {args.precision})")
-    for n, v in rates.items():
-        m = statistics.median(v)
-        bound = n * mb[first] / (first * mb[n])
-        print(f"{n:>9} {m:>8.2f} {m / base:>8.2f} {mb[n]:>9.4g} {bound:>6.2f} {mb[n] * m / n / 1e3:>6.1f}")
-    names = list(parts[args.sequences[0]])
-    print("\nms per step by part (all repeats)")
-    print(f"{'sequences':>9} " + " ".join(f"{k:>12}" for k in names) + f" {'total':>8}")
-    for n in args.sequences:
-        row = [parts[n][k] * 1e3 / steps for k in names]
-        print(f"{n:>9} " + " ".join(f"{v:>12.2f}" for v in row) + f" {sum(row):>8.2f}")
+    for pf in policies:
+        if len(policies) > 1:
+            print(f"MXFP4 prefetch {pf}:")
+        base = statistics.median(rates[pf, first])
+        # "bound by bytes": the ratio to the first N if a step's time went as the weight bytes it
+        # reads (the experts the N tokens route to, the dense weights once): what memory-bound
+        # kernels can reach, given the routing.
+        mb = {n: weight_bytes[pf, n] / steps / 1e6 for n in args.sequences}
+        print(f"{'sequences':>9} {'tok/s':>8} {'vs first':>8} {'MB/step':>9} {'bound':>6} {'GB/s':>6}   "
+              f"(median of {args.repeats}, {model.threads} threads, {args.precision})")
+        for n in args.sequences:
+            m = statistics.median(rates[pf, n])
+            bound = n * mb[first] / (first * mb[n])
+            gb_s = mb[n] * m / n / 1e3
+            print(f"{n:>9} {m:>8.2f} {m / base:>8.2f} {mb[n]:>9.4g} {bound:>6.2f} {gb_s:>6.1f}")
+        names = list(parts[pf, first])
+        print("\nms per step by part (all repeats)")
+        print(f"{'sequences':>9} " + " ".join(f"{k:>12}" for k in names) + f" {'total':>8}")
+        for n in args.sequences:
+            row = [parts[pf, n][k] * 1e3 / steps for k in names]
+            print(f"{n:>9} " + " ".join(f"{v:>12.2f}" for v in row) + f" {sum(row):>8.2f}")
+        print()
     return 0
 
 

@@ -25,6 +25,8 @@ constexpr int64_t kTokenBlock = 64;  // activations of a block stay in L2 while 
 // (whose queue holds more misses than L1's fill buffers), one cache line per line consumed.
 // Measured here: a whole row prefetched at its start made the MXFP4 GEMV 15-25 % slower, and one
 // page ahead into L1 cost decode ~7 %. Prefetches never fault: running past the matrix is harmless.
+// The one exception, chosen per CPU (cpu_tuning.h): the VBMI MXFP4 GEMV on Zen 4, which fetches
+// into L1 4 KiB ahead (PrefetchL1Near below).
 constexpr size_t kPrefetchAhead = 8192;
 
 inline void prefetch_ahead(const uint8_t* p) { __builtin_prefetch(p + kPrefetchAhead, 0, 2); }
