@@ -248,6 +248,9 @@ void bind_ops(py::module_& m) {
         else if (where == "auto") set_mxfp4_prefetch(mxfp4_prefetch_for_cpu());
         else throw py::value_error("prefetch must be 'l1', 'l2' or 'auto', not '" + where + "'");
     }, py::arg("where"), "Forces the VBMI MXFP4 GEMV's prefetch policy (cpu_tuning.h); 'auto' is this CPU's.");
+    m.def("mxfp4_rows_per_pass", &mxfp4_rows_per_pass, "Rows the VBMI MXFP4 GEMV reads per pass at 2-8 tokens (1 or 2).");
+    m.def("set_mxfp4_rows_per_pass", [](int rows) { set_mxfp4_rows_per_pass(rows ? rows : mxfp4_rows_per_pass_for_cpu()); },
+          py::arg("rows"), "Forces the VBMI MXFP4 GEMV's rows per pass at 2-8 tokens (1 or 2; 0: this CPU's).");
     m.def("read_bandwidth", [](int threads, int64_t mib) {
         if (threads < 1 || mib < 1) throw py::value_error("threads and mib must be positive");
         py::gil_scoped_release release;

@@ -26,15 +26,15 @@ def test_bench_batch_reports_bytes_per_step_and_their_bound(tiny_gguf, capsys):
         assert 1.0 - 1e-2 <= bound <= n + 1e-2, out
 
 
-def test_bench_batch_compares_prefetch_policies(tiny_gguf, capsys):
-    """--mxfp4-prefetch l1 l2: one table per policy, and this CPU's policy back afterwards."""
+def test_bench_batch_compares_mxfp4_tunings(tiny_gguf, capsys):
+    """--mxfp4-tuning l1:1 l2:2: one table per tuning, and this CPU's tuning back afterwards."""
     from ossrun._core import ops
 
-    before = ops.mxfp4_prefetch()
+    before = (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass())
     args = [str(tiny_gguf), "--sequences", "1", "2", "--repeats", "1", "--steps", "1", "--warmup", "1",
-            "--threads", "1", "--mxfp4-prefetch", "l1", "l2"]
+            "--threads", "1", "--mxfp4-tuning", "l1:1", "l2:2"]
     assert load_tool("bench_batch").main(args) == 0
     out = capsys.readouterr().out
-    assert "MXFP4 prefetch l1:" in out and "MXFP4 prefetch l2:" in out
+    assert "MXFP4 tuning l1:1 " in out and "MXFP4 tuning l2:2 " in out
     assert out.count("ms per step by part") == 2
-    assert ops.mxfp4_prefetch() == before
+    assert (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass()) == before

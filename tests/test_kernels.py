@@ -804,10 +804,12 @@ def test_swiglu_large_negative_gate(isa, gate):
 
 
 @pytest.mark.skipif("avx512vbmi" not in FAST_ISAS, reason="needs AVX512-VBMI")
-def test_matmul_fast_mxfp4_same_bits_with_either_prefetch(rng):
-    """The VBMI MXFP4 GEMV prefetches its weights into L1 or L2 by the CPU (cpu_tuning.h): only
-    where the bytes are fetched to differs, so the bits are the same under both policies, for every
-    token count 1..8, row pairs and odd rows, whole quads and every remainder of blocks."""
+def test_matmul_fast_mxfp4_same_bits_whatever_the_cpu_tuning(rng):
+    """The VBMI MXFP4 GEMV prefetches into L1 or L2 and reads one or two rows per pass by the CPU
+    (cpu_tuning.h): only the order the bytes are fetched and read in differs, so the bits are the
+    same under all four, for every token count 1..8, row pairs and odd rows, whole quads and every
+    remainder of blocks."""
+    tunings = [(where, rows) for where in ("l1", "l2") for rows in (1, 2)]
     try:
         for rows, nb in [(1, 1), (19, 3), (50, 5), (37, 90), (19, 91), (50, 128)]:
             cols = 32 * nb
@@ -815,25 +817,36 @@ def test_matmul_fast_mxfp4_same_bits_with_either_prefetch(rng):
             x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
             for T in range(1, 9):
                 y = []
-                for where in ("l1", "l2"):
+                for where, per_pass in tunings:
                     ops.set_mxfp4_prefetch(where)
-                    assert ops.mxfp4_prefetch() == where
+                    ops.set_mxfp4_rows_per_pass(per_pass)
+                    assert (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass()) == (where, per_pass)
                     y.append(ops.matmul(raw, MXFP4, rows, cols, x[:T], None, "avx512vbmi", "fast"))
-                assert np.array_equal(y[0], y[1]), f"{rows} rows, {nb} blocks, T={T}"
+                for (where, per_pass), other in zip(tunings[1:], y[1:]):
+                    assert np.array_equal(y[0], other), f"{rows} rows, {nb} blocks, T={T}, {where} {per_pass}"
     finally:
         ops.set_mxfp4_prefetch("auto")
+        ops.set_mxfp4_rows_per_pass(0)
 
 
-def test_mxfp4_prefetch_rejects_unknown_policy():
+def test_mxfp4_tuning_rejects_unknown_values():
     with pytest.raises(ValueError, match="l1"):
         ops.set_mxfp4_prefetch("l3")
+    with pytest.raises(ValueError, match="1 or 2"):
+        ops.set_mxfp4_rows_per_pass(3)
 
 
-@pytest.mark.parametrize("value, expect", [("l1", "l1"), ("l2", "l2"), ("l3", "must be l1, l2 or auto")])
-def test_mxfp4_prefetch_from_the_environment(value, expect):
-    """OSSRUN_MXFP4_PREFETCH forces the policy for a process; a bad value is a clear error."""
-    code = ("from ossrun._core import ops\ntry:\n print(ops.mxfp4_prefetch())\n"
+@pytest.mark.parametrize("name, value, expect", [
+    ("OSSRUN_MXFP4_PREFETCH", "l1", "l1 2"), ("OSSRUN_MXFP4_PREFETCH", "l2", "l2 "),
+    ("OSSRUN_MXFP4_PREFETCH", "l3", "must be l2, l1 or auto"),
+    ("OSSRUN_MXFP4_ROWS_PER_PASS", "1", " 1"), ("OSSRUN_MXFP4_ROWS_PER_PASS", "2", " 2"),
+    ("OSSRUN_MXFP4_ROWS_PER_PASS", "4", "must be 1, 2 or auto")])
+def test_mxfp4_tuning_from_the_environment(name, value, expect):
+    """The environment forces a tuning for a process; a bad value is a clear error."""
+    code = ("from ossrun._core import ops\ntry:\n print(ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass())\n"
             "except ValueError as e:\n print(e)")
-    env = {**os.environ, "OSSRUN_MXFP4_PREFETCH": value}
+    env = {**os.environ, name: value}
+    if name == "OSSRUN_MXFP4_PREFETCH":
+        env["OSSRUN_MXFP4_ROWS_PER_PASS"] = "2"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert expect in run.stdout
+    assert expect in run.stdout, run.stdout

@@ -12,8 +12,8 @@ sequence the same token at every step (the earlier runs of this tool): the seque
 states stay alike and share experts, which a server's streams do not.
 Beside each N: the weight bytes a step read (MB/step), the ratio to the first N that a step
 timed by its bytes alone would give ("bound": how far batching can go with this routing), and
-the GB/s the step moved. --mxfp4-prefetch l1 l2 alternates the MXFP4 GEMV's prefetch policies
-(csrc/cpu/cpu_tuning.h) within each repeat and prints a table for each.
+the GB/s the step moved. --mxfp4-tuning l1:1 l2:2 alternates the MXFP4 GEMV's tunings (prefetch
+into L1 or L2 : 1 or 2 rows per pass, csrc/cpu/cpu_tuning.h) within each repeat, a table for each.
 Then, per N, the milliseconds per step each part of the forward took (the core's part timer,
 csrc/part_timer.h), summed over all repeats; "python" is the step's wall time outside the core.
 """
@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--feed", choices=("greedy", "fixed"), default="greedy",
                     help="each sequence's own greedy token (default), or token 5 for all")
     ap.add_argument("--no-mmap", action="store_true", help="experts copied into 2 MiB pages")
-    ap.add_argument("--mxfp4-prefetch", nargs="+", choices=("l1", "l2"),
-                    help="the MXFP4 GEMV's prefetch policies to compare, alternating "
-                         "(csrc/cpu/cpu_tuning.h); default: this CPU's")
+    ap.add_argument("--mxfp4-tuning", nargs="+", choices=("l1:1", "l1:2", "l2:1", "l2:2"),
+                    help="the MXFP4 GEMV's tunings to compare, alternating: prefetch into l1 or l2, "
+                         "1 or 2 rows per pass (csrc/cpu/cpu_tuning.h); default: this CPU's")
     args = ap.parse_args(argv)
 
     model = ossrun.load(args.model, n_ctx=1024, threads=args.threads, precision=args.precision,
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         batch.step([(s, [7 + 13 * w + i], False) for i, s in enumerate(sessions)])
     for s in sessions:
         s.truncate(4)
-    policies = args.mxfp4_prefetch or [ops.mxfp4_prefetch()]
+    policies = args.mxfp4_tuning or [f"{ops.mxfp4_prefetch()}:{ops.mxfp4_rows_per_pass()}"]
     cases = [(pf, n) for pf in policies for n in args.sequences]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     parts: dict[tuple, dict[str, float]] = {c: {} for c in cases}
@@ -67,7 +67,9 @@ def main(argv=None) -> int:
     try:
         for _ in range(args.repeats):
             for pf, n in cases:
-                ops.set_mxfp4_prefetch(pf)
+                where, per_pass = pf.split(":")
+                ops.set_mxfp4_prefetch(where)
+                ops.set_mxfp4_rows_per_pass(int(per_pass))
                 before = model._core.part_seconds
                 bytes_before = model._core.weight_bytes_read
                 t0 = time.perf_counter()
@@ -88,11 +90,12 @@ def main(argv=None) -> int:
                     s.truncate(4)
     finally:
         ops.set_mxfp4_prefetch("auto")
+        ops.set_mxfp4_rows_per_pass(0)
     steps = args.repeats * args.steps
     first = args.sequences[0]
     for pf in policies:
         if len(policies) > 1:
-            print(f"MXFP4 prefetch {pf}:")
+            print(f"MXFP4 tuning {pf} (prefetch:rows per pass):")
         base = statistics.median(rates[pf, first])
         # "bound by bytes": the ratio to the first N if a step's time went as the weight bytes it
         # reads (the experts the N tokens route to, the dense weights once): what memory-bound

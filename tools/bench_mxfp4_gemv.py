@@ -8,8 +8,9 @@ weights from a file's page cache (as a model's memory map; a freshly written fil
 with 2 MiB pages on kernels with large page-cache folios) rather than numpy's memory (huge pages).
 --layout rows q8_0x16 times Q8_0 as the GGUF lays it and as the model repacks it at load (16 rows
 interleaved, csrc/q8_0_interleave.h), alternating in the same loop; with --mmap only the GGUF layout
-comes from a file, the repacked copy lies in anonymous memory as the model's does. --prefetch l1 l2
-compares the VBMI MXFP4 GEMV's two prefetch policies (csrc/cpu/cpu_tuning.h) the same way."""
+comes from a file, the repacked copy lies in anonymous memory as the model's does. --tuning l1:1 l2:2
+compares the VBMI MXFP4 GEMV's tunings (prefetch into L1 or L2 : rows per pass, csrc/cpu/cpu_tuning.h)
+the same way."""
 
 import argparse
 import sys
@@ -34,8 +35,9 @@ def main() -> int:
     p.add_argument("--type", choices=("mxfp4", "q8_0"), default="mxfp4")
     p.add_argument("--layout", nargs="+", choices=("rows", "q8_0x16"), default=["rows"],
                    help="Q8_0 layouts to compare (q8_0x16 needs rows a multiple of 16)")
-    p.add_argument("--prefetch", nargs="+", choices=("auto", "l1", "l2"), default=["auto"],
-                   help="the VBMI MXFP4 GEMV's prefetch policies to compare (csrc/cpu/cpu_tuning.h)")
+    p.add_argument("--tuning", nargs="+", choices=("auto", "l1:1", "l1:2", "l2:1", "l2:2"), default=["auto"],
+                   help="the VBMI MXFP4 GEMV's tunings to compare: prefetch into l1 or l2, 1 or 2 rows per "
+                        "pass at 2-8 tokens (csrc/cpu/cpu_tuning.h)")
     a = p.parse_args()
     if a.type != "q8_0" and a.layout != ["rows"]:
         p.error("--layout q8_0x16 is for --type q8_0")
@@ -59,13 +61,15 @@ def main() -> int:
             files.append(tempfile.NamedTemporaryFile(dir="/tmp"))
             raw.tofile(files[-1].name)
             weights["rows"] = np.memmap(files[-1].name, np.uint8, "r", shape=raw.shape)
-        variants = [(isa, layout, pf) for isa in a.isa for layout in a.layout for pf in a.prefetch]
+        variants = [(isa, layout, pf) for isa in a.isa for layout in a.layout for pf in a.tuning]
         for t in a.tokens:
             x = rng.standard_normal((t, a.cols)).astype(np.float32)
             best = {v: float("inf") for v in variants}
             for _ in range(a.reps):
                 for isa, layout, pf in variants:
-                    ops.set_mxfp4_prefetch(pf)
+                    where, per_pass = pf.split(":") if pf != "auto" else ("auto", "0")
+                    ops.set_mxfp4_prefetch(where)
+                    ops.set_mxfp4_rows_per_pass(int(per_pass))
                     t0 = time.perf_counter()
                     ops.matmul(weights[layout], MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None,
                                isa, "fast", layout=layout)
@@ -73,10 +77,11 @@ def main() -> int:
             cells = []
             for (isa, layout, pf), s in best.items():
                 name = isa + ("" if layout == "rows" else " " + layout)
-                name += "" if pf == "auto" else " prefetch " + pf
+                name += "" if pf == "auto" else " tuning " + pf
                 cells.append(f"{name} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns")
             print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
     ops.set_mxfp4_prefetch("auto")
+    ops.set_mxfp4_rows_per_pass(0)
     return 0
 
 

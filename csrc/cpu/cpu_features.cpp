@@ -65,7 +65,9 @@ const KernelTable* select_kernel_table(const std::string& requested) {
         const char* env = std::getenv("OSSRUN_ISA");
         name = env && *env ? env : "auto";
     }
-    mxfp4_prefetch();  // reads OSSRUN_MXFP4_PREFETCH here, where a bad value can be reported
+    // Read OSSRUN_MXFP4_PREFETCH and OSSRUN_MXFP4_ROWS_PER_PASS here, where a bad value is reported.
+    mxfp4_prefetch();
+    mxfp4_rows_per_pass();
     const auto tables = available_kernel_tables();
     if (name == "auto") return tables.front();
     std::string names;

@@ -30,18 +30,33 @@ bool is_zen4() {
 #endif
 }
 
-Mxfp4Prefetch initial_mxfp4_prefetch() {
-    const char* env = std::getenv("OSSRUN_MXFP4_PREFETCH");
-    const std::string v = env ? env : "";
-    if (v == "l1") return Mxfp4Prefetch::kL1Near;
-    if (v == "l2") return Mxfp4Prefetch::kL2Far;
-    if (!v.empty() && v != "auto")
-        throw std::invalid_argument("OSSRUN_MXFP4_PREFETCH must be l1, l2 or auto, not '" + v + "'");
-    return mxfp4_prefetch_for_cpu();
+// The environment variable `name` as one of `values` (index), -1 when unset or "auto".
+int from_environment(const char* name, std::initializer_list<const char*> values) {
+    const char* env = std::getenv(name);
+    if (!env || !*env || std::strcmp(env, "auto") == 0) return -1;
+    std::string allowed;
+    int i = 0;
+    for (const char* v : values) {
+        if (std::strcmp(env, v) == 0) return i;
+        allowed += allowed.empty() ? v : std::string(", ") + v;
+        ++i;
+    }
+    throw std::invalid_argument(std::string(name) + " must be " + allowed + " or auto, not '" + env + "'");
 }
 
-std::atomic<int>& mxfp4_prefetch_state() {
-    static std::atomic<int> state{int(initial_mxfp4_prefetch())};
+std::atomic<int>& prefetch_state() {
+    static std::atomic<int> state{[] {
+        const int v = from_environment("OSSRUN_MXFP4_PREFETCH", {"l2", "l1"});
+        return v < 0 ? int(mxfp4_prefetch_for_cpu()) : v;
+    }()};
+    return state;
+}
+
+std::atomic<int>& rows_per_pass_state() {
+    static std::atomic<int> state{[] {
+        const int v = from_environment("OSSRUN_MXFP4_ROWS_PER_PASS", {"1", "2"});
+        return v < 0 ? mxfp4_rows_per_pass_for_cpu() : v + 1;
+    }()};
     return state;
 }
 
@@ -52,8 +67,20 @@ Mxfp4Prefetch mxfp4_prefetch_for_cpu() {
     return choice;
 }
 
-Mxfp4Prefetch mxfp4_prefetch() { return Mxfp4Prefetch(mxfp4_prefetch_state().load(std::memory_order_relaxed)); }
+Mxfp4Prefetch mxfp4_prefetch() { return Mxfp4Prefetch(prefetch_state().load(std::memory_order_relaxed)); }
 
-void set_mxfp4_prefetch(Mxfp4Prefetch p) { mxfp4_prefetch_state().store(int(p), std::memory_order_relaxed); }
+void set_mxfp4_prefetch(Mxfp4Prefetch p) { prefetch_state().store(int(p), std::memory_order_relaxed); }
+
+int mxfp4_rows_per_pass_for_cpu() {
+    static const int rows = is_zen4() ? 1 : 2;
+    return rows;
+}
+
+int mxfp4_rows_per_pass() { return rows_per_pass_state().load(std::memory_order_relaxed); }
+
+void set_mxfp4_rows_per_pass(int rows) {
+    if (rows != 1 && rows != 2) throw std::invalid_argument("rows per pass must be 1 or 2");
+    rows_per_pass_state().store(rows, std::memory_order_relaxed);
+}
 
 }  // namespace ossrun

@@ -225,13 +225,16 @@ OSSRUN_VBMI void mxfp4_one_token(const MatmulArgs& a, int64_t r0, int64_t r1, co
     }
 }
 
+// 2-8 tokens read two rows per pass or one (cpu_tuning.h's mxfp4_rows_per_pass).
 template <class Prefetch>
 OSSRUN_VBMI void mxfp4_tokens(const MatmulArgs& a, int64_t r0, int64_t r1, const QuadActs& x) {
     if (a.n_tok == 1) return mxfp4_one_token<Prefetch>(a, r0, r1, x);
     const int64_t row_bytes = int64_t(a.W->row_bytes);
-    gemv_i16_groups(a, r0, r1, x, [row_bytes](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n, float* out) {
+    const bool pairs = mxfp4_rows_per_pass() == 2;
+    gemv_i16_groups(a, r0, r1, x, [row_bytes, pairs](auto nt, int nr, const uint8_t* row, const QuadActs& x, int64_t n,
+                                                     float* out) {
         constexpr int kTokens = decltype(nt)::value;
-        if (kTokens >= 2 && nr == 2) return mxfp4_quad_rows<kTokens, 2, Prefetch>(row, row_bytes, x, n, out);
+        if (kTokens >= 2 && nr == 2 && pairs) return mxfp4_quad_rows<kTokens, 2, Prefetch>(row, row_bytes, x, n, out);
         for (int i = 0; i < nr; ++i)
             mxfp4_quad_rows<kTokens, 1, Prefetch>(row + i * row_bytes, row_bytes, x, n, out + i * 4);
     }, 2);
