@@ -96,6 +96,7 @@ def _n_ctx(a) -> int:
 
 def _worker_ossrun(a) -> dict:
     import ossrun
+    from ossrun._core import ops
 
     t = time.perf_counter()
     model = ossrun.load(a.model, n_ctx=_n_ctx(a), threads=a.threads, kv_type=a.kv_type, device=a.device,
@@ -109,6 +110,8 @@ def _worker_ossrun(a) -> dict:
                                                  lambda: model._core.weight_bytes_read, fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache"
+                + (f", MXFP4 GEMV: prefetch {ops.mxfp4_prefetch()}, rows a pass {ops.mxfp4_rows_per_pass()}"
+                   if model.isa == "avx512vbmi" else "")
                 + (f", CUDA: {model.device_reason}" if model.device == "cuda" else "")
                 + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else ""))
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
