@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -46,7 +47,7 @@ int from_environment(const char* name, std::initializer_list<const char*> values
 
 std::atomic<int>& prefetch_state() {
     static std::atomic<int> state{[] {
-        const int v = from_environment("OSSRUN_MXFP4_PREFETCH", {"l2", "l1"});
+        const int v = from_environment("OSSRUN_MXFP4_PREFETCH", {"l2", "l1"});  // Mxfp4Prefetch's order
         return v < 0 ? int(mxfp4_prefetch_for_cpu()) : v;
     }()};
     return state;
