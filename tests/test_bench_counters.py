@@ -74,3 +74,16 @@ def test_bench_runs_on_a_model_whose_vocabulary_is_small(expert_model):
                          timeout=120)
     assert run.returncode == 0, run.stderr
     assert "experts copied into 2 MiB pages (--no-mmap)" in json.loads(run.stdout)["engine"]
+
+
+def test_cpu_name_says_the_family_and_model(tmp_path):
+    """A VM's model name alone ("AMD EPYC") names no microarchitecture: the bench adds the x86
+    family and model of the first processor, and takes the name alone where they are missing."""
+    _cpu_name = bench._cpu_name
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 1\n")
+    assert _cpu_name(str(info)) == "AMD EPYC (family 25 model 17)"
+    info.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")
+    assert _cpu_name(str(info)) == "Some ARM core"
+    assert _cpu_name(str(tmp_path / "missing")) == ""
