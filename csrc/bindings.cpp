@@ -240,17 +240,23 @@ void bind_ops(py::module_& m) {
         for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
         return names;
     }, "Kernel variants this build has and this CPU runs, best first.");
-    m.def("mxfp4_prefetch", [] { return std::string(mxfp4_prefetch() == Mxfp4Prefetch::kL1Near ? "l1" : "l2"); },
-          "Where the VBMI MXFP4 GEMV prefetches its weights now: 'l1' (4 KiB ahead) or 'l2' (8 KiB ahead).");
-    m.def("set_mxfp4_prefetch", [](const std::string& where) {
-        if (where == "l1") set_mxfp4_prefetch(Mxfp4Prefetch::kL1Near);
-        else if (where == "l2") set_mxfp4_prefetch(Mxfp4Prefetch::kL2Far);
-        else if (where == "auto") set_mxfp4_prefetch(mxfp4_prefetch_for_cpu());
-        else throw py::value_error("prefetch must be 'l1', 'l2' or 'auto', not '" + where + "'");
-    }, py::arg("where"), "Forces the VBMI MXFP4 GEMV's prefetch policy (cpu_tuning.h); 'auto' is this CPU's.");
-    m.def("mxfp4_rows_per_pass", &mxfp4_rows_per_pass, "Rows the VBMI MXFP4 GEMV reads per pass at 2-8 tokens (1 or 2).");
-    m.def("set_mxfp4_rows_per_pass", [](int rows) { set_mxfp4_rows_per_pass(rows ? rows : mxfp4_rows_per_pass_for_cpu()); },
-          py::arg("rows"), "Forces the VBMI MXFP4 GEMV's rows per pass at 2-8 tokens (1 or 2; 0: this CPU's).");
+    m.def("mxfp4_tuning", [] {
+        return std::string(mxfp4_prefetch() == Mxfp4Prefetch::kL1Near ? "l1:" : "l2:") + std::to_string(mxfp4_rows_per_pass());
+    }, "The VBMI MXFP4 GEMV's tuning in force (cpu_tuning.h): 'PREFETCH:ROWS', prefetch into l1 (4 KiB ahead) or "
+       "l2 (8 KiB ahead), 1 or 2 rows a pass at 2-8 tokens.");
+    m.def("set_mxfp4_tuning", [](const std::string& tuning) {
+        if (tuning == "auto") {
+            set_mxfp4_prefetch(mxfp4_prefetch_for_cpu());
+            set_mxfp4_rows_per_pass(mxfp4_rows_per_pass_for_cpu());
+            return;
+        }
+        const bool l1 = tuning.rfind("l1:", 0) == 0, l2 = tuning.rfind("l2:", 0) == 0;
+        const std::string rows = tuning.size() > 3 ? tuning.substr(3) : "";
+        if (!(l1 || l2) || (rows != "1" && rows != "2"))
+            throw py::value_error("an MXFP4 tuning is l1:1, l1:2, l2:1, l2:2 or auto, not '" + tuning + "'");
+        set_mxfp4_prefetch(l1 ? Mxfp4Prefetch::kL1Near : Mxfp4Prefetch::kL2Far);
+        set_mxfp4_rows_per_pass(rows == "1" ? 1 : 2);
+    }, py::arg("tuning"), "Forces the VBMI MXFP4 GEMV's tuning ('PREFETCH:ROWS' as mxfp4_tuning gives it); 'auto' is this CPU's.");
     m.def("read_bandwidth", [](int threads, int64_t mib) {
         if (threads < 1 || mib < 1) throw py::value_error("threads and mib must be positive");
         py::gil_scoped_release release;

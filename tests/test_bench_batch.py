@@ -30,11 +30,11 @@ def test_bench_batch_compares_mxfp4_tunings(tiny_gguf, capsys):
     """--mxfp4-tuning l1:1 l2:2: one table per tuning, and this CPU's tuning back afterwards."""
     from ossrun._core import ops
 
-    before = (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass())
+    before = ops.mxfp4_tuning()
     args = [str(tiny_gguf), "--sequences", "1", "2", "--repeats", "1", "--steps", "1", "--warmup", "1",
             "--threads", "1", "--mxfp4-tuning", "l1:1", "l2:2"]
     assert load_tool("bench_batch").main(args) == 0
     out = capsys.readouterr().out
     assert "MXFP4 tuning l1:1 " in out and "MXFP4 tuning l2:2 " in out
     assert out.count("ms per step by part") == 2
-    assert (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass()) == before
+    assert ops.mxfp4_tuning() == before

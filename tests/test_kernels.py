@@ -809,7 +809,7 @@ def test_matmul_fast_mxfp4_same_bits_whatever_the_cpu_tuning(rng):
     (cpu_tuning.h): only the order the bytes are fetched and read in differs, so the bits are the
     same under all four, for every token count 1..8, row pairs and odd rows, whole quads and every
     remainder of blocks."""
-    tunings = [(where, rows) for where in ("l1", "l2") for rows in (1, 2)]
+    tunings = ["l1:1", "l1:2", "l2:1", "l2:2"]
     try:
         for rows, nb in [(1, 1), (19, 3), (50, 5), (37, 90), (19, 91), (50, 128)]:
             cols = 32 * nb
@@ -817,33 +817,30 @@ def test_matmul_fast_mxfp4_same_bits_whatever_the_cpu_tuning(rng):
             x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
             for T in range(1, 9):
                 y = []
-                for where, per_pass in tunings:
-                    ops.set_mxfp4_prefetch(where)
-                    ops.set_mxfp4_rows_per_pass(per_pass)
-                    assert (ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass()) == (where, per_pass)
+                for tuning in tunings:
+                    ops.set_mxfp4_tuning(tuning)
+                    assert ops.mxfp4_tuning() == tuning
                     y.append(ops.matmul(raw, MXFP4, rows, cols, x[:T], None, "avx512vbmi", "fast"))
-                for (where, per_pass), other in zip(tunings[1:], y[1:]):
-                    assert np.array_equal(y[0], other), f"{rows} rows, {nb} blocks, T={T}, {where} {per_pass}"
+                for tuning, other in zip(tunings[1:], y[1:]):
+                    assert np.array_equal(y[0], other), f"{rows} rows, {nb} blocks, T={T}, {tuning}"
     finally:
-        ops.set_mxfp4_prefetch("auto")
-        ops.set_mxfp4_rows_per_pass(0)
+        ops.set_mxfp4_tuning("auto")
 
 
 def test_mxfp4_tuning_rejects_unknown_values():
-    with pytest.raises(ValueError, match="l1"):
-        ops.set_mxfp4_prefetch("l3")
-    with pytest.raises(ValueError, match="1 or 2"):
-        ops.set_mxfp4_rows_per_pass(3)
+    for bad in ("l3:1", "l1:3", "l1", "l1:", "l2:12", "L1:1"):
+        with pytest.raises(ValueError, match="l1:1, l1:2, l2:1, l2:2 or auto"):
+            ops.set_mxfp4_tuning(bad)
 
 
 @pytest.mark.parametrize("name, value, expect", [
-    ("OSSRUN_MXFP4_PREFETCH", "l1", "l1 2"), ("OSSRUN_MXFP4_PREFETCH", "l2", "l2 "),
+    ("OSSRUN_MXFP4_PREFETCH", "l1", "l1:2"), ("OSSRUN_MXFP4_PREFETCH", "l2", "l2:2"),
     ("OSSRUN_MXFP4_PREFETCH", "l3", "must be l2, l1 or auto"),
-    ("OSSRUN_MXFP4_ROWS_PER_PASS", "1", " 1"), ("OSSRUN_MXFP4_ROWS_PER_PASS", "2", " 2"),
+    ("OSSRUN_MXFP4_ROWS_PER_PASS", "1", ":1"), ("OSSRUN_MXFP4_ROWS_PER_PASS", "2", ":2"),
     ("OSSRUN_MXFP4_ROWS_PER_PASS", "4", "must be 1, 2 or auto")])
 def test_mxfp4_tuning_from_the_environment(name, value, expect):
     """The environment forces a tuning for a process; a bad value is a clear error."""
-    code = ("from ossrun._core import ops\ntry:\n print(ops.mxfp4_prefetch(), ops.mxfp4_rows_per_pass())\n"
+    code = ("from ossrun._core import ops\ntry:\n print(ops.mxfp4_tuning())\n"
             "except ValueError as e:\n print(e)")
     env = {**os.environ, name: value}
     if name == "OSSRUN_MXFP4_PREFETCH":

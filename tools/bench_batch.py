@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         batch.step([(s, [7 + 13 * w + i], False) for i, s in enumerate(sessions)])
     for s in sessions:
         s.truncate(4)
-    policies = args.mxfp4_tuning or [f"{ops.mxfp4_prefetch()}:{ops.mxfp4_rows_per_pass()}"]
+    policies = args.mxfp4_tuning or [ops.mxfp4_tuning()]
     cases = [(pf, n) for pf in policies for n in args.sequences]
     rates: dict[tuple, list[float]] = {c: [] for c in cases}
     parts: dict[tuple, dict[str, float]] = {c: {} for c in cases}
@@ -67,9 +67,7 @@ def main(argv=None) -> int:
     try:
         for _ in range(args.repeats):
             for pf, n in cases:
-                where, per_pass = pf.split(":")
-                ops.set_mxfp4_prefetch(where)
-                ops.set_mxfp4_rows_per_pass(int(per_pass))
+                ops.set_mxfp4_tuning(pf)
                 before = model._core.part_seconds
                 bytes_before = model._core.weight_bytes_read
                 t0 = time.perf_counter()
@@ -89,8 +87,7 @@ def main(argv=None) -> int:
                 for s in sessions[:n]:
                     s.truncate(4)
     finally:
-        ops.set_mxfp4_prefetch("auto")
-        ops.set_mxfp4_rows_per_pass(0)
+        ops.set_mxfp4_tuning("auto")
     steps = args.repeats * args.steps
     first = args.sequences[0]
     for pf in policies:

@@ -67,9 +67,7 @@ def main() -> int:
             best = {v: float("inf") for v in variants}
             for _ in range(a.reps):
                 for isa, layout, pf in variants:
-                    where, per_pass = pf.split(":") if pf != "auto" else ("auto", "0")
-                    ops.set_mxfp4_prefetch(where)
-                    ops.set_mxfp4_rows_per_pass(int(per_pass))
+                    ops.set_mxfp4_tuning(pf)
                     t0 = time.perf_counter()
                     ops.matmul(weights[layout], MXFP4 if a.type == "mxfp4" else Q8_0, rows, a.cols, x, None,
                                isa, "fast", layout=layout)
@@ -80,8 +78,7 @@ def main() -> int:
                 name += "" if pf == "auto" else " tuning " + pf
                 cells.append(f"{name} {raw.nbytes / s / 1e9:5.1f} GB/s {s / nb * 1e9:5.3f} ns")
             print(f"rows {rows:6d} tokens {t}: " + " | ".join(cells), flush=True)
-    ops.set_mxfp4_prefetch("auto")
-    ops.set_mxfp4_rows_per_pass(0)
+    ops.set_mxfp4_tuning("auto")
     return 0
 
 

@@ -14,7 +14,7 @@
 namespace ossrun {
 namespace {
 
-bool is_zen4() {
+bool cpuid_says_zen4() {
 #if defined(__x86_64__) || defined(__i386__)
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
@@ -29,6 +29,11 @@ bool is_zen4() {
 #else
     return false;
 #endif
+}
+
+bool is_zen4() {
+    static const bool zen4 = cpuid_says_zen4();
+    return zen4;
 }
 
 // The environment variable `name` as one of `values` (index), -1 when unset or "auto".
@@ -63,19 +68,13 @@ std::atomic<int>& rows_per_pass_state() {
 
 }  // namespace
 
-Mxfp4Prefetch mxfp4_prefetch_for_cpu() {
-    static const Mxfp4Prefetch choice = is_zen4() ? Mxfp4Prefetch::kL1Near : Mxfp4Prefetch::kL2Far;
-    return choice;
-}
+Mxfp4Prefetch mxfp4_prefetch_for_cpu() { return is_zen4() ? Mxfp4Prefetch::kL1Near : Mxfp4Prefetch::kL2Far; }
 
 Mxfp4Prefetch mxfp4_prefetch() { return Mxfp4Prefetch(prefetch_state().load(std::memory_order_relaxed)); }
 
 void set_mxfp4_prefetch(Mxfp4Prefetch p) { prefetch_state().store(int(p), std::memory_order_relaxed); }
 
-int mxfp4_rows_per_pass_for_cpu() {
-    static const int rows = is_zen4() ? 1 : 2;
-    return rows;
-}
+int mxfp4_rows_per_pass_for_cpu() { return is_zen4() ? 1 : 2; }
 
 int mxfp4_rows_per_pass() { return rows_per_pass_state().load(std::memory_order_relaxed); }
 

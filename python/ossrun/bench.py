@@ -110,7 +110,7 @@ def _worker_ossrun(a) -> dict:
                                                  lambda: model._core.weight_bytes_read, fill)
     r = _result(a, load_s, prefill_s, decode_s,
                 f"ossrun {model.isa}, {model.threads} threads, {model.kv_type} KV cache"
-                + (f", MXFP4 GEMV: prefetch {ops.mxfp4_prefetch()}, rows a pass {ops.mxfp4_rows_per_pass()}"
+                + (f", MXFP4 GEMV tuning {ops.mxfp4_tuning()} (prefetch:rows a pass)"
                    if model.isa == "avx512vbmi" else "")
                 + (f", CUDA: {model.device_reason}" if model.device == "cuda" else "")
                 + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else ""))
