@@ -18,6 +18,7 @@
 #include "model.h"
 #include "moe_ops.h"
 #include "numerics.h"
+#include "mxfp4_interleave.h"
 #include "q8_0_interleave.h"
 #include "rope.h"
 #include "session.h"
@@ -217,13 +218,19 @@ Matrix raw_matrix(const py::array_t<uint8_t, py::array::c_style>& raw, int type,
     return m;
 }
 
-// The `layout` argument of the op-level tests: "rows" (GGUF order) or "q8_0x16" (raw already
-// interleaved, ops.interleave_q8_0).
+// The `layout` argument of the op-level tests: "rows" (GGUF order), "q8_0x16" or "mxfp4x16" (raw
+// already interleaved, ops.interleave_q8_0 / ops.interleave_mxfp4).
 void set_layout(Matrix& W, const std::string& layout) {
     if (layout == "rows") return;
-    if (layout != "q8_0x16") throw py::value_error("layout must be 'rows' or 'q8_0x16', got '" + layout + "'");
-    if (!q8_0_interleavable(W)) throw py::value_error("layout q8_0x16 needs a Q8_0 matrix of rows a multiple of 16");
-    W.layout = RowLayout::kQ8_0x16;
+    if (layout == "q8_0x16") {
+        if (!q8_0_interleavable(W)) throw py::value_error("layout q8_0x16 needs a Q8_0 matrix of rows a multiple of 16");
+        W.layout = RowLayout::kQ8_0x16;
+    } else if (layout == "mxfp4x16") {
+        if (!mxfp4_interleavable(W)) throw py::value_error("layout mxfp4x16 needs an MXFP4 matrix of rows a multiple of 16");
+        W.layout = RowLayout::kMxfp4x16;
+    } else {
+        throw py::value_error("layout must be 'rows', 'q8_0x16' or 'mxfp4x16', got '" + layout + "'");
+    }
 }
 
 void bind_ops(py::module_& m) {
@@ -235,6 +242,17 @@ void bind_ops(py::module_& m) {
         return out;
     }, py::arg("raw"), py::arg("rows"), py::arg("cols"),
        "Q8_0 rows [rows, cols] (rows a multiple of 16) repacked as the model repacks them (q8_0_interleave.h).");
+    m.def("interleave_mxfp4", [](py::array_t<uint8_t, py::array::c_style> raw, int64_t rows, int64_t cols) {
+        Matrix W = raw_matrix(raw, int(DType::MXFP4), rows, cols);
+        set_layout(W, "mxfp4x16");
+        py::array_t<uint8_t> out(raw.size());
+        for (int64_t g = 0; g < rows / kInterleaveRows; ++g) {
+            const size_t at = size_t(g) * kInterleaveRows * W.row_bytes;
+            interleave_mxfp4_group(raw.data() + at, out.mutable_data() + at, W.row_bytes);
+        }
+        return out;
+    }, py::arg("raw"), py::arg("rows"), py::arg("cols"),
+       "MXFP4 rows [rows, cols] (rows a multiple of 16) repacked as the model repacks them (mxfp4_interleave.h).");
     m.def("available_isas", [] {
         std::vector<std::string> names;
         for (const KernelTable* t : available_kernel_tables()) names.push_back(t->name);
@@ -532,7 +550,12 @@ PYBIND11_MODULE(_core, m) {
             return released([&] { return m.interleave_q8_0(release_source_pages); });
         }, py::arg("release_source_pages"),
            "Repack the dense Q8_0 matrices into 16-row groups (fast precision, AVX-512); returns the bytes.")
-        .def_property_readonly("interleaved_q8_0_bytes", [](const Model& m) { return m.interleaved_q8_0().bytes(); });
+        .def_property_readonly("interleaved_q8_0_bytes", [](const Model& m) { return m.interleaved_q8_0().bytes(); })
+        .def("interleave_mxfp4_experts_in_place", [](Model& m) {
+            return released([&] { return m.interleave_mxfp4_experts_in_place(); });
+        }, "Repack the MXFP4 experts into 16-row groups, in place (fast precision, AVX-512): only for experts "
+           "copied into this process's own memory (weights_in_ram.py). Returns the bytes.")
+        .def_property_readonly("interleaved_mxfp4_bytes", &Model::interleaved_mxfp4_bytes);
 
     py::class_<Session> session(m, "Session");
     session

@@ -101,6 +101,9 @@ struct KernelTable {
     // time (RowLayout::kQ8_0x16, q8_0_interleave.h) natively: where it does, the model repacks
     // its dense Q8_0 matrices at load; elsewhere the layout is only read row by row.
     bool fast_q8_0x16;
+    // The same for MXFP4 rows (RowLayout::kMxfp4x16, mxfp4_interleave.h): where it does, the
+    // model repacks the experts it holds in its own memory (weights_in_ram.py's copy).
+    bool fast_mxfp4x16;
 };
 
 // The variants this build has and this CPU can run, best first.

@@ -6,6 +6,7 @@
 
 #include "attention_split.h"
 #include "moe_ops.h"
+#include "mxfp4_interleave.h"
 
 namespace ossrun {
 
@@ -61,6 +62,14 @@ size_t Model::interleave_q8_0(bool release_source_pages) {
     std::lock_guard<std::mutex> lock(forward_mutex_);
     interleaved_.interleave(weights_, pool_, release_source_pages);
     return interleaved_.bytes();
+}
+
+size_t Model::interleave_mxfp4_experts_in_place() {
+    if (!use_i16_ || !kernels_->fast_mxfp4x16) return 0;
+    std::lock_guard<std::mutex> lock(forward_mutex_);
+    const size_t n = ossrun::interleave_mxfp4_experts_in_place(weights_, pool_);
+    interleaved_mxfp4_bytes_ += n;
+    return n;
 }
 
 void Model::quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width) {

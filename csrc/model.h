@@ -110,6 +110,11 @@ public:
     // the bytes repacked. release_source_pages: see InterleavedQ8_0::interleave.
     size_t interleave_q8_0(bool release_source_pages);
     const InterleavedQ8_0& interleaved_q8_0() const { return interleaved_; }
+    // The same for the MXFP4 experts (mxfp4_interleave.h), in place: only for experts that lie in
+    // memory this process owns and may write (weights_in_ram.py's copy), never in the file's map.
+    // Returns the bytes repacked; a second call repacks nothing.
+    size_t interleave_mxfp4_experts_in_place();
+    size_t interleaved_mxfp4_bytes() const { return interleaved_mxfp4_bytes_; }
 
 private:
     void embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0);
@@ -140,6 +145,7 @@ private:
     uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
     PartTimer part_timer_;            // likewise
     InterleavedQ8_0 interleaved_;     // owns the interleaved copies weights_ points at
+    size_t interleaved_mxfp4_bytes_ = 0;
 };
 
 }  // namespace ossrun

@@ -84,13 +84,15 @@ inline size_t row_bytes_for(DType t, int64_t cols) {
     return size_t(cols / b.elems) * size_t(b.bytes);
 }
 
-// How a matrix's bytes are laid out. kRows: as the GGUF stores it, row after row. kQ8_0x16:
-// Q8_0 rows repacked at load in groups of 16, block by block (q8_0_interleave.h), so that the
-// fast decode GEMV holds 16 rows in the 16 lanes of a vector; `row()` does not apply to it.
-enum class RowLayout : uint8_t { kRows = 0, kQ8_0x16 = 1 };
+// How a matrix's bytes are laid out. kRows: as the GGUF stores it, row after row. kQ8_0x16 and
+// kMxfp4x16: Q8_0 or MXFP4 rows repacked at load in groups of 16, block by block
+// (q8_0_interleave.h, mxfp4_interleave.h), so that the fast decode GEMV holds 16 rows in the 16
+// lanes of a vector; `row()` does not apply to them.
+enum class RowLayout : uint8_t { kRows = 0, kQ8_0x16 = 1, kMxfp4x16 = 2 };
 
-constexpr int kInterleaveRows = 16;                                // rows of one group
-constexpr int kQ8GroupBlockBytes = kInterleaveRows * kQ8BlockBytes;  // 544: 16 scales, 16 x 32 int8
+constexpr int kInterleaveRows = 16;                                     // rows of one group
+constexpr int kQ8GroupBlockBytes = kInterleaveRows * kQ8BlockBytes;       // 544: 16 scales, 16 x 32 int8
+constexpr int kMxfp4GroupBlockBytes = kInterleaveRows * kMxfp4BlockBytes;  // 272: 16 scales, 8 x 32 code bytes
 
 // A stack of `n_mats` row-major matrices [rows, cols] (n_mats = E for expert tensors).
 struct Matrix {
@@ -104,10 +106,11 @@ struct Matrix {
     const uint8_t* row(int64_t mat, int64_t r) const {
         return data + (size_t(mat) * size_t(rows) + size_t(r)) * row_bytes;
     }
-    // Block b of the 16-row group g (layout kQ8_0x16): the group takes the bytes of its 16 rows.
+    // Block b of the 16-row group g (layouts kQ8_0x16, kMxfp4x16): the group takes the bytes of
+    // its 16 rows.
     const uint8_t* group_block(int64_t mat, int64_t g, int64_t b) const {
-        return data + (size_t(mat) * size_t(rows) + size_t(g) * kInterleaveRows) * row_bytes +
-               size_t(b) * kQ8GroupBlockBytes;
+        const size_t block_bytes = layout == RowLayout::kMxfp4x16 ? kMxfp4GroupBlockBytes : kQ8GroupBlockBytes;
+        return data + (size_t(mat) * size_t(rows) + size_t(g) * kInterleaveRows) * row_bytes + size_t(b) * block_bytes;
     }
     size_t total_bytes() const { return size_t(n_mats) * size_t(rows) * row_bytes; }
 };

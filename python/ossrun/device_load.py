@@ -42,9 +42,10 @@ def check_plan(model, plan: Plan) -> str:
     bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe)
     if bad:
         return f"the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 matrices, and {bad}"
-    if model._core.interleaved_q8_0_bytes:  # the device model copies the CPU model's views
-        return ("the CPU model's Q8_0 matrices are repacked for its own kernels (16-row groups), "
-                "and the CUDA kernels read the GGUF's layout")
+    # The device model copies the CPU model's views.
+    if model._core.interleaved_q8_0_bytes or model._core.interleaved_mxfp4_bytes:
+        return ("the CPU model's Q8_0 or MXFP4 matrices are repacked for its own kernels (16-row "
+                "groups), and the CUDA kernels read the GGUF's layout")
     return ""
 
 

@@ -143,6 +143,11 @@ class Model:
             # on a device: the device model copies the GGUF's bytes from the CPU model's views.
             # The tensors are views of the file's read-only map, so its pages may be released.
             self._core.interleave_q8_0(release_source_pages=True)
+        if (self.device == "cpu" and self.weights_in_ram is not None
+                and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
+            # The MXFP4 experts likewise (csrc/mxfp4_interleave.h), in place: only in the copy
+            # this process owns (mmap=False or "auto"), never in the file's read-only map.
+            self._core.interleave_mxfp4_experts_in_place()
         self.tokenizer = self._load_tokenizer()
 
     def _copy_weights_to_ram(self):

@@ -162,6 +162,27 @@ OSSRUN_VNNI_GEMM void pack_q8_0x16(const Matrix& W, const uint8_t* group, Panel&
     }
 }
 
+// A 16-row group of interleaved MXFP4 (RowLayout::kMxfp4x16, mxfp4_interleave.h): chunk k of
+// block b widens to words, whose low and high nibbles through the table are pair vectors k and
+// 8 + k (pack_mxfp4's, bit for bit); the 16 scale bytes index the halved E8M0 table.
+OSSRUN_VNNI_GEMM void pack_mxfp4x16(const Matrix& W, const uint8_t* group, Panel& P, int h) {
+    const int64_t nb = W.cols / kBlockElems;
+    const __m512i table = _mm512_load_si512(kE2M1x2);
+    const float* half = e8m0_half_table();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = group + b * kMxfp4GroupBlockBytes;
+        const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+        _mm512_storeu_ps(P.scale.data() + (b * kHalves + h) * kLanes, _mm512_i32gather_ps(e, half, 4));
+        __m512i* out = P.pairs.data() + b * kPairsPerBlock * kHalves + h;
+        for (int k = 0; k < 8; ++k) {
+            const __m512i codes = _mm512_cvtepu8_epi16(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + kInterleaveRows + 32 * k)));
+            out[kHalves * k] = _mm512_permutexvar_epi16(codes, table);
+            out[kHalves * (8 + k)] = _mm512_permutexvar_epi16(_mm512_srli_epi16(codes, 4), table);
+        }
+    }
+}
+
 // out[h][j] (rows 16h.. of token j) = sum over blocks of (int dot) * weight scale * activation
 // scale. Each broadcast activation pair feeds both halves; each weight load feeds TT tokens.
 // One activation pair of a block against both halves of the panel, for tokens J... (fold
@@ -224,7 +245,7 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
     }
     // Interleaved rows go by whole groups from the one holding r0; lanes outside [r0, r1) are
     // computed and not stored.
-    const bool groups = W.layout == RowLayout::kQ8_0x16;
+    const bool groups = W.layout != RowLayout::kRows;
     for (int64_t r = groups ? r0 / kLanes * kLanes : r0; r < r1; r += kPanelRows) {
         __mmask16 rows[kHalves];
         __m512 bias[kHalves];
@@ -234,7 +255,8 @@ OSSRUN_VNNI_GEMM void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
             rows[h] = hi > lo ? __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : __mmask16(0);
             // A half past the last row repeats the panel's first rows (read, never stored).
             const int64_t first_row = hi > lo ? r + h * kLanes : r;
-            if (groups) pack_q8_0x16(W, W.group_block(a.mat, first_row / kLanes, 0), P, h);
+            if (W.layout == RowLayout::kQ8_0x16) pack_q8_0x16(W, W.group_block(a.mat, first_row / kLanes, 0), P, h);
+            else if (W.layout == RowLayout::kMxfp4x16) pack_mxfp4x16(W, W.group_block(a.mat, first_row / kLanes, 0), P, h);
             else if (W.type == DType::MXFP4) pack_mxfp4(W, W.row(a.mat, first_row), hi, P, h);
             else pack_q8_0(W, W.row(a.mat, first_row), hi, P, h);
             bias[h] = a.bias && hi > lo ? _mm512_maskz_loadu_ps(rows[h], a.bias + r + h * kLanes) : _mm512_setzero_ps();

@@ -73,23 +73,6 @@ OSSRUN_VNNI void groups_x_tokens(const MatmulArgs& a, int64_t g, __m512 (&acc)[N
     }
 }
 
-// Lanes of group g whose rows lie in [r0, r1).
-inline __mmask16 lanes_in(int64_t g, int64_t r0, int64_t r1) {
-    const int64_t lo = std::max<int64_t>(0, r0 - g * kInterleaveRows);
-    const int64_t hi = std::min<int64_t>(kInterleaveRows, r1 - g * kInterleaveRows);
-    return hi > lo ? __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : __mmask16(0);
-}
-
-template <int NT, int NG>
-OSSRUN_VNNI void store_groups(const MatmulArgs& a, int64_t g, int64_t r0, int64_t r1, const __m512 (&acc)[NG][NT]) {
-    for (int gi = 0; gi < NG; ++gi) {
-        const int64_t row0 = (g + gi) * kInterleaveRows;
-        const __mmask16 m = lanes_in(g + gi, r0, r1);
-        const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(m, a.bias + row0) : _mm512_setzero_ps();
-        for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(a.y + t * a.ldy + row0, m, _mm512_add_ps(acc[gi][t], bias));
-    }
-}
-
 }  // namespace
 
 OSSRUN_VNNI void gemv_q8_0x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
@@ -101,7 +84,7 @@ OSSRUN_VNNI void gemv_q8_0x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
         for (int64_t g = r0 / kInterleaveRows; g < g1; ++g) {
             __m512 acc[1][NT];
             groups_x_tokens<NT, 1>(a, g, acc);
-            store_groups<NT, 1>(a, g, r0, r1, acc);
+            store_group_lanes(a, g, r0, r1, acc[0], NT);
         }
     });
 }

@@ -1,16 +1,18 @@
 // The matmul kernel entry points of one ISA variant (MODEL.md §3, §4.3): exact row decoding, and
 // the dispatch of a matmul to the GEMV (few tokens) or GEMM (many) kernels, or to their fast
 // variants when the caller supplied reduced-precision activations. Contract in kernels.h.
+#include "../../mxfp4_interleave.h"
 #include "../../q8_0_interleave.h"
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
 
 void decode_row(const Matrix& W, int64_t mat, int64_t r, float* out) {
-    if (W.layout == RowLayout::kQ8_0x16) {  // the row's bytes in GGUF order first: the same decode
+    if (W.layout != RowLayout::kRows) {  // the row's bytes in GGUF order first: the same decode
         thread_local std::vector<uint8_t> bytes;
         bytes.resize(W.row_bytes);
-        deinterleave_q8_0_row(W, mat, r, bytes.data());
+        if (W.layout == RowLayout::kQ8_0x16) deinterleave_q8_0_row(W, mat, r, bytes.data());
+        else deinterleave_mxfp4_row(W, mat, r, bytes.data());
         return decode_row_bytes(W, bytes.data(), out);
     }
     decode_row_bytes(W, W.row(mat, r), out);
@@ -30,10 +32,11 @@ void matmul_decoded_rows(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }  // namespace
 
 void matmul(const MatmulArgs& a, int64_t r0, int64_t r1) {
-    if (a.W->layout == RowLayout::kQ8_0x16) {
+    if (a.W->layout != RowLayout::kRows) {
 #if defined(__AVX512F__)
         // The int16 GEMM reads a group as a panel half (gemm_i16.cpp).
-        if (a.x_i16 && a.n_tok <= kGemvI16MaxTokens) return gemv_q8_0x16_i16(a, r0, r1);
+        if (a.x_i16 && a.n_tok <= kGemvI16MaxTokens)
+            return a.W->layout == RowLayout::kQ8_0x16 ? gemv_q8_0x16_i16(a, r0, r1) : gemv_mxfp4x16_i16(a, r0, r1);
         if (a.x_i16 && matmul_reads_int16_only(*a.W)) return gemm_i16(a, r0, r1);
 #endif
         return matmul_decoded_rows(a, r0, r1);

@@ -221,13 +221,31 @@ OSSRUN_VNNI void gemv_i16_groups(const MatmulArgs& a, int64_t r0, int64_t r1, co
         }
     }
 }
+
+// Rows interleaved 16 at a time (q8_0_interleave.h, mxfp4_interleave.h): the lanes of group g
+// whose rows lie in [r0, r1), and the store of nt tokens' sums (acc[t], lane j = row 16g + j)
+// plus the bias to those rows only.
+inline __mmask16 group_lanes_in(int64_t g, int64_t r0, int64_t r1) {
+    const int64_t lo = std::max<int64_t>(0, r0 - g * kInterleaveRows);
+    const int64_t hi = std::min<int64_t>(kInterleaveRows, r1 - g * kInterleaveRows);
+    return hi > lo ? __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u)) : __mmask16(0);
+}
+
+OSSRUN_VNNI inline void store_group_lanes(const MatmulArgs& a, int64_t g, int64_t r0, int64_t r1, const __m512* acc,
+                                          int nt) {
+    const int64_t row0 = g * kInterleaveRows;
+    const __mmask16 m = group_lanes_in(g, r0, r1);
+    const __m512 bias = a.bias ? _mm512_maskz_loadu_ps(m, a.bias + row0) : _mm512_setzero_ps();
+    for (int t = 0; t < nt; ++t) _mm512_mask_storeu_ps(a.y + t * a.ldy + row0, m, _mm512_add_ps(acc[t], bias));
+}
 #endif
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 // AVX-512 (1-8 tokens): gemv_q8_0_i16_avx512.cpp, gemv_mxfp4_i16_avx512.cpp; AVX2 (1-3): gemv_i16.cpp.
 void gemv_q8_0_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 #if defined(__AVX512F__)
-void gemv_q8_0x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1);  // interleaved rows: gemv_q8_0x16_avx512.cpp
+void gemv_q8_0x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1);    // interleaved rows: gemv_q8_0x16_avx512.cpp
+void gemv_mxfp4x16_i16(const MatmulArgs& a, int64_t r0, int64_t r1);  // and gemv_mxfp4x16_avx512.cpp
 #endif
 void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1);
 void gemm_i16(const MatmulArgs& a, int64_t r0, int64_t r1);         // gemm_i16.cpp

@@ -15,14 +15,14 @@ extern void (*const quantize_i16)(const float* x, int64_t n, int16_t* q, float* 
 void swiglu(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 
 #if defined(__AVX512F__)
-constexpr bool kFastQ8_0x16 = true;  // gemv_q8_0x16_avx512.cpp
+constexpr bool kFastRowGroups = true;  // gemv_q8_0x16_avx512.cpp, gemv_mxfp4x16_avx512.cpp
 #else
-constexpr bool kFastQ8_0x16 = false;
+constexpr bool kFastRowGroups = false;
 #endif
 
 const KernelTable* table() {
     static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention, rmsnorm,
-                               quantize_i16, swiglu, kFastQ8_0x16};
+                               quantize_i16, swiglu, kFastRowGroups, kFastRowGroups};
     return &t;
 }
 
