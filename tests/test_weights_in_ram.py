@@ -15,6 +15,13 @@ from ossrun.gguf_loader import open_gguf
 from ossrun.model import Model
 
 
+@pytest.fixture(autouse=True)
+def gguf_layout(monkeypatch):
+    """The copy as such, in the file's layout: the AVX-512 variants also repack it for their decode
+    GEMV, which sums in another order (tests/test_mxfp4_interleave.py)."""
+    monkeypatch.setenv("OSSRUN_INTERLEAVE_MXFP4", "0")
+
+
 @pytest.fixture(scope="module")
 def experts_gguf(tmp_path_factory) -> Path:
     # Experts of 2.2 MB each (6 tensors, ~13 MB): big enough for 2 MiB pages to show in smaps.
