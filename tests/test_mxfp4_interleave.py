@@ -128,6 +128,24 @@ def test_interleaved_gemv_tokens_alone_batched_and_prefill_same_bits(rng):
             assert np.array_equal(y[0][t], alone[0]), f"T={T}, token {t}"
 
 
+@needs_avx512
+def test_same_bits_whatever_the_cpu_tuning(rng):
+    """The GEMV takes the prefetch cpu_tuning.h chooses for MXFP4 (into L1 or L2): only the order
+    the bytes are fetched in differs, so the bits are the same under both."""
+    rows, cols = 48, 32 * 90
+    il = ops.interleave_mxfp4(raw_mxfp4(rng, rows, cols), rows, cols)
+    x = (rng.standard_normal((8, cols)) * rng.uniform(0.1, 10, (8, 1))).astype(np.float32)
+    try:
+        for T in range(1, 9):
+            y = []
+            for tuning in ("l1:1", "l2:2"):
+                ops.set_mxfp4_tuning(tuning)
+                y.append(ops.matmul(il, MXFP4, rows, cols, x[:T], None, AVX512[-1], "fast", layout="mxfp4x16"))
+            assert np.array_equal(y[0], y[1]), f"T={T}"
+    finally:
+        ops.set_mxfp4_tuning("auto")
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_variant_reads_the_layout_at_f32(isa, rng):
     """The model interleaves only for AVX-512's fast precision, but a matrix in the layout is
