@@ -196,6 +196,7 @@ def test_model_logits_equal_the_gguf_layouts(mx_model, monkeypatch, rng):
     il = Model(mx_model, n_ctx=128, device="cpu", mmap=False)
     assert rows._core.interleaved_mxfp4_bytes == 0
     assert il._core.interleaved_mxfp4_bytes == expert_bytes(il)
+    assert "16-row groups" in il.mmap_reason and "16-row" not in rows.mmap_reason  # serve's start line
     prompt = rng.integers(0, il.n_vocab, 40)
     for n in (40, 6):  # prefill through the GEMM, and a batch of 6 tokens through the GEMV
         want, got = rows.logits(prompt[:n]), il.logits(prompt[:n])

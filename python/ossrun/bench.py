@@ -113,7 +113,8 @@ def _worker_ossrun(a) -> dict:
                 + (f", MXFP4 GEMV tuning {ops.mxfp4_tuning()} (prefetch:rows a pass)"
                    if model.isa == "avx512vbmi" else "")
                 + (f", CUDA: {model.device_reason}" if model.device == "cuda" else "")
-                + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else ""))
+                + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else "")
+                + (" in 16-row groups" if model._core.interleaved_mxfp4_bytes else ""))
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
     r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
     r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)

@@ -147,7 +147,8 @@ class Model:
                 and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
             # The MXFP4 experts likewise (csrc/mxfp4_interleave.h), in place: only in the copy
             # this process owns (mmap=False or "auto"), never in the file's read-only map.
-            self._core.interleave_mxfp4_experts_in_place()
+            if self._core.interleave_mxfp4_experts_in_place():
+                self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
         self.tokenizer = self._load_tokenizer()
 
     def _copy_weights_to_ram(self):
