@@ -7,9 +7,10 @@
 // splits each 512-bit operation in two, it is bound by its instructions, and a 2-token expert
 // costs 1.4x a 1-token one. With 16 rows in the 16 lanes (as RowLayout::kQ8_0x16 does for Q8_0)
 // the codes need no gather, each token's activation pair is broadcast from memory against them,
-// and one convert, product and FMA serve 16 rows. One thread, an expert's 2880 x 2880 matrix
-// from L3, ns per block and row (docs/PERFORMANCE.md, tenth session): 1 token 0.93 -> 0.71,
-// 2 tokens 1.26 -> 0.93, 4 tokens 2.19 -> 1.47.
+// and one convert, product and FMA serve 16 rows. One thread on Zen 4, an expert's 2880 x 2880
+// matrix from L3, ns per block and row (docs/PERFORMANCE.md, tenth session): 1 token 1.03 ->
+// 0.85, 2 tokens 1.32 -> 1.05, 4 tokens 2.09 -> 1.68; in the model, a 4-sequence decode step's
+// experts 173-185 -> 141-145 ms.
 //
 // Layout: group g (rows 16g .. 16g + 15 of one matrix) takes the bytes those rows took, block
 // after block; block b of the group is 272 bytes: the 16 rows' E8M0 scale bytes (row j at byte

@@ -7,8 +7,9 @@ per block and row, the best of --reps calls. 65536 rows x 2880 columns (190 MB) 
 weights from a file's page cache (as a model's memory map; a freshly written file may be mapped
 with 2 MiB pages on kernels with large page-cache folios) rather than numpy's memory (huge pages).
 --layout rows q8_0x16 times Q8_0 as the GGUF lays it and as the model repacks it at load (16 rows
-interleaved, csrc/q8_0_interleave.h), alternating in the same loop; with --mmap only the GGUF layout
-comes from a file, the repacked copy lies in anonymous memory as the model's does. --tuning l1:1 l2:2
+interleaved, csrc/q8_0_interleave.h), alternating in the same loop, and --layout rows mxfp4x16 the
+same for MXFP4 (csrc/mxfp4_interleave.h); with --mmap only the GGUF layout comes from a file, the
+repacked copy lies in anonymous memory as the model's does. --tuning l1:1 l2:2
 compares the VBMI MXFP4 GEMV's tunings (prefetch into L1 or L2 : rows per pass, csrc/cpu/cpu_tuning.h)
 the same way."""
 
@@ -33,14 +34,14 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--mmap", action="store_true", help="weights from a memory-mapped file")
     p.add_argument("--type", choices=("mxfp4", "q8_0"), default="mxfp4")
-    p.add_argument("--layout", nargs="+", choices=("rows", "q8_0x16"), default=["rows"],
-                   help="Q8_0 layouts to compare (q8_0x16 needs rows a multiple of 16)")
+    p.add_argument("--layout", nargs="+", choices=("rows", "q8_0x16", "mxfp4x16"), default=["rows"],
+                   help="layouts to compare (the 16-row ones need rows a multiple of 16)")
     p.add_argument("--tuning", nargs="+", choices=("auto", "l1:1", "l1:2", "l2:1", "l2:2"), default=["auto"],
                    help="the VBMI MXFP4 GEMV's tunings to compare: prefetch into l1 or l2, 1 or 2 rows per "
                         "pass at 2-8 tokens (csrc/cpu/cpu_tuning.h)")
     a = p.parse_args()
-    if a.type != "q8_0" and a.layout != ["rows"]:
-        p.error("--layout q8_0x16 is for --type q8_0")
+    if ("q8_0x16" in a.layout and a.type != "q8_0") or ("mxfp4x16" in a.layout and a.type != "mxfp4"):
+        p.error("--layout q8_0x16 is for --type q8_0, mxfp4x16 for --type mxfp4")
     rng = np.random.default_rng(1)
     for rows in a.rows:
         nb = rows * (a.cols // 32)
@@ -54,6 +55,8 @@ def main() -> int:
         weights = {"rows": raw}
         if "q8_0x16" in a.layout:
             weights["q8_0x16"] = ops.interleave_q8_0(raw, rows, a.cols).reshape(rows, -1)
+        if "mxfp4x16" in a.layout:
+            weights["mxfp4x16"] = ops.interleave_mxfp4(raw, rows, a.cols).reshape(rows, -1)
         files = []
         if a.mmap:
             # The GGUF layout as a model reads it (the file's map); the repacked copy stays in
