@@ -140,7 +140,8 @@ def test_same_bits_whatever_the_cpu_tuning(rng):
             y = []
             for tuning in ("l1:1", "l2:2"):
                 ops.set_mxfp4_tuning(tuning)
-                y.append(ops.matmul(il, MXFP4, rows, cols, x[:T], None, AVX512[-1], "fast", layout="mxfp4x16"))
+                y.append(ops.matmul(il, MXFP4, rows, cols, x[:T], None, AVX512[-1], "fast",
+                                    layout="mxfp4x16"))
             assert np.array_equal(y[0], y[1]), f"T={T}"
     finally:
         ops.set_mxfp4_tuning("auto")
