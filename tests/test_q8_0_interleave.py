@@ -10,15 +10,12 @@ from __future__ import annotations
 import numpy as np
 import psutil
 import pytest
-import reference as R
 from gguf_factory import Q8_0
 from ossrun import model_maker
 from ossrun._core import ops
 from ossrun.model import Model
-from test_kernels import ISAS, U, quantize_i16_ref, raw_q8_0
-
-AVX512 = [i for i in ISAS if i in ("avx512", "avx512vbmi")]
-needs_avx512 = pytest.mark.skipif(not AVX512, reason="the interleaved GEMV is AVX-512's")
+from row_groups import AVX512, check_f32_matmul, check_fast_matmul, needs_avx512
+from test_kernels import ISAS, raw_q8_0
 
 
 def interleave_ref(raw: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -54,41 +51,15 @@ def test_layout_rejects_what_it_cannot_hold():
         ops.matmul(np.zeros((16, 34), np.uint8), Q8_0, 16, 32, np.zeros((1, 32), np.float32), r0=5, r1=17)
 
 
-# Tokens: every count of the decode GEMV (1..8) and prefill sizes through the GEMM (tiles of 6).
-TOKENS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 40]
-
-
 @needs_avx512
 @pytest.mark.parametrize("isa", AVX512)
 @pytest.mark.parametrize("rows, nb", [(16, 1), (48, 3), (80, 5), (32, 91), (64, 7)],
                          ids=lambda v: str(v))
 def test_matmul_interleaved_against_reference(isa, rng, rows, nb):
-    """Given the int16 activations, each block's dot product is exact in int32; the rest is float32
-    rounding (one conversion, one scale product, one accumulation per block): within
-    (blocks + 4)·U·Σ|w||x| (+ the bias add), as the GGUF layout's kernels. Row ranges that start
-    and end inside a group write their rows only; a misplaced row, pair or scale errs by ~|w||x|."""
+    """row_groups.check_fast_matmul: decode GEMV and prefill GEMM against the float64 reference."""
     cols = 32 * nb
     raw = raw_q8_0(rng, rows, cols)
-    il = ops.interleave_q8_0(raw, rows, cols)
-    W = R.dequantize(raw, Q8_0, (rows, cols))
-    b = rng.standard_normal(rows).astype(np.float32)
-    r0 = int(rng.integers(1, 16))
-    ranges = [(0, rows), (r0, max(r0, rows - int(rng.integers(1, 16)))), (3, 13),
-              (int(rng.integers(0, rows)), rows)]
-    for T in TOKENS:
-        x = (rng.standard_normal((T, cols)) * rng.uniform(0.1, 10, (T, 1))).astype(np.float32)
-        q, scale = quantize_i16_ref(x)
-        xq = q.astype(np.float64) * np.repeat(scale, 32, axis=1).astype(np.float64)
-        ref = R.matmul(xq, W, b.astype(np.float64))
-        tol = (nb + 4) * U * (np.abs(xq) @ np.abs(W).T + np.abs(b))
-        for r0, r1 in ranges:
-            y = ops.matmul(il, Q8_0, rows, cols, x, b, isa, "fast", r0, r1, "q8_0x16")
-            err = np.abs(y[:, r0:r1] - ref[:, r0:r1])
-            assert np.all(err <= tol[:, r0:r1]), f"T={T} rows [{r0}, {r1}): max err {err.max():.3g}"
-            assert not y[:, :r0].any() and not y[:, r1:].any(), f"T={T}: wrote outside [{r0}, {r1})"
-        if T > 8:  # the GEMM reads a group as its panel half: the GGUF layout's panel, bit for bit
-            assert np.array_equal(ops.matmul(il, Q8_0, rows, cols, x, b, isa, "fast", layout="q8_0x16"),
-                                  ops.matmul(raw, Q8_0, rows, cols, x, b, isa, "fast")), f"T={T}"
+    check_fast_matmul(isa, rng, raw, ops.interleave_q8_0(raw, rows, cols), Q8_0, "q8_0x16", rows, cols)
 
 
 @pytest.mark.skipif(not {"avx512", "avx512vbmi"} <= set(AVX512), reason="needs both AVX-512 variants")
@@ -109,21 +80,10 @@ def test_interleaved_gemv_tokens_alone_and_both_variants_same_bits(rng):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_variant_reads_the_layout_at_f32(isa, rng):
-    """The model interleaves only for AVX-512's fast precision, but a matrix in the layout is
-    still read right by every variant's float32 path (row by row, decoded exactly): float32 dot
-    products, ≤ cols·U·Σ|w||x| (+ bias)."""
+    """row_groups.check_f32_matmul: every variant's float32 path reads the layout right."""
     rows, cols = 32, 32 * 5
     raw = raw_q8_0(rng, rows, cols)
-    il = ops.interleave_q8_0(raw, rows, cols)
-    W = R.dequantize(raw, Q8_0, (rows, cols))
-    b = rng.standard_normal(rows).astype(np.float32)
-    for T in (1, 3, 9):
-        x = rng.standard_normal((T, cols)).astype(np.float32)
-        y = ops.matmul(il, Q8_0, rows, cols, x, b, isa, "f32", 5, 27, "q8_0x16")
-        ref = R.matmul(x.astype(np.float64), W, b.astype(np.float64))
-        tol = (cols + 2) * U * (np.abs(x.astype(np.float64)) @ np.abs(W).T + np.abs(b))
-        assert np.all(np.abs(y[:, 5:27] - ref[:, 5:27]) <= tol[:, 5:27]), f"T={T}"
-        assert not y[:, :5].any() and not y[:, 27:].any()
+    check_f32_matmul(isa, rng, raw, ops.interleave_q8_0(raw, rows, cols), Q8_0, "q8_0x16", rows, cols)
 
 
 # ---- the whole model --------------------------------------------------------------------------
