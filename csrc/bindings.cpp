@@ -17,8 +17,8 @@
 #include "kernels.h"
 #include "model.h"
 #include "moe_ops.h"
-#include "numerics.h"
 #include "mxfp4_interleave.h"
+#include "numerics.h"
 #include "q8_0_interleave.h"
 #include "rope.h"
 #include "session.h"
@@ -553,8 +553,8 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("interleaved_q8_0_bytes", [](const Model& m) { return m.interleaved_q8_0().bytes(); })
         .def("interleave_mxfp4_experts_in_place", [](Model& m) {
             return released([&] { return m.interleave_mxfp4_experts_in_place(); });
-        }, "Repack the MXFP4 experts into 16-row groups, in place (fast precision, AVX-512): only for experts "
-           "copied into this process's own memory (weights_in_ram.py). Returns the bytes.")
+        }, "Repack the MXFP4 experts into 16-row groups, in place (fast precision, AVX-512): those copied "
+           "into this process's own memory (weights_in_ram.py), not those in the file's map. Returns the bytes.")
         .def_property_readonly("interleaved_mxfp4_bytes", &Model::interleaved_mxfp4_bytes);
 
     py::class_<Session> session(m, "Session");

@@ -110,9 +110,9 @@ public:
     // the bytes repacked. release_source_pages: see InterleavedQ8_0::interleave.
     size_t interleave_q8_0(bool release_source_pages);
     const InterleavedQ8_0& interleaved_q8_0() const { return interleaved_; }
-    // The same for the MXFP4 experts (mxfp4_interleave.h), in place: only for experts that lie in
-    // memory this process owns and may write (weights_in_ram.py's copy), never in the file's map.
-    // Returns the bytes repacked; a second call repacks nothing.
+    // The same for the MXFP4 experts (mxfp4_interleave.h), in place: only experts that lie in
+    // memory this process may write (weights_in_ram.py's copy); those in the file's read-only
+    // map are left as they are. Returns the bytes repacked; a second call repacks nothing.
     size_t interleave_mxfp4_experts_in_place();
     size_t interleaved_mxfp4_bytes() const { return interleaved_mxfp4_bytes_; }
 

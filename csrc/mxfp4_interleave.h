@@ -59,8 +59,8 @@ inline void deinterleave_mxfp4_row(const Matrix& W, int64_t mat, int64_t r, uint
 
 // Repacks, in place, the expert matrices (gate, up, down) of every layer where
 // mxfp4_interleavable, and marks them kMxfp4x16; returns the bytes repacked. In place, so no
-// second copy is ever held: the caller guarantees the bytes lie in memory this process may
-// write (the Python model's copy of the experts, weights_in_ram.py), never in the file's map.
+// second copy is ever held: only matrices in memory this process may write (the Python model's
+// copy of the experts, weights_in_ram.py); those in the file's read-only map keep its layout.
 size_t interleave_mxfp4_experts_in_place(ModelWeights& w, ThreadPool& pool);
 
 }  // namespace ossrun

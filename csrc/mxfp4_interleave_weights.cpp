@@ -1,3 +1,6 @@
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -5,11 +8,25 @@
 
 namespace ossrun {
 
+namespace {
+
+// Whether the matrix's bytes may be written: mprotect asks the kernel to allow it, which it
+// refuses (EACCES) for a shared map of a file opened read-only, as the GGUF's is; pages this
+// process writes already (its anonymous copy) stay as they were.
+bool writable(const Matrix& m) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = uintptr_t(m.data) / page * page;
+    const uintptr_t hi = (uintptr_t(m.data) + m.total_bytes() + page - 1) / page * page;
+    return mprotect(reinterpret_cast<void*>(lo), hi - lo, PROT_READ | PROT_WRITE) == 0;
+}
+
+}  // namespace
+
 size_t interleave_mxfp4_experts_in_place(ModelWeights& w, ThreadPool& pool) {
     std::vector<Matrix*> mats;
     for (LayerWeights& L : w.layers)
         for (Matrix* m : {&L.gate_exps, &L.up_exps, &L.down_exps})
-            if (mxfp4_interleavable(*m)) mats.push_back(m);
+            if (mxfp4_interleavable(*m) && writable(*m)) mats.push_back(m);
     // Units of work: 16 groups (256 rows) of one matrix of the stack, handed out over the pool.
     constexpr int64_t kGroupsPerUnit = 16;
     struct Unit {
@@ -30,7 +47,6 @@ size_t interleave_mxfp4_experts_in_place(ModelWeights& w, ThreadPool& pool) {
             rows.resize(group_bytes);
             const int64_t g0 = units[size_t(u)].first_group;
             const int64_t g1 = std::min(m.n_mats * m.rows / kInterleaveRows, g0 + kGroupsPerUnit);
-            // The caller's promise: these bytes are this process's own writable copy.
             uint8_t* base = const_cast<uint8_t*>(m.data);
             for (int64_t g = g0; g < g1; ++g) {
                 std::memcpy(rows.data(), base + size_t(g) * group_bytes, group_bytes);

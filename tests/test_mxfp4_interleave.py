@@ -198,6 +198,18 @@ def test_the_file_map_and_f32_keep_the_gguf_layout(mx_model):
 
 
 @needs_avx512
+def test_experts_in_the_file_map_are_left_alone(mx_model, rng):
+    """Asked to repack experts that lie in the file's read-only map, the core repacks nothing
+    (writing there would crash the process) and the model reads them as before."""
+    m = Model(mx_model, n_ctx=64, device="cpu")
+    ids = rng.integers(0, m.n_vocab, 9)
+    before = m.logits(ids)
+    assert m._core.interleave_mxfp4_experts_in_place() == 0
+    assert m._core.interleaved_mxfp4_bytes == 0
+    assert np.array_equal(m.logits(ids), before)
+
+
+@needs_avx512
 def test_a_second_repack_does_nothing(mx_model, rng):
     m = Model(mx_model, n_ctx=64, device="cpu", mmap=False)
     ids = rng.integers(0, m.n_vocab, 9)
