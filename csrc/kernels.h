@@ -97,13 +97,11 @@ struct KernelTable {
     // g = gate[i], l = lin[i], i < n (the experts' SwiGLU, MODEL.md §2.6); each element's result
     // is the same wherever it sits in the array.
     void (*swiglu)(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
-    // Whether the fast precision's decode GEMV of this variant reads Q8_0 rows interleaved 16 at a
-    // time (RowLayout::kQ8_0x16, q8_0_interleave.h) natively: where it does, the model repacks
-    // its dense Q8_0 matrices at load; elsewhere the layout is only read row by row.
-    bool fast_q8_0x16;
-    // The same for MXFP4 rows (RowLayout::kMxfp4x16, mxfp4_interleave.h): where it does, the
-    // model repacks the experts it holds in its own memory (weights_in_ram.py's copy).
-    bool fast_mxfp4x16;
+    // Whether the fast precision's decode GEMV of this variant reads Q8_0 and MXFP4 rows
+    // interleaved 16 at a time (RowLayout::kQ8_0x16, kMxfp4x16: q8_0_interleave.h,
+    // mxfp4_interleave.h) natively: where it does, the model repacks its dense Q8_0 matrices and
+    // the experts it holds in its own memory at load; elsewhere the layouts are only read row by row.
+    bool fast_row_groups;
 };
 
 // The variants this build has and this CPU can run, best first.

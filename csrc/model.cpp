@@ -58,14 +58,14 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
 }
 
 size_t Model::interleave_q8_0(bool release_source_pages) {
-    if (!use_i16_ || !kernels_->fast_q8_0x16) return 0;
+    if (!use_i16_ || !kernels_->fast_row_groups) return 0;
     std::lock_guard<std::mutex> lock(forward_mutex_);
     interleaved_.interleave(weights_, pool_, release_source_pages);
     return interleaved_.bytes();
 }
 
 size_t Model::interleave_mxfp4_experts_in_place() {
-    if (!use_i16_ || !kernels_->fast_mxfp4x16) return 0;
+    if (!use_i16_ || !kernels_->fast_row_groups) return 0;
     std::lock_guard<std::mutex> lock(forward_mutex_);
     const size_t n = ossrun::interleave_mxfp4_experts_in_place(weights_, pool_);
     interleaved_mxfp4_bytes_ += n;

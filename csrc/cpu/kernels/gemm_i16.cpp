@@ -42,11 +42,6 @@ constexpr int kHalves = 2;            // vectors of rows per panel: 32 rows shar
 constexpr int kPairsPerBlock = 16;    // int16 pairs per 32-element block
 constexpr int kMaxTileTokens = 6;     // 2 x 6 int32 + 2 x 6 float accumulators in registers
 
-// Twice the e2m1 values, as int16, repeated so that vpermw (which reads 5 index bits) needs no
-// mask on the low nibble.
-alignas(64) constexpr int16_t kE2M1x2[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                             0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
 struct Panel {
     // Block b, half h: pairs[(b * 16 + p) * 2 + h] lane i = (w[16h + i][32b + 2p], .. + 1), and
     // scale[(b * 2 + h) * 16 + i].
@@ -102,7 +97,7 @@ OSSRUN_VNNI_GEMM void pack_mxfp4(const Matrix& W, const uint8_t* row0, int64_t R
     const int64_t nb = W.cols / kBlockElems;
     const __m512i off = row_offsets(W, R);
     const RowPointers rp(W, row0, R);
-    const __m512i table = _mm512_load_si512(kE2M1x2);
+    const __m512i table = _mm512_load_si512(kDoubledE2M1Words);
     const __m512i s1a = _mm512_load_si512(kTranspose.stage1[0]), s1b = _mm512_load_si512(kTranspose.stage1[1]);
     const __m512i s2a = _mm512_load_si512(kTranspose.stage2[0]), s2b = _mm512_load_si512(kTranspose.stage2[1]);
     const float* half = e8m0_half_table();
@@ -167,7 +162,7 @@ OSSRUN_VNNI_GEMM void pack_q8_0x16(const Matrix& W, const uint8_t* group, Panel&
 // 8 + k (pack_mxfp4's, bit for bit); the 16 scale bytes index the halved E8M0 table.
 OSSRUN_VNNI_GEMM void pack_mxfp4x16(const Matrix& W, const uint8_t* group, Panel& P, int h) {
     const int64_t nb = W.cols / kBlockElems;
-    const __m512i table = _mm512_load_si512(kE2M1x2);
+    const __m512i table = _mm512_load_si512(kDoubledE2M1Words);
     const float* half = e8m0_half_table();
     for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = group + b * kMxfp4GroupBlockBytes;

@@ -249,8 +249,6 @@ OSSRUN_VBMI void gemv_mxfp4_i16(const MatmulArgs& a, int64_t r0, int64_t r1) {
 }
 
 #else
-alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                                       0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
 // MXFP4: two blocks share one vector (even lanes sum block 2p, odd lanes block 2p+1), so per
 // token and block pair there are two vpdpwssd, one convert, one multiply and one FMA, where one

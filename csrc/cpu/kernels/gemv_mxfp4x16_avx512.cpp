@@ -18,11 +18,6 @@ namespace ossrun::OSSRUN_ISA_NS {
 
 namespace {
 
-// Twice the e2m1 values as int16, twice over: vpermw reads 5 index bits, so the low nibble of a
-// code word needs no mask.
-alignas(64) constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                                       0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-
 // acc[t] (lane j = row 16g + j) = group g's rows times NT tokens' activations.
 template <int NT, class Prefetch>
 OSSRUN_VNNI void group_x_tokens(const MatmulArgs& a, int64_t g, __m512 (&acc)[NT]) {

@@ -39,6 +39,11 @@ struct PrefetchL1Near {
     static void at(const uint8_t* p) { __builtin_prefetch(p + 4096, 0, 3); }
 };
 
+// Twice the e2m1 values (-12..12) as int16, twice over: the MXFP4 int16 kernels' word table,
+// which vpermw (5 index bits) reads with no mask on a code's low nibble.
+alignas(64) inline constexpr int16_t kDoubledE2M1Words[32] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
+                                                              0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 // Runs f(std::integral_constant<int, n>{}) for n = count (1 <= count <= kMax): turns a tile's
 // run-time token count into the compile-time one its micro-kernel is instantiated for.
 template <int kMax, class F>

@@ -22,7 +22,7 @@ constexpr bool kFastRowGroups = false;
 
 const KernelTable* table() {
     static const KernelTable t{OSSRUN_STR(OSSRUN_ISA_NS), decode_row, matmul, attention, rmsnorm,
-                               quantize_i16, swiglu, kFastRowGroups, kFastRowGroups};
+                               quantize_i16, swiglu, kFastRowGroups};
     return &t;
 }
 
