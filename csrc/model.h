@@ -1,13 +1,13 @@
 // A loaded gpt-oss model: config, weight views into the GGUF map, the chosen kernels and the
-// thread pool. forward() is the whole network (MODEL.md §2), one named step per line.
+// thread pool. forward() runs the network (forward.h) on the CPU backend (cpu_backend.h).
 #pragma once
 #include <cstdint>
-#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "config.h"
 #include "kernels.h"
 #include "kv_cache.h"
@@ -60,17 +60,6 @@ struct Scratch {
     std::vector<float>* trace = nullptr;
 };
 
-// One sequence's part of a batched forward: n tokens at positions pos0 .. pos0+n-1 of its own
-// cache. logits receives [n, V] when all_logits, else the last token's [V].
-struct Segment {
-    KvCache* kv = nullptr;
-    const int32_t* tokens = nullptr;
-    int64_t n = 0;
-    int64_t pos0 = 0;
-    float* logits = nullptr;
-    bool all_logits = false;
-};
-
 class Model {
 public:
     Model(const ModelConfig& config, ModelWeights weights, const ModelOptions& options);
@@ -97,12 +86,8 @@ public:
     // Each segment needs its own cache. forward() is the one-segment case.
     void forward_batch(const Segment* segs, size_t n_segs, Scratch& s);
 
-    // Hooks of the CUDA device model (cuda/device_model.cpp), which runs the layers on the GPU
-    // and hands this CPU backend the MoE blocks whose experts stay in RAM (cpu_moe): the weight
-    // views it uploads from, and one layer's MoE block, s.normed [T, H] -> s.proj [T, H]. The
-    // caller serialises calls (the device model's own lock) and owns this Model's pool.
+    // The weight views (the CUDA device model uploads from them).
     const ModelWeights& weights() const { return weights_; }
-    void moe_block(Scratch& s, int64_t layer, int64_t T);
 
     // Fast precision on the AVX-512 variants: repacks the dense Q8_0 matrices into 16-row
     // groups (q8_0_interleave.h), the layout their decode GEMV is fastest on; elsewhere nothing.
@@ -117,23 +102,7 @@ public:
     size_t interleaved_mxfp4_bytes() const { return interleaved_mxfp4_bytes_; }
 
 private:
-    void embed(Scratch& s, const int32_t* tokens, int64_t T, int64_t row0);
-    void rmsnorm_rows(const float* x, const float* g, float* y, int64_t T);
-    // y[T, W.rows] = x[T, W.cols] · W[mat]^T + bias, rows split across threads.
-    void matmul(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
-                const float* bias);
-    // Several independent matmuls in one parallel loop (one sync, not n).
-    void matmuls(const MatmulArgs* jobs, size_t n_jobs);
-    void matmuls(std::initializer_list<MatmulArgs> jobs) { matmuls(jobs.begin(), jobs.size()); }
-    MatmulArgs matmul_args(const Matrix& W, int64_t mat, const float* x, int64_t T, float* y,
-                           const float* bias) const;
-    void attention_block(const Segment* segs, Scratch& s, int64_t layer, int64_t T);
-    void add_into(float* dst, const float* src, int64_t n);
-    void trace(Scratch& s, int64_t T);
-    // int16 copy of rows [n, width] (blocks of 32, one scale each) into s.x_i16, in parallel.
-    void quantize_i16(Scratch& s, const float* x, int64_t n, int64_t width);
-    // Fast precision: give the matmul args an int16 copy of their input rows where it pays.
-    void attach_i16(Scratch& s, const float* x, int64_t T, int64_t width, MatmulArgs& a);
+    friend class CpuBackend;  // the ops of a forward on this model's kernels, weights and pool
 
     ModelConfig config_;
     ModelWeights weights_;
