@@ -106,29 +106,33 @@ void bind_device_model(py::module_& m) {
              py::arg("model"), py::arg("rows") = DeviceSession::kMaxChunk)
         .def_property_readonly("rows", [](const DeviceBatch& b) { return b.rows; })
         .def("step", [](DeviceBatch& b, const py::list& sessions, const py::list& ids, const py::list& all_logits) {
+            // One stacked forward: sessions[i] appends ids[i]; returns each one's logits ([n, V] or [V]).
             const size_t n = sessions.size();
             if (ids.size() != n || all_logits.size() != n)
                 throw py::value_error("step wants as many id arrays and all_logits flags as sessions");
-            std::vector<DeviceSession*> ss;
             std::vector<IdArray> arrays;
+            std::vector<py::array_t<float>> outs;
+            std::vector<DeviceSessionStep> steps(n);
             int64_t total = 0;
             for (size_t i = 0; i < n; ++i) {
-                ss.push_back(sessions[i].cast<DeviceSession*>());
+                DeviceSession* s = sessions[i].cast<DeviceSession*>();
                 for (size_t j = 0; j < i; ++j)
-                    if (ss[j] == ss[i]) throw py::value_error("step: a session appears twice");
+                    if (steps[j].session == s) throw py::value_error("step: a session appears twice");
+                if (s->model() != b.model) throw py::value_error("step: a session of another model");
                 arrays.push_back(ids_arg(ids[i], "ids[" + std::to_string(i) + "]"));
-                total += arrays.back().shape(0);
-                if (ss[i]->n_past() + arrays.back().shape(0) > ss[i]->n_ctx())
-                    throw py::value_error("context overflow: " + std::to_string(ss[i]->n_past()) + " + " +
-                                          std::to_string(arrays.back().shape(0)) + " tokens exceed n_ctx = " +
-                                          std::to_string(ss[i]->n_ctx()));
+                const bool all = all_logits[i].cast<bool>();
+                const int64_t len = arrays.back().shape(0), V = s->vocab_size();
+                outs.push_back(all ? py::array_t<float>({len, V}) : py::array_t<float>(V));
+                steps[i] = DeviceSessionStep{s, arrays.back().data(), len, outs.back().mutable_data(), all};
+                total += len;
             }
             if (total > b.rows)
                 throw py::value_error("step: " + std::to_string(total) + " tokens exceed one chunk of " +
                                       std::to_string(b.rows));
-            py::list out;
-            for (size_t i = 0; i < n; ++i) out.append(prefill_logits(*ss[i], arrays[i], all_logits[i].cast<bool>()));
-            return out;
+            released([&] { DeviceSession::step(steps.data(), n); });
+            py::list result;
+            for (auto& o : outs) result.append(o);
+            return result;
         }, py::arg("sessions"), py::arg("ids"), py::arg("all_logits"));
 }
 

@@ -2,8 +2,8 @@
 // made from (csrc/model.h), which embeds the tokens and runs the MoE blocks of the first
 // n_cpu_moe layers on its own weights in RAM (llama.cpp's --n-cpu-moe). Weights are copied once
 // from the memory map to one device arena (no pinned copy is kept); each session's KV cache lives
-// in device memory. The forward pass mirrors Model::forward_batch step for step with the CUDA
-// kernels of kernels.cuh. Plain C++ (no CUDA headers): csrc-side code and the bindings include it.
+// in device memory. The forward pass is csrc/forward.h's, on the CUDA backend (cuda_backend.h).
+// Plain C++ (no CUDA headers): csrc-side code and the bindings include it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -147,8 +147,13 @@ public:
     // their K/V appended to kv; logits [T, V] when all_logits, else the last token's [V] (host).
     void forward(DeviceKvCache& kv, const int32_t* tokens, int64_t T, int64_t pos0, float* logits,
                  bool all_logits);
+    // As Model::forward_batch: several sequences' rows stacked (at most kMaxChunk in all), each
+    // segment with its own device_kv; every matmul and expert reads its weights once for all.
+    void forward_batch(const Segment* segs, size_t n_segs);
 
 private:
+    friend class CudaBackend;  // the ops of a forward on this model's arena, buffers and stream
+
     std::shared_ptr<Model> host_;
     int64_t n_cpu_moe_;
     UploadLayout layout_;
@@ -157,11 +162,24 @@ private:
     void* stream_ = nullptr;   // cudaStream_t
     std::unique_ptr<DeviceBuffers> buf_;
     Scratch host_scratch_;     // the CPU backend's, for its MoE blocks
+    std::vector<float> host_rows_;         // the embedding rows before their upload
+    std::vector<int64_t> host_positions_;  // the rows' positions before theirs
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;
 };
 
 // ---------------------------------------------------------------- a conversation
+
+class DeviceSession;
+
+// One session's part of a batched step (csrc/session.h's SessionStep).
+struct DeviceSessionStep {
+    DeviceSession* session = nullptr;
+    const int32_t* ids = nullptr;
+    int64_t n = 0;
+    float* logits = nullptr;
+    bool all_logits = false;
+};
 
 // Session (csrc/session.h) over a DeviceModel: the same prefill / truncate / reset contract.
 class DeviceSession {
@@ -170,6 +188,7 @@ public:
 
     DeviceSession(std::shared_ptr<DeviceModel> model, int64_t n_ctx, KvType kv_type);
 
+    const std::shared_ptr<DeviceModel>& model() const { return model_; }
     int64_t n_past() const { return int64_t(tokens_.size()); }
     int64_t n_ctx() const { return kv_.n_ctx(); }
     const std::vector<int32_t>& tokens() const { return tokens_; }
@@ -181,6 +200,9 @@ public:
     bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && kv_.can_resume_at(n)); }
     void reset();
     void fill_synthetic(int64_t n);
+    // One forward over several sessions of one model (continuous batching), each appending its
+    // ids, at most kMaxChunk tokens in all (Session::step).
+    static void step(const DeviceSessionStep* steps, size_t n_steps);
 
 private:
     std::shared_ptr<DeviceModel> model_;

@@ -43,6 +43,37 @@ void DeviceSession::truncate(int64_t n) {
     prefill(kept.data(), int64_t(kept.size()), last.data(), false);
 }
 
+void DeviceSession::step(const DeviceSessionStep* steps, size_t n_steps) {
+    if (n_steps == 0) return;
+    std::vector<Segment> segs(n_steps);
+    int64_t total = 0;
+    for (size_t i = 0; i < n_steps; ++i) {
+        const DeviceSessionStep& st = steps[i];
+        DeviceSession& s = *st.session;
+        if (s.model_ != steps[0].session->model_) throw std::invalid_argument("step: the sessions belong to different models");
+        if (st.n < 1) throw std::invalid_argument("step: every session needs at least one token");
+        if (s.n_past() + st.n > s.n_ctx())
+            throw std::length_error("context overflow: " + std::to_string(s.n_past()) + " + " + std::to_string(st.n) +
+                                    " tokens exceed n_ctx = " + std::to_string(s.n_ctx()));
+        total += st.n;
+        segs[i].device_kv = &s.kv_;
+        segs[i].tokens = st.ids;
+        segs[i].n = st.n;
+        segs[i].pos0 = s.n_past();
+        segs[i].logits = st.logits;
+        segs[i].all_logits = st.all_logits;
+    }
+    if (total > kMaxChunk)
+        throw std::invalid_argument("step: " + std::to_string(total) + " tokens exceed one chunk of " +
+                                    std::to_string(kMaxChunk));
+    steps[0].session->model_->forward_batch(segs.data(), n_steps);
+    for (size_t i = 0; i < n_steps; ++i) {
+        DeviceSession& s = *steps[i].session;
+        s.kv_.mark_held(s.n_past(), steps[i].n);
+        s.tokens_.insert(s.tokens_.end(), steps[i].ids, steps[i].ids + steps[i].n);
+    }
+}
+
 void DeviceSession::reset() {
     tokens_.clear();
     kv_.clear();

@@ -239,6 +239,31 @@ def test_batch_and_generate_on_the_gpu(fixtures_dir):
 
 
 @needs_device
+@pytest.mark.parametrize("n_cpu_moe", [0, 1])
+def test_stacked_steps_equal_each_sessions_own_on_the_gpu(fixtures_dir, n_cpu_moe):
+    # One stacked forward over three sessions at different depths (each its own cache and
+    # positions; one of them a 5-token chunk) gives each the logits of its own prefill.
+    from ossrun.batch import Batch
+
+    path = fixtures_dir / "tiny-w4" / "tiny.gguf"
+    toks = np.random.default_rng(11).integers(0, 256, 300).astype(np.int32)
+    m = gpu(path, precision="f32", cpu_moe=n_cpu_moe)
+    cpu = load(path, precision="f32", device="cpu").logits(toks)
+    sessions = [m.session() for _ in range(3)]
+    pos, lengths = [7, 130, 40], [1, 1, 5]
+    for s, n in zip(sessions, pos):
+        s.prefill(toks[:n])
+    batch = Batch(m)
+    for _ in range(4):
+        out = batch.step([(s, toks[p:p + n], n > 1) for s, p, n in zip(sessions, pos, lengths)])
+        for i, (p, n) in enumerate(zip(pos, lengths)):
+            want = cpu[p:p + n] if n > 1 else cpu[p]
+            assert out[i].shape == want.shape and rel_err(out[i], want) < TOL
+            pos[i] += n
+    assert [s.n_past for s in sessions] == pos
+
+
+@needs_device
 def test_out_of_device_memory_is_a_device_error(fx):
     m = gpu(fx["gguf"], precision="f32")
     with pytest.raises(DeviceError, match="cannot allocate the KV cache"):

@@ -1,0 +1,173 @@
+#include "cuda_backend.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_check.h"
+#include "device_buffers.h"
+#include "kernels.cuh"
+
+namespace ossrun::cuda {
+
+namespace {
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+}  // namespace
+
+void CudaBackend::begin(const Batch& batch) {
+    if (batch.T < 1 || batch.T > DeviceSession::kMaxChunk) throw std::invalid_argument("forward: chunk size out of range");
+    batch_ = &batch;
+    std::vector<int64_t>& pos = m_.host_positions_;
+    pos.resize(size_t(batch.T));
+    for (size_t i = 0, row = 0; i < batch.n_segs; row += size_t(batch.segs[i].n), ++i)
+        for (int64_t t = 0; t < batch.segs[i].n; ++t) pos[row + size_t(t)] = batch.segs[i].pos0 + t;
+    // Pageable memory: the copy has read `pos` when it returns.
+    check(cudaMemcpyAsync(m_.buf_->positions, pos.data(), size_t(batch.T) * 8, cudaMemcpyHostToDevice, as_stream(m_.stream_)),
+          "cudaMemcpy");
+}
+
+void CudaBackend::embed() {
+    // The table stays in RAM: its rows are decoded on the host, then the residual is uploaded.
+    const Model& host = *m_.host_;
+    const int64_t H = host.config().embedding_length;
+    std::vector<float>& rows = m_.host_rows_;
+    rows.resize(size_t(batch_->T * H));
+    for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i)
+        for (int64_t t = 0; t < batch_->segs[i].n; ++t)
+            host.kernels().decode_row(host.weights().token_embd, 0, batch_->segs[i].tokens[t],
+                                      rows.data() + (int64_t(row) + t) * H);
+    upload(Activation::kResidual, rows.data());
+}
+
+void CudaBackend::norm(int64_t layer, LayerNorm which) {
+    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    const ModelConfig& c = m_.config();
+    rmsnorm(m_.buf_->residual, which == LayerNorm::kAttention ? w.attn_norm : w.post_attention_norm, m_.buf_->normed,
+            batch_->T, c.embedding_length, c.rms_norm_eps, as_stream(m_.stream_));
+}
+
+void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
+    const ModelConfig& c = m_.config();
+    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    DeviceBuffers& b = *m_.buf_;
+    const cudaStream_t st = as_stream(m_.stream_);
+    const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;
+    const float concentration = m_.host_->rope().concentration;
+    matmul(w.attn_q, b.normed, T, b.q, w.attn_q_b);
+    matmul(w.attn_k, b.normed, T, b.k, w.attn_k_b);
+    matmul(w.attn_v, b.normed, T, b.v, w.attn_v_b);
+    rope(b.q, b.positions, T, nq, d, b.theta, concentration, st);
+    rope(b.k, b.positions, T, nkv, d, b.theta, concentration, st);
+    // Each segment's rows into its own cache, then attend over it.
+    for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i) {
+        const Segment& g = batch_->segs[i];
+        DeviceKvCache* kv = g.device_kv;
+        if (!kv) throw std::logic_error("attention on the GPU: a segment without a device KV cache");
+        const int64_t r0 = int64_t(row);
+        kv_store(b.k + r0 * c.kv_width(), b.v + r0 * c.kv_width(), b.positions + r0, g.n, c.kv_width(),
+                 kv->capacity(layer), kv->type(), kv->k(layer), kv->v(layer), st);
+        AttentionArgs a;
+        a.q = b.q + r0 * nq * d;
+        a.k = kv->k(layer);
+        a.v = kv->v(layer);
+        a.kv_type = kv->type();
+        a.positions = b.positions + r0;
+        a.sinks = w.attn_sinks;
+        a.out = b.attn + r0 * nq * d;
+        a.T = g.n;
+        a.n_q = nq;
+        a.n_kv = nkv;
+        a.d = d;
+        a.cap = kv->capacity(layer);
+        a.window = params.window;
+        a.scale = params.scale;
+        ossrun::cuda::attention(a, st);
+    }
+    matmul(w.attn_output, b.attn, T, b.proj, w.attn_output_b);
+}
+
+void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
+    const ModelConfig& c = m_.config();
+    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    if (!w.router.data) throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
+    DeviceBuffers& b = *m_.buf_;
+    const cudaStream_t st = as_stream(m_.stream_);
+    const int64_t T = batch_->T, H = c.embedding_length, I = c.expert_feed_forward_length;
+    const int64_t E = c.expert_count, k = c.expert_used_count;
+    matmul(w.router, b.normed, T, b.router_logits, w.router_b);
+    router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
+    experts(w.gate_exps, b.normed, H, k, b.gate, w.gate_exps_b);
+    experts(w.up_exps, b.normed, H, k, b.up, w.up_exps_b);
+    swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
+    experts(w.down_exps, b.h, I, 1, b.expert_y, w.down_exps_b);
+    moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
+}
+
+void CudaBackend::add_residual() {
+    add_into(m_.buf_->residual, m_.buf_->proj, batch_->T * m_.config().embedding_length, as_stream(m_.stream_));
+}
+
+void CudaBackend::logits() {
+    // The final norm and unembedding of each segment's wanted rows, a few rows per pass (the
+    // logits buffer), each pass's logits copied to the segment's host buffer.
+    const ModelConfig& c = m_.config();
+    DeviceBuffers& b = *m_.buf_;
+    const cudaStream_t st = as_stream(m_.stream_);
+    const int64_t H = c.embedding_length, V = c.vocab_size;
+    for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i) {
+        const Segment& g = batch_->segs[i];
+        const int64_t first = g.all_logits ? 0 : g.n - 1;
+        for (int64_t r0 = first; r0 < g.n; r0 += kLogitRowsPerPass) {
+            const int64_t n = std::min(kLogitRowsPerPass, g.n - r0);
+            rmsnorm(b.residual + (int64_t(row) + r0) * H, m_.dev_.output_norm, b.normed, n, H, c.rms_norm_eps, st);
+            matmul(m_.dev_.output, b.normed, n, b.logits, nullptr);
+            check(cudaMemcpyAsync(g.logits + (r0 - first) * V, b.logits, size_t(n * V) * 4, cudaMemcpyDeviceToHost, st),
+                  "cudaMemcpy");
+        }
+    }
+    check(cudaStreamSynchronize(st), "the forward pass");
+}
+
+float* CudaBackend::rows(Activation a) const {
+    switch (a) {
+        case Activation::kResidual: return m_.buf_->residual;
+        case Activation::kNormed: return m_.buf_->normed;
+        case Activation::kProj: return m_.buf_->proj;
+    }
+    return nullptr;
+}
+
+void CudaBackend::download(Activation a, float* host) {
+    const cudaStream_t st = as_stream(m_.stream_);
+    check(cudaMemcpyAsync(host, rows(a), size_t(batch_->T * m_.config().embedding_length) * 4, cudaMemcpyDeviceToHost, st),
+          "cudaMemcpy");
+    check(cudaStreamSynchronize(st), "the GPU's part of the forward before a hand-over to the CPU");
+}
+
+void CudaBackend::upload(Activation a, const float* host) {
+    check(cudaMemcpyAsync(rows(a), host, size_t(batch_->T * m_.config().embedding_length) * 4, cudaMemcpyHostToDevice,
+                          as_stream(m_.stream_)),
+          "cudaMemcpy");
+}
+
+void CudaBackend::matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias) {
+    ossrun::cuda::matmul(matmul_args(W, x, n, y, bias), as_stream(m_.stream_));
+    m_.weight_bytes_read_ += uint64_t(W.rows) * W.row_bytes;
+}
+
+void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias) {
+    ExpertMatmulArgs a;
+    a.W = W;
+    a.idx = m_.buf_->expert_idx;
+    a.n_pairs = batch_->T * m_.config().expert_used_count;
+    a.x = x;
+    a.ldx = ldx;
+    a.x_div = x_div;
+    a.y = y;
+    a.ldy = W.rows;
+    a.bias = bias;
+    expert_matmul(a, as_stream(m_.stream_));
+    m_.weight_bytes_read_ += uint64_t(a.n_pairs) * uint64_t(W.rows) * W.row_bytes;
+}
+
+}  // namespace ossrun::cuda

@@ -1,0 +1,62 @@
+// One chunk's activations on the device, carved from one block (device_model.h's DeviceModel
+// owns it; cuda_backend.cpp's ops read and write it). Plain C++: pointers only.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "../csrc/config.h"
+#include "device_model.h"
+
+namespace ossrun::cuda {
+
+inline size_t aligned(size_t n) { return (n + kUploadAlign - 1) / kUploadAlign * kUploadAlign; }
+
+// Bump allocation of one device block, each piece aligned; with base 0 it only counts.
+struct Carver {
+    uintptr_t base;
+    size_t used = 0;
+    template <class T>
+    T* take(size_t n) {
+        T* p = reinterpret_cast<T*>(base + used);
+        used += aligned(n * sizeof(T));
+        return p;
+    }
+};
+
+// The activations of one chunk of up to max_chunk tokens, carved from one device block.
+struct DeviceBuffers {
+    float *residual, *normed, *q, *k, *v, *attn, *proj, *router_logits, *expert_weight;
+    float *gate, *up, *h, *expert_y, *logits, *theta;
+    int32_t* expert_idx;
+    int64_t* positions;
+    void* block = nullptr;
+    size_t bytes = 0;
+
+    // With memory == nullptr only counts (device_scratch_bytes).
+    DeviceBuffers(const ModelConfig& c, int64_t max_chunk, void* memory) {
+        const size_t T = size_t(max_chunk), H = size_t(c.embedding_length), I = size_t(c.expert_feed_forward_length);
+        const size_t P = T * size_t(c.expert_used_count), Q = size_t(c.q_width()), KV = size_t(c.kv_width());
+        Carver m{reinterpret_cast<uintptr_t>(memory)};
+        residual = m.take<float>(T * H);
+        normed = m.take<float>(T * H);
+        q = m.take<float>(T * Q);
+        k = m.take<float>(T * KV);
+        v = m.take<float>(T * KV);
+        attn = m.take<float>(T * Q);
+        proj = m.take<float>(T * H);
+        router_logits = m.take<float>(T * size_t(c.expert_count));
+        expert_weight = m.take<float>(P);
+        expert_idx = m.take<int32_t>(P);
+        gate = m.take<float>(P * I);
+        up = m.take<float>(P * I);
+        h = m.take<float>(P * I);
+        expert_y = m.take<float>(P * H);
+        logits = m.take<float>(size_t(kLogitRowsPerPass) * size_t(c.vocab_size));
+        theta = m.take<float>(size_t(c.key_length / 2));
+        positions = m.take<int64_t>(T);
+        bytes = m.used;
+        block = memory;
+    }
+};
+
+}  // namespace ossrun::cuda
