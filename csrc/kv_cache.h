@@ -22,7 +22,10 @@ public:
     // Rollback depth a sliding layer survives without a replay.
     static constexpr int64_t kRollbackMargin = 1024;
 
-    KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type = KvType::F32);
+    // Holds the layers layer_begin .. layer_end - 1 (default: all); the others have no slots (a
+    // device session's cache for the layers that run on the CPU).
+    KvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type = KvType::F32,
+            int64_t layer_begin = 0, int64_t layer_end = -1);
 
     int64_t n_ctx() const { return n_ctx_; }
     KvType type() const { return type_; }
@@ -38,8 +41,11 @@ public:
     // Writes position pos: k_row and v_row are [n_kv * d] (K after RoPE), converted to type().
     void store(int64_t layer, int64_t pos, const float* k_row, const float* v_row);
 
-    // True when every layer still holds the keys a query at position n would read below n.
+    // True when every layer held still has the keys a query at position n would read below n.
     bool can_resume_at(int64_t n) const;
+    // Fills every held slot of positions 0 .. n - 1 with pseudo-random keys and values (for
+    // benchmarks at depth: attention's cost does not depend on them).
+    void fill_synthetic(int64_t n);
     void clear();
     size_t bytes() const;
     // Writes every page of the cache now (contents meaningless: no slot is marked held by it),

@@ -97,19 +97,7 @@ void Session::step(const SessionStep* steps, size_t n_steps, Scratch& scratch) {
 void Session::fill_synthetic(int64_t n) {
     if (n < 0 || n > n_ctx()) throw std::out_of_range("fill_synthetic: n outside [0, n_ctx]");
     reset();
-    const ModelConfig& c = model_->config();
-    const int64_t w = c.kv_width();
-    std::vector<float> k(static_cast<size_t>(w)), v(static_cast<size_t>(w));
-    uint32_t state = 12345u;
-    auto next = [&] {  // uniform in [-1, 1): an LCG is plenty for values nobody reads
-        state = state * 1664525u + 1013904223u;
-        return float(int32_t(state)) * (1.0f / 2147483648.0f);
-    };
-    for (int64_t l = 0; l < c.block_count; ++l)
-        for (int64_t p = std::max<int64_t>(0, n - kv_.capacity(l)); p < n; ++p) {
-            for (int64_t i = 0; i < w; ++i) k[size_t(i)] = next(), v[size_t(i)] = next();
-            kv_.store(l, p, k.data(), v.data());
-        }
+    kv_.fill_synthetic(n);
     tokens_.assign(size_t(n), 0);
 }
 

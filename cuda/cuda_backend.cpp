@@ -14,6 +14,12 @@ namespace {
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 }  // namespace
 
+const LayerWeights& CudaBackend::on_gpu(int64_t layer) const {
+    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    if (!w.attn_norm) throw std::logic_error("layer " + std::to_string(layer) + " is not on the GPU");
+    return w;
+}
+
 void CudaBackend::begin(const Batch& batch) {
     if (batch.T < 1 || batch.T > DeviceSession::kMaxChunk) throw std::invalid_argument("forward: chunk size out of range");
     batch_ = &batch;
@@ -40,7 +46,7 @@ void CudaBackend::embed() {
 }
 
 void CudaBackend::norm(int64_t layer, LayerNorm which) {
-    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    const LayerWeights& w = on_gpu(layer);
     const ModelConfig& c = m_.config();
     rmsnorm(m_.buf_->residual, which == LayerNorm::kAttention ? w.attn_norm : w.post_attention_norm, m_.buf_->normed,
             batch_->T, c.embedding_length, c.rms_norm_eps, as_stream(m_.stream_));
@@ -48,7 +54,7 @@ void CudaBackend::norm(int64_t layer, LayerNorm which) {
 
 void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
     const ModelConfig& c = m_.config();
-    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
+    const LayerWeights& w = on_gpu(layer);
     DeviceBuffers& b = *m_.buf_;
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;

@@ -28,6 +28,7 @@ public:
 
 private:
     float* rows(Activation a) const;
+    const LayerWeights& on_gpu(int64_t layer) const;  // its device views; logic_error if on the CPU
     // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted.
     void matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias);
     // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias.

@@ -7,6 +7,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -28,6 +29,14 @@ int64_t n_cpu_moe_arg(const Model& host, int64_t n_cpu_moe) {
     return n_cpu_moe;
 }
 
+// gpu_layers (None: all) as the first layer that runs on the GPU.
+int64_t first_gpu_layer_arg(const Model& host, const std::optional<int64_t>& gpu_layers) {
+    const int64_t L = host.config().block_count;
+    if (gpu_layers && (*gpu_layers < 1 || *gpu_layers > L))
+        throw py::value_error("gpu_layers must be in [1, " + std::to_string(L) + "]");
+    return gpu_layers ? L - *gpu_layers : 0;
+}
+
 }  // namespace
 
 void bind_device_model(py::module_& m) {
@@ -41,38 +50,45 @@ void bind_device_model(py::module_& m) {
     });
     m.attr("HAS_DEVICE_MODEL") = true;
 
-    m.def("device_upload_layout", [](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
+    m.def("device_upload_layout", [](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
         // [(tensor name, arena offset, bytes)] and the arena's size: what DeviceModel uploads.
-        const UploadLayout lay = upload_layout(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe));
+        const UploadLayout lay = upload_layout(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe),
+                                               first_gpu_layer_arg(*host, gpu_layers));
         py::list items;
         for (const UploadItem& it : lay.items) items.append(py::make_tuple(it.name, it.offset, it.bytes));
         return py::make_tuple(items, lay.total);
-    }, py::arg("host"), py::arg("n_cpu_moe"));
-    m.def("device_unsupported_weight", [](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
-        return unsupported_device_weight(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe));
-    }, py::arg("host"), py::arg("n_cpu_moe"), "'' when the CUDA kernels read every uploaded matrix's type");
+    }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none());
+    m.def("device_unsupported_weight", [](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
+        return unsupported_device_weight(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe),
+                                         first_gpu_layer_arg(*host, gpu_layers));
+    }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
+       "'' when the CUDA kernels read every uploaded matrix's type");
     m.def("device_scratch_bytes", [](std::shared_ptr<Model> host) {
         return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk);
     }, py::arg("host"));
-    m.def("device_kv_bytes", [](std::shared_ptr<Model> host, int64_t n_ctx, const std::string& kv_type) {
+    m.def("device_kv_bytes", [](std::shared_ptr<Model> host, int64_t n_ctx, const std::string& kv_type,
+                                std::optional<int64_t> gpu_layers) {
         if (n_ctx < 1) throw py::value_error("n_ctx must be positive");
-        return kv_cache_bytes(host->config(), n_ctx, DeviceSession::kMaxChunk, kv_type_arg(kv_type));
-    }, py::arg("host"), py::arg("n_ctx"), py::arg("kv_type"));
+        return kv_cache_bytes(host->config(), n_ctx, DeviceSession::kMaxChunk, kv_type_arg(kv_type),
+                              first_gpu_layer_arg(*host, gpu_layers));
+    }, py::arg("host"), py::arg("n_ctx"), py::arg("kv_type"), py::arg("gpu_layers") = py::none());
 
     py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
-        .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe) {
+        .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
                  n_cpu_moe_arg(*host, n_cpu_moe);
-                 return released([&] { return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe); });
+                 const int64_t n_gpu = host->config().block_count - first_gpu_layer_arg(*host, gpu_layers);
+                 return released([&] { return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe, n_gpu); });
              }),
-             py::arg("host"), py::arg("n_cpu_moe"))
+             py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none())
         .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })
         .def_property_readonly("threads", [](const DeviceModel& d) { return d.host().threads(); })
         .def_property_readonly("uses_i16", [](const DeviceModel& d) { return d.n_cpu_moe() > 0 && d.host().uses_i16(); })
         .def_property_readonly("n_cpu_moe", &DeviceModel::n_cpu_moe)
+        .def_property_readonly("gpu_layers", &DeviceModel::gpu_layers)
         .def_property_readonly("weight_bytes_on_device", &DeviceModel::weight_bytes_on_device)
         .def_property_readonly("weight_bytes_read", &DeviceModel::weight_bytes_read)
         .def_property_readonly("part_seconds", [](const DeviceModel& d) {
-            // The CPU backend's parts (its MoE blocks); the GPU's time is not split by part.
+            // The CPU backend's parts (its layers and MoE blocks); the GPU's time is not split by part.
             py::dict out;
             for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.host().part_seconds(Part(p));
             return out;
@@ -92,7 +108,7 @@ void bind_device_model(py::module_& m) {
         .def("commit_kv", [](DeviceSession&) {});  // device memory is allocated whole at creation
     bind_session_common(session);
 
-    // Batch's face over device sessions: each session's rows in turn (not one stacked forward yet).
+    // Batch's face over device sessions: one stacked forward a step.
     struct DeviceBatch {
         std::shared_ptr<DeviceModel> model;
         int64_t rows;

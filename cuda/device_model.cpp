@@ -1,6 +1,6 @@
 // The device model's host side (device_model.h): the upload layout, the weights' one copy to the
 // GPU, and the forward: forward_pass (csrc/forward.h) on the CUDA backend (cuda_backend.h), the
-// MoE blocks of the first n_cpu_moe layers on the CPU backend.
+// first layers and the MoE blocks of the first n_cpu_moe layers on the CPU backend.
 #include "device_model.h"
 
 #include <algorithm>
@@ -46,10 +46,10 @@ void* device_alloc(size_t bytes, const std::string& what) {
 
 // ---------------------------------------------------------------- layout and sizes
 
-UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe) {
+UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe, int64_t first_gpu_layer) {
     UploadLayout out;
     ModelWeights w = host;  // for_each_device_tensor may repoint fields; this copy is only read
-    for_each_device_tensor(w, c, n_cpu_moe, [&](const std::string& name, auto& field, size_t bytes) {
+    for_each_device_tensor(w, c, n_cpu_moe, first_gpu_layer, [&](const std::string& name, auto& field, size_t bytes) {
         UploadItem it;
         it.name = name;
         it.host = reinterpret_cast<const uint8_t*>(field);
@@ -61,10 +61,11 @@ UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64
     return out;
 }
 
-std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe) {
+std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
+                                      int64_t first_gpu_layer) {
     auto bad = [](const Matrix& m) { return !has_weight_element(m.type); };
     if (bad(host.output)) return std::string("output.weight is ") + dtype_name(host.output.type);
-    for (size_t l = 0; l < host.layers.size(); ++l) {
+    for (size_t l = size_t(first_gpu_layer); l < host.layers.size(); ++l) {
         const LayerWeights& L = host.layers[l];
         const std::string p = "blk." + std::to_string(l) + ".";
         const std::pair<const char*, const Matrix*> dense[] = {
@@ -88,12 +89,15 @@ size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk) {
 
 // ---------------------------------------------------------------- the model
 
-DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe)
+DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers)
     : host_(std::move(host)),
-      n_cpu_moe_(std::clamp<int64_t>(n_cpu_moe, 0, host_->config().block_count)),
+      first_gpu_layer_(host_->config().block_count - gpu_layers),
+      n_cpu_moe_(std::clamp<int64_t>(std::max(n_cpu_moe, first_gpu_layer_), 0, host_->config().block_count)),
       host_scratch_(host_->config(), DeviceSession::kMaxChunk) {
     const ModelConfig& c = config();
-    const std::string bad = unsupported_device_weight(host_->weights(), c, n_cpu_moe_);
+    if (gpu_layers < 1 || gpu_layers > c.block_count)
+        throw std::invalid_argument("gpu_layers must be in [1, " + std::to_string(c.block_count) + "]");
+    const std::string bad = unsupported_device_weight(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
     if (!bad.empty())
         throw std::invalid_argument("the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 weights; " + bad);
     if (c.key_length > kMaxHeadDim) throw std::invalid_argument("the CUDA attention takes head dimensions up to 256");
@@ -102,7 +106,7 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe)
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     stream_ = stream;
     try {
-        layout_ = upload_layout(host_->weights(), c, n_cpu_moe_);
+        layout_ = upload_layout(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
         arena_ = device_alloc(layout_.total, "the weights");
         uint8_t* base = static_cast<uint8_t*>(arena_);
         // One copy each, straight from the memory map (pageable: no pinned copy of the weights).
@@ -110,11 +114,12 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe)
             check(cudaMemcpy(base + it.offset, it.host, it.bytes, cudaMemcpyHostToDevice), "uploading the weights");
         dev_ = host_->weights();
         size_t i = 0;
-        for_each_device_tensor(dev_, c, n_cpu_moe_, [&](const std::string&, auto& field, size_t) {
+        for_each_device_tensor(dev_, c, n_cpu_moe_, first_gpu_layer_, [&](const std::string&, auto& field, size_t) {
             field = reinterpret_cast<std::remove_reference_t<decltype(field)>>(base + layout_.items[i++].offset);
         });
         dev_.token_embd.data = nullptr;  // stays on the host
-        for (int64_t l = 0; l < n_cpu_moe_; ++l) {  // their MoE blocks run on the CPU
+        for (int64_t l = 0; l < first_gpu_layer_; ++l) dev_.layers[size_t(l)] = LayerWeights{};  // on the CPU
+        for (int64_t l = first_gpu_layer_; l < n_cpu_moe_; ++l) {  // their MoE blocks run on the CPU
             LayerWeights& L = dev_.layers[size_t(l)];
             L.router.data = L.gate_exps.data = L.up_exps.data = L.down_exps.data = nullptr;
             L.router_b = L.gate_exps_b = L.up_exps_b = L.down_exps_b = nullptr;
@@ -141,18 +146,6 @@ DeviceModel::~DeviceModel() {
     cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
-void DeviceModel::forward(DeviceKvCache& kv, const int32_t* tokens, int64_t T, int64_t pos0, float* logits,
-                          bool all_logits) {
-    Segment seg;
-    seg.device_kv = &kv;
-    seg.tokens = tokens;
-    seg.n = T;
-    seg.pos0 = pos0;
-    seg.logits = logits;
-    seg.all_logits = all_logits;
-    forward_batch(&seg, 1);
-}
-
 void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
     if (n_segs < 1) throw std::invalid_argument("forward: no segments");
     const int64_t V = config().vocab_size;
@@ -160,6 +153,7 @@ void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
     for (size_t i = 0; i < n_segs; ++i) {
         const Segment& g = segs[i];
         if (!g.device_kv || !g.tokens || !g.logits || g.n < 1) throw std::invalid_argument("forward: empty segment");
+        if (first_gpu_layer_ > 0 && !g.kv) throw std::invalid_argument("forward: a segment without its CPU layers' cache");
         if (g.pos0 < 0 || g.pos0 + g.n > g.device_kv->n_ctx()) throw std::invalid_argument("forward: context overflow");
         for (size_t j = 0; j < i; ++j)
             if (segs[j].device_kv == g.device_kv) throw std::invalid_argument("forward: two segments share one KV cache");
@@ -171,12 +165,13 @@ void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
     }
     if (batch.T > DeviceSession::kMaxChunk) throw std::invalid_argument("forward: chunk size out of range");
     std::lock_guard<std::mutex> lock(mutex_);
-    // Every layer's attention on the GPU; the MoE blocks of the first n_cpu_moe layers on the CPU
-    // backend, over the host model's experts in RAM.
+    // The first layers wholly on the CPU backend, the others' attention on the GPU; the MoE
+    // blocks of the first n_cpu_moe layers on the CPU, over the host model's experts in RAM.
     CudaBackend gpu(*this);
     CpuBackend cpu(*host_, host_scratch_);
     ForwardPlan plan = ForwardPlan::on(gpu, config().block_count);
     for (int64_t l = 0; l < n_cpu_moe_; ++l) plan.layers[size_t(l)].moe = &cpu;
+    for (int64_t l = 0; l < first_gpu_layer_; ++l) plan.layers[size_t(l)].attention = &cpu;
     forward_pass(config(), batch, plan, nullptr);
 }
 

@@ -21,18 +21,18 @@ namespace ossrun::cuda {
 
 constexpr size_t kUploadAlign = 256;  // every tensor's offset in the arena (cudaMalloc's alignment)
 
-// Calls f(name, field, bytes) for every tensor a device model with n_cpu_moe CPU-MoE layers
-// copies to the GPU, in arena order: the output norm and matrix, then per layer its norms,
-// attention weights and sinks and, for layers >= n_cpu_moe, its MoE block (router and experts
-// with their biases). `field` is the weight view's pointer (Matrix::data or a const float*),
+// Calls f(name, field, bytes) for every tensor a device model copies to the GPU whose layers
+// first_gpu_layer .. L - 1 run there, with the MoE blocks of the layers below n_cpu_moe on the
+// CPU; in arena order: the output norm and matrix, then per GPU layer its norms, attention weights
+// and sinks and, for layers >= n_cpu_moe, its MoE block (router and experts with their biases). `field` is the weight view's pointer (Matrix::data or a const float*),
 // which f may repoint. The token embedding stays on the host (one row per token is read).
 template <class F>
-void for_each_device_tensor(ModelWeights& w, const ModelConfig& c, int64_t n_cpu_moe, F&& f) {
+void for_each_device_tensor(ModelWeights& w, const ModelConfig& c, int64_t n_cpu_moe, int64_t first_gpu_layer, F&& f) {
     const size_t H = size_t(c.embedding_length), E = size_t(c.expert_count);
     const size_t I = size_t(c.expert_feed_forward_length), Q = size_t(c.q_width()), KV = size_t(c.kv_width());
     f(std::string("output_norm.weight"), w.output_norm, 4 * H);
     f(std::string("output.weight"), w.output.data, w.output.total_bytes());
-    for (size_t l = 0; l < w.layers.size(); ++l) {
+    for (size_t l = size_t(first_gpu_layer); l < w.layers.size(); ++l) {
         LayerWeights& L = w.layers[l];
         const std::string p = "blk." + std::to_string(l) + ".";
         f(p + "attn_norm.weight", L.attn_norm, 4 * H);
@@ -71,11 +71,12 @@ struct UploadLayout {
 };
 
 // Where each tensor of for_each_device_tensor lies in the arena (host logic, tested without a GPU).
-UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe);
+UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe, int64_t first_gpu_layer);
 
 // The weight types the CUDA kernels read (csrc/weight_element.h); "" when every matrix the
 // device model uploads has one, else a sentence naming the first that does not.
-std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe);
+std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
+                                      int64_t first_gpu_layer);
 
 // Device bytes of one forward's activations for chunks of up to max_chunk tokens (placement.py's
 // scratch_bytes bounds it), and of a KV cache (placement.py's kv_cache_bytes, summed).
@@ -87,13 +88,15 @@ constexpr int64_t kLogitRowsPerPass = 8;
 
 // Slots of `layer`: n_ctx on full layers, the sliding ring of csrc/kv_cache.cpp on sliding ones.
 int64_t kv_capacity(const ModelConfig& c, int64_t layer, int64_t n_ctx, int64_t max_chunk);
-size_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type);
+// Of the layers first_gpu_layer .. L - 1, which the device cache holds.
+size_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type, int64_t first_gpu_layer);
 
 // K (after RoPE) and V per layer, each [cap][n_kv][d] of `type` in device memory, and on the host
 // which position each slot holds (csrc/kv_cache.h's rules for resuming after a truncation).
 class DeviceKvCache {
 public:
-    DeviceKvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type);
+    // The layers first_gpu_layer .. L - 1 (the others: no slots, their K/V are the CPU's).
+    DeviceKvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type, int64_t first_gpu_layer);
     ~DeviceKvCache();
     DeviceKvCache(const DeviceKvCache&) = delete;
     DeviceKvCache& operator=(const DeviceKvCache&) = delete;
@@ -127,9 +130,11 @@ struct DeviceBuffers;  // one chunk's activations on the device (device_model.cp
 
 class DeviceModel {
 public:
-    // Uploads the weights (a CudaError naming the bytes when the device memory is short) and
-    // allocates the activations. host must outlive nothing: the device model keeps it.
-    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe);
+    // The last gpu_layers layers (1 .. L) run on the GPU, the first L - gpu_layers wholly on the
+    // CPU backend (llama.cpp's -ngl), and the MoE blocks of the first n_cpu_moe layers too
+    // (--n-cpu-moe; at least those CPU layers'). Uploads the weights (a CudaError naming the bytes
+    // when the device memory is short) and allocates the activations. The device model keeps host.
+    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
     DeviceModel& operator=(const DeviceModel&) = delete;
@@ -137,24 +142,24 @@ public:
     const ModelConfig& config() const { return host_->config(); }
     Model& host() const { return *host_; }
     int64_t n_cpu_moe() const { return n_cpu_moe_; }
+    int64_t gpu_layers() const { return config().block_count - first_gpu_layer_; }
+    int64_t first_gpu_layer() const { return first_gpu_layer_; }
     size_t weight_bytes_on_device() const { return layout_.total; }
     const UploadLayout& layout() const { return layout_; }
     // Weight bytes read by the GPU's matmuls since load (each routed pair's expert counted, which
     // is each expert once for a decode step) plus the CPU backend's.
     uint64_t weight_bytes_read() const { return weight_bytes_read_ + host_->weight_bytes_read(); }
 
-    // As Model::forward, on the device: T <= max_chunk tokens at positions pos0 .. pos0 + T - 1,
-    // their K/V appended to kv; logits [T, V] when all_logits, else the last token's [V] (host).
-    void forward(DeviceKvCache& kv, const int32_t* tokens, int64_t T, int64_t pos0, float* logits,
-                 bool all_logits);
-    // As Model::forward_batch: several sequences' rows stacked (at most kMaxChunk in all), each
-    // segment with its own device_kv; every matmul and expert reads its weights once for all.
+    // As Model::forward_batch, on the device: several sequences' rows stacked (at most kMaxChunk
+    // in all), each segment with its own device_kv (and kv, for the layers on the CPU); every
+    // matmul and expert reads its weights once for all. Logits go to host memory.
     void forward_batch(const Segment* segs, size_t n_segs);
 
 private:
     friend class CudaBackend;  // the ops of a forward on this model's arena, buffers and stream
 
     std::shared_ptr<Model> host_;
+    int64_t first_gpu_layer_;
     int64_t n_cpu_moe_;
     UploadLayout layout_;
     ModelWeights dev_;         // views of the arena (layers >= n_cpu_moe have their MoE weights)
@@ -192,12 +197,12 @@ public:
     int64_t n_past() const { return int64_t(tokens_.size()); }
     int64_t n_ctx() const { return kv_.n_ctx(); }
     const std::vector<int32_t>& tokens() const { return tokens_; }
-    size_t kv_bytes() const { return kv_.bytes(); }
+    size_t kv_bytes() const { return kv_.bytes() + (host_kv_ ? host_kv_->bytes() : 0); }
     KvType kv_type() const { return kv_.type(); }
     int64_t vocab_size() const { return model_->config().vocab_size; }
     void prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits);
     void truncate(int64_t n);
-    bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && kv_.can_resume_at(n)); }
+    bool truncates_in_place(int64_t n) const { return n == 0 || (n <= n_past() && can_resume_at(n)); }
     void reset();
     void fill_synthetic(int64_t n);
     // One forward over several sessions of one model (continuous batching), each appending its
@@ -205,8 +210,12 @@ public:
     static void step(const DeviceSessionStep* steps, size_t n_steps);
 
 private:
+    bool can_resume_at(int64_t n) const { return kv_.can_resume_at(n) && (!host_kv_ || host_kv_->can_resume_at(n)); }
+    Segment segment(const int32_t* ids, int64_t n, float* logits, bool all_logits);
+
     std::shared_ptr<DeviceModel> model_;
     DeviceKvCache kv_;
+    std::unique_ptr<KvCache> host_kv_;  // the layers that run on the CPU, when there are any
     std::vector<int32_t> tokens_;
 };
 

@@ -9,7 +9,22 @@
 namespace ossrun::cuda {
 
 DeviceSession::DeviceSession(std::shared_ptr<DeviceModel> model, int64_t n_ctx, KvType kv_type)
-    : model_(std::move(model)), kv_(model_->config(), n_ctx, kMaxChunk, kv_type) {}
+    : model_(std::move(model)), kv_(model_->config(), n_ctx, kMaxChunk, kv_type, model_->first_gpu_layer()) {
+    if (model_->first_gpu_layer() > 0)
+        host_kv_ = std::make_unique<KvCache>(model_->config(), n_ctx, kMaxChunk, kv_type, 0, model_->first_gpu_layer());
+}
+
+Segment DeviceSession::segment(const int32_t* ids, int64_t n, float* logits, bool all_logits) {
+    Segment g;
+    g.kv = host_kv_.get();
+    g.device_kv = &kv_;
+    g.tokens = ids;
+    g.n = n;
+    g.pos0 = n_past();
+    g.logits = logits;
+    g.all_logits = all_logits;
+    return g;
+}
 
 void DeviceSession::prefill(const int32_t* ids, int64_t n, float* logits, bool all_logits) {
     if (n < 1) throw std::invalid_argument("prefill needs at least one token");
@@ -24,7 +39,8 @@ void DeviceSession::prefill(const int32_t* ids, int64_t n, float* logits, bool a
     for (int64_t done = 0; done < n;) {
         const int64_t T = std::min(kMaxChunk, n - done);
         float* out = all_logits ? logits + done * V : logits;  // else the final chunk's last row stays
-        model_->forward(kv_, ids + done, T, n_past(), out, all_logits);
+        const Segment g = segment(ids + done, T, out, all_logits);
+        model_->forward_batch(&g, 1);
         kv_.mark_held(n_past(), T);
         tokens_.insert(tokens_.end(), ids + done, ids + done + T);
         done += T;
@@ -36,7 +52,7 @@ void DeviceSession::truncate(int64_t n) {
         throw std::out_of_range("truncate(" + std::to_string(n) + ") outside [0, n_past = " +
                                 std::to_string(n_past()) + "]");
     tokens_.resize(size_t(n));
-    if (n == 0 || kv_.can_resume_at(n)) return;
+    if (n == 0 || can_resume_at(n)) return;
     std::vector<int32_t> kept = std::move(tokens_);  // a sliding ring lost keys: rebuild
     reset();
     std::vector<float> last(static_cast<size_t>(vocab_size()));
@@ -56,12 +72,7 @@ void DeviceSession::step(const DeviceSessionStep* steps, size_t n_steps) {
             throw std::length_error("context overflow: " + std::to_string(s.n_past()) + " + " + std::to_string(st.n) +
                                     " tokens exceed n_ctx = " + std::to_string(s.n_ctx()));
         total += st.n;
-        segs[i].device_kv = &s.kv_;
-        segs[i].tokens = st.ids;
-        segs[i].n = st.n;
-        segs[i].pos0 = s.n_past();
-        segs[i].logits = st.logits;
-        segs[i].all_logits = st.all_logits;
+        segs[i] = s.segment(st.ids, st.n, st.logits, st.all_logits);
     }
     if (total > kMaxChunk)
         throw std::invalid_argument("step: " + std::to_string(total) + " tokens exceed one chunk of " +
@@ -77,12 +88,14 @@ void DeviceSession::step(const DeviceSessionStep* steps, size_t n_steps) {
 void DeviceSession::reset() {
     tokens_.clear();
     kv_.clear();
+    if (host_kv_) host_kv_->clear();
 }
 
 void DeviceSession::fill_synthetic(int64_t n) {
     if (n < 0 || n > n_ctx()) throw std::out_of_range("fill_synthetic: n outside [0, n_ctx]");
     reset();
     kv_.fill_synthetic(n);
+    if (host_kv_) host_kv_->fill_synthetic(n);
     tokens_.assign(size_t(n), 0);
 }
 

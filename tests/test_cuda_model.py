@@ -48,17 +48,20 @@ def tensor_bytes(m) -> dict:
 # --------------------------------------------------------------------------- host logic (no GPU)
 
 
+@pytest.mark.parametrize("gpu_layers", [None, 1])
 @pytest.mark.parametrize("n_cpu_moe", [0, 1, "all"])
-def test_upload_layout_is_the_plans_gpu_part(fx, n_cpu_moe):
+def test_upload_layout_is_the_plans_gpu_part(fx, n_cpu_moe, gpu_layers):
     # What DeviceModel copies to the GPU: every tensor the plan puts there, each at an aligned,
-    # non-overlapping offset with its GGUF size, and nothing else (never the token embedding).
+    # non-overlapping offset with its GGUF size, and nothing else (never the token embedding, nor
+    # anything of the layers that run on the CPU).
     m = load(fx["gguf"], precision="f32", device="cpu")
     L = m.config.block_count
     n = L if n_cpu_moe == "all" else n_cpu_moe
-    items, total = _core.device_upload_layout(m._core, n)
+    first = 0 if gpu_layers is None else L - gpu_layers
+    items, total = _core.device_upload_layout(m._core, n, gpu_layers)
     names = [name for name, _, _ in items]
     want = ["output_norm.weight", "output.weight"]
-    for layer in range(L):
+    for layer in range(first, L):
         want += [f"blk.{layer}.{t}" for t in DENSE + (MOE if layer >= n else ())]
     assert names == want
     sizes = tensor_bytes(m)
@@ -68,10 +71,11 @@ def test_upload_layout_is_the_plans_gpu_part(fx, n_cpu_moe):
         assert offset % ALIGN == 0 and offset >= end, name
         end = offset + nbytes
     assert end <= total < end + ALIGN
-    plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=n_cpu_moe)
-    assert plan.gpu_layers == L and plan.n_cpu_moe == n
+    plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, gpu_layers=gpu_layers, cpu_moe=n_cpu_moe)
+    assert plan.gpu_layers == L - first and plan.n_cpu_moe == max(n, first)
     kv = sum(p.bytes for p in plan.parts if p.kind == "kv_cache" and p.device == "cuda")
     assert sum(b for _, _, b in items) == plan.bytes_on("cuda") - kv
+    assert _core.device_kv_bytes(m._core, m.n_ctx, "f32", gpu_layers) == kv
 
 
 @pytest.mark.parametrize("kv_type", ["f32", "f16", "bf16"])
@@ -105,20 +109,32 @@ def fake_status(free: int) -> CudaStatus:
                       free_bytes=free, total_bytes=free)
 
 
-def test_a_plan_that_keeps_layers_on_the_cpu_is_refused(fx, monkeypatch):
+def test_a_plan_with_no_layer_on_the_gpu_is_refused(fx, monkeypatch):
     m = load(fx["gguf"], precision="f32", device="cpu")
     monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(placement.DEFAULT_RESERVE))
-    with pytest.raises(DeviceError, match="runs every layer on the GPU"):
+    with pytest.raises(DeviceError, match="none of the .* layers on the GPU.*too little VRAM"):
         device_load.place_on_gpu(m, explicit=True)
     core, why = device_load.place_on_gpu(m, explicit=False)  # auto: the CPU, and why
-    assert core is None and "runs every layer on the GPU" in why
-    monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(2**40))
-    m.gpu_layers = 1
+    assert core is None and "none of the" in why
+    m.gpu_layers = 0
     try:
-        with pytest.raises(DeviceError, match=r"keeps \d+ on the CPU"):
-            device_load.place_on_gpu(m, explicit=True)
+        why = device_load.check_plan(m, device_load.device_plan(m, 2**40))
+        assert "none of the" in why and "gpu_layers=0" in why
+        m.gpu_layers = 1  # the other layers on the CPU backend: a plan the device model runs
+        plan = device_load.device_plan(m, 2**40)
+        assert plan.gpu_layers == 1 and device_load.check_plan(m, plan) == ""
     finally:
         m.gpu_layers = None
+
+
+def test_gpu_layers_out_of_range_are_refused_by_the_core(fx):
+    m = load(fx["gguf"], precision="f32", device="cpu")
+    L = m.config.block_count
+    for bad in (0, L + 1):
+        with pytest.raises(ValueError, match="gpu_layers must be in"):
+            _core.device_upload_layout(m._core, 0, bad)
+        with pytest.raises(ValueError, match="gpu_layers must be in"):
+            _core.device_kv_bytes(m._core, 100, "f32", bad)
 
 
 @pytest.mark.skipif(STATUS.available, reason="needs a machine where CUDA cannot start")
@@ -197,6 +213,32 @@ def test_hybrid_cpu_experts_equal_the_cpu(fx, n_cpu_moe):
 
 
 @needs_device
+@pytest.mark.parametrize("gpu_layers, n_cpu_moe", [(1, 0), (1, "all")])
+def test_first_layers_on_the_cpu_equal_the_cpu(fx, gpu_layers, n_cpu_moe):
+    # The first layers wholly on the CPU backend (their KV cache in RAM), the rest on the GPU:
+    # prefill, then decode token by token across the hand-over.
+    m = gpu(fx["gguf"], precision="f32", gpu_layers=gpu_layers, cpu_moe=n_cpu_moe)
+    assert m.plan.gpu_layers == gpu_layers and m._core.gpu_layers == gpu_layers
+    toks = fx["tokens"]
+    assert rel_err(m.logits(toks), fx["gold"]) < TOL
+    s = m.session()
+    rows = [s.prefill(toks[:3], all_logits=True)] + [s.decode(int(t))[None] for t in toks[3:]]
+    assert rel_err(np.concatenate(rows), fx["gold"]) < TOL
+
+
+@needs_device
+def test_split_session_truncates_past_the_ring_on_the_gpu(fixtures_dir):
+    path = fixtures_dir / "tiny-w4" / "tiny.gguf"
+    toks = np.random.default_rng(5).integers(0, 256, 1400).astype(np.int32)
+    cpu = load(path, precision="f32", device="cpu").logits(toks)
+    s = gpu(path, precision="f32", gpu_layers=1).session(n_ctx=2048)
+    s.prefill(toks)
+    assert not s.truncates_in_place(100)  # both caches' sliding rings lost those keys
+    s.truncate(100)
+    assert rel_err(s.prefill(toks[100:110]), cpu[109]) < TOL
+
+
+@needs_device
 def test_long_prompt_and_truncation_past_the_ring_on_the_gpu(fixtures_dir):
     # tiny-w4's sliding ring holds 4 - 1 + 256 + 1024 positions: 1400 tokens wrap it, and
     # truncating to 100 must replay the kept tokens (as the CPU session does).
@@ -239,15 +281,15 @@ def test_batch_and_generate_on_the_gpu(fixtures_dir):
 
 
 @needs_device
-@pytest.mark.parametrize("n_cpu_moe", [0, 1])
-def test_stacked_steps_equal_each_sessions_own_on_the_gpu(fixtures_dir, n_cpu_moe):
+@pytest.mark.parametrize("n_cpu_moe, gpu_layers", [(0, None), (1, None), (0, 1)])
+def test_stacked_steps_equal_each_sessions_own_on_the_gpu(fixtures_dir, n_cpu_moe, gpu_layers):
     # One stacked forward over three sessions at different depths (each its own cache and
     # positions; one of them a 5-token chunk) gives each the logits of its own prefill.
     from ossrun.batch import Batch
 
     path = fixtures_dir / "tiny-w4" / "tiny.gguf"
     toks = np.random.default_rng(11).integers(0, 256, 300).astype(np.int32)
-    m = gpu(path, precision="f32", cpu_moe=n_cpu_moe)
+    m = gpu(path, precision="f32", cpu_moe=n_cpu_moe, gpu_layers=gpu_layers)
     cpu = load(path, precision="f32", device="cpu").logits(toks)
     sessions = [m.session() for _ in range(3)]
     pos, lengths = [7, 130, 40], [1, 1, 5]

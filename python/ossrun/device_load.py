@@ -1,12 +1,11 @@
 """Putting a model on the GPU: the placement plan for this device's free VRAM (ossrun.placement),
 the checks the CUDA backend needs, then the core's DeviceModel, which copies the planned weights
-once from the memory map to device memory and runs the forward pass there, the experts of the
-first `n_cpu_moe` layers on the CPU backend (cuda/device_model.h).
+once from the memory map to device memory and runs the forward pass there: the last `gpu_layers`
+layers on the GPU, the first ones and the experts of the first `n_cpu_moe` layers on the CPU
+backend (cuda/device_model.h).
 
-The CUDA backend runs every layer on the GPU (with any number of CPU-MoE layers): a plan that keeps
-whole layers on the CPU (too little VRAM for the attention and dense weights of them all, or
-gpu_layers < block_count) is refused with the reason, or for device="auto" leaves the model on
-the CPU and says why.
+A plan with no layer on the GPU (gpu_layers=0, or too little VRAM for the output matrix and one
+layer) is refused with the reason, or for device="auto" leaves the model on the CPU and says why.
 """
 
 from __future__ import annotations
@@ -33,13 +32,11 @@ def device_plan(model, free_vram: int | None) -> Plan:
 def check_plan(model, plan: Plan) -> str:
     """'' when the device model can run `plan`, else why not (a sentence)."""
     L = model.config.block_count
-    if plan.gpu_layers < L:
-        why = plan.reason or f"only the last {plan.gpu_layers} of {L} layers fit"
-        return (f"the CUDA backend runs every layer on the GPU, and this plan keeps "
-                f"{L - plan.gpu_layers} on the CPU ({why}); keep the experts in RAM instead "
-                "(cpu_moe='all', --cpu-moe) or use device='cpu'")
+    if plan.gpu_layers == 0:
+        return (f"this plan puts none of the {L} layers on the GPU ({plan.reason or 'nothing fits'}); "
+                "keep the experts in RAM (cpu_moe='all', --cpu-moe) or use device='cpu'")
     # The file's own types first: what the user can change (the repack below is ossrun's doing).
-    bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe)
+    bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe, plan.gpu_layers)
     if bad:
         return f"the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 matrices, and {bad}"
     # The device model copies the CPU model's views.
@@ -70,7 +67,7 @@ def place_on_gpu(model, explicit: bool):
     if why:
         return refuse(why)
     try:
-        core = _core.DeviceModel(model._core, plan.n_cpu_moe)
+        core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers)
     except DeviceError as e:  # out of device memory, a CUDA failure: always said
         if explicit:
             raise
