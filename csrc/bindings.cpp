@@ -13,6 +13,8 @@
 
 #include "attention_split.h"
 #include "cpu/cpu_tuning.h"
+#include "cpu_backend.h"
+#include "forward.h"
 #include "cpu/machine_probe.h"
 #include "kernels.h"
 #include "model.h"
@@ -234,6 +236,44 @@ void set_layout(Matrix& W, const std::string& layout) {
 }
 
 void bind_ops(py::module_& m) {
+    m.def("forward_placed", [](std::shared_ptr<Model> model, const py::handle& ids, std::vector<int> attention,
+                               std::vector<int> moe, int output, const std::string& kv_type) {
+        // forward_pass over two CPU backends with their own activations: the hand-overs of a
+        // split placement (as the CUDA device model's) checked on any machine. A fresh cache;
+        // no other forward of the model may run meanwhile.
+        const ModelConfig& c = model->config();
+        const IdArray a = ids_arg(ids, "ids");
+        const int64_t T = a.shape(0);
+        if (T > Session::kMaxChunk) throw py::value_error("at most one chunk of ids");
+        const auto bad = [](int b) { return b != 0 && b != 1; };
+        if (int64_t(attention.size()) != c.block_count || int64_t(moe.size()) != c.block_count || bad(output))
+            throw py::value_error("attention and moe name backend 0 or 1 for each layer, output one of them");
+        for (size_t l = 0; l < attention.size(); ++l)
+            if (bad(attention[l]) || bad(moe[l])) throw py::value_error("backends are 0 and 1");
+        const KvType type = kv_type_arg(kv_type);
+        py::array_t<float> logits({T, c.vocab_size});
+        float* out = logits.mutable_data();
+        released([&] {
+            KvCache kv(c, T, Session::kMaxChunk, type);
+            Scratch s0(c, T), s1(c, T);
+            CpuBackend b0(*model, s0), b1(*model, s1);
+            Backend* backends[2] = {&b0, &b1};
+            ForwardPlan plan;
+            for (size_t l = 0; l < attention.size(); ++l)
+                plan.layers.push_back(LayerPlacement{backends[attention[l]], backends[moe[l]]});
+            plan.output = backends[output];
+            Segment seg;
+            seg.kv = &kv;
+            seg.tokens = a.data();
+            seg.n = T;
+            seg.logits = out;
+            seg.all_logits = true;
+            forward_pass(c, Batch{&seg, 1, T}, plan, nullptr);
+        });
+        return logits;
+    }, py::arg("model"), py::arg("ids"), py::arg("attention"), py::arg("moe"), py::arg("output"),
+       py::arg("kv_type") = "f32",
+       "Every position's logits of ids from a fresh cache, each layer's attention and MoE block on CPU backend 0 or 1.");
     m.def("interleave_q8_0", [](py::array_t<uint8_t, py::array::c_style> raw, int64_t rows, int64_t cols) {
         Matrix W = raw_matrix(raw, int(DType::Q8_0), rows, cols);
         set_layout(W, "q8_0x16");
