@@ -4,7 +4,8 @@
 # this checkout with CUDA for one architecture (nothing from another machine's build), runs the
 # CUDA op and device-model tests (required to run, not skip: OSSRUN_REQUIRE_CUDA), compute-
 # sanitizer's memcheck and racecheck on a subset, the kernels' rates, and the model bench on a
-# 20b-shaped file made there (load, pp512, tg128 with --device cuda and with --n-cpu-moe 12).
+# 20b-shaped file made there (load, pp512, tg128 with --device cuda, with --n-cpu-moe 12 and with
+# --gpu-layers 12).
 # Prints a summary; the whole run stays within DEVICE_CHECK_BUDGET seconds (default 470).
 #
 # Nothing can be fetched on the lent machine, so first, here:  bash tools/device_check_prepare.sh
@@ -145,6 +146,8 @@ bench_model() {
     "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --n-cpu-moe 12"
     "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
+    echo "-- --device cuda --gpu-layers 12 (the first 12 layers on the CPU)"
+    "$PY" -m ossrun bench "$MODEL" --device cuda --gpu-layers 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
 }
 
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
@@ -174,7 +177,7 @@ if [ -d "$SITE/ossrun" ]; then
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py -k "$SANITIZER_SUBSET"
         step memcheck_model 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_model.py \
-            -k "(golden and tiny-w4) or (hybrid and tiny-w4-1)"
+            -k "(golden and tiny-w4) or (hybrid and tiny-w4-1) or (first_layers and tiny-w4) or stacked"
         step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py \
             -k "(attention and q8kv2 and 80 and full_causal_decode) or (rmsnorm and 2880)"
