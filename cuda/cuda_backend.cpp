@@ -36,7 +36,7 @@ void CudaBackend::embed() {
     // The table stays in RAM: its rows are decoded on the host, then the residual is uploaded.
     const Model& host = *m_.host_;
     const int64_t H = host.config().embedding_length;
-    std::vector<float>& rows = m_.host_rows_;
+    std::vector<float>& rows = m_.embed_rows_;
     rows.resize(size_t(batch_->T * H));
     for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i)
         for (int64_t t = 0; t < batch_->segs[i].n; ++t)

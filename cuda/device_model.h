@@ -167,7 +167,7 @@ private:
     void* stream_ = nullptr;   // cudaStream_t
     std::unique_ptr<DeviceBuffers> buf_;
     Scratch host_scratch_;     // the CPU backend's, for its MoE blocks
-    std::vector<float> host_rows_;         // the embedding rows before their upload
+    std::vector<float> embed_rows_;         // the embedding rows before their upload
     std::vector<int64_t> host_positions_;  // the rows' positions before theirs
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;
