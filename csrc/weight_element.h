@@ -1,11 +1,13 @@
-// Element c of one row of a weight matrix, for each type the CUDA kernels read (F32, F16, BF16,
-// Q8_0, MXFP4; MODEL.md §4.3), for the host and CUDA devices. Byte loads only: GGUF is
-// little-endian and a Q8_0 block (34 bytes) leaves its fp16 scale 2-byte aligned at best.
+// Element c of one row of a weight matrix, for every type a model file may hold (F32, F16, BF16,
+// Q8_0, MXFP4 and the dense quants of quant_element.h; MODEL.md §4.3), for the host and CUDA
+// devices: what the CUDA kernels read. Byte loads only: GGUF is little-endian and a Q8_0 block
+// (34 bytes) leaves its fp16 scale 2-byte aligned at best.
 #pragma once
 #include <cstdint>
 
 #include "mxfp4.h"
 #include "numerics.h"
+#include "quant_element.h"
 #include "weights.h"
 
 namespace ossrun {
@@ -18,8 +20,13 @@ OSSRUN_HD inline uint32_t load_u32_le(const uint8_t* p) {
 
 // Whether weight_element() knows `type`.
 OSSRUN_HD inline bool has_weight_element(DType type) {
-    return type == DType::F32 || type == DType::F16 || type == DType::BF16 || type == DType::Q8_0 ||
-           type == DType::MXFP4;
+    switch (type) {
+        case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::MXFP4:
+        case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::IQ4_NL:
+        case DType::Q2_K: case DType::Q3_K: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+            return true;
+        default: return false;
+    }
 }
 
 // Exact float32 value of element c (0 <= c < cols) of the row starting at `row`; 0 for a type
@@ -35,6 +42,16 @@ OSSRUN_HD inline float weight_element(DType type, const uint8_t* row, int64_t c)
         }
         case DType::MXFP4:
             return mxfp4_element(row + (c / kBlockElems) * kMxfp4BlockBytes, int(c % kBlockElems));
+        case DType::Q4_0: return q4_0_element(row + (c / 32) * 18, int(c % 32));
+        case DType::Q4_1: return q4_1_element(row + (c / 32) * 20, int(c % 32));
+        case DType::Q5_0: return q5_0_element(row + (c / 32) * 22, int(c % 32));
+        case DType::Q5_1: return q5_1_element(row + (c / 32) * 24, int(c % 32));
+        case DType::IQ4_NL: return iq4_nl_element(row + (c / 32) * 18, int(c % 32));
+        case DType::Q2_K: return q2_k_element(row + (c / 256) * 84, int(c % 256));
+        case DType::Q3_K: return q3_k_element(row + (c / 256) * 110, int(c % 256));
+        case DType::Q4_K: return q4_k_element(row + (c / 256) * 144, int(c % 256));
+        case DType::Q5_K: return q5_k_element(row + (c / 256) * 176, int(c % 256));
+        case DType::Q6_K: return q6_k_element(row + (c / 256) * 210, int(c % 256));
         default: return 0.0f;
     }
 }

@@ -29,7 +29,7 @@ Matrix raw_matrix(const RawArray& raw, int type, int64_t rows, int64_t cols) {
     W.type = DType(type);
     if (!has_weight_element(W.type))
         throw py::value_error("type " + std::to_string(type) + " is not one the CUDA kernels read "
-                              "(F32, F16, BF16, Q8_0, MXFP4)");
+                              "(F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL)");
     W.rows = rows;
     W.cols = cols;
     W.row_bytes = row_bytes_for(W.type, cols);

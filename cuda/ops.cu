@@ -64,7 +64,7 @@ void launch_matmul(const MatmulArgs& a, MatmulKernel which) {
 
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
                  MatmulKernel which) {
-    require(has_weight_element(W_host.type), "the CUDA matmul takes F32, F16, BF16, Q8_0 or MXFP4 weights");
+    require(has_weight_element(W_host.type), "the CUDA matmul takes F32, F16, BF16, Q8_0, MXFP4 or dense quant weights");
     require(W_host.n_mats == 1 && W_host.rows >= 1 && W_host.cols >= 1, "W must be one matrix of rows x cols");
     require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
     require(n_tok >= 1, "x must have at least one token");
@@ -82,7 +82,7 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
 }
 
 double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps) {
-    require(has_weight_element(W_host.type) && W_host.n_mats == 1, "time_matmul takes one F32/F16/BF16/Q8_0/MXFP4 matrix");
+    require(has_weight_element(W_host.type) && W_host.n_mats == 1, "time_matmul takes one matrix of a type the CUDA kernels read");
     require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
     require(n_tok >= 1 && n_tok <= kMaxGridY && reps >= 1 && reps <= 1000, "1 <= n_tok <= 65535, 1 <= reps <= 1000");
     const int64_t rows = W_host.rows, cols = W_host.cols;

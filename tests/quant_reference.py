@@ -133,6 +133,27 @@ def reference_parts(raw: np.ndarray, name: str, cols: int):
     return s.reshape(shape), q.astype(np.float64).reshape(shape), m.reshape(shape)
 
 
+def random_blocks(rng, name, rows, cols, scales="any"):
+    """Random bytes [rows, row_bytes] with finite fp16 fields: `any` bit pattern (subnormals
+    included) or `normal` magnitudes (1e-3 .. 0.1, one in eight subnormal) for matmuls."""
+    _, elems, nbytes = FORMATS[name]
+    nb = rows * cols // elems
+    raw = rng.integers(0, 256, (nb, nbytes), dtype=np.uint8)
+    for off in HALF_FIELDS[name]:
+        if scales == "any":
+            bits = rng.integers(0, 0x10000, nb).astype(np.uint16)
+            bits[(bits & 0x7C00) == 0x7C00] &= 0x83FF  # inf/NaN exponents -> subnormal patterns
+            h = bits.view(np.float16)
+        else:
+            h = (rng.uniform(1e-3, 0.1, nb) * rng.choice([-1, 1], nb)).astype(np.float16)
+            tiny = rng.random(nb) < 1 / 8
+            h[tiny] = rng.integers(1, 1024, tiny.sum()).astype(np.uint16).view(np.float16)
+            if name in ("Q4_1", "Q5_1") and off == 2:  # the min: of the size of d * 8
+                h = (h.astype(np.float32) * 8).astype(np.float16)
+        raw[:, off : off + 2] = h.astype("<f2").view(np.uint8).reshape(nb, 2)
+    return raw.reshape(rows, -1)
+
+
 def dequantize(raw, name, cols):
     s, q, m = reference_parts(raw, name, cols)
     return s * q - m  # exact in float64; one rounding to float32 gives the decoded value

@@ -93,15 +93,16 @@ def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
         assert 0 < _core.device_scratch_bytes(m._core) <= placement.scratch_bytes(m.config)
 
 
-def test_weight_types_the_kernels_do_not_read_are_named(tmp_path):
+@pytest.mark.parametrize("role_types", [{"attn_qkv": "q4_0", "output": "q6_k"},
+                                        {"attn_qkv": "q5_k", "attn_output": "iq4_nl"}])
+def test_dense_quant_files_are_accepted_on_the_gpu(tmp_path, role_types):
     from ossrun import model_maker
 
-    path = model_maker.make_model(tmp_path / "q4.gguf", "tiny", use_byte_vocab=True, vocab=512,
-                                  role_types={"attn_qkv": "q4_0"})
-    m = ossrun.load(path, n_ctx=64, threads=1, device="cpu")
-    bad = _core.device_unsupported_weight(m._core, 0)
-    assert "blk.0.attn_q.weight is Q4_0" in bad
-    assert "Q4_0" in device_load.check_plan(m, device_load.device_plan(m, 2**40))
+    path = model_maker.make_model(tmp_path / "q.gguf", "tiny", use_byte_vocab=True, vocab=512, hidden=256,
+                                  role_types=role_types)
+    m = ossrun.load(path, n_ctx=64, threads=1, device="cpu", precision="f32")  # no repacking
+    assert _core.device_unsupported_weight(m._core, 0) == ""
+    assert device_load.check_plan(m, device_load.device_plan(m, 2**40)) == ""
 
 
 def fake_status(free: int) -> CudaStatus:
@@ -303,6 +304,19 @@ def test_stacked_steps_equal_each_sessions_own_on_the_gpu(fixtures_dir, n_cpu_mo
             assert out[i].shape == want.shape and rel_err(out[i], want) < TOL
             pos[i] += n
     assert [s.n_past for s in sessions] == pos
+
+
+@needs_device
+def test_dense_quant_model_on_the_gpu_equals_the_cpu(tmp_path):
+    # The shared element decoding inside the GPU's GEMV, GEMM and expert matmuls: float32 logits
+    # of a model whose dense matrices are Q4_K, Q6_K and Q5_0, against the CPU backend's.
+    from ossrun import model_maker
+
+    path = model_maker.make_model(tmp_path / "q.gguf", "tiny", use_byte_vocab=True, vocab=512, hidden=256,
+                                  role_types={"attn_qkv": "q5_0", "attn_output": "q4_k", "output": "q6_k"})
+    toks = np.random.default_rng(2).integers(0, 512, 40).astype(np.int32)
+    cpu = load(path, precision="f32", device="cpu").logits(toks)
+    assert rel_err(gpu(path, precision="f32").logits(toks), cpu) < TOL
 
 
 @needs_device

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 import reference as R
+from quant_reference import FORMATS, dequantize, random_blocks
 
 cuda = pytest.importorskip("ossrun._cuda", reason="ossrun was built without CUDA")
 from ossrun._core import ops as cpu  # noqa: E402
@@ -115,6 +116,19 @@ def test_shared_decoding_q8_0_bitwise(rng):
     assert _same_bits(out, cpu.decode_rows(raw, Q8_0, rows, cols, "scalar"))
 
 
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_shared_decoding_dense_quants_bitwise(rng, name):
+    # csrc/quant_element.h, one element at a time, against the float64 reference (rounded once)
+    # and every CPU variant's vector unpacking: the same bits, any fp16 scale pattern.
+    type_id, elems, _ = FORMATS[name]
+    rows, cols = 5, 2 * max(elems, 256)
+    raw = random_blocks(rng, name, rows, cols)
+    out = gpu.decode_rows_host(raw, type_id, rows, cols)
+    assert _same_bits(out, dequantize(raw, name, cols).astype(np.float32))
+    for isa in cpu.available_isas():
+        assert _same_bits(out, cpu.decode_rows(raw, type_id, rows, cols, isa)), isa
+
+
 def test_shared_decoding_mxfp4_every_code_and_special_scale(rng):
     # Every E2M1 code in both nibble halves under every scale byte 0..252 (253 and up overflow
     # 6 x 2^(e-127), 255 is NaN and rejected at load): e2m1_to_float's arithmetic equals the
@@ -146,8 +160,8 @@ def test_ops_reject_bad_arguments_before_touching_cuda():
     # raise ValueError on a machine without a driver too.
     raw = np.zeros((2, 34), np.uint8)
     x = np.zeros((1, 32), np.float32)
-    with pytest.raises(ValueError, match="type 12"):
-        gpu.matmul(np.zeros((2, 144), np.uint8), 12, 2, 256, np.zeros((1, 256), np.float32))
+    with pytest.raises(ValueError, match="type 16"):  # IQ2_XXS: no model file type of ours
+        gpu.matmul(np.zeros((2, 144), np.uint8), 16, 2, 256, np.zeros((1, 256), np.float32))
     with pytest.raises(ValueError, match="bytes"):
         gpu.matmul(raw[:, :33], Q8_0, 2, 32, x)
     with pytest.raises(ValueError, match="x must be"):

@@ -177,7 +177,7 @@ if [ -d "$SITE/ossrun" ]; then
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py -k "$SANITIZER_SUBSET"
         step memcheck_model 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_model.py \
-            -k "(golden and tiny-w4) or (hybrid and tiny-w4-1) or (first_layers and tiny-w4) or stacked"
+            -k "(golden and tiny-w4) or (hybrid and tiny-w4-1) or (first_layers and tiny-w4) or stacked or dense_quant_model"
         step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py \
             -k "(attention and q8kv2 and 80 and full_causal_decode) or (rmsnorm and 2880)"

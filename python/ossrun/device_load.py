@@ -38,7 +38,8 @@ def check_plan(model, plan: Plan) -> str:
     # The file's own types first: what the user can change (the repack below is ossrun's doing).
     bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe, plan.gpu_layers)
     if bad:
-        return f"the CUDA kernels read F32, F16, BF16, Q8_0 and MXFP4 matrices, and {bad}"
+        return ("the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants "
+                f"Q4_0 .. Q6_K, IQ4_NL, and {bad}")
     # The device model copies the CPU model's views.
     if model._core.interleaved_q8_0_bytes or model._core.interleaved_mxfp4_bytes:
         return ("the CPU model's Q8_0 or MXFP4 matrices are repacked for its own kernels (16-row "
