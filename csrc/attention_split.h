@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "numerics.h"  // OSSRUN_HD: the CUDA backend cuts its rows the same way
+
 namespace ossrun {
 
 // Keys per chunk. Chunks start at multiples of it (absolute positions), so how a row is cut, and
@@ -15,12 +17,12 @@ constexpr int64_t kAttentionSplitChunk = 2048;
 constexpr int64_t kAttentionSplitMaxTasks = 64;
 
 // Chunks of keys lo..hi (inclusive) when split: 1 (attend unsplit) below two chunks.
-inline int64_t attention_chunks(int64_t lo, int64_t hi) {
+OSSRUN_HD inline int64_t attention_chunks(int64_t lo, int64_t hi) {
     if (hi < lo) return 1;
     return hi / kAttentionSplitChunk - lo / kAttentionSplitChunk + 1;
 }
 // Key range of chunk i of lo..hi.
-inline void attention_chunk_range(int64_t lo, int64_t hi, int64_t i, int64_t& c_lo, int64_t& c_hi) {
+OSSRUN_HD inline void attention_chunk_range(int64_t lo, int64_t hi, int64_t i, int64_t& c_lo, int64_t& c_hi) {
     const int64_t base = (lo / kAttentionSplitChunk + i) * kAttentionSplitChunk;
     c_lo = i == 0 ? lo : base;
     c_hi = base + kAttentionSplitChunk - 1 < hi ? base + kAttentionSplitChunk - 1 : hi;

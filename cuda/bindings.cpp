@@ -140,7 +140,7 @@ void bind_ops(py::module_& m) {
         return out;
     }, py::arg("x"), py::arg("positions"), py::arg("theta"), py::arg("concentration"));
     m.def("attention", [](F32Array q, F32Array k, F32Array v, I64Array positions, F32Array sinks,
-                          int64_t window, float scale, const std::string& kv_type) {
+                          int64_t window, float scale, const std::string& kv_type, bool split) {
         if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || positions.ndim() != 1 || sinks.ndim() != 1)
             throw py::value_error("attention wants q [T, n_q, d], k/v [cap, n_kv, d], positions [T], sinks [n_q]");
         const int64_t T = q.shape(0), n_q = q.shape(1), d = q.shape(2);
@@ -154,11 +154,12 @@ void bind_ops(py::module_& m) {
         float* op = out.mutable_data();
         guarded([&] {
             attention_host(q.data(), k.data(), v.data(), positions.data(), sinks.data(), op, T, n_q, n_kv,
-                           d, cap, window, scale, type);
+                           d, cap, window, scale, type, split);
         });
         return out;
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("positions"), py::arg("sinks"),
-       py::arg("window"), py::arg("scale"), py::arg("kv_type") = "f32");
+       py::arg("window"), py::arg("scale"), py::arg("kv_type") = "f32", py::arg("split") = false,
+       "split: flash-decoding, as the device model's decode rows (kernels.cuh n_parts)");
     m.def("router_topk", [](F32Array logits, int64_t k) {
         if (logits.ndim() != 2 || k < 1 || k > logits.shape(1))
             throw py::value_error("router_topk wants logits [T, E] and 1 <= k <= E");

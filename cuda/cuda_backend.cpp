@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../csrc/attention_split.h"
 #include "cuda_check.h"
 #include "device_buffers.h"
 #include "kernels.cuh"
@@ -87,6 +88,19 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         a.cap = kv->capacity(layer);
         a.window = params.window;
         a.scale = params.scale;
+        if (g.n <= kAttentionSplitMaxRows) {  // decode: flash-decoding over long key ranges
+            int64_t parts = 1;
+            for (int64_t p = g.pos0; p < g.pos0 + g.n; ++p)
+                parts = std::max(parts, attention_chunks(params.window ? std::max<int64_t>(0, p - params.window + 1) : 0, p));
+            if (parts > 1) {
+                const size_t n = size_t(g.n * nq * parts);
+                float* base = m_.attention_parts(n * size_t(d + 2));
+                a.n_parts = parts;
+                a.part_acc = base;
+                a.part_max = base + n * size_t(d);
+                a.part_sum = a.part_max + n;
+            }
+        }
         ossrun::cuda::attention(a, st);
     }
     matmul(w.attn_output, b.attn, T, b.proj, w.attn_output_b);

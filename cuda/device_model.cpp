@@ -139,8 +139,22 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
     }
 }
 
+float* DeviceModel::attention_parts(size_t floats) {
+    if (floats > attention_parts_floats_) {
+        // The kernels queued before may still read the old buffer.
+        check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "the forward pass");
+        cudaFree(attention_parts_);
+        attention_parts_ = nullptr;
+        attention_parts_floats_ = 0;
+        attention_parts_ = device_alloc(floats * sizeof(float), "attention's partial results");
+        attention_parts_floats_ = floats;
+    }
+    return static_cast<float*>(attention_parts_);
+}
+
 DeviceModel::~DeviceModel() {
     cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaFree(attention_parts_);
     if (buf_) cudaFree(buf_->block);
     cudaFree(arena_);
     cudaStreamDestroy(static_cast<cudaStream_t>(stream_));

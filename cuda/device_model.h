@@ -168,6 +168,10 @@ private:
     std::unique_ptr<DeviceBuffers> buf_;
     Scratch host_scratch_;     // the CPU backend's, for its MoE blocks
     std::vector<float> embed_rows_;         // the embedding rows before their upload
+    // Flash-decoding's partial results, grown to the longest context a decode row has needed.
+    float* attention_parts(size_t floats);
+    void* attention_parts_ = nullptr;
+    size_t attention_parts_floats_ = 0;
     std::vector<int64_t> host_positions_;  // the rows' positions before theirs
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;

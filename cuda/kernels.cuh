@@ -70,8 +70,17 @@ struct AttentionArgs {
     float* out = nullptr;              // [T][n_q][d]
     int64_t T = 0, n_q = 0, n_kv = 0, d = 0, cap = 0, window = 0;
     float scale = 0.0f;
+    // Flash-decoding (csrc/attention_split.h's chunks of keys, one block each, then a merge) when
+    // n_parts > 1: at least the most chunks any row's key range has; partial results
+    // [T][n_q][n_parts] (acc times d) in the caller's device buffers.
+    int64_t n_parts = 0;
+    float* part_acc = nullptr;
+    float* part_max = nullptr;
+    float* part_sum = nullptr;
 };
 constexpr int64_t kMaxHeadDim = 256;
+// Rows of at most this many tokens are split (decode); prefill has blocks enough unsplit.
+constexpr int64_t kAttentionSplitMaxRows = 8;
 void attention(const AttentionArgs& a, cudaStream_t stream);
 
 // Per token t: the k largest of logits[t][0..E) (ties: lower index first) into idx[t][k] and

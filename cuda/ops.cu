@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "../csrc/attention_split.h"
 #include "../csrc/weight_element.h"
 #include "common.cuh"
 #include "kernels.cuh"
@@ -135,17 +136,19 @@ void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, i
 
 void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
                     const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
-                    int64_t cap, int64_t window, float scale, int kv_type) {
+                    int64_t cap, int64_t window, float scale, int kv_type, bool split) {
     require(T >= 1 && T <= kMaxGridY, "attention takes 1 to 65535 query tokens");
     require(kv_type >= 0 && kv_type <= 2, "kv_type must be 0 (f32), 1 (f16) or 2 (bf16)");
     require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0, "n_q must be a multiple of n_kv");
     require(d >= 1 && d <= kMaxHeadDim, "the CUDA attention takes head dimensions up to 256");
     require(cap >= 1 && window >= 0, "cap must be positive and window non-negative");
+    int64_t n_parts = 1;  // the most chunks of keys a row has (split)
     for (int64_t t = 0; t < T; ++t) {
         const int64_t p = positions[t];
         require(p >= 0, "positions must be non-negative");
         const int64_t lo = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
         require(p - lo + 1 <= cap, "a query's key range does not fit the cache");
+        n_parts = std::max(n_parts, attention_chunks(lo, p));
     }
     // The cache as the device model stores it: float32, or 16-bit elements rounded as the CPU does.
     const size_t n_kv_elems = size_t(cap * n_kv * d);
@@ -180,6 +183,14 @@ void attention_host(const float* q, const float* k, const float* v, const int64_
     a.cap = cap;
     a.window = window;
     a.scale = scale;
+    const size_t parts = split ? size_t(T * n_q * n_parts) : 0;
+    DeviceArray<float> dacc{parts * size_t(d)}, dmax{parts}, dsum{parts};
+    if (split) {
+        a.n_parts = n_parts;
+        a.part_acc = dacc.get();
+        a.part_max = dmax.get();
+        a.part_sum = dsum.get();
+    }
     attention(a, nullptr);
     finish("attention");
     dout.copy_to(out);

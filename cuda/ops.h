@@ -52,7 +52,7 @@ void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, i
 // cache is stored as kv_type (0 float32, 1 IEEE half, 2 bfloat16: KvType), rounded to nearest even.
 void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
                     const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
-                    int64_t cap, int64_t window, float scale, int kv_type = 0);
+                    int64_t cap, int64_t window, float scale, int kv_type = 0, bool split = false);
 void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight);
 void swiglu_host(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 

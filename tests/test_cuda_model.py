@@ -240,6 +240,22 @@ def test_split_session_truncates_past_the_ring_on_the_gpu(fixtures_dir):
 
 
 @needs_device
+def test_decode_past_one_attention_part_on_the_gpu(fixtures_dir):
+    # Decode steps at positions beyond 2048 keys: the full layers' rows are split into parts
+    # (flash-decoding) and merged; the prompt's chunks are not. Against the CPU backend.
+    path = fixtures_dir / "tiny-w4" / "tiny.gguf"
+    toks = np.random.default_rng(8).integers(0, 256, 4200).astype(np.int32)
+    cpu = load(path, precision="f32", device="cpu").logits(toks)
+    s = gpu(path, precision="f32").session(n_ctx=4300)
+    s.prefill(toks[:2040])
+    rows = [s.decode(int(t)) for t in toks[2040:2060]]  # across the boundary at 2048
+    assert rel_err(np.stack(rows), cpu[2040:2060]) < TOL
+    s.prefill(toks[2060:4190])
+    rows = [s.decode(int(t)) for t in toks[4190:4200]]  # three parts
+    assert rel_err(np.stack(rows), cpu[4190:4200]) < TOL
+
+
+@needs_device
 def test_long_prompt_and_truncation_past_the_ring_on_the_gpu(fixtures_dir):
     # tiny-w4's sliding ring holds 4 - 1 + 256 + 1024 positions: 1400 tokens wrap it, and
     # truncating to 100 must replay the kept tokens (as the CPU session does).

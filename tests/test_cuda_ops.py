@@ -301,6 +301,11 @@ ATTENTION_CASES = {
     "kv_ring_wrapped": (160, 1000, [999], 128),
     "kv_ring_wrapped_prefill": (160, 1000, list(range(968, 1000)), 128),
     "sink_dominates": (64, 64, [63], 0),
+    # Flash-decoding's parts of 2048 keys (run split and unsplit): three parts; rows of one, two
+    # and three parts in one call; a window across a part boundary in a wrapped ring.
+    "split_decode_long": (5000, 5000, [4999], 0),
+    "split_decode_rows": (4200, 4200, [2047, 2048, 4199], 0),
+    "split_window_across_parts": (300, 2100, [2099], 128),
 }
 
 
@@ -349,14 +354,18 @@ def test_cuda_attention(rng, case, d, heads):
     for j in range(P):
         k_cache[j % cap], v_cache[j % cap] = K[j], V[j]
     scale = np.float32(1 / math.sqrt(d))
-    out = gpu.attention(q, k_cache, v_cache, np.array(qpos, np.int64), sinks, window, scale)
     ref = R.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
                       sinks.astype(np.float64), qpos, np.arange(P), window or None)
     n_keys = min(P, window) if window else P
-    tol = _attention_bound(q, K, V, sinks, qpos, window, float(scale), -(-n_keys // 128))
-    assert out.shape == (T, nq, d)
-    err = np.abs(out - ref)
-    assert np.all(err <= tol), f"max err/bound {np.max(err / tol):.3g}"
+    # Split: each part's last 128-key step is partial, and the merge rescales once per part.
+    parts = -(-P // 2048)
+    for split in (False, True) if case.startswith("split") else (False,):
+        out = gpu.attention(q, k_cache, v_cache, np.array(qpos, np.int64), sinks, window, scale, split=split)
+        n_chunks = -(-n_keys // 128) + (2 * parts if split else 0)
+        tol = _attention_bound(q, K, V, sinks, qpos, window, float(scale), n_chunks)
+        assert out.shape == (T, nq, d)
+        err = np.abs(out - ref)
+        assert np.all(err <= tol), f"split={split}: max err/bound {np.max(err / tol):.3g}"
     # The CPU kernel on the same cache, one GQA group of one query at a time.
     t = T - 1
     p = qpos[t]
@@ -371,7 +380,7 @@ def test_cuda_attention(rng, case, d, heads):
 
 @needs_device
 @pytest.mark.parametrize("kv_type", ["f16", "bf16"])
-@pytest.mark.parametrize("case", ["full_causal_decode", "kv_ring_wrapped"])
+@pytest.mark.parametrize("case", ["full_causal_decode", "kv_ring_wrapped", "split_decode_rows"])
 def test_cuda_attention_16_bit_cache_is_the_rounded_float_cache(rng, case, kv_type):
     # A 16-bit cache holds K and V rounded to nearest even and widens them exactly: the same
     # outputs, bit for bit, as the float32 kernel on the values the CPU cache's rounding gives.
@@ -383,9 +392,11 @@ def test_cuda_attention_16_bit_cache_is_the_rounded_float_cache(rng, case, kv_ty
     sinks = rng.normal(0, 2, nq).astype(np.float32)
     pos = np.array(qpos, np.int64)
     scale = np.float32(1 / math.sqrt(d))
-    out = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, kv_type)
+    split = case.startswith("split")
+    out = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, kv_type, split=split)
     rounded = [cpu.kv_round(c.ravel(), kv_type).reshape(c.shape) for c in (k_cache, v_cache)]
-    assert np.array_equal(f32_bits(out), f32_bits(gpu.attention(q, *rounded, pos, sinks, window, scale)))
+    want = gpu.attention(q, *rounded, pos, sinks, window, scale, split=split)
+    assert np.array_equal(f32_bits(out), f32_bits(want))
 
 
 def test_cuda_attention_kv_type_is_checked():

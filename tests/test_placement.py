@@ -48,7 +48,7 @@ def vram_for(cfg, sizes, n_ctx, layers_dense, layers_experts):
     dense = range(L - layers_dense, L)
     need = g["output"] + sum(g["dense"][i] + kv_cache_bytes(cfg, i, n_ctx) for i in dense)
     need += sum(g["experts"][i] for i in range(L - layers_experts, L))
-    return need + DEFAULT_RESERVE + scratch_bytes(cfg)
+    return need + DEFAULT_RESERVE + scratch_bytes(cfg, n_ctx)
 
 
 def devices(plan, kind):
@@ -201,3 +201,16 @@ def test_20b_shaped_sizes_with_all_experts_on_the_cpu_fit_in_3_gb():
     plan = plan_placement(cfg, sizes, 8192, 24 * GiB, cpu_moe="all")
     assert plan.gpu_layers == L and plan.gpu_bytes <= 3 * 10**9
     assert plan_placement(cfg, sizes, 8192, 24 * GiB).n_cpu_moe == 0  # a 24 GB card holds it all
+
+
+def test_scratch_holds_flash_decodings_parts_at_long_contexts():
+    # Key ranges of one 2048-key part need none; beyond, SPLIT_ROWS rows x heads x parts x (d + 2)
+    # floats (cuda/device_model.h attention_parts, grown to what a decode row needs).
+    from ossrun.placement import SPLIT_CHUNK, SPLIT_ROWS
+
+    cfg, _ = fake_model()
+    base = scratch_bytes(cfg)
+    assert scratch_bytes(cfg, SPLIT_CHUNK) == base
+    for n_ctx, parts in ((SPLIT_CHUNK + 1, 2), (131072, 64)):
+        want = 4 * SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2)
+        assert scratch_bytes(cfg, n_ctx) - base == want

@@ -27,6 +27,10 @@ DEFAULT_RESERVE = 512 * 2**20
 MAX_CHUNK = 256
 ROLLBACK_MARGIN = 1024
 LOGIT_ROWS = 8  # rows of logits per output matmul of the device model (cuda/device_model.h)
+# Flash-decoding on the GPU: keys per part (csrc/attention_split.h) and the rows of a decode
+# segment that are split (cuda/kernels.cuh kAttentionSplitMaxRows).
+SPLIT_CHUNK = 2048
+SPLIT_ROWS = 8
 KV_BYTES = {"f32": 4, "f16": 2, "bf16": 2}  # bytes per K or V element of each kv_type
 
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(.+)")
@@ -105,16 +109,20 @@ def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
     return slots * 2 * cfg.head_count_kv * cfg.key_length * KV_BYTES[kv_type]
 
 
-def scratch_bytes(cfg) -> int:
+def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
     """float32 activations of one prefill chunk: per token the residual, norm, q/k/v, attention
     output, projection and router logits; per routed (token, expert) pair its input, gate, up,
     SwiGLU and output rows; LOGIT_ROWS rows of logits (cuda/device_model.cpp's DeviceBuffers carve
-    at most this)."""
+    at most this). With n_ctx, also flash-decoding's partial results for key ranges up to n_ctx
+    (cuda/device_model.h attention_parts): per split row, head and part d + 2 floats."""
     H, I = cfg.embedding_length, cfg.expert_feed_forward_length
     q_width, kv_width = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length
     per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + 2 * cfg.expert_used_count
     per_pair = 2 * H + 3 * I
-    return 4 * (MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair) + LOGIT_ROWS * cfg.vocab_size)
+    parts = 0 if n_ctx is None else (n_ctx - 1) // SPLIT_CHUNK + 1
+    split = SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2) if parts > 1 else 0
+    chunk = MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair)
+    return 4 * (chunk + LOGIT_ROWS * cfg.vocab_size + split)
 
 
 def group_tensor_bytes(tensor_bytes: Mapping[str, int], block_count: int) -> dict:
@@ -164,7 +172,7 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
     if kv_type not in KV_BYTES:
         raise ValueError(f"kv_type must be one of {tuple(KV_BYTES)}, got {kv_type!r}")
     kv = [kv_cache_bytes(cfg, layer, n_ctx, kv_type) for layer in range(L)]
-    scratch = scratch_bytes(cfg)
+    scratch = scratch_bytes(cfg, n_ctx)
 
     def build(n_gpu_layers: int, n_cpu_moe: int, reason: str = "") -> Plan:
         first = L - n_gpu_layers  # layers first.. are on the GPU
