@@ -12,16 +12,6 @@
 
 namespace ossrun {
 
-namespace quant_element_detail {
-
-OSSRUN_HD inline float half_at(const uint8_t* p) { return fp16_to_float(uint16_t(p[0] | (p[1] << 8))); }
-
-// Nibble j (0..31) of 16 bytes: the low nibbles are elements 0..15, the high ones 16..31.
-OSSRUN_HD inline int nibble32(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4; }
-
-// Bit j (0..31) of the little-endian 32 bits at qh.
-OSSRUN_HD inline int bit32(const uint8_t* qh, int j) { return (qh[j >> 3] >> (j & 7)) & 1; }
-
 // Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) in 12 packed bytes (ggml's
 // get_scale_min_k4).
 OSSRUN_HD inline void k4_scale_min(const uint8_t* sc, int j, int& scale, int& min) {
@@ -33,6 +23,16 @@ OSSRUN_HD inline void k4_scale_min(const uint8_t* sc, int j, int& scale, int& mi
         min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
     }
 }
+
+namespace quant_element_detail {
+
+OSSRUN_HD inline float half_at(const uint8_t* p) { return fp16_to_float(uint16_t(p[0] | (p[1] << 8))); }
+
+// Nibble j (0..31) of 16 bytes: the low nibbles are elements 0..15, the high ones 16..31.
+OSSRUN_HD inline int nibble32(const uint8_t* qs, int j) { return j < 16 ? qs[j] & 15 : qs[j - 16] >> 4; }
+
+// Bit j (0..31) of the little-endian 32 bits at qh.
+OSSRUN_HD inline int bit32(const uint8_t* qh, int j) { return (qh[j >> 3] >> (j & 7)) & 1; }
 
 OSSRUN_HD inline float qsm(int q, float s, float m) { return float(q) * s - m; }
 

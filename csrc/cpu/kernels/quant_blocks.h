@@ -6,6 +6,7 @@
 // float32 GEMV are written once over that form (quant_gemv.h); the int16 GEMVs widen each
 // format's codes in registers instead (quant_words.h, quant_legacy.cpp, quant_k.cpp).
 #pragma once
+#include "../../quant_element.h"
 #include "matmul_internal.h"
 
 namespace ossrun::OSSRUN_ISA_NS {
@@ -171,15 +172,7 @@ struct Q3_KFormat {
 // Q4_K / Q5_K: eight sub-blocks of 32 with 6-bit scales and mins packed in 12 bytes (ggml's
 // get_scale_min_k4): sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scale) and 4-7 (min),
 // 4-7 in the nibbles of bytes 8-11 plus the top 2 bits of bytes 0-3 (scale) and 4-7 (min).
-inline void k4_scale_min(const uint8_t* sc, int j, int& scale, int& min) {
-    if (j < 4) {
-        scale = sc[j] & 63;
-        min = sc[j + 4] & 63;
-    } else {
-        scale = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-        min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-    }
-}
+// ossrun::k4_scale_min (quant_element.h), written once for the host and CUDA.
 
 inline void k4_scales(const uint8_t* blk, float* s, float* m) {
     const float d = half_at(blk), dmin = half_at(blk + 2);
