@@ -1,4 +1,4 @@
-// The MoE block's pieces (MODEL.md §2.6), as csrc/moe_ops.h and Model::moe_block compute them:
+// The MoE block's pieces (MODEL.md §2.6), as csrc/moe_ops.h and CpuBackend::moe compute them:
 // router top-k with softmax over the selected logits, the clamped SwiGLU ("swiglu_oai"), the
 // routed experts' matmuls pair by pair (one warp per output row, as gemv.cu: simple and exact;
 // grouping the pairs by expert into GEMMs comes later) and their weighted sum.
