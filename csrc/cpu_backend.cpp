@@ -23,7 +23,8 @@ void CpuBackend::begin(const Batch& batch) {
             s_.positions[row + size_t(t)] = batch.segs[i].pos0 + t;
             s_.row_segment[row + size_t(t)] = int32_t(i);
         }
-    rope_cos_sin(m_.rope_, s_.positions.data(), batch.T, s_.rope_cos.data(), s_.rope_sin.data());
+    rope_ready_ = false;  // computed by the first attention block (a device model's CPU backend
+                          // may run MoE blocks only)
 }
 
 void CpuBackend::embed() {
@@ -215,6 +216,10 @@ void CpuBackend::attention(int64_t layer, const AttentionParams& params) {
     matmuls(qkv, 3);
 
     // RoPE on q and k (not v), then append K/V to each row's cache at its position.
+    if (!rope_ready_) {
+        rope_cos_sin(m_.rope_, s_.positions.data(), T, s_.rope_cos.data(), s_.rope_sin.data());
+        rope_ready_ = true;
+    }
     for (int64_t t = 0; t < T; ++t) {
         KvCache* kv = segs[s_.row_segment[size_t(t)]].kv;
         if (!kv) throw std::logic_error("attention on the CPU: a segment without a CPU KV cache");

@@ -39,6 +39,7 @@ private:
     Model& m_;
     Scratch& s_;
     const Batch* batch_ = nullptr;
+    bool rope_ready_ = false;  // s_.rope_cos / rope_sin hold this batch's angles
 };
 
 }  // namespace ossrun

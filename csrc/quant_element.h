@@ -89,22 +89,21 @@ OSSRUN_HD inline float q3_k_element(const uint8_t* b, int e) {
 }
 // Q4_K (144 bytes) / Q5_K (176): e = 64c + 32hi + l is nibble hi of quant byte 32c + l (Q5_K:
 // plus bit e / 32 of qh byte l as bit 4); sub-block e / 32's 6-bit scale and min times d, dmin.
-OSSRUN_HD inline float q4_k_element(const uint8_t* b, int e) {
-    using namespace quant_element_detail;
+namespace quant_element_detail {
+OSSRUN_HD inline float k4_family_element(const uint8_t* b, int e, const uint8_t* qs, const uint8_t* qh) {
     const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
     int scale, min;
     k4_scale_min(b + 4, e >> 5, scale, min);
-    const uint8_t byte = b[16 + 32 * c + l];
-    return qsm(hi ? byte >> 4 : byte & 15, half_at(b) * float(scale), half_at(b + 2) * float(min));
+    const uint8_t byte = qs[32 * c + l];
+    const int q = (hi ? byte >> 4 : byte & 15) | (qh ? ((qh[l] >> (e >> 5)) & 1) << 4 : 0);
+    return qsm(q, half_at(b) * float(scale), half_at(b + 2) * float(min));
+}
+}  // namespace quant_element_detail
+OSSRUN_HD inline float q4_k_element(const uint8_t* b, int e) {
+    return quant_element_detail::k4_family_element(b, e, b + 16, nullptr);
 }
 OSSRUN_HD inline float q5_k_element(const uint8_t* b, int e) {
-    using namespace quant_element_detail;
-    const int c = e >> 6, hi = (e >> 5) & 1, l = e & 31;
-    int scale, min;
-    k4_scale_min(b + 4, e >> 5, scale, min);
-    const uint8_t byte = b[48 + 32 * c + l];
-    const int q = (hi ? byte >> 4 : byte & 15) | ((b[16 + l] >> (e >> 5)) & 1) << 4;
-    return qsm(q, half_at(b) * float(scale), half_at(b + 2) * float(min));
+    return quant_element_detail::k4_family_element(b, e, b + 48, b + 16);
 }
 // Q6_K (210 bytes): e = 128h + 32p + l is the low (p < 2) or high nibble of ql byte
 // 64h + 32(p & 1) + l with bits 2p, 2p+1 of qh byte 32h + l on top, minus 32; an int8 scale per 16.

@@ -12,14 +12,17 @@ namespace ossrun {
 
 class Session;
 
-// One session's part of a batched step: ids appended to its end, logits as in prefill().
-struct SessionStep {
-    Session* session = nullptr;
+// One session's part of a batched step: ids appended to its end, logits as in prefill(). S is
+// Session here, cuda::DeviceSession on the GPU.
+template <class S>
+struct StepOf {
+    S* session = nullptr;
     const int32_t* ids = nullptr;
     int64_t n = 0;
     float* logits = nullptr;
     bool all_logits = false;
 };
+using SessionStep = StepOf<Session>;
 
 class Session {
 public:

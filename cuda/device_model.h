@@ -181,14 +181,8 @@ private:
 
 class DeviceSession;
 
-// One session's part of a batched step (csrc/session.h's SessionStep).
-struct DeviceSessionStep {
-    DeviceSession* session = nullptr;
-    const int32_t* ids = nullptr;
-    int64_t n = 0;
-    float* logits = nullptr;
-    bool all_logits = false;
-};
+// One session's part of a batched step (csrc/session.h).
+using DeviceSessionStep = StepOf<DeviceSession>;
 
 // Session (csrc/session.h) over a DeviceModel: the same prefill / truncate / reset contract.
 class DeviceSession {

@@ -357,8 +357,9 @@ def test_cuda_attention(rng, case, d, heads):
     ref = R.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
                       sinks.astype(np.float64), qpos, np.arange(P), window or None)
     n_keys = min(P, window) if window else P
-    # Split: each part's last 128-key step is partial, and the merge rescales once per part.
-    parts = -(-P // 2048)
+    # Split: each part's last 128-key step is partial, and the merge rescales once per part
+    # (the most 2048-key parts a row has, csrc/attention_split.h).
+    parts = max(p // 2048 - (max(0, p - window + 1) if window else 0) // 2048 + 1 for p in qpos)
     for split in (False, True) if case.startswith("split") else (False,):
         out = gpu.attention(q, k_cache, v_cache, np.array(qpos, np.int64), sinks, window, scale, split=split)
         n_chunks = -(-n_keys // 128) + (2 * parts if split else 0)
