@@ -47,7 +47,8 @@ Model::Model(const ModelConfig& config, ModelWeights weights, const ModelOptions
       kernels_(select_kernel_table(options.isa)),
       pool_(options.threads),
       rope_(make_rope_table(config)),
-      use_i16_(options.precision == "fast" && kernels_->quantize_i16 != nullptr) {
+      use_i16_(options.precision == "fast" && kernels_->quantize_i16 != nullptr),
+      fast_precision_(options.precision == "fast") {
     if (options.precision != "fast" && options.precision != "f32")
         throw std::invalid_argument("precision must be 'fast' or 'f32'");
 }

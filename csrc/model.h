@@ -69,6 +69,8 @@ public:
     int threads() const { return pool_.size(); }
     const RopeTable& rope() const { return rope_; }
     bool uses_i16() const { return use_i16_; }
+    // precision == "fast" (whatever this CPU's kernels make of it; a device model reads it too).
+    bool fast_precision() const { return fast_precision_; }
     // Bytes of weight matrices read by matmuls since load (each matmul's rows once, however many
     // tokens share them): what `ossrun bench` divides by the tokens decoded.
     uint64_t weight_bytes_read() const { return weight_bytes_read_; }
@@ -111,6 +113,7 @@ private:
     std::mutex forward_mutex_;  // the pool runs one forward at a time
     RopeTable rope_;
     bool use_i16_;
+    bool fast_precision_;
     uint64_t weight_bytes_read_ = 0;  // written under forward_mutex_
     PartTimer part_timer_;            // likewise
     InterleavedQ8_0 interleaved_;     // owns the interleaved copies weights_ points at

@@ -20,4 +20,15 @@ OSSRUN_HD inline float mxfp4_element(const uint8_t* block, int j) {
     return e2m1_to_float(mxfp4_code(block, j)) * e8m0_to_float(block[0]);
 }
 
+// The two elements of code byte `byte` (j: low nibble, j + 16: high nibble) as the IEEE half
+// bits of e2m1 times 2^-14, low half first: the CUDA kernels' whole-block decode (no table). The
+// code's bits move into the half's exponent and mantissa as they are: exponent 0 is then the
+// half subnormal 2^-14 * m / 2 and exponent e > 0 is 2^(e - 15) * (1 + m / 2), both exactly
+// 2^-14 times the E2M1 value (MODEL.md §3.1); bit 3 is the sign.
+OSSRUN_HD inline uint32_t e2m1_pair_half_bits(uint32_t byte) {
+    const uint32_t t = byte | (byte << 12);  // low nibble at bits 0-3, high nibble at 16-19
+    return ((t << 9) & 0x0E000E00u) | ((t << 12) & 0x80008000u);
+}
+constexpr float kE2m1PairUnit = 16384.0f;  // 2^14: e2m1_pair_half_bits' values times this
+
 }  // namespace ossrun

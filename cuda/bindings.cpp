@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "../csrc/block_values.h"
 #include "../csrc/weight_element.h"
 #include "ops.h"
 
@@ -46,6 +47,13 @@ MatmulKernel kernel_arg(const std::string& kernel) {
     if (kernel == "gemv") return MatmulKernel::Gemv;
     if (kernel == "gemm") return MatmulKernel::Gemm;
     throw py::value_error("kernel must be 'auto', 'gemv' or 'gemm'");
+}
+
+// precision "f32" (the tensor-core GEMM's exact two-half activations) or "fast" (one half).
+bool precision_arg(const std::string& precision) {
+    if (precision == "f32") return true;
+    if (precision == "fast") return false;
+    throw py::value_error("precision must be 'f32' or 'fast'");
 }
 
 // C++ errors of the ops as Python ones: bad arguments ValueError, CUDA failures CudaError.
@@ -95,29 +103,74 @@ void bind_ops(py::module_& m) {
         }
         return out;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
+    m.def("decode_blocks_host", [](RawArray raw, int type, int64_t rows, int64_t cols) {
+        // The decode GEMVs' whole-block decoding (csrc/block_values.h) run on the host, each
+        // element rebuilt as (value * unit) * scale, the kernels' order of the two products.
+        const Matrix W = raw_matrix(raw, type, rows, cols);
+        if (W.type != DType::MXFP4 && W.type != DType::Q8_0) throw py::value_error("decode_blocks_host takes MXFP4 or Q8_0");
+        py::array_t<float> out({rows, cols});
+        float* o = out.mutable_data();
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t b = 0; b < cols / kBlockElems; ++b) {
+                float w[kBlockElems], scale = 0, unit = 0;
+                if (W.type == DType::MXFP4) {
+                    scale = Mxfp4Blocks::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * Mxfp4Blocks::kBytes, w);
+                    unit = Mxfp4Blocks::kUnit;
+                } else {
+                    scale = Q8Blocks::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * Q8Blocks::kBytes, w);
+                    unit = Q8Blocks::kUnit;
+                }
+                for (int j = 0; j < kBlockElems; ++j) o[r * cols + b * kBlockElems + j] = w[j] * unit * scale;
+            }
+        return out;
+    }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, F32Array x,
-                       std::optional<F32Array> bias, const std::string& kernel) {
+                       std::optional<F32Array> bias, const std::string& kernel, const std::string& precision) {
         const Matrix W = raw_matrix(raw, type, rows, cols);
         if (x.ndim() != 2 || x.shape(1) != cols || x.shape(0) < 1) throw py::value_error("x must be [T, cols], T >= 1");
         if (bias && (bias->ndim() != 1 || bias->shape(0) != rows)) throw py::value_error("bias must be [rows]");
         const MatmulKernel which = kernel_arg(kernel);
+        const bool exact = precision_arg(precision);
         const int64_t T = x.shape(0);
         py::array_t<float> y({T, rows});
         float* yp = y.mutable_data();
         const float* bp = bias ? bias->data() : nullptr;
-        guarded([&] { matmul_host(W, x.data(), T, bp, yp, which); });
+        guarded([&] { matmul_host(W, x.data(), T, bp, yp, which, exact); });
         return y;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-       py::arg("bias") = py::none(), py::arg("kernel") = "auto");
+       py::arg("bias") = py::none(), py::arg("kernel") = "auto", py::arg("precision") = "f32");
+    m.def("expert_matmul", [](RawArray raw, int type, int64_t n_experts, int64_t rows, int64_t cols,
+                              py::array_t<int32_t, py::array::c_style | py::array::forcecast> idx, F32Array x,
+                              int64_t x_div, F32Array bias, bool grouped, const std::string& precision) {
+        if (n_experts < 1) throw py::value_error("n_experts must be positive");
+        Matrix W = raw_matrix(raw, type, n_experts * rows, cols);
+        W.rows = rows;
+        W.n_mats = n_experts;
+        if (idx.ndim() != 1 || idx.shape(0) < 1) throw py::value_error("idx must be [n_pairs], n_pairs >= 1");
+        const int64_t n_pairs = idx.shape(0);
+        if (x_div < 1) throw py::value_error("x_div must be positive");
+        if (x.ndim() != 2 || x.shape(0) != (n_pairs + x_div - 1) / x_div || x.shape(1) != cols)
+            throw py::value_error("x must be [ceil(n_pairs / x_div), cols]");
+        if (bias.ndim() != 2 || bias.shape(0) != n_experts || bias.shape(1) != rows)
+            throw py::value_error("bias must be [n_experts, rows]");
+        const bool exact = precision_arg(precision);
+        py::array_t<float> y({n_pairs, rows});
+        float* yp = y.mutable_data();
+        guarded([&] { expert_matmul_host(W, idx.data(), n_pairs, x.data(), x_div, bias.data(), yp, grouped, exact); });
+        return y;
+    }, py::arg("raw"), py::arg("type"), py::arg("n_experts"), py::arg("rows"), py::arg("cols"), py::arg("idx"),
+       py::arg("x"), py::arg("x_div"), py::arg("bias"), py::arg("grouped"), py::arg("precision") = "f32",
+       "y[p] = W[idx[p]] · x[p // x_div] + bias[idx[p]]: grouped on the tensor cores, or pair by pair");
     m.def("time_matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, int64_t n_tok,
-                            const std::string& kernel, int reps) {
+                            const std::string& kernel, int reps, const std::string& precision) {
         const Matrix W = raw_matrix(raw, type, rows, cols);
         const MatmulKernel which = kernel_arg(kernel);
+        const bool exact = precision_arg(precision);
         double seconds = 0;
-        guarded([&] { seconds = time_matmul_host(W, n_tok, which, reps); });
+        guarded([&] { seconds = time_matmul_host(W, n_tok, which, reps, exact); });
         return seconds;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("n_tok"),
-       py::arg("kernel") = "auto", py::arg("reps") = 20,
+       py::arg("kernel") = "auto", py::arg("reps") = 20, py::arg("precision") = "f32",
        "seconds per call of the matmul kernel (median of reps, CUDA events), for tools/device_check.sh");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))

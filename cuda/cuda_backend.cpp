@@ -116,10 +116,13 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const int64_t E = c.expert_count, k = c.expert_used_count;
     matmul(w.router, b.normed, T, b.router_logits, w.router_b);
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
-    experts(w.gate_exps, b.normed, H, k, b.gate, w.gate_exps_b);
-    experts(w.up_exps, b.normed, H, k, b.up, w.up_exps_b);
+    // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
+    const bool grouped = T >= kGemmMinTokens;
+    if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
+    experts(w.gate_exps, b.normed, H, k, b.gate, w.gate_exps_b, grouped);
+    experts(w.up_exps, b.normed, H, k, b.up, w.up_exps_b, grouped);
     swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
-    experts(w.down_exps, b.h, I, 1, b.expert_y, w.down_exps_b);
+    experts(w.down_exps, b.h, I, 1, b.expert_y, w.down_exps_b, grouped);
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }
 
@@ -171,11 +174,14 @@ void CudaBackend::upload(Activation a, const float* host) {
 }
 
 void CudaBackend::matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias) {
-    ossrun::cuda::matmul(matmul_args(W, x, n, y, bias), as_stream(m_.stream_));
+    MatmulArgs a = matmul_args(W, x, n, y, bias);
+    a.exact = !m_.host_->fast_precision();
+    ossrun::cuda::matmul(a, as_stream(m_.stream_));
     m_.weight_bytes_read_ += uint64_t(W.rows) * W.row_bytes;
 }
 
-void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias) {
+void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias,
+                          bool grouped) {
     ExpertMatmulArgs a;
     a.W = W;
     a.idx = m_.buf_->expert_idx;
@@ -186,7 +192,10 @@ void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t 
     a.y = y;
     a.ldy = W.rows;
     a.bias = bias;
-    expert_matmul(a, as_stream(m_.stream_));
+    if (grouped && gemm_mma_can_run(W, x, ldx))
+        expert_gemm(a, m_.buf_->expert_groups, !m_.host_->fast_precision(), as_stream(m_.stream_));
+    else
+        expert_matmul(a, as_stream(m_.stream_));
     m_.weight_bytes_read_ += uint64_t(a.n_pairs) * uint64_t(W.rows) * W.row_bytes;
 }
 

@@ -32,7 +32,8 @@ private:
     // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted.
     void matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias);
     // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias.
-    void experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias);
+    // grouped: the pairs of expert_groups (prefill) on the tensor cores where the weights allow.
+    void experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias, bool grouped);
 
     DeviceModel& m_;
     const Batch* batch_ = nullptr;

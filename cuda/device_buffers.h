@@ -6,6 +6,7 @@
 
 #include "../csrc/config.h"
 #include "device_model.h"
+#include "kernels.cuh"
 
 namespace ossrun::cuda {
 
@@ -28,6 +29,7 @@ struct DeviceBuffers {
     float *residual, *normed, *q, *k, *v, *attn, *proj, *router_logits, *expert_weight;
     float *gate, *up, *h, *expert_y, *logits, *theta;
     int32_t* expert_idx;
+    ExpertGroups expert_groups;  // the pairs sorted by expert, for the grouped expert GEMM
     int64_t* positions;
     void* block = nullptr;
     size_t bytes = 0;
@@ -47,6 +49,12 @@ struct DeviceBuffers {
         router_logits = m.take<float>(T * size_t(c.expert_count));
         expert_weight = m.take<float>(P);
         expert_idx = m.take<int32_t>(P);
+        const size_t tiles = size_t(expert_tiles_max(int64_t(P), c.expert_count));
+        expert_groups.order = m.take<int32_t>(P);
+        expert_groups.tile_expert = m.take<int32_t>(tiles);
+        expert_groups.tile_start = m.take<int32_t>(tiles);
+        expert_groups.tile_count = m.take<int32_t>(tiles);
+        expert_groups.n_tiles = m.take<int32_t>(1);
         gate = m.take<float>(P * I);
         up = m.take<float>(P * I);
         h = m.take<float>(P * I);

@@ -1,8 +1,10 @@
-// Matrix times a few vectors, for decode (MODEL.md §2.3, §4.3): one warp per output row and token;
-// lane i reads element i of each 32-element span of the row (one MXFP4 or Q8_0 block per step, so a
-// warp's loads of a block fall in one or two cache lines) and the warp sums its lanes.
-// Simple and exact-decoding first; vectorised loads and int8 dot products come later.
+// Matrix times a few vectors, for decode (MODEL.md §2.3, §4.3). MXFP4 and Q8_0 (the weights of
+// gpt-oss files): one warp per output row and up to kTokensPerWarp tokens, each lane owning whole
+// blocks staged through shared memory (block_rows.cuh), so a row's bytes are read once for every
+// token of the step. Other types: one warp per (row, token), lane i reading element i of each
+// 32-element span (weight_element.h).
 #include "../csrc/weight_element.h"
+#include "block_rows.cuh"
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -12,8 +14,26 @@ namespace {
 
 constexpr int kRowsPerBlock = 4;  // warps per block
 
-// grid (ceil(rows / kRowsPerBlock), n_tok), block kRowsPerBlock * 32 threads.
-__global__ void gemv_kernel(MatmulArgs a) {
+// grid (ceil(rows / kRowsPerBlock), ceil(n_tok / kTokensPerWarp)), block kRowsPerBlock * 32:
+// warp w of block (bx, by) computes row bx * kRowsPerBlock + w for tokens by * kTokensPerWarp ..
+template <class F>
+__global__ void __launch_bounds__(kRowsPerBlock * kWarp) gemv_blocks_kernel(MatmulArgs a) {
+    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStagedBlocks * F::kBytes + 16];
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, t0 = int64_t(blockIdx.y) * kTokensPerWarp;
+    if (r >= a.W.rows) return;  // whole warps leave; only warp-level syncs below
+    const int nt = int(a.n_tok - t0 < kTokensPerWarp ? a.n_tok - t0 : kTokensPerWarp);
+    float acc[kTokensPerWarp] = {};
+    row_dot<F>(weight_row(a.W, a.mat, r), a.W.cols / kBlockElems, a.x + t0 * a.ldx, a.ldx, nt, stage[warp], lane, acc);
+#pragma unroll
+    for (int t = 0; t < kTokensPerWarp; ++t) {
+        const float s = warp_sum(acc[t]);
+        if (lane == 0 && t < nt) a.y[(t0 + t) * a.ldy + r] = a.bias ? s + a.bias[r] : s;
+    }
+}
+
+// grid (ceil(rows / kRowsPerBlock), n_tok), block kRowsPerBlock * 32.
+__global__ void gemv_elements_kernel(MatmulArgs a) {
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, t = blockIdx.y;
     if (r >= a.W.rows) return;  // the whole warp leaves together; no block-wide sync below
@@ -29,8 +49,18 @@ __global__ void gemv_kernel(MatmulArgs a) {
 
 void gemv(const MatmulArgs& a, cudaStream_t stream) {
     if (a.W.rows == 0 || a.n_tok == 0) return;
-    const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_tok));
-    gemv_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    const bool blocks = (a.W.type == DType::MXFP4 || a.W.type == DType::Q8_0) && block_rows_can_read(a.x, a.ldx);
+    if (!blocks) {
+        gemv_elements_kernel<<<dim3(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_tok)), kRowsPerBlock * kWarp, 0,
+                               stream>>>(a);
+        check_launch("gemv");
+        return;
+    }
+    const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), blocks_for(a.n_tok, kTokensPerWarp));
+    if (a.W.type == DType::MXFP4)
+        gemv_blocks_kernel<Mxfp4Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    else
+        gemv_blocks_kernel<Q8Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
     check_launch("gemv");
 }
 

@@ -22,6 +22,9 @@ struct MatmulArgs {
     float* y = nullptr;
     int64_t ldy = 0;
     const float* bias = nullptr;  // [rows] or null
+    // The tensor-core GEMM's activations (gemm_mma.cu): x_hi + x_lo (precision "f32", ~22 bits)
+    // or x_hi alone ("fast", 11 bits). The decode GEMVs always read float32 x.
+    bool exact = true;
 };
 
 // The arguments of y[n_tok, W.rows] = x[n_tok, W.cols] W^T (+ bias), dense rows: W.data, x, y
@@ -38,9 +41,10 @@ inline MatmulArgs matmul_args(const Matrix& W, const float* x, int64_t n_tok, fl
     return a;
 }
 
-// Decode: one warp per (row, token), for few tokens (gemv.cu).
+// Decode: one warp per row for up to 8 tokens, MXFP4 / Q8_0 a lane per block (gemv.cu).
 void gemv(const MatmulArgs& a, cudaStream_t stream);
-// Prefill: 32x32 output tiles through shared memory (gemm.cu).
+// Prefill: MXFP4 / Q8_0 on tensor cores (gemm_mma below), other types 32x32 float32 tiles
+// through shared memory (gemm.cu).
 void gemm(const MatmulArgs& a, cudaStream_t stream);
 // The one the forward pass calls: gemv below kGemmMinTokens tokens, else gemm.
 constexpr int64_t kGemmMinTokens = 8;
@@ -117,6 +121,44 @@ struct ExpertMatmulArgs {
     const float* bias = nullptr;  // [E][rows]
 };
 void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream);
+
+// The routed pairs sorted by expert for the grouped GEMM: `order` [n_pairs] lists the pairs of
+// expert 0, then 1, ...; tile i < *n_tiles covers tile_count[i] <= kMmaTileTokens of them from
+// order[tile_start[i]], all of expert tile_expert[i]. Device arrays; the tile arrays hold at
+// most expert_tiles_max(n_pairs, E) entries.
+struct ExpertGroups {
+    int32_t* order = nullptr;
+    int32_t* tile_expert = nullptr;
+    int32_t* tile_start = nullptr;
+    int32_t* tile_count = nullptr;
+    int32_t* n_tiles = nullptr;
+};
+constexpr int64_t kMmaTileTokens = 64;
+inline int64_t expert_tiles_max(int64_t n_pairs, int64_t E) { return n_pairs / kMmaTileTokens + E; }
+// idx [n_pairs] (each < E <= 1024) -> groups (moe_ops.cu).
+void group_by_expert(const int32_t* idx, int64_t n_pairs, int64_t E, const ExpertGroups& groups, cudaStream_t stream);
+
+// The tensor-core GEMM (gemm_mma.cu) of MXFP4 or Q8_0 weights: y[row * ldy + r] = W[mat] row r
+// · x[row' * ldx ..] + bias, over tokens 0 .. n_tok - 1 (row = row' = token), or with
+// groups.n_tiles set over the grouped pairs (mat = the tile's expert, row = pair, row' = pair /
+// x_div, bias [E][rows]); x 16-byte aligned rows (gemm_mma_can_run).
+struct MmaGemmArgs {
+    Matrix W;
+    int64_t mat = 0;
+    const float* x = nullptr;
+    int64_t ldx = 0, x_div = 1, n_tok = 0;
+    float* y = nullptr;
+    int64_t ldy = 0;
+    const float* bias = nullptr;
+    bool exact = true;
+    ExpertGroups groups;
+};
+bool gemm_mma_can_run(const Matrix& W, const float* x, int64_t ldx);
+// m_tiles: ceil(n_tok / kMmaTileTokens), or expert_tiles_max for groups (tiles past *n_tiles
+// return at once).
+void gemm_mma(const MmaGemmArgs& a, int64_t m_tiles, cudaStream_t stream);
+// The routed experts' matmuls of ExpertMatmulArgs on grouped pairs (gemm_mma_can_run(W, x, ldx)).
+void expert_gemm(const ExpertMatmulArgs& a, const ExpertGroups& groups, bool exact, cudaStream_t stream);
 
 // out[t][c] = sum_j weight[t * k + j] * y[(t * k + j) * H + c]: the routed outputs' weighted sum.
 void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,

@@ -1,8 +1,9 @@
 // The MoE block's pieces (MODEL.md §2.6), as csrc/moe_ops.h and CpuBackend::moe compute them:
 // router top-k with softmax over the selected logits, the clamped SwiGLU ("swiglu_oai"), the
-// routed experts' matmuls pair by pair (one warp per output row, as gemv.cu: simple and exact;
-// grouping the pairs by expert into GEMMs comes later) and their weighted sum.
+// routed experts' matmuls pair by pair (one warp per output row, as gemv.cu; many pairs go to
+// the grouped GEMM of gemm_mma.cu instead) and their weighted sum.
 #include "../csrc/weight_element.h"
+#include "block_rows.cuh"
 #include "common.cuh"
 #include "kernels.cuh"
 
@@ -48,8 +49,24 @@ __global__ void swiglu_kernel(const float* gate, const float* lin, float* h, int
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 4;  // warps per block of expert_matmul
 
-// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32.
-__global__ void expert_matmul_kernel(ExpertMatmulArgs a) {
+// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: MXFP4 / Q8_0 experts, a
+// lane owning whole blocks (block_rows.cuh).
+template <class F>
+__global__ void __launch_bounds__(kRowsPerBlock * kWarp) expert_blocks_kernel(ExpertMatmulArgs a) {
+    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStagedBlocks * F::kBytes + 16];
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
+    if (r >= a.W.rows) return;  // whole warps leave; only warp-level syncs below
+    const int64_t e = a.idx[p];
+    float acc[kTokensPerWarp] = {};
+    row_dot<F>(weight_row(a.W, e, r), a.W.cols / kBlockElems, a.x + (p / a.x_div) * a.ldx, a.ldx, 1, stage[warp],
+               lane, acc);
+    const float s = warp_sum(acc[0]);
+    if (lane == 0) a.y[p * a.ldy + r] = s + a.bias[e * a.W.rows + r];
+}
+
+// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: any other type.
+__global__ void expert_elements_kernel(ExpertMatmulArgs a) {
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
     if (r >= a.W.rows) return;  // whole warps leave; no block-wide sync below
@@ -60,6 +77,33 @@ __global__ void expert_matmul_kernel(ExpertMatmulArgs a) {
     for (int64_t c = lane; c < a.W.cols; c += kWarp) acc += weight_element(a.W.type, row, c) * x[c];
     acc = warp_sum(acc);
     if (lane == 0) a.y[p * a.ldy + r] = acc + a.bias[e * a.W.rows + r];
+}
+
+// One block: counts per expert, then (one thread; E and the tile count are small) each expert's
+// first slot and tiles, then every pair to its expert's next slot. The order inside an expert
+// depends on the atomics, never y: each pair's row is computed on its own.
+__global__ void group_by_expert_kernel(const int32_t* idx, int64_t n_pairs, int E, ExpertGroups g) {
+    extern __shared__ int32_t counts[];  // [E] counts, then [E] next free slot
+    int32_t* next = counts + E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&counts[idx[p]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t slot = 0, tiles = 0;
+        for (int e = 0; e < E; ++e) {
+            next[e] = slot;
+            for (int32_t s = 0; s < counts[e]; s += int32_t(kMmaTileTokens), ++tiles) {
+                g.tile_expert[tiles] = e;
+                g.tile_start[tiles] = slot + s;
+                g.tile_count[tiles] = min(int32_t(kMmaTileTokens), counts[e] - s);
+            }
+            slot += counts[e];
+        }
+        *g.n_tiles = tiles;
+    }
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < n_pairs; p += blockDim.x) g.order[atomicAdd(&next[idx[p]], 1)] = int32_t(p);
 }
 
 // grid (ceil(H / kThreads), T).
@@ -76,8 +120,19 @@ __global__ void moe_combine_kernel(const float* y, const float* weight, int64_t 
 void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream) {
     if (a.W.rows == 0 || a.n_pairs == 0) return;
     const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_pairs));
-    expert_matmul_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    const bool blocks = block_rows_can_read(a.x, a.ldx);
+    if (blocks && a.W.type == DType::MXFP4)
+        expert_blocks_kernel<Mxfp4Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    else if (blocks && a.W.type == DType::Q8_0)
+        expert_blocks_kernel<Q8Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    else
+        expert_elements_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
     check_launch("expert_matmul");
+}
+
+void group_by_expert(const int32_t* idx, int64_t n_pairs, int64_t E, const ExpertGroups& groups, cudaStream_t stream) {
+    group_by_expert_kernel<<<1, 1024, size_t(2 * E) * sizeof(int32_t), stream>>>(idx, n_pairs, int(E), groups);
+    check_launch("group_by_expert");
 }
 
 void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,

@@ -64,7 +64,7 @@ void launch_matmul(const MatmulArgs& a, MatmulKernel which) {
 }  // namespace
 
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
-                 MatmulKernel which) {
+                 MatmulKernel which, bool exact) {
     require(has_weight_element(W_host.type), "the CUDA matmul takes F32, F16, BF16, Q8_0, MXFP4 or dense quant weights");
     require(W_host.n_mats == 1 && W_host.rows >= 1 && W_host.cols >= 1, "W must be one matrix of rows x cols");
     require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
@@ -77,12 +77,58 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
     DeviceArray<float> dx(x, size_t(n_tok * cols)), dy{size_t(n_tok * rows)};
     std::unique_ptr<DeviceArray<float>> db;
     if (bias) db = std::make_unique<DeviceArray<float>>(bias, size_t(rows));
-    launch_matmul(device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), db ? db->get() : nullptr), which);
+    MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), db ? db->get() : nullptr);
+    a.exact = exact;
+    launch_matmul(a, which);
     finish("matmul");
     dy.copy_to(y);
 }
 
-double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps) {
+void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pairs, const float* x, int64_t x_div,
+                        const float* bias, float* y, bool grouped, bool exact) {
+    require(has_weight_element(W_host.type), "the CUDA expert matmul takes F32, F16, BF16, Q8_0, MXFP4 or dense quant weights");
+    require(W_host.n_mats >= 1 && W_host.n_mats <= 1024 && W_host.rows >= 1 && W_host.cols >= 1,
+            "W must be a stack of 1 to 1024 experts of rows x cols");
+    require(n_pairs >= 1 && n_pairs <= kMaxGridY, "n_pairs must be in [1, 65535]");
+    require(x_div >= 1, "x_div must be positive");
+    for (int64_t p = 0; p < n_pairs; ++p) require(idx[p] >= 0 && idx[p] < W_host.n_mats, "idx must name experts of W");
+    require(!grouped || (W_host.type == DType::MXFP4 || W_host.type == DType::Q8_0),
+            "the grouped expert GEMM takes MXFP4 or Q8_0 weights");
+    const int64_t rows = W_host.rows, cols = W_host.cols, E = W_host.n_mats, n_x = (n_pairs + x_div - 1) / x_div;
+    DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
+    DeviceArray<int32_t> didx(idx, size_t(n_pairs));
+    DeviceArray<float> dx(x, size_t(n_x * cols)), db(bias, size_t(E * rows)), dy{size_t(n_pairs * rows)};
+    ExpertMatmulArgs a;
+    a.W = W_host;
+    a.W.data = w.get();
+    a.idx = didx.get();
+    a.n_pairs = n_pairs;
+    a.x = dx.get();
+    a.ldx = cols;
+    a.x_div = x_div;
+    a.y = dy.get();
+    a.ldy = rows;
+    a.bias = db.get();
+    if (grouped) {
+        const size_t tiles = size_t(expert_tiles_max(n_pairs, E));
+        DeviceArray<int32_t> order{size_t(n_pairs)}, tile_expert{tiles}, tile_start{tiles}, tile_count{tiles}, n_tiles{1};
+        ExpertGroups g;
+        g.order = order.get();
+        g.tile_expert = tile_expert.get();
+        g.tile_start = tile_start.get();
+        g.tile_count = tile_count.get();
+        g.n_tiles = n_tiles.get();
+        group_by_expert(a.idx, n_pairs, E, g, nullptr);
+        expert_gemm(a, g, exact, nullptr);
+        finish("expert_gemm");
+    } else {
+        expert_matmul(a, nullptr);
+        finish("expert_matmul");
+    }
+    dy.copy_to(y);
+}
+
+double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps, bool exact) {
     require(has_weight_element(W_host.type) && W_host.n_mats == 1, "time_matmul takes one matrix of a type the CUDA kernels read");
     require(W_host.row_bytes == row_bytes_for(W_host.type, W_host.cols), "W's row bytes do not fit its type and cols");
     require(n_tok >= 1 && n_tok <= kMaxGridY && reps >= 1 && reps <= 1000, "1 <= n_tok <= 65535, 1 <= reps <= 1000");
@@ -91,7 +137,8 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
     DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
     DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
-    const MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
+    MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
+    a.exact = exact;
     auto launch = [&] { launch_matmul(a, which); };
     launch();
     launch();

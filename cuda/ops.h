@@ -37,13 +37,20 @@ const char* built_architectures();
 
 enum class MatmulKernel { Auto, Gemv, Gemm };
 
-// W_host.data is host memory; x [n_tok][cols], y [n_tok][rows], bias [rows] or null.
+// W_host.data is host memory; x [n_tok][cols], y [n_tok][rows], bias [rows] or null. exact:
+// the tensor-core GEMM's activations in two halves (precision "f32") or one ("fast").
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
-                 MatmulKernel which);
+                 MatmulKernel which, bool exact = true);
+// The routed experts' matmuls: W_host an [E][rows][cols] stack, idx [n_pairs] (each < E),
+// x [ceil(n_pairs / x_div)][cols], bias [E][rows] -> y [n_pairs][rows], y[p] = W[idx[p]] ·
+// x[p / x_div] + bias[idx[p]]; grouped: sorted by expert onto the tensor-core GEMM (MXFP4 / Q8_0),
+// else pair by pair (the decode kernels).
+void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pairs, const float* x, int64_t x_div,
+                        const float* bias, float* y, bool grouped, bool exact);
 // Seconds per call of the matmul kernel on W (copied to the device once) and random x of n_tok
 // tokens, the median of `reps` timed calls after two warm-ups (CUDA events): for
 // tools/device_check.sh's kernel rates, not for tests.
-double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps);
+double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps, bool exact = true);
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps);
 // x [T][n_heads][d] is rotated in place.
 void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_t d,

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import ossrun
 import pytest
+import reference as R
 from golden import FIXTURES, TOL, golden_case, load, rel_err
 from ossrun import _core, device_load, placement
 from ossrun.device import CudaStatus, cuda_status
@@ -180,6 +181,34 @@ def test_f32_logits_match_golden_on_the_gpu(fx):
     logits = gpu(fx["gguf"], precision="f32").logits(fx["tokens"])
     assert logits.shape == fx["gold"].shape and rel_err(logits, fx["gold"]) < TOL
     assert np.array_equal(np.argmax(logits, -1), np.argmax(fx["gold"], -1))
+
+
+def half_blocks(x) -> np.ndarray:
+    """x [T, K] as the fast tensor-core GEMM feeds it (cuda/gemm_mma.cu): each token's 32-element
+    blocks divided by a power of two to a largest |x| in [2^14, 2^15), rounded to IEEE half, and
+    multiplied back."""
+    x = np.asarray(x, np.float64)
+    b = x.reshape(x.shape[0], -1, 32)
+    big = np.abs(b).max(-1, keepdims=True)
+    k = np.where(big > 0, np.clip(np.frexp(big)[1] - 15, -126, 127), 0)
+    return (np.ldexp(b, -k).astype(np.float16).astype(np.float64) * np.ldexp(1.0, k)).reshape(x.shape)
+
+
+@needs_device
+def test_fast_precision_on_the_gpu_errs_as_half_activations_do(fx, monkeypatch):
+    """precision="fast" rounds the prefill GEMMs' activations to half (cuda/gemm_mma.cu); judged
+    against the error of a plain implementation at that precision: the float64 reference with
+    every matmul's input rounded so (more than the GPU rounds: its decode GEMVs and other weight
+    types read float32)."""
+    hp, weights = R.load_gguf_weights(fx["gguf"])
+    exact = R.matmul
+    monkeypatch.setattr(R, "matmul",
+                        lambda x, W, b=None: exact(half_blocks(x) if x.shape[-1] % 32 == 0 else x, W, b))
+    plain = rel_err(R.forward(hp, weights, fx["tokens"]), fx["gold"])
+    monkeypatch.undo()
+    fast = rel_err(gpu(fx["gguf"], precision="fast").logits(fx["tokens"]), fx["gold"])
+    assert plain > TOL / 100  # the rounding is real
+    assert fast <= 2 * plain + TOL, f"fast {fast:.3g} against a plain half implementation's {plain:.3g}"
 
 
 @needs_device

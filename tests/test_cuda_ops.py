@@ -144,6 +144,27 @@ def test_shared_decoding_mxfp4_every_code_and_special_scale(rng):
     assert _same_bits(gpu.decode_rows_host(wide, MXFP4, 3, 2880), R.dequant_mxfp4_gguf(wide, 3, 2880))
 
 
+def test_whole_block_decoding_equals_the_element_decoding(rng):
+    # The decode GEMVs' block decoding (csrc/block_values.h: E2M1 pairs as half bits times 2^-14,
+    # int8 values, then the unit and the scale): the element decoding bit for bit, for every E2M1
+    # code in both halves under scales 0..252, Q8_0 with subnormal, negative and zero scales, and
+    # a wide random row of each.
+    scales = np.repeat(np.arange(253), 2).reshape(-1, 1)
+    codes = np.tile(np.concatenate([np.arange(16), np.arange(16)[::-1]]), (scales.shape[0], 1, 1))
+    codes[1::2] = codes[1::2, :, ::-1]
+    raw = mxfp4_bytes(codes, scales)
+    n = scales.shape[0]
+    assert _same_bits(gpu.decode_blocks_host(raw, MXFP4, n, 32), gpu.decode_rows_host(raw, MXFP4, n, 32))
+    q8 = raw_weights(rng, Q8_0, 4, 96)
+    q8.reshape(4, 3, 34)[0, :, :2] = np.array([[1, 0], [0xFF, 0x83], [0, 0]], np.uint8)
+    assert _same_bits(gpu.decode_blocks_host(q8, Q8_0, 4, 96), gpu.decode_rows_host(q8, Q8_0, 4, 96))
+    for t in (MXFP4, Q8_0):
+        wide = raw_weights(rng, t, 3, 2880)
+        assert _same_bits(gpu.decode_blocks_host(wide, t, 3, 2880), gpu.decode_rows_host(wide, t, 3, 2880))
+    with pytest.raises(ValueError, match="MXFP4 or Q8_0"):
+        gpu.decode_blocks_host(np.zeros(4 * 37, np.uint8), F32, 1, 37)
+
+
 def test_shared_decoding_worked_example():
     # MODEL.md §3.5: codes 0..15, 15..0 with scale byte 0x7E (x 0.5).
     block = np.frombuffer(bytes.fromhex("7E F0 E1 D2 C3 B4 A5 96 87 78 69 5A 4B 3C 2D 1E 0F"), np.uint8)
@@ -193,12 +214,37 @@ def test_ops_reject_bad_arguments_before_touching_cuda():
 # --------------------------------------------------------------------------- matmul (device)
 
 MATMUL_SHAPES = [(F32, 37), (F32, 100), (F16, 37), (BF16, 100), (Q8_0, 96), (Q8_0, 2880),
-                 (MXFP4, 96), (MXFP4, 2880)]
-TOKENS = [1, 3, 7, 8, 33, 70]  # below, at and above the gemv/gemm switch; a tile + 1; two + 6
+                 (MXFP4, 96), (MXFP4, 2880), (MXFP4, 4128), (Q8_0, 4128)]
+# below, at and above the gemv/gemm switch; a gemv pass of 8 tokens + 1; a 64-token tile + 6
+TOKENS = [1, 3, 7, 8, 9, 33, 70]
 
 
 def _shape_id(p):
     return f"{TYPE_NAMES[p[0]]}-{p[1]}"
+
+
+def _tensor_cores(ggml_type, kernel, T) -> bool:
+    """Whether matmul(kernel) runs cuda/gemm_mma.cu for these weights and tokens."""
+    return ggml_type in (MXFP4, Q8_0) and (kernel == "gemm" or (kernel == "auto" and T >= 8))
+
+
+def matmul_bound(x, W, bias, tensor_cores: bool, precision: str = "f32") -> np.ndarray:
+    """The worst-case error of y = x W^T + bias per output. Exact decoding and float32 products
+    and sums in any order (FMAs round less): (K + 2)·U·Σ|w||x| (tests/test_kernels.py's bound).
+    On the tensor cores the sums may truncate (2U a step), and x enters as x_hi + x_lo ("f32":
+    within 2^-24 |x|) or x_hi ("fast": 2^-12 |x|), each token's 32-block scaled to a largest value
+    in [2^14, 2^15), below whose half range an element errs by at most 2^-39 of the block's
+    largest (gemm_mma.cu)."""
+    x = np.abs(np.asarray(x, np.float64))
+    aw = np.abs(W)
+    mag = x @ aw.T + (0 if bias is None else np.abs(bias))
+    K = W.shape[1]
+    if not tensor_cores:
+        return (K + 2) * U * mag
+    rel = 2.0**-24 if precision == "f32" else 2.0**-12
+    T = x.shape[0]
+    block_max = np.repeat(x.reshape(T, K // 32, 32).max(-1), 32, axis=1)
+    return 2 * (K + 2) * U * mag + rel * (x @ aw.T) + 2.0**-39 * (block_max @ aw.T)
 
 
 @needs_device
@@ -215,10 +261,7 @@ def test_cuda_matmul_within_rounding_bound(rng, shape, rows, kernel):
         bias = b if T % 2 else None
         y = gpu.matmul(raw, ggml_type, rows, cols, x, bias, kernel)
         ref = R.matmul(x.astype(np.float64), W, None if bias is None else b.astype(np.float64))
-        # Exact decoding; float32 products and sums in any order (FMAs round less) err within
-        # (K-1)·U·Σ|w||x|, plus the bias add: the bound of the CPU test (tests/test_kernels.py).
-        mag = np.abs(x.astype(np.float64)) @ np.abs(W).T + (0 if bias is None else np.abs(b))
-        tol = (cols + 2) * U * mag
+        tol = matmul_bound(x, W, None if bias is None else b, _tensor_cores(ggml_type, kernel, T))
         assert y.shape == (T, rows)
         assert np.all(np.abs(y - ref) <= tol), f"T={T}: max err {np.max(np.abs(y - ref) - tol):.3g} over"
         y_cpu = cpu.matmul(raw, ggml_type, rows, cols, x, bias, "scalar")
@@ -226,21 +269,104 @@ def test_cuda_matmul_within_rounding_bound(rng, shape, rows, kernel):
 
 
 @needs_device
+@pytest.mark.parametrize("scale", [1.0, 2.0**-60, 2.0**40], ids=["unit", "tiny", "huge"])
+@pytest.mark.parametrize("ggml_type", [MXFP4, Q8_0], ids=["MXFP4", "Q8_0"])
+def test_cuda_tensor_core_gemm_fast_precision(rng, ggml_type, scale):
+    """precision="fast": one half per activation, each 32-block scaled by a power of two first, so
+    the error stays 2^-12 of |x| at any magnitude (no half overflow or underflow), one token's
+    blocks of very different sizes included; "f32" stays within its own bound on the same x."""
+    rows, cols, T = 70, 2880, 70
+    raw = raw_weights(rng, ggml_type, rows, cols)
+    W = R.dequantize(raw, ggml_type, (rows, cols))
+    x = (rng.standard_normal((T, cols)) * scale).astype(np.float32)
+    x[:, :32] *= 2.0**20  # a large block beside ordinary ones
+    x[3] = 0.0            # a token of zeros
+    ref = R.matmul(x.astype(np.float64), W)
+    for precision in ("fast", "f32"):
+        y = gpu.matmul(raw, ggml_type, rows, cols, x, None, "gemm", precision)
+        tol = matmul_bound(x, W, None, True, precision)
+        worst = np.max(np.abs(y - ref) / (tol + 1e-300))
+        assert np.all(np.abs(y - ref) <= tol), f"{precision}: max err/bound {worst:.3g}"
+    assert not np.array_equal(gpu.matmul(raw, ggml_type, rows, cols, x, None, "gemm", "fast"),
+                              gpu.matmul(raw, ggml_type, rows, cols, x, None, "gemm", "f32"))
+
+
+@needs_device
+@pytest.mark.parametrize("precision", ["f32", "fast"])
 @pytest.mark.parametrize("kernel", ["gemv", "gemm"])
 @pytest.mark.parametrize("shape", MATMUL_SHAPES, ids=_shape_id)
-def test_cuda_matmul_exact_when_arithmetic_is_exact(rng, shape, kernel):
-    """Small integers times weights on a coarse grid: every product and partial sum is exact, so
-    any correct kernel returns the exact answer bit for bit; catches one misplaced element."""
+def test_cuda_matmul_exact_when_arithmetic_is_exact(rng, shape, kernel, precision):
+    """Small integers times weights on a coarse grid: every product and partial sum is exact (and
+    every x exact in half), so any correct kernel returns the exact answer bit for bit; catches one
+    misplaced element."""
     ggml_type, cols = shape
     rows = 45
     raw = raw_weights(rng, ggml_type, rows, cols, small_ints=True)
     W = R.dequantize(raw, ggml_type, (rows, cols))
     b = rng.integers(-100, 101, rows).astype(np.float32)
-    for T in (1, 5, 33):
+    for T in (1, 5, 33, 70):
         x = rng.integers(-8, 9, (T, cols)).astype(np.float32)
-        y = gpu.matmul(raw, ggml_type, rows, cols, x, b, kernel)
+        y = gpu.matmul(raw, ggml_type, rows, cols, x, b, kernel, precision)
         ref = R.matmul(x.astype(np.float64), W, b.astype(np.float64))
         assert np.array_equal(y, ref), f"T={T}: {np.argwhere(y != ref)[:3].tolist()}"
+
+
+# --------------------------------------------------------------------------- routed experts (device)
+
+
+def _expert_case(rng, ggml_type, n_experts, rows, cols, n_pairs, x_div):
+    """A stack of experts, routing that leaves expert 1 unused and sends more than one 64-row
+    tile's pairs to expert 0, inputs and the float64 answer."""
+    raw = np.concatenate([raw_weights(rng, ggml_type, rows, cols) for _ in range(n_experts)])
+    W = R.dequantize(raw, ggml_type, (n_experts * rows, cols)).reshape(n_experts, rows, cols)
+    idx = rng.choice([e for e in range(n_experts) if e != 1], n_pairs).astype(np.int32)
+    idx[: min(n_pairs, 70)] = 0
+    rng.shuffle(idx)
+    x = rng.standard_normal((-(-n_pairs // x_div), cols)).astype(np.float32)
+    bias = rng.standard_normal((n_experts, rows)).astype(np.float32)
+    xs = x[np.arange(n_pairs) // x_div].astype(np.float64)
+    ref = np.einsum("prc,pc->pr", W[idx], xs) + bias[idx]
+    return raw, W, idx, x, xs, bias, ref
+
+
+@needs_device
+@pytest.mark.parametrize("x_div", [1, 4])
+@pytest.mark.parametrize("n_pairs", [1, 7, 64, 200])
+@pytest.mark.parametrize("shape", [(MXFP4, 96), (MXFP4, 2880), (Q8_0, 96), (Q8_0, 4128)], ids=_shape_id)
+def test_cuda_expert_matmul_pairs_and_grouped(rng, shape, n_pairs, x_div):
+    ggml_type, cols = shape
+    E, rows = 5, 67
+    raw, W, idx, x, xs, bias, ref = _expert_case(rng, ggml_type, E, rows, cols, n_pairs, x_div)
+    aw = np.abs(W[idx])
+    mag = np.einsum("prc,pc->pr", aw, np.abs(xs)) + np.abs(bias[idx])
+    pairs = gpu.expert_matmul(raw, ggml_type, E, rows, cols, idx, x, x_div, bias, grouped=False)
+    assert np.all(np.abs(pairs - ref) <= (cols + 2) * U * mag)
+    block_max = np.repeat(np.abs(xs).reshape(n_pairs, cols // 32, 32).max(-1), 32, axis=1)
+    floor = 2.0**-39 * np.einsum("prc,pc->pr", aw, block_max)
+    for precision, rel in (("f32", 2.0**-24), ("fast", 2.0**-12)):
+        grouped = gpu.expert_matmul(raw, ggml_type, E, rows, cols, idx, x, x_div, bias, grouped=True,
+                                    precision=precision)
+        tol = (2 * (cols + 2) * U + rel) * mag + floor  # matmul_bound's tensor-core terms
+        worst = np.max(np.abs(grouped - ref) / tol)
+        assert np.all(np.abs(grouped - ref) <= tol), f"{precision}: max err/bound {worst:.3g}"
+
+
+def test_cuda_expert_matmul_arguments_are_checked():
+    raw = np.zeros((2 * 3 * 17), np.uint8)
+    x = np.zeros((1, 32), np.float32)
+    bias = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="idx must name experts"):
+        gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([2], np.int32), x, 1, bias, grouped=True)
+    with pytest.raises(ValueError, match="bias must be"):
+        gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([0], np.int32), x, 1, bias[:1], grouped=True)
+    with pytest.raises(ValueError, match="x must be"):
+        gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([0, 1], np.int32), x, 1, bias, grouped=True)
+    with pytest.raises(ValueError, match="MXFP4 or Q8_0"):
+        gpu.expert_matmul(np.zeros(2 * 3 * 128, np.uint8), F32, 2, 3, 32, np.array([0], np.int32), x, 1, bias,
+                          grouped=True)
+    with pytest.raises(ValueError, match="precision"):
+        gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([0], np.int32), x, 1, bias, grouped=True,
+                          precision="bf16")
 
 
 # --------------------------------------------------------------------------- rmsnorm, rope (device)

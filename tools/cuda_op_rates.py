@@ -1,5 +1,6 @@
 """Rates of the CUDA matmul kernels on gpt-oss-20b-shaped matrices (tools/device_check.sh runs
-it on a GPU machine): the decode GEMV's GB/s of weights streamed and the prefill GEMM's TFLOP/s.
+it on a GPU machine): the decode GEMV's GB/s of weights streamed and the prefill GEMM's TFLOP/s
+(tensor cores for MXFP4 / Q8_0, in both precisions: "f32" sends two halves per activation).
 Numbers only; nothing passes or fails. Needs only numpy and ossrun._cuda (built with CUDA)."""
 
 from __future__ import annotations
@@ -30,19 +31,24 @@ def main() -> int:
     if not st.available:
         return 1
     rng = np.random.default_rng(0)
-    cases = [  # (what, type, rows, cols, tokens, kernel)
-        ("experts of a layer, MXFP4 [32*2880, 2880]", MXFP4, 32 * 2880, 2880, 1, "gemv"),
-        ("unembedding, Q8_0 [201088, 2880]", Q8_0, 201088, 2880, 1, "gemv"),
-        ("attn_q, Q8_0 [4096, 2880], 4 tokens", Q8_0, 4096, 2880, 4, "gemv"),
-        ("attn_q, Q8_0 [4096, 2880], 512 tokens", Q8_0, 4096, 2880, 512, "gemm"),
-        ("an expert, MXFP4 [2880, 2880], 512 tokens", MXFP4, 2880, 2880, 512, "gemm"),
+    cases = [  # (what, type, rows, cols, tokens, kernel, precision of the tensor-core GEMM)
+        ("experts of a layer, MXFP4 [32*2880, 2880]", MXFP4, 32 * 2880, 2880, 1, "gemv", "f32"),
+        ("experts of a layer, MXFP4 [32*2880, 2880], 4 tokens", MXFP4, 32 * 2880, 2880, 4, "gemv", "f32"),
+        ("unembedding, Q8_0 [201088, 2880]", Q8_0, 201088, 2880, 1, "gemv", "f32"),
+        ("attn_q, Q8_0 [4096, 2880], 4 tokens", Q8_0, 4096, 2880, 4, "gemv", "f32"),
+        ("attn_q, Q8_0 [4096, 2880], 256 tokens", Q8_0, 4096, 2880, 256, "gemm", "f32"),
+        ("attn_q, Q8_0 [4096, 2880], 256 tokens", Q8_0, 4096, 2880, 256, "gemm", "fast"),
+        ("an expert, MXFP4 [2880, 2880], 512 tokens", MXFP4, 2880, 2880, 512, "gemm", "f32"),
+        ("an expert, MXFP4 [2880, 2880], 512 tokens", MXFP4, 2880, 2880, 512, "gemm", "fast"),
+        ("unembedding, Q8_0 [201088, 2880], 8 tokens", Q8_0, 201088, 2880, 8, "gemm", "fast"),
     ]
-    for what, t, rows, cols, n_tok, kernel in cases:
+    for what, t, rows, cols, n_tok, kernel, precision in cases:
         raw = raw_bytes(rng, t, rows, cols)
-        s = _cuda.ops.time_matmul(raw, t, rows, cols, n_tok, kernel, 20)
+        s = _cuda.ops.time_matmul(raw, t, rows, cols, n_tok, kernel, 20, precision)
         gbs = raw.nbytes / s / 1e9
         tflops = 2 * rows * cols * n_tok / s / 1e12
-        print(f"{kernel} {what}: {s * 1e6:9.1f} us  {gbs:8.1f} GB/s of weights  {tflops:7.2f} TFLOP/s")
+        print(f"{kernel} {precision:4} {what}: {s * 1e6:9.1f} us  {gbs:8.1f} GB/s of weights  "
+              f"{tflops:7.2f} TFLOP/s")
     return 0
 
 

@@ -152,7 +152,8 @@ bench_model() {
 
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
   or (rmsnorm and 37) or (attention and q8kv2 and 80 and (kv_ring_wrapped or full_causal_decode))
-  or router or swiglu or rope_yarn"
+  or router or swiglu or rope_yarn or (expert_matmul_pairs_and_grouped and 200 and (MXFP4-96 or Q8_0-96))
+  or (tensor_core_gemm_fast and unit)"
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
 export -f environment carried make_model_file build status bench_model
@@ -180,7 +181,7 @@ if [ -d "$SITE/ossrun" ]; then
             -k "(golden and tiny-w4) or (hybrid and tiny-w4-1) or (first_layers and tiny-w4) or stacked or dense_quant_model"
         step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py \
-            -k "(attention and q8kv2 and 80 and full_causal_decode) or (rmsnorm and 2880)"
+            -k "(attention and q8kv2 and 80 and full_causal_decode) or (rmsnorm and 2880) or (expert_matmul_pairs_and_grouped and MXFP4-96-200-4)"
     elif ((!HOST_ONLY)); then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi

@@ -111,18 +111,21 @@ def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
 
 def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
     """float32 activations of one prefill chunk: per token the residual, norm, q/k/v, attention
-    output, projection and router logits; per routed (token, expert) pair its input, gate, up,
-    SwiGLU and output rows; LOGIT_ROWS rows of logits (cuda/device_model.cpp's DeviceBuffers carve
-    at most this). With n_ctx, also flash-decoding's partial results for key ranges up to n_ctx
-    (cuda/device_model.h attention_parts): per split row, head and part d + 2 floats."""
+    output, projection and router logits; per routed (token, expert) pair its weight, expert, slot
+    in the expert-sorted order and its input, gate, up, SwiGLU and output rows, and the grouped
+    GEMM's tiles (at most one per 64 pairs plus one per expert, 3 ints each); LOGIT_ROWS rows of
+    logits (cuda/device_model.cpp's DeviceBuffers carve at most this). With n_ctx, also
+    flash-decoding's partial results for key ranges up to n_ctx (cuda/device_model.h
+    attention_parts): per split row, head and part d + 2 floats."""
     H, I = cfg.embedding_length, cfg.expert_feed_forward_length
     q_width, kv_width = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length
-    per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + 2 * cfg.expert_used_count
+    per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + 3 * cfg.expert_used_count
     per_pair = 2 * H + 3 * I
     parts = 0 if n_ctx is None else (n_ctx - 1) // SPLIT_CHUNK + 1
     split = SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2) if parts > 1 else 0
     chunk = MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair)
-    return 4 * (chunk + LOGIT_ROWS * cfg.vocab_size + split)
+    tiles = 3 * (MAX_CHUNK * cfg.expert_used_count // 64 + cfg.expert_count) + 1
+    return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split)
 
 
 def group_tensor_bytes(tensor_bytes: Mapping[str, int], block_count: int) -> dict:

@@ -1,0 +1,76 @@
+// Rows of MXFP4 and Q8_0 weights read a whole 32-element block per lane (the decode GEMVs of
+// gemv.cu and moe_ops.cu): a warp stages a run of a row's blocks in shared memory with 16-byte
+// loads, then each lane decodes its own blocks exactly and dots them with up to kTokensPerWarp
+// activation rows. A warp keeps 4 blocks per lane of loads in flight, where reading one byte per
+// lane per block (weight_element.h's order) kept ~17-34 bytes.
+#pragma once
+#include <cstdint>
+
+#include "../csrc/block_values.h"
+#include "common.cuh"
+
+namespace ossrun::cuda {
+
+constexpr int kStagedBlocksPerLane = 4;
+constexpr int kStagedBlocks = kWarp * kStagedBlocksPerLane;  // a warp's blocks per staging round
+constexpr int kTokensPerWarp = 8;                               // activation rows one pass dots
+
+// Copies src[0 .. n) (global memory, any alignment) into dst (shared, 16-byte aligned, n + 16
+// bytes of room) with the lanes of one warp, keeping src's offset within 16 bytes so that the
+// 16-byte words of both sides line up; returns where src[0] landed. Only bytes of [src, src + n)
+// are read. The caller __syncwarp()s before reading dst.
+__device__ inline const uint8_t* warp_stage(uint8_t* dst, const uint8_t* src, int n, int lane) {
+    const int skew = int(reinterpret_cast<uintptr_t>(src) & 15);
+    const uint8_t* base = src - skew;
+    const int words = (skew + n + 15) / 16;
+    for (int w = lane; w < words; w += kWarp) {
+        const int lo = 16 * w, hi = lo + 16;
+        if (lo >= skew && hi <= skew + n) {
+            *reinterpret_cast<uint4*>(dst + lo) = __ldg(reinterpret_cast<const uint4*>(base + lo));
+        } else {  // the first or last word, partly outside the range: byte by byte
+            for (int i = lo < skew ? skew : lo; i < hi && i < skew + n; ++i) dst[i] = base[i];
+        }
+    }
+    return dst + skew;
+}
+
+// Σ_j w[j] * x[j] over one block; x 16-byte aligned (the launchers check).
+__device__ inline float block_dot(const float w[kBlockElems], const float* x) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kBlockElems / 4; ++i) {
+        const float4 v = __ldg(x4 + i);
+        s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z + w[4 * i + 3] * v.w;
+    }
+    return s;
+}
+
+// acc[t] (on every lane, to be warp-summed) += this lane's share of row · x[t * ldx ..] for
+// t < nt <= kTokensPerWarp, the row holding n_blocks blocks of format F. `stage` is this warp's
+// kStagedBlocks * F::kBytes + 16 bytes of shared memory. Called by all 32 lanes.
+template <class F>
+__device__ inline void row_dot(const uint8_t* row, int64_t n_blocks, const float* x, int64_t ldx, int nt,
+                               uint8_t* stage, int lane, float acc[kTokensPerWarp]) {
+    for (int64_t b0 = 0; b0 < n_blocks; b0 += kStagedBlocks) {
+        const int n = int(n_blocks - b0 < kStagedBlocks ? n_blocks - b0 : kStagedBlocks);
+        const uint8_t* blocks = warp_stage(stage, row + b0 * F::kBytes, n * F::kBytes, lane);
+        __syncwarp();
+        for (int b = lane; b < n; b += kWarp) {
+            float w[kBlockElems];
+            const float scale = F::decode(blocks + b * F::kBytes, w);
+            const float* xb = x + (b0 + b) * kBlockElems;
+#pragma unroll
+            for (int t = 0; t < kTokensPerWarp; ++t)
+                if (t < nt) acc[t] += block_dot(w, xb + t * ldx) * F::kUnit * scale;  // the unit first: no overflow
+        }
+        __syncwarp();  // the stage is overwritten next round
+    }
+}
+
+// Whether row_dot can read x: 16-byte aligned rows (x and ldx), whole blocks.
+inline bool block_rows_can_read(const void* x, int64_t ldx) {
+    return reinterpret_cast<uintptr_t>(x) % 16 == 0 && ldx % 4 == 0;
+}
+
+}  // namespace ossrun::cuda
