@@ -6,6 +6,7 @@
 
 #include "../csrc/attention_split.h"
 #include "cuda_check.h"
+#include "decode_graphs.h"
 #include "device_buffers.h"
 #include "kernels.cuh"
 
@@ -13,6 +14,15 @@ namespace ossrun::cuda {
 
 namespace {
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// The 2048-key parts (csrc/attention_split.h) that a decode segment's rows attend over in pieces
+// under `window` (0: all keys): 1 when no row spans more than one.
+int64_t attention_parts_of(const Segment& g, int64_t window) {
+    int64_t parts = 1;
+    for (int64_t p = g.pos0; p < g.pos0 + g.n; ++p)
+        parts = std::max(parts, attention_chunks(window ? std::max<int64_t>(0, p - window + 1) : 0, p));
+    return parts;
+}
 }  // namespace
 
 const LayerWeights& CudaBackend::on_gpu(int64_t layer) const {
@@ -31,6 +41,47 @@ void CudaBackend::begin(const Batch& batch) {
     // Pageable memory: the copy has read `pos` when it returns.
     check(cudaMemcpyAsync(m_.buf_->positions, pos.data(), size_t(batch.T) * 8, cudaMemcpyHostToDevice, as_stream(m_.stream_)),
           "cudaMemcpy");
+    plan_decode_graph();
+}
+
+void CudaBackend::plan_decode_graph() {
+    graph_key_.clear();
+    if (!m_.use_graphs_ || m_.first_gpu_layer_ > 0 || m_.n_cpu_moe_ > 0) return;  // hand-overs to the CPU
+    const ModelConfig& c = m_.config();
+    const int64_t windows[2] = {0, c.sliding_window};
+    size_t parts_floats = 0;
+    std::vector<int64_t> key{batch_->T, int64_t(batch_->n_segs)};
+    for (size_t i = 0; i < batch_->n_segs; ++i) {
+        const Segment& g = batch_->segs[i];
+        if (g.n > kAttentionSplitMaxRows) return;  // prefill: launches are few beside its work
+        key.insert(key.end(), {g.n, int64_t(reinterpret_cast<uintptr_t>(g.device_kv)), g.device_kv->n_ctx(),
+                               int64_t(g.device_kv->type())});
+        for (int64_t w : windows) {
+            const int64_t parts = attention_parts_of(g, w);
+            key.push_back(parts);
+            if (parts > 1) parts_floats = std::max(parts_floats, size_t(g.n * c.head_count * parts * (c.key_length + 2)));
+        }
+    }
+    // Grown now, not while recording (an allocation inside a capture is refused; growing drops
+    // the graphs that read the old buffer).
+    if (parts_floats) m_.attention_parts(parts_floats);
+    graph_key_ = std::move(key);
+}
+
+bool CudaBackend::layers_replayed() {
+    if (layers_started_) return replayed_;
+    layers_started_ = true;
+    if (graph_key_.empty()) return false;
+    uint64_t bytes = 0;
+    if (m_.graphs_->replay(graph_key_, bytes)) {
+        m_.weight_bytes_read_ += bytes;
+        replayed_ = true;
+    } else {
+        m_.graphs_->begin_record();
+        recording_ = true;
+        bytes_before_record_ = m_.weight_bytes_read_;
+    }
+    return replayed_;
 }
 
 void CudaBackend::embed() {
@@ -47,6 +98,7 @@ void CudaBackend::embed() {
 }
 
 void CudaBackend::norm(int64_t layer, LayerNorm which) {
+    if (layers_replayed()) return;
     const LayerWeights& w = on_gpu(layer);
     const ModelConfig& c = m_.config();
     rmsnorm(m_.buf_->residual, which == LayerNorm::kAttention ? w.attn_norm : w.post_attention_norm, m_.buf_->normed,
@@ -54,6 +106,7 @@ void CudaBackend::norm(int64_t layer, LayerNorm which) {
 }
 
 void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
+    if (layers_replayed()) return;
     const ModelConfig& c = m_.config();
     const LayerWeights& w = on_gpu(layer);
     DeviceBuffers& b = *m_.buf_;
@@ -89,9 +142,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         a.window = params.window;
         a.scale = params.scale;
         if (g.n <= kAttentionSplitMaxRows) {  // decode: flash-decoding over long key ranges
-            int64_t parts = 1;
-            for (int64_t p = g.pos0; p < g.pos0 + g.n; ++p)
-                parts = std::max(parts, attention_chunks(params.window ? std::max<int64_t>(0, p - params.window + 1) : 0, p));
+            const int64_t parts = attention_parts_of(g, params.window);
             if (parts > 1) {
                 const size_t n = size_t(g.n * nq * parts);
                 float* base = m_.attention_parts(n * size_t(d + 2));
@@ -107,6 +158,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
 }
 
 void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
+    if (layers_replayed()) return;
     const ModelConfig& c = m_.config();
     const LayerWeights& w = m_.dev_.layers[size_t(layer)];
     if (!w.router.data) throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
@@ -127,6 +179,7 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
 }
 
 void CudaBackend::add_residual() {
+    if (layers_replayed()) return;
     add_into(m_.buf_->residual, m_.buf_->proj, batch_->T * m_.config().embedding_length, as_stream(m_.stream_));
 }
 
@@ -137,6 +190,10 @@ void CudaBackend::logits() {
     DeviceBuffers& b = *m_.buf_;
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t H = c.embedding_length, V = c.vocab_size;
+    if (recording_) {  // the layers' kernels were captured, not run: run them now as the graph
+        recording_ = false;
+        m_.graphs_->end_record(graph_key_, m_.weight_bytes_read_ - bytes_before_record_);
+    }
     for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i) {
         const Segment& g = batch_->segs[i];
         const int64_t first = g.all_logits ? 0 : g.n - 1;

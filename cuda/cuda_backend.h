@@ -5,6 +5,7 @@
 // device cache. Plain C++ (no CUDA headers), like device_model.h.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "../csrc/backend.h"
 #include "device_model.h"
@@ -35,8 +36,17 @@ private:
     // grouped: the pairs of expert_groups (prefill) on the tensor cores where the weights allow.
     void experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias, bool grouped);
 
+    // The decode step's graph (decode_graphs.h): begin() sets graph_key_ when this forward may
+    // use one; the first layer op replays it (and every layer op returns at once after that) or
+    // starts recording it, which logits() ends.
+    bool layers_replayed();
+    void plan_decode_graph();
+
     DeviceModel& m_;
     const Batch* batch_ = nullptr;
+    std::vector<int64_t> graph_key_;
+    bool layers_started_ = false, replayed_ = false, recording_ = false;
+    uint64_t bytes_before_record_ = 0;
 };
 
 }  // namespace ossrun::cuda

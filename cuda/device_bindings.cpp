@@ -87,6 +87,9 @@ void bind_device_model(py::module_& m) {
         .def_property_readonly("gpu_layers", &DeviceModel::gpu_layers)
         .def_property_readonly("weight_bytes_on_device", &DeviceModel::weight_bytes_on_device)
         .def_property_readonly("weight_bytes_read", &DeviceModel::weight_bytes_read)
+        .def_property("decode_graphs", &DeviceModel::decode_graphs, &DeviceModel::set_decode_graphs,
+                      "decode steps replay a CUDA graph per shape (cuda/decode_graphs.h)")
+        .def_property_readonly("decode_graphs_recorded", &DeviceModel::decode_graphs_recorded)
         .def_property_readonly("part_seconds", [](const DeviceModel& d) {
             // The CPU backend's parts (its layers and MoE blocks); the GPU's time is not split by part.
             py::dict out;

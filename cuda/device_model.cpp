@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 #include <stdexcept>
 
@@ -14,6 +16,7 @@
 #include "../csrc/weight_element.h"
 #include "cuda_backend.h"
 #include "cuda_check.h"
+#include "decode_graphs.h"
 #include "device_buffers.h"
 #include "kernels.cuh"
 
@@ -105,6 +108,9 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
     cudaStream_t stream;
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     stream_ = stream;
+    const char* graphs_env = std::getenv("OSSRUN_CUDA_GRAPHS");
+    use_graphs_ = !(graphs_env && std::string(graphs_env) == "0");
+    graphs_ = std::make_unique<DecodeGraphs>(stream);
     try {
         layout_ = upload_layout(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
         arena_ = device_alloc(layout_.total, "the weights");
@@ -148,12 +154,22 @@ float* DeviceModel::attention_parts(size_t floats) {
         attention_parts_floats_ = 0;
         attention_parts_ = device_alloc(floats * sizeof(float), "attention's partial results");
         attention_parts_floats_ = floats;
+        graphs_->clear();  // they read the old buffer
     }
     return static_cast<float*>(attention_parts_);
 }
 
+void DeviceModel::set_decode_graphs(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    use_graphs_ = on;
+    if (!on) graphs_->clear();
+}
+
+size_t DeviceModel::decode_graphs_recorded() const { return graphs_->size(); }
+
 DeviceModel::~DeviceModel() {
     cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    graphs_.reset();
     cudaFree(attention_parts_);
     if (buf_) cudaFree(buf_->block);
     cudaFree(arena_);
@@ -186,7 +202,12 @@ void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
     ForwardPlan plan = ForwardPlan::on(gpu, config().block_count);
     for (int64_t l = 0; l < n_cpu_moe_; ++l) plan.layers[size_t(l)].moe = &cpu;
     for (int64_t l = 0; l < first_gpu_layer_; ++l) plan.layers[size_t(l)].attention = &cpu;
-    forward_pass(config(), batch, plan, nullptr);
+    try {
+        forward_pass(config(), batch, plan, nullptr);
+    } catch (...) {
+        graphs_->abort_record();  // a capture the error interrupted
+        throw;
+    }
 }
 
 }  // namespace ossrun::cuda

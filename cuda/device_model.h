@@ -127,6 +127,7 @@ private:
 // ---------------------------------------------------------------- the model
 
 struct DeviceBuffers;  // one chunk's activations on the device (device_model.cpp)
+class DecodeGraphs;   // the decode step's CUDA graphs (decode_graphs.h)
 
 class DeviceModel {
 public:
@@ -155,6 +156,12 @@ public:
     // matmul and expert reads its weights once for all. Logits go to host memory.
     void forward_batch(const Segment* segs, size_t n_segs);
 
+    // Decode steps with every layer on the GPU replay a CUDA graph per shape (decode_graphs.h);
+    // on by default, off with OSSRUN_CUDA_GRAPHS=0 or here (tests compare both).
+    bool decode_graphs() const { return use_graphs_; }
+    void set_decode_graphs(bool on);
+    size_t decode_graphs_recorded() const;
+
 private:
     friend class CudaBackend;  // the ops of a forward on this model's arena, buffers and stream
 
@@ -173,6 +180,8 @@ private:
     void* attention_parts_ = nullptr;
     size_t attention_parts_floats_ = 0;
     std::vector<int64_t> host_positions_;  // the rows' positions before theirs
+    std::unique_ptr<DecodeGraphs> graphs_;
+    bool use_graphs_ = true;
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;
 };
