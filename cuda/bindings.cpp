@@ -236,7 +236,12 @@ void bind_ops(py::module_& m) {
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+// The emulator build (cuda/emulator) is the same module under another name, ossrun._cuda_emu.
+#ifndef OSSRUN_CUDA_MODULE
+#define OSSRUN_CUDA_MODULE _cuda
+#endif
+
+PYBIND11_MODULE(OSSRUN_CUDA_MODULE, m) {
     m.doc() = "ossrun's CUDA kernels (internal; see ossrun.cuda_status and tests/test_cuda_ops.py)";
     py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
     m.def("status", &status_dict, "runtime/driver versions, the CUDA error if any, and each device");

@@ -45,7 +45,9 @@ struct Tiles {
 // b[1] k 2t + 8, 2t + 9; d[0..1] row g, columns 2t, 2t + 1, d[2..3] row g + 8, with g = lane / 4,
 // t = lane % 4). Turing (sm_75) has only the k8 shape: two of them.
 __device__ inline void mma_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
-#if __CUDA_ARCH__ >= 800
+#if defined(OSSRUN_CUDA_EMULATOR)  // cuda/emulator: the same fragments, on the CPU
+    emu::mma_m16n8k16_f16(d, a, b);
+#elif __CUDA_ARCH__ >= 800
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])

@@ -1,14 +1,16 @@
 """Every CUDA kernel of `ossrun._cuda.ops` against float64 numpy (tests/reference.py) and the CPU
 op of `ossrun._core.ops` on fresh random inputs and named edge shapes (ggml's test-backend-ops
 habit). The shared format decoding (csrc/weight_element.h) and the argument checks run on the
-host and are tested everywhere the CUDA module is built; the kernels need a device and skip
-cleanly without one (tools/device_check.sh runs them on a GPU machine). Self-contained beside
-numpy and tests/reference.py: the GPU machine has no `gguf` package.
+host. The kernels run on a device where there is one (tools/device_check.sh on a GPU machine),
+else on the CPU emulator (cuda/emulator, ossrun._cuda_emu: the same sources and entry points),
+else skip. Self-contained beside numpy and tests/reference.py: the GPU machine has no `gguf`
+package.
 Tolerances: the worst-case float32 rounding bounds of tests/test_kernels.py, stated per test.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 
@@ -17,15 +19,46 @@ import pytest
 import reference as R
 from quant_reference import FORMATS, dequantize, random_blocks
 
-cuda = pytest.importorskip("ossrun._cuda", reason="ossrun was built without CUDA")
 from ossrun._core import ops as cpu  # noqa: E402
-from ossrun.device import cuda_status  # noqa: E402
+from ossrun.device import cuda_status, status_from_report  # noqa: E402
 
-gpu = cuda.ops
 STATUS = cuda_status()
 if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/device_check.sh
     raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
-needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
+
+
+def _kernel_module():
+    """(module, where) the tests run the kernels on: the CUDA build on a device; else the same
+    kernels and entry points on the CPU emulator (cuda/emulator, ossrun._cuda_emu); else the
+    CUDA build for its host-only tests, the kernel tests skipping."""
+    try:
+        real = importlib.import_module("ossrun._cuda")
+    except ImportError:
+        real = None
+    if real is not None and STATUS.available:
+        return real, "device"
+    if not os.environ.get("OSSRUN_REQUIRE_CUDA"):
+        try:
+            return importlib.import_module("ossrun._cuda_emu"), "emulator"
+        except ImportError:
+            pass
+    return real, None
+
+
+cuda, RUNS_ON = _kernel_module()
+if cuda is None:
+    pytest.skip("ossrun was built without CUDA and without the CUDA emulator", allow_module_level=True)
+gpu = cuda.ops
+needs_device = pytest.mark.skipif(RUNS_ON is None, reason=f"no CUDA device: {STATUS.reason}")
+EMULATED = RUNS_ON == "emulator"
+
+
+def test_the_emulator_says_what_it_is():
+    if not EMULATED:
+        pytest.skip("the kernels run on a device")
+    st = status_from_report(cuda.status())
+    assert st.available and "emulator" in st.device and st.architectures == "emulated"
+
 
 F32, F16, Q8_0, BF16, MXFP4 = 0, 1, 8, 30, 39
 TYPE_NAMES = {F32: "F32", F16: "F16", Q8_0: "Q8_0", BF16: "BF16", MXFP4: "MXFP4"}

@@ -1,0 +1,420 @@
+// The emulator's scheduler (emulator.h): a block's threads are fibers run round-robin until each
+// reaches a synchronisation point or ends; a barrier opens when every thread still running (of
+// the block, or of the warp) waits at it. A switch saves the callee-saved registers and the stack
+// pointer (x86-64), ucontext elsewhere (its swapcontext also makes a signal-mask system call, which
+// cost most of the emulator's time). "Device" memory is host memory, each
+// allocation ending at a guard page so that reads past its end (rounded to 256 bytes) fault.
+#include "emulator.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+namespace emu {
+
+namespace {
+
+enum class State { kReady, kAtBlock, kAtWarp, kDone };
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr int kMaxThreads = 1024;
+
+struct Fiber {
+#if defined(__x86_64__)
+    void* sp = nullptr;  // the stack pointer it was parked at
+#else
+    ucontext_t ctx;
+#endif
+    std::unique_ptr<char[]> stack;
+    uint3 tid;
+    int linear = 0;
+    State state = State::kReady;
+};
+
+struct Scheduler {
+#if defined(__x86_64__)
+    void* main_sp = nullptr;
+#else
+    ucontext_t main;
+#endif
+    std::vector<Fiber> fibers;  // the first n run the current block
+    size_t n = 0;
+    Fiber* current = nullptr;
+    void* body_arg = nullptr;
+    void (*body)(void*) = nullptr;
+    std::vector<float> slot_f;
+    std::vector<int> slot_i;
+    std::vector<std::array<uint32_t, 6>> slot_mma;  // a[4], b[2] of each thread
+    std::vector<unsigned char> dynamic;
+    std::string fault;  // the first fault of the running launch
+};
+
+Scheduler S;
+std::mutex launch_mutex;
+cudaError_t last_error = cudaSuccess;
+std::string last_fault;
+
+#if defined(__x86_64__)
+}  // namespace
+}  // namespace emu
+// switch_stacks(save, load): pushes the callee-saved registers, stores the stack pointer at *save,
+// loads `load` and pops the registers saved there (System V x86-64).
+extern "C" void ossrun_emu_switch_stacks(void** save, void* load);
+asm(R"(
+    .text
+    .globl ossrun_emu_switch_stacks
+    .type ossrun_emu_switch_stacks, @function
+ossrun_emu_switch_stacks:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ossrun_emu_switch_stacks, .-ossrun_emu_switch_stacks
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+namespace emu {
+namespace {
+#endif
+
+void fiber_entry() {
+    S.body(S.body_arg);
+    S.current->state = State::kDone;
+#if defined(__x86_64__)
+    ossrun_emu_switch_stacks(&S.current->sp, S.main_sp);
+#else
+    swapcontext(&S.current->ctx, &S.main);
+#endif
+}
+
+// A fresh fiber that starts in fiber_entry at its first switch.
+void start_fiber(Fiber& f) {
+#if defined(__x86_64__)
+    // From the 16-byte aligned top: a null return address for fiber_entry, fiber_entry as the
+    // switch's return address (so fiber_entry starts as if called), six zeroed registers.
+    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack.get()) + kStackBytes) & ~uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;
+    *--sp = reinterpret_cast<void*>(&fiber_entry);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    f.sp = sp;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_entry, 0);
+#endif
+}
+
+void resume(Fiber& f) {
+#if defined(__x86_64__)
+    ossrun_emu_switch_stacks(&S.main_sp, f.sp);
+#else
+    swapcontext(&S.main, &f.ctx);
+#endif
+}
+
+void park(State s) {
+    Fiber* f = S.current;
+    f->state = s;
+#if defined(__x86_64__)
+    ossrun_emu_switch_stacks(&f->sp, S.main_sp);
+#else
+    swapcontext(&f->ctx, &S.main);
+#endif
+}
+
+// A fault inside a kernel: recorded for cudaDeviceSynchronize, the thread ends where it is.
+[[noreturn]] void fault(const std::string& what) {
+    if (S.fault.empty()) S.fault = what;
+    park(State::kDone);
+    std::abort();  // never resumed
+}
+
+float half_value(uint32_t pair, int hi) { return ossrun::fp16_to_float(uint16_t(hi ? pair >> 16 : pair & 0xFFFFu)); }
+
+}  // namespace
+
+void sync_block() { park(State::kAtBlock); }
+void sync_warp() { park(State::kAtWarp); }
+
+float shfl_xor(float v, int lane_mask) {
+    const int me = S.current->linear;
+    S.slot_f[size_t(me)] = v;
+    park(State::kAtWarp);
+    const int other = (me & ~31) | ((me & 31) ^ (lane_mask & 31));
+    if (other >= int(S.n) || S.fibers[size_t(other)].state == State::kDone) fault("shfl from an exited lane");
+    const float r = S.slot_f[size_t(other)];
+    park(State::kAtWarp);  // no lane overwrites its slot before every lane has read
+    return r;
+}
+
+int shfl_xor(int v, int lane_mask) {
+    const int me = S.current->linear;
+    S.slot_i[size_t(me)] = v;
+    park(State::kAtWarp);
+    const int other = (me & ~31) | ((me & 31) ^ (lane_mask & 31));
+    if (other >= int(S.n) || S.fibers[size_t(other)].state == State::kDone) fault("shfl from an exited lane");
+    const int r = S.slot_i[size_t(other)];
+    park(State::kAtWarp);
+    return r;
+}
+
+void* dynamic_shared() { return S.dynamic.data(); }
+
+void check_aligned(const void* p, size_t align, const char* what) {
+    if (reinterpret_cast<uintptr_t>(p) % align) fault(std::string("misaligned ") + what);
+}
+
+// PTX ISA, mma.m16n8k16 with .f16 A/B and .f32 C/D, g = lane / 4, t = lane % 4: A (16 x 16,
+// row-major) a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9], a[3] =
+// A[g+8][2t+8, 2t+9], the lower index in the low half; B (16 x 8) b[0] = B[2t, 2t+1][g],
+// b[1] = B[2t+8, 2t+9][g]; C/D d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1].
+void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    const int me = S.current->linear, warp0 = me & ~31, lane = me & 31;
+    auto& mine = S.slot_mma[size_t(me)];
+    for (int i = 0; i < 4; ++i) mine[size_t(i)] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    park(State::kAtWarp);
+    for (int w = warp0; w < warp0 + 32; ++w)
+        if (w >= int(S.n) || S.fibers[size_t(w)].state == State::kDone) fault("mma with an exited lane");
+    auto A = [&](int r, int k) {
+        const int owner = warp0 + 4 * (r % 8) + (k % 8) / 2;
+        return half_value(S.slot_mma[size_t(owner)][size_t((k >= 8 ? 2 : 0) + (r >= 8 ? 1 : 0))], k % 2);
+    };
+    auto B = [&](int k, int n) {
+        const int owner = warp0 + 4 * n + (k % 8) / 2;
+        return half_value(S.slot_mma[size_t(owner)][size_t(4 + (k >= 8 ? 1 : 0))], k % 2);
+    };
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + (i >= 2 ? 8 : 0), n = 2 * t + (i & 1);
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, n);  // products exact in float32
+        d[i] = acc;
+    }
+    park(State::kAtWarp);
+}
+
+void Launch::run_erased(void* f, void (*body)(void*)) {
+    std::lock_guard<std::mutex> lock(launch_mutex);
+    const size_t n = size_t(block.x) * block.y * block.z;
+    if (n < 1 || n > size_t(kMaxThreads) || grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.y > 65535 || grid.z > 65535) {
+        last_error = cudaErrorInvalidValue;
+        return;
+    }
+    if (S.fibers.size() < n) {
+        S.fibers.resize(n);
+        for (Fiber& fb : S.fibers)
+            if (!fb.stack) fb.stack.reset(new char[kStackBytes]);
+    }
+    S.n = n;
+    S.slot_f.assign(n, 0.0f);
+    S.slot_i.assign(n, 0);
+    S.slot_mma.assign(n, {});
+    S.dynamic.assign(shared_bytes, 0xCD);  // not zeros: a kernel must write what it reads
+    S.body = body;
+    S.body_arg = f;
+    S.fault.clear();
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned bz = 0; bz < grid.z && S.fault.empty(); ++bz)
+        for (unsigned by = 0; by < grid.y && S.fault.empty(); ++by)
+            for (unsigned bx = 0; bx < grid.x && S.fault.empty(); ++bx) {
+                blockIdx = {bx, by, bz};
+                for (size_t i = 0; i < n; ++i) {
+                    Fiber& fb = S.fibers[i];
+                    fb.linear = int(i);
+                    fb.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (size_t(block.x) * block.y))};
+                    fb.state = State::kReady;
+                    start_fiber(fb);
+                }
+                for (;;) {
+                    bool ran = false;
+                    for (size_t i = 0; i < n; ++i)
+                        if (S.fibers[i].state == State::kReady) {
+                            S.current = &S.fibers[i];
+                            threadIdx = S.fibers[i].tid;
+                            resume(S.fibers[i]);
+                            ran = true;
+                        }
+                    // Open the barriers every running thread of a warp, or of the block, waits at.
+                    bool opened = false, all_done = true, all_at_block = true;
+                    for (size_t w0 = 0; w0 < n; w0 += 32) {
+                        bool any = false, all_warp = true;
+                        for (size_t i = w0; i < std::min(n, w0 + 32); ++i) {
+                            const State s = S.fibers[i].state;
+                            if (s == State::kDone) continue;
+                            any = true;
+                            all_done = false;
+                            all_warp &= s == State::kAtWarp;
+                            all_at_block &= s == State::kAtBlock;
+                        }
+                        if (any && all_warp) {
+                            for (size_t i = w0; i < std::min(n, w0 + 32); ++i)
+                                if (S.fibers[i].state == State::kAtWarp) S.fibers[i].state = State::kReady;
+                            opened = true;
+                        }
+                    }
+                    if (all_done) break;
+                    if (!opened && all_at_block) {
+                        for (size_t i = 0; i < n; ++i)
+                            if (S.fibers[i].state == State::kAtBlock) S.fibers[i].state = State::kReady;
+                        opened = true;
+                    }
+                    if (!opened && !ran) {
+                        S.fault = "deadlock: threads wait at different barriers";
+                        break;
+                    }
+                }
+            }
+    if (!S.fault.empty()) {
+        last_error = cudaErrorLaunchFailure;
+        last_fault = S.fault;
+    }
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------- the runtime API
+
+namespace {
+
+std::mutex memory_mutex;
+std::map<uintptr_t, std::pair<void*, size_t>> mappings;  // user pointer -> (mapping, bytes)
+
+cudaError_t take_error() {
+    const cudaError_t e = emu::last_error;
+    emu::last_error = cudaSuccess;
+    return e;
+}
+
+}  // namespace
+
+struct EmuEvent {
+    std::chrono::steady_clock::time_point at;
+};
+
+const char* cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "cudaSuccess";
+        case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+        case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+        case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+    if (e == cudaErrorLaunchFailure) return emu::last_fault.c_str();
+    return cudaGetErrorName(e);
+}
+
+cudaError_t cudaGetLastError() { return take_error(); }
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE)), used = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+    const size_t body = (used + page - 1) / page * page;
+    void* m = mmap(nullptr, body + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+    mprotect(static_cast<char*>(m) + body, page, PROT_NONE);  // the guard page
+    char* user = static_cast<char*>(m) + body - used;
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    mappings[reinterpret_cast<uintptr_t>(user)] = {m, body + page};
+    *p = user;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+    if (!p) return cudaSuccess;
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    auto it = mappings.find(reinterpret_cast<uintptr_t>(p));
+    if (it == mappings.end()) return cudaErrorInvalidValue;
+    munmap(it->second.first, it->second.second);
+    mappings.erase(it);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+    if (bytes) std::memcpy(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+    std::memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() { return take_error(); }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return take_error(); }
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+    *e = new EmuEvent;
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    e->at = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return take_error(); }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+    *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int* v) {
+    *v = 0;  // no CUDA runtime: the emulator
+    return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+    *v = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceCount(int* n) {
+    *n = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+    std::snprintf(p->name, sizeof p->name, "%s", "ossrun CUDA emulator (CPU)");
+    p->major = 9;
+    p->minor = 0;
+    p->totalGlobalMem = size_t(1) << 32;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+    *free_bytes = *total_bytes = size_t(1) << 32;
+    return cudaSuccess;
+}

@@ -1,0 +1,178 @@
+// A CUDA emulator for the kernels' tests on machines without a GPU: cuda/*.cu compiled as plain
+// C++ against this header (it stands in for cuda_runtime.h and cuda_fp16.h), every kernel launch
+// run on the CPU. A block's threads are fibers on one OS thread, switched only at the
+// synchronisation points (__syncthreads, __syncwarp, the warp shuffles and mma), so shared memory
+// (`__shared__` becomes `static`; blocks run one after another) and the warp-collective operations
+// behave as on the device for kernels that are correct there. mma.sync follows the fragment
+// layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16"). What it cannot show: timing, data
+// races between warps that a real GPU would expose, misaligned accesses other than __ldg's (which
+// it checks), and the device's own float rounding inside the tensor cores (it sums in float32).
+// Tests: tests/test_cuda_ops.py runs on ossrun._cuda_emu where no GPU is present.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include <math.h>  // the float functions kernels call unqualified (expf, frexpf, ...)
+
+// ---------------------------------------------------------------- the CUDA C++ dialect
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __restrict__ __restrict
+
+struct uint3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+constexpr int warpSize = 32;
+
+// The running fiber's coordinates (one OS thread runs all of them; the scheduler sets these).
+extern uint3 threadIdx, blockIdx;
+extern dim3 blockDim, gridDim;
+
+namespace emu {
+
+// The synchronisation points: each parks the calling fiber until its block (or warp) arrives.
+void sync_block();
+void sync_warp();
+float shfl_xor(float v, int lane_mask);
+int shfl_xor(int v, int lane_mask);
+void* dynamic_shared();
+void check_aligned(const void* p, size_t align, const char* what);
+// d += a b for one warp's m16n8k16 f16 x f16 -> f32 step (fragments as the PTX ISA lays them out).
+void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]);
+
+// One kernel launch: every block in turn, its threads as fibers.
+struct Launch {
+    dim3 grid, block;
+    size_t shared_bytes;
+    Launch(dim3 g, dim3 b, size_t smem = 0, void* /*stream*/ = nullptr) : grid(g), block(b), shared_bytes(smem) {}
+    template <class... P, class... A>
+    void run(void (*kernel)(P...), A&&... args) {
+        // The arguments converted once, as the launch copies them to the device.
+        auto call = [kernel, packed = std::make_tuple(P(std::forward<A>(args))...)]() { std::apply(kernel, packed); };
+        run_blocks(call);
+    }
+
+private:
+    template <class F>
+    void run_blocks(F& call) {
+        run_erased(&call, [](void* f) { (*static_cast<F*>(f))(); });
+    }
+    void run_erased(void* f, void (*body)(void*));
+};
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::sync_block(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::sync_warp(); }
+inline float __shfl_xor_sync(unsigned, float v, int m) { return emu::shfl_xor(v, m); }
+inline int __shfl_xor_sync(unsigned, int v, int m) { return emu::shfl_xor(v, m); }
+template <class T>
+inline T __ldg(const T* p) {
+    emu::check_aligned(p, alignof(T), "__ldg");
+    return *p;
+}
+inline int atomicAdd(int* p, int v) {  // fibers never interleave inside it
+    const int old = *p;
+    *p = v + old;
+    return old;
+}
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline unsigned long long clock64() { return 0; }
+using std::max;
+using std::min;
+
+// ---------------------------------------------------------------- IEEE half and bfloat16
+
+#include "../../csrc/numerics.h"
+
+struct __half {
+    uint16_t bits;
+};
+struct __half_raw {
+    uint16_t x;
+};
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+inline __half __float2half_rn(float f) { return {ossrun::float_to_fp16(f)}; }
+inline float __half2float(__half h) { return ossrun::fp16_to_float(h.bits); }
+inline __half __int2half_rn(int i) { return __float2half_rn(float(i)); }
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {ossrun::float_to_bf16(f)}; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
+
+// ---------------------------------------------------------------- the runtime API (host memory)
+
+enum cudaError_t {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorLaunchFailure = 719,
+};
+enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+using cudaStream_t = void*;
+using cudaEvent_t = struct EmuEvent*;
+struct cudaDeviceProp {
+    char name[256];
+    int major, minor;
+    size_t totalGlobalMem;
+};
+struct cudaFuncAttributes {
+    int maxThreadsPerBlock;
+};
+
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError();
+cudaError_t cudaMalloc(void** p, size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t = nullptr);
+cudaError_t cudaMemset(void* p, int value, size_t bytes);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaStreamSynchronize(cudaStream_t);
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
+cudaError_t cudaRuntimeGetVersion(int* v);
+cudaError_t cudaDriverGetVersion(int* v);
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+template <class F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F) {
+    a->maxThreadsPerBlock = 1024;
+    return cudaSuccess;
+}

@@ -1,0 +1,3 @@
+// Stands in for CUDA's <cuda_fp16.h> in the emulator build (cuda/emulator/emulator.h).
+#pragma once
+#include "../emulator.h"
