@@ -17,10 +17,9 @@ import os
 import numpy as np
 import pytest
 import reference as R
-from quant_reference import FORMATS, dequantize, random_blocks
-
 from ossrun._core import ops as cpu  # noqa: E402
 from ossrun.device import cuda_status, status_from_report  # noqa: E402
+from quant_reference import FORMATS, dequantize, random_blocks
 
 STATUS = cuda_status()
 if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/device_check.sh
