@@ -17,8 +17,8 @@ import os
 import numpy as np
 import pytest
 import reference as R
-from ossrun._core import ops as cpu  # noqa: E402
-from ossrun.device import cuda_status, status_from_report  # noqa: E402
+from ossrun._core import ops as cpu
+from ossrun.device import cuda_status, status_from_report
 from quant_reference import FORMATS, dequantize, random_blocks
 
 STATUS = cuda_status()
