@@ -555,7 +555,12 @@ void bind_ops(py::module_& m) {
 
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
+// The emulator build (cuda/emulator) is the same module under another name, ossrun._core_emu.
+#ifndef OSSRUN_CORE_MODULE
+#define OSSRUN_CORE_MODULE _core
+#endif
+
+PYBIND11_MODULE(OSSRUN_CORE_MODULE, m) {
     m.doc() = "ossrun's C++ core (internal; use the ossrun package)";
 
     py::class_<Model, std::shared_ptr<Model>>(m, "Model")

@@ -54,8 +54,7 @@ void CudaBackend::plan_decode_graph() {
     for (size_t i = 0; i < batch_->n_segs; ++i) {
         const Segment& g = batch_->segs[i];
         if (g.n > kAttentionSplitMaxRows) return;  // prefill: launches are few beside its work
-        key.insert(key.end(), {g.n, int64_t(reinterpret_cast<uintptr_t>(g.device_kv)), g.device_kv->n_ctx(),
-                               int64_t(g.device_kv->type())});
+        key.insert(key.end(), {g.n, int64_t(g.device_kv->id()), g.device_kv->n_ctx(), int64_t(g.device_kv->type())});
         for (int64_t w : windows) {
             const int64_t parts = attention_parts_of(g, w);
             key.push_back(parts);

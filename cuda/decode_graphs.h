@@ -1,10 +1,10 @@
 // CUDA graphs of the decode step (a few rows a segment, every layer on the GPU): the kernels of
 // the layers, from the first norm to the last residual add, recorded once per shape and replayed
 // as one launch after that, so a step no longer pays ~15 kernel launches a layer. A graph bakes
-// in its kernels' arguments: device pointers (the activation buffers, the weights, each
-// segment's KV cache), the rows per segment and the attention parts; the positions are read from
-// the device buffer that begin() fills each step. The key holds all of them, so a step of
-// another shape records a graph of its own. The embedding before and the logits after run as
+// in its kernels' arguments: device pointers (the activation buffers and the weights, fixed for
+// the model; each segment's KV cache, named in the key by its id, never reused), the rows per
+// segment and the attention parts; the positions are read from the device buffer that begin()
+// fills each step. A step of another shape records a graph of its own. The embedding before and the logits after run as
 // ordinary launches.
 #pragma once
 #include <cuda_runtime.h>

@@ -1,6 +1,7 @@
 // The KV cache in device memory (device_model.h): the CPU cache's capacities and resume rules
 // (csrc/kv_cache.cpp), its K and V as [cap][n_kv][d] arrays on the GPU.
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 
 #include "cuda_check.h"
@@ -21,9 +22,14 @@ size_t kv_cache_bytes(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, Kv
     return b;
 }
 
+uint64_t DeviceKvCache::next_id() {
+    static std::atomic<uint64_t> last{0};
+    return ++last;
+}
+
 DeviceKvCache::DeviceKvCache(const ModelConfig& c, int64_t n_ctx, int64_t max_chunk, KvType type,
                              int64_t first_gpu_layer)
-    : config_(c), n_ctx_(n_ctx), type_(type) {
+    : config_(c), n_ctx_(n_ctx), type_(type), id_(next_id()) {
     if (n_ctx < 1) throw std::invalid_argument("n_ctx must be positive");
     if (first_gpu_layer < 0 || first_gpu_layer >= c.block_count)
         throw std::invalid_argument("DeviceKvCache: the first GPU layer is outside the model");

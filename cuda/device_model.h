@@ -103,6 +103,9 @@ public:
 
     int64_t n_ctx() const { return n_ctx_; }
     KvType type() const { return type_; }
+    // Never the same for two caches of a process (a new cache may reuse a freed one's address):
+    // what the decode graphs (decode_graphs.h) key a cache's device buffers by.
+    uint64_t id() const { return id_; }
     int64_t capacity(int64_t layer) const { return cap_[size_t(layer)]; }
     void* k(int64_t layer) const { return k_[size_t(layer)]; }
     void* v(int64_t layer) const { return v_[size_t(layer)]; }
@@ -118,6 +121,8 @@ private:
     ModelConfig config_;
     int64_t n_ctx_;
     KvType type_;
+    uint64_t id_;
+    static uint64_t next_id();
     size_t bytes_ = 0;
     std::vector<int64_t> cap_;
     std::vector<void*> k_, v_;

@@ -199,16 +199,27 @@ def test_fast_precision_on_the_gpu_errs_as_half_activations_do(fx, monkeypatch):
     """precision="fast" rounds the prefill GEMMs' activations to half (cuda/gemm_mma.cu); judged
     against the error of a plain implementation at that precision: the float64 reference with
     every matmul's input rounded so (more than the GPU rounds: its decode GEMVs and other weight
-    types read float32)."""
+    types read float32), both with float32 K/V. Under any such rounding a near-tie in the router
+    flips an expert for a few tokens (tiny-w128: 1 row in 200 moves by 0.15), so rows are judged by
+    their median error and the top token, not by the largest error."""
     hp, weights = R.load_gguf_weights(fx["gguf"])
     exact = R.matmul
     monkeypatch.setattr(R, "matmul",
                         lambda x, W, b=None: exact(half_blocks(x) if x.shape[-1] % 32 == 0 else x, W, b))
-    plain = rel_err(R.forward(hp, weights, fx["tokens"]), fx["gold"])
+    plain = R.forward(hp, weights, fx["tokens"])
     monkeypatch.undo()
-    fast = rel_err(gpu(fx["gguf"], precision="fast").logits(fx["tokens"]), fx["gold"])
-    assert plain > TOL / 100  # the rounding is real
-    assert fast <= 2 * plain + TOL, f"fast {fast:.3g} against a plain half implementation's {plain:.3g}"
+    fast = gpu(fx["gguf"], precision="fast", kv_type="f32").logits(fx["tokens"])
+    gold = fx["gold"]
+
+    def row_errors(logits):
+        return np.abs(logits - gold).max(-1) / np.abs(gold).max()
+
+    def top_agreement(logits):
+        return np.mean(np.argmax(logits, -1) == np.argmax(gold, -1))
+
+    assert np.median(row_errors(plain)) > TOL / 10  # the rounding is real
+    assert np.median(row_errors(fast)) <= 2 * np.median(row_errors(plain)) + TOL / 10
+    assert top_agreement(fast) >= top_agreement(plain) - 0.02
 
 
 @needs_device

@@ -302,7 +302,14 @@ void Launch::run_erased(void* f, void (*body)(void*)) {
 
 // ---------------------------------------------------------------- the runtime API
 
+struct EmuGraph {
+    std::vector<std::function<void()>> work;
+};
+
 namespace {
+
+EmuGraph* capture = nullptr;  // the graph being captured (one stream at a time)
+int streams = 0;
 
 std::mutex memory_mutex;
 std::map<uintptr_t, std::pair<void*, size_t>> mappings;  // user pointer -> (mapping, bytes)
@@ -365,7 +372,48 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind)
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    if (capture) {
+        emu::record([dst, src, bytes, kind] { cudaMemcpy(dst, src, bytes, kind); });
+        return cudaSuccess;
+    }
     return cudaMemcpy(dst, src, bytes, kind);
+}
+
+bool emu::capturing() { return capture != nullptr; }
+void emu::record(std::function<void()> work) { capture->work.push_back(std::move(work)); }
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+    *s = reinterpret_cast<cudaStream_t>(uintptr_t(++streams));  // launches run at once: any name
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (capture) return cudaErrorInvalidValue;
+    capture = new EmuGraph;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* graph) {
+    if (!capture) return cudaErrorInvalidValue;
+    *graph = capture;
+    capture = nullptr;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    *exec = new EmuGraph(*graph);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+    for (auto& w : exec->work) w();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {

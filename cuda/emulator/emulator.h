@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -67,6 +68,11 @@ void check_aligned(const void* p, size_t align, const char* what);
 // d += a b for one warp's m16n8k16 f16 x f16 -> f32 step (fragments as the PTX ISA lays them out).
 void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
+// Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and copies on the
+// capturing stream are kept, in order, as the graph's work.
+bool capturing();
+void record(std::function<void()> work);
+
 // One kernel launch: every block in turn, its threads as fibers.
 struct Launch {
     dim3 grid, block;
@@ -76,14 +82,17 @@ struct Launch {
     void run(void (*kernel)(P...), A&&... args) {
         // The arguments converted once, as the launch copies them to the device.
         auto call = [kernel, packed = std::make_tuple(P(std::forward<A>(args))...)]() { std::apply(kernel, packed); };
-        run_blocks(call);
+        if (capturing()) {  // a graph keeps the launch (arguments included) instead of running it
+            Launch self = *this;
+            record([self, call]() mutable {
+                self.run_erased(&call, [](void* f) { (*static_cast<decltype(call)*>(f))(); });
+            });
+            return;
+        }
+        run_erased(&call, [](void* f) { (*static_cast<decltype(call)*>(f))(); });
     }
 
 private:
-    template <class F>
-    void run_blocks(F& call) {
-        run_erased(&call, [](void* f) { (*static_cast<F*>(f))(); });
-    }
     void run_erased(void* f, void (*body)(void*));
 };
 
@@ -138,6 +147,10 @@ enum cudaError_t {
     cudaErrorMemoryAllocation = 2,
     cudaErrorLaunchFailure = 719,
 };
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeRelaxed };
+constexpr unsigned cudaStreamNonBlocking = 1;
+using cudaGraph_t = struct EmuGraph*;
+using cudaGraphExec_t = struct EmuGraph*;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 using cudaStream_t = void*;
 using cudaEvent_t = struct EmuEvent*;
@@ -158,6 +171,15 @@ cudaError_t cudaFree(void* p);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t = nullptr);
 cudaError_t cudaMemset(void* p, int value, size_t bytes);
+cudaError_t cudaStreamCreate(cudaStream_t* s);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaStreamSynchronize(cudaStream_t);
 cudaError_t cudaEventCreate(cudaEvent_t* e);

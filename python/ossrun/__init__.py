@@ -6,7 +6,20 @@
     logits = model.logits(ids)
 """
 
-from .errors import ContextOverflowError, DeviceError, ModelError, OssrunError
+import os as _os
+import sys as _sys
+
+if _os.environ.get("OSSRUN_CUDA_EMULATOR") == "1":
+    # Tests only (tests/test_cuda_emulated_model.py): the core and the CUDA module built against
+    # the CPU emulator (cuda/emulator) stand in for _core and _cuda, so device="cuda" runs the
+    # CUDA backend's code on the CPU, slowly.
+    from . import _core_emu as _core
+    from . import _cuda_emu as _cuda
+
+    _sys.modules[__name__ + "._core"] = _core
+    _sys.modules[__name__ + "._cuda"] = _cuda
+
+from .errors import ContextOverflowError, DeviceError, ModelError, OssrunError  # noqa: E402
 
 __all__ = ["Browser", "ContextOverflowError", "DeviceError", "ModelError", "OssrunError", "PythonTool",
            "cuda_status", "load"]
