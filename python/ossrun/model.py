@@ -53,8 +53,9 @@ class Model:
         n_ctx: context length of sessions (tokens), at most the model's context_length.
         threads: compute threads; default the number of physical cores.
         precision: "fast" (default; matmuls on MXFP4 and Q8_0 weights take int16
-            activations, ~2^-16 of each 32-block's largest value lost) or "f32" (float32
-            activations end to end).
+            activations, ~2^-16 of each 32-block's largest value lost; on the GPU the prefill
+            GEMMs take them as IEEE half, 2^-12 of each value, decode float32) or "f32" (float32
+            activations end to end; on the GPU's tensor cores two halves, ~22 bits).
         isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "avx512vbmi",
             "neon"); default the best this CPU runs (or $OSSRUN_ISA).
         kv_type: element type of the sessions' KV caches: "f16" (IEEE half, the default in the
