@@ -1,8 +1,10 @@
-// Whole 32-element blocks of MXFP4 and Q8_0 decoded at once, for the host and CUDA devices (the
-// CUDA decode GEMVs, cuda/block_rows.cuh): each format's bytes per block, the unit its decoded
-// values are in, and decode(), which writes the block's 32 values in element order divided by
-// kUnit and returns the block's scale, so that element j is exactly (w[j] * kUnit) * scale
-// (tests/test_cuda_ops.py checks this against weight_element.h bit for bit on the host).
+// Whole 32-element blocks of MXFP4, Q8_0 and (for rows of whole blocks) F16, BF16 and F32 decoded
+// at once, for the host and CUDA devices (the CUDA decode GEMVs, cuda/block_rows.cuh): each
+// format's bytes per block, the unit its decoded values are in, and decode(), which writes the
+// block's 32 values in element order divided by kUnit and returns the block's scale, so that
+// element j is exactly (w[j] * kUnit) * scale (tests/test_cuda_ops.py checks this against
+// weight_element.h bit for bit on the host). Byte loads: a staged block keeps the row's alignment
+// within 16 bytes, which for the 16-bit types is 2 bytes at best.
 #pragma once
 #include <cstdint>
 
@@ -39,5 +41,60 @@ struct Q8Blocks {
         return fp16_to_float(uint16_t(block[0] | (block[1] << 8)));
     }
 };
+
+// The plain types: scale 1, unit 1.
+struct F16Blocks {
+    static constexpr int kBytes = 2 * kBlockElems;
+    static constexpr float kUnit = 1.0f;
+    OSSRUN_HD static float decode(const uint8_t* block, float w[kBlockElems]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+        for (int j = 0; j < kBlockElems; ++j) w[j] = half_bits_to_float(uint16_t(block[2 * j] | (block[2 * j + 1] << 8)));
+        return 1.0f;
+    }
+};
+
+struct BF16Blocks {
+    static constexpr int kBytes = 2 * kBlockElems;
+    static constexpr float kUnit = 1.0f;
+    OSSRUN_HD static float decode(const uint8_t* block, float w[kBlockElems]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+        for (int j = 0; j < kBlockElems; ++j) w[j] = bf16_to_float(uint16_t(block[2 * j] | (block[2 * j + 1] << 8)));
+        return 1.0f;
+    }
+};
+
+struct F32Blocks {
+    static constexpr int kBytes = 4 * kBlockElems;
+    static constexpr float kUnit = 1.0f;
+    OSSRUN_HD static float decode(const uint8_t* block, float w[kBlockElems]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+        for (int j = 0; j < kBlockElems; ++j) {
+            const uint8_t* p = block + 4 * j;
+            w[j] = bits_to_float(uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24));
+        }
+        return 1.0f;
+    }
+};
+
+// Calls f(Format{}) for a type with a whole-block decode here (rows of cols % 32 == 0), and
+// returns true; false for any other type.
+template <class F>
+OSSRUN_HD inline bool with_block_format(DType type, int64_t cols, F&& f) {
+    if (cols % kBlockElems) return false;
+    switch (type) {
+        case DType::MXFP4: f(Mxfp4Blocks{}); return true;
+        case DType::Q8_0: f(Q8Blocks{}); return true;
+        case DType::F16: f(F16Blocks{}); return true;
+        case DType::BF16: f(BF16Blocks{}); return true;
+        case DType::F32: f(F32Blocks{}); return true;
+        default: return false;
+    }
+}
 
 }  // namespace ossrun

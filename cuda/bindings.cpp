@@ -107,21 +107,18 @@ void bind_ops(py::module_& m) {
         // The decode GEMVs' whole-block decoding (csrc/block_values.h) run on the host, each
         // element rebuilt as (value * unit) * scale, the kernels' order of the two products.
         const Matrix W = raw_matrix(raw, type, rows, cols);
-        if (W.type != DType::MXFP4 && W.type != DType::Q8_0) throw py::value_error("decode_blocks_host takes MXFP4 or Q8_0");
         py::array_t<float> out({rows, cols});
         float* o = out.mutable_data();
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t b = 0; b < cols / kBlockElems; ++b) {
-                float w[kBlockElems], scale = 0, unit = 0;
-                if (W.type == DType::MXFP4) {
-                    scale = Mxfp4Blocks::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * Mxfp4Blocks::kBytes, w);
-                    unit = Mxfp4Blocks::kUnit;
-                } else {
-                    scale = Q8Blocks::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * Q8Blocks::kBytes, w);
-                    unit = Q8Blocks::kUnit;
+        const bool known = with_block_format(W.type, cols, [&](auto format) {
+            using F = decltype(format);
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t b = 0; b < cols / kBlockElems; ++b) {
+                    float w[kBlockElems];
+                    const float scale = F::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * F::kBytes, w);
+                    for (int j = 0; j < kBlockElems; ++j) o[r * cols + b * kBlockElems + j] = w[j] * F::kUnit * scale;
                 }
-                for (int j = 0; j < kBlockElems; ++j) o[r * cols + b * kBlockElems + j] = w[j] * unit * scale;
-            }
+        });
+        if (!known) throw py::value_error("decode_blocks_host takes MXFP4, Q8_0, F16, BF16 or F32 rows of whole 32-element blocks");
         return out;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, F32Array x,

@@ -1,8 +1,8 @@
-// Rows of MXFP4 and Q8_0 weights read a whole 32-element block per lane (the decode GEMVs of
-// gemv.cu and moe_ops.cu): a warp stages a run of a row's blocks in shared memory with 16-byte
-// loads, then each lane decodes its own blocks exactly and dots them with up to kTokensPerWarp
-// activation rows. A warp keeps 4 blocks per lane of loads in flight, where reading one byte per
-// lane per block (weight_element.h's order) kept ~17-34 bytes.
+// Rows of weights read a whole 32-element block per lane (the decode GEMVs of gemv.cu and
+// moe_ops.cu; the formats of csrc/block_values.h): a warp stages a run of a row's blocks in shared
+// memory with 16-byte loads, then each lane decodes its own blocks exactly and dots them with up
+// to kTokensPerWarp activation rows. A warp keeps ~4 KiB of loads in flight (4 MXFP4 or Q8_0
+// blocks a lane), where reading one element per lane (weight_element.h's order) kept 17-128 bytes.
 #pragma once
 #include <cstdint>
 
@@ -11,9 +11,16 @@
 
 namespace ossrun::cuda {
 
-constexpr int kStagedBlocksPerLane = 4;
-constexpr int kStagedBlocks = kWarp * kStagedBlocksPerLane;  // a warp's blocks per staging round
-constexpr int kTokensPerWarp = 8;                               // activation rows one pass dots
+constexpr int kTokensPerWarp = 8;  // activation rows one pass dots
+
+// A warp's blocks of format F per staging round: up to 4 a lane, within ~4.3 KiB of shared memory;
+// and the shared memory bytes one warp stages into.
+template <class F>
+constexpr int kStagedBlocksOf = kWarp * (4352 / (kWarp * F::kBytes) < 1   ? 1
+                                         : 4352 / (kWarp * F::kBytes) > 4 ? 4
+                                                                          : 4352 / (kWarp * F::kBytes));
+template <class F>
+constexpr int kStageBytesOf = kStagedBlocksOf<F> * F::kBytes + 16;
 
 // Copies src[0 .. n) (global memory, any alignment) into dst (shared, 16-byte aligned, n + 16
 // bytes of room) with the lanes of one warp, keeping src's offset within 16 bytes so that the
@@ -48,12 +55,13 @@ __device__ inline float block_dot(const float w[kBlockElems], const float* x) {
 
 // acc[t] (on every lane, to be warp-summed) += this lane's share of row · x[t * ldx ..] for
 // t < nt <= kTokensPerWarp, the row holding n_blocks blocks of format F. `stage` is this warp's
-// kStagedBlocks * F::kBytes + 16 bytes of shared memory. Called by all 32 lanes.
+// kStageBytesOf<F> of shared memory. Called by all 32 lanes.
 template <class F>
 __device__ inline void row_dot(const uint8_t* row, int64_t n_blocks, const float* x, int64_t ldx, int nt,
                                uint8_t* stage, int lane, float acc[kTokensPerWarp]) {
-    for (int64_t b0 = 0; b0 < n_blocks; b0 += kStagedBlocks) {
-        const int n = int(n_blocks - b0 < kStagedBlocks ? n_blocks - b0 : kStagedBlocks);
+    constexpr int kStaged = kStagedBlocksOf<F>;
+    for (int64_t b0 = 0; b0 < n_blocks; b0 += kStaged) {
+        const int n = int(n_blocks - b0 < kStaged ? n_blocks - b0 : kStaged);
         const uint8_t* blocks = warp_stage(stage, row + b0 * F::kBytes, n * F::kBytes, lane);
         __syncwarp();
         for (int b = lane; b < n; b += kWarp) {

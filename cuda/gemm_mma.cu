@@ -1,8 +1,8 @@
-// Prefill matmuls of MXFP4 and Q8_0 weights on tensor cores (MODEL.md §2.3, §2.6): one GEMM, or
+// Prefill matmuls of MXFP4, Q8_0 and F16 weights on tensor cores (MODEL.md §2.3, §2.6): one GEMM, or
 // the routed experts' pairs grouped by expert (moe_ops.cu's group_by_expert), each block a 64
 // token x 64 weight-row tile of y stepping one 32-element block of K at a time.
 //
-// Exactness: an E2M1 or int8 weight value is exact in IEEE half, so each block's codes go to the
+// Exactness: an E2M1, int8 or F16 weight value is exact in IEEE half, so each block's codes go to the
 // mma unscaled (E2M1 times 2^-14, csrc/mxfp4.h) and its scale is applied in float32 to the
 // block's partial sums. Each token's 32 activations of the block are scaled by a power of two to
 // a largest magnitude in [2^14, 2^15) (no half overflow, full half precision) and split into a
@@ -74,6 +74,12 @@ __device__ inline void load_weights(Tiles& s, const uint8_t* block, int n, int h
         if (h == 0) s.w_scale[n] = 0.0f;
 #pragma unroll
         for (int q = 8 * h; q < 8 * h + 8; ++q) s.w[n][q] = 0u;
+    } else if constexpr (std::is_same_v<F, F16Blocks>) {  // already halves
+        if (h == 0) s.w_scale[n] = 1.0f;
+#pragma unroll
+        for (int q = 8 * h; q < 8 * h + 8; ++q)
+            s.w[n][q] = uint32_t(block[2 * q] | (block[2 * q + 1] << 8)) |
+                        (uint32_t(block[2 * q + 32] | (block[2 * q + 33] << 8)) << 16);
     } else if constexpr (std::is_same_v<F, Mxfp4Blocks>) {
         if (h == 0) s.w_scale[n] = e8m0_to_float(block[0]);
 #pragma unroll
@@ -220,15 +226,18 @@ void launch(const MmaGemmArgs& a, unsigned m_tiles, cudaStream_t stream) {
 }  // namespace
 
 bool gemm_mma_can_run(const Matrix& W, const float* x, int64_t ldx) {
-    return (W.type == DType::MXFP4 || W.type == DType::Q8_0) && block_rows_can_read(x, ldx);
+    const bool exact_in_half = W.type == DType::MXFP4 || W.type == DType::Q8_0 || W.type == DType::F16;
+    return exact_in_half && W.cols % kBlockElems == 0 && block_rows_can_read(x, ldx);
 }
 
 void gemm_mma(const MmaGemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
     if (a.W.rows == 0 || max_tiles == 0) return;
     if (a.W.type == DType::MXFP4)
         launch<Mxfp4Blocks>(a, unsigned(max_tiles), stream);
-    else
+    else if (a.W.type == DType::Q8_0)
         launch<Q8Blocks>(a, unsigned(max_tiles), stream);
+    else
+        launch<F16Blocks>(a, unsigned(max_tiles), stream);
     check_launch("gemm_mma");
 }
 

@@ -1,8 +1,8 @@
-// Matrix times a few vectors, for decode (MODEL.md §2.3, §4.3). MXFP4 and Q8_0 (the weights of
-// gpt-oss files): one warp per output row and up to kTokensPerWarp tokens, each lane owning whole
-// blocks staged through shared memory (block_rows.cuh), so a row's bytes are read once for every
-// token of the step. Other types: one warp per (row, token), lane i reading element i of each
-// 32-element span (weight_element.h).
+// Matrix times a few vectors, for decode (MODEL.md §2.3, §4.3). MXFP4, Q8_0, F16, BF16 and F32
+// rows of whole 32-element blocks: one warp per output row and up to kTokensPerWarp tokens, each
+// lane owning whole blocks staged through shared memory (block_rows.cuh), so a row's bytes are
+// read once for every token of the step. Other types and shapes: one warp per (row, token), lane
+// i reading element i of each 32-element span (weight_element.h).
 #include "../csrc/weight_element.h"
 #include "block_rows.cuh"
 #include "common.cuh"
@@ -18,7 +18,7 @@ constexpr int kRowsPerBlock = 4;  // warps per block
 // warp w of block (bx, by) computes row bx * kRowsPerBlock + w for tokens by * kTokensPerWarp ..
 template <class F>
 __global__ void __launch_bounds__(kRowsPerBlock * kWarp) gemv_blocks_kernel(MatmulArgs a) {
-    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStagedBlocks * F::kBytes + 16];
+    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStageBytesOf<F>];
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, t0 = int64_t(blockIdx.y) * kTokensPerWarp;
     if (r >= a.W.rows) return;  // whole warps leave; only warp-level syncs below
@@ -49,18 +49,13 @@ __global__ void gemv_elements_kernel(MatmulArgs a) {
 
 void gemv(const MatmulArgs& a, cudaStream_t stream) {
     if (a.W.rows == 0 || a.n_tok == 0) return;
-    const bool blocks = (a.W.type == DType::MXFP4 || a.W.type == DType::Q8_0) && block_rows_can_read(a.x, a.ldx);
-    if (!blocks) {
+    const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), blocks_for(a.n_tok, kTokensPerWarp));
+    const bool blocks = block_rows_can_read(a.x, a.ldx) && with_block_format(a.W.type, a.W.cols, [&](auto format) {
+        gemv_blocks_kernel<decltype(format)><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    });
+    if (!blocks)
         gemv_elements_kernel<<<dim3(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_tok)), kRowsPerBlock * kWarp, 0,
                                stream>>>(a);
-        check_launch("gemv");
-        return;
-    }
-    const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), blocks_for(a.n_tok, kTokensPerWarp));
-    if (a.W.type == DType::MXFP4)
-        gemv_blocks_kernel<Mxfp4Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
-    else
-        gemv_blocks_kernel<Q8Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
     check_launch("gemv");
 }
 

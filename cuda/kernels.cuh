@@ -41,9 +41,10 @@ inline MatmulArgs matmul_args(const Matrix& W, const float* x, int64_t n_tok, fl
     return a;
 }
 
-// Decode: one warp per row for up to 8 tokens, MXFP4 / Q8_0 a lane per block (gemv.cu).
+// Decode: one warp per row for up to 8 tokens, a lane per 32-element block where the type and
+// cols allow (csrc/block_values.h; gemv.cu).
 void gemv(const MatmulArgs& a, cudaStream_t stream);
-// Prefill: MXFP4 / Q8_0 on tensor cores (gemm_mma below), other types 32x32 float32 tiles
+// Prefill: MXFP4 / Q8_0 / F16 on tensor cores (gemm_mma below), other types 32x32 float32 tiles
 // through shared memory (gemm.cu).
 void gemm(const MatmulArgs& a, cudaStream_t stream);
 // The one the forward pass calls: gemv below kGemmMinTokens tokens, else gemm.
@@ -138,7 +139,7 @@ inline int64_t expert_tiles_max(int64_t n_pairs, int64_t E) { return n_pairs / k
 // idx [n_pairs] (each < E <= 1024) -> groups (moe_ops.cu).
 void group_by_expert(const int32_t* idx, int64_t n_pairs, int64_t E, const ExpertGroups& groups, cudaStream_t stream);
 
-// The tensor-core GEMM (gemm_mma.cu) of MXFP4 or Q8_0 weights: y[row * ldy + r] = W[mat] row r
+// The tensor-core GEMM (gemm_mma.cu) of MXFP4, Q8_0 or F16 weights (cols a multiple of 32): y[row * ldy + r] = W[mat] row r
 // · x[row' * ldx ..] + bias, over tokens 0 .. n_tok - 1 (row = row' = token), or with
 // groups.n_tiles set over the grouped pairs (mat = the tile's expert, row = pair, row' = pair /
 // x_div, bias [E][rows]); x 16-byte aligned rows (gemm_mma_can_run).

@@ -49,11 +49,11 @@ __global__ void swiglu_kernel(const float* gate, const float* lin, float* h, int
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 4;  // warps per block of expert_matmul
 
-// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: MXFP4 / Q8_0 experts, a
-// lane owning whole blocks (block_rows.cuh).
+// grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: experts of rows of whole
+// blocks, a lane owning whole blocks (block_rows.cuh).
 template <class F>
 __global__ void __launch_bounds__(kRowsPerBlock * kWarp) expert_blocks_kernel(ExpertMatmulArgs a) {
-    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStagedBlocks * F::kBytes + 16];
+    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStageBytesOf<F>];
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
     if (r >= a.W.rows) return;  // whole warps leave; only warp-level syncs below
@@ -120,13 +120,10 @@ __global__ void moe_combine_kernel(const float* y, const float* weight, int64_t 
 void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream) {
     if (a.W.rows == 0 || a.n_pairs == 0) return;
     const dim3 grid(blocks_for(a.W.rows, kRowsPerBlock), unsigned(a.n_pairs));
-    const bool blocks = block_rows_can_read(a.x, a.ldx);
-    if (blocks && a.W.type == DType::MXFP4)
-        expert_blocks_kernel<Mxfp4Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
-    else if (blocks && a.W.type == DType::Q8_0)
-        expert_blocks_kernel<Q8Blocks><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
-    else
-        expert_elements_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    const bool blocks = block_rows_can_read(a.x, a.ldx) && with_block_format(a.W.type, a.W.cols, [&](auto format) {
+        expert_blocks_kernel<decltype(format)><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
+    });
+    if (!blocks) expert_elements_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
     check_launch("expert_matmul");
 }
 

@@ -92,8 +92,9 @@ void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pair
     require(n_pairs >= 1 && n_pairs <= kMaxGridY, "n_pairs must be in [1, 65535]");
     require(x_div >= 1, "x_div must be positive");
     for (int64_t p = 0; p < n_pairs; ++p) require(idx[p] >= 0 && idx[p] < W_host.n_mats, "idx must name experts of W");
-    require(!grouped || (W_host.type == DType::MXFP4 || W_host.type == DType::Q8_0),
-            "the grouped expert GEMM takes MXFP4 or Q8_0 weights");
+    require(!grouped || ((W_host.type == DType::MXFP4 || W_host.type == DType::Q8_0 || W_host.type == DType::F16) &&
+                         W_host.cols % kBlockElems == 0),
+            "the grouped expert GEMM takes MXFP4, Q8_0 or F16 weights of whole 32-element blocks");
     const int64_t rows = W_host.rows, cols = W_host.cols, E = W_host.n_mats, n_x = (n_pairs + x_div - 1) / x_div;
     DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
     DeviceArray<int32_t> didx(idx, size_t(n_pairs));

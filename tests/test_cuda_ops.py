@@ -190,10 +190,14 @@ def test_whole_block_decoding_equals_the_element_decoding(rng):
     q8 = raw_weights(rng, Q8_0, 4, 96)
     q8.reshape(4, 3, 34)[0, :, :2] = np.array([[1, 0], [0xFF, 0x83], [0, 0]], np.uint8)
     assert _same_bits(gpu.decode_blocks_host(q8, Q8_0, 4, 96), gpu.decode_rows_host(q8, Q8_0, 4, 96))
-    for t in (MXFP4, Q8_0):
+    for t in (MXFP4, Q8_0, F16, BF16, F32):
         wide = raw_weights(rng, t, 3, 2880)
         assert _same_bits(gpu.decode_blocks_host(wide, t, 3, 2880), gpu.decode_rows_host(wide, t, 3, 2880))
-    with pytest.raises(ValueError, match="MXFP4 or Q8_0"):
+    every_half = np.arange(65536, dtype=np.uint16).view(np.uint8)  # subnormals, infinities, NaNs
+    for t in (F16, BF16):
+        blocks = gpu.decode_blocks_host(every_half, t, 64, 1024)
+        assert _same_bits(blocks, gpu.decode_rows_host(every_half, t, 64, 1024))
+    with pytest.raises(ValueError, match="whole 32-element blocks"):
         gpu.decode_blocks_host(np.zeros(4 * 37, np.uint8), F32, 1, 37)
 
 
@@ -246,7 +250,8 @@ def test_ops_reject_bad_arguments_before_touching_cuda():
 # --------------------------------------------------------------------------- matmul (device)
 
 MATMUL_SHAPES = [(F32, 37), (F32, 100), (F16, 37), (BF16, 100), (Q8_0, 96), (Q8_0, 2880),
-                 (MXFP4, 96), (MXFP4, 2880), (MXFP4, 4128), (Q8_0, 4128)]
+                 (MXFP4, 96), (MXFP4, 2880), (MXFP4, 4128), (Q8_0, 4128),
+                 (F32, 96), (F16, 96), (F16, 2880), (BF16, 320)]  # the last: whole blocks, lane-owned
 # below, at and above the gemv/gemm switch; a gemv pass of 8 tokens + 1; a 64-token tile + 6
 TOKENS = [1, 3, 7, 8, 9, 33, 70]
 
@@ -255,9 +260,10 @@ def _shape_id(p):
     return f"{TYPE_NAMES[p[0]]}-{p[1]}"
 
 
-def _tensor_cores(ggml_type, kernel, T) -> bool:
+def _tensor_cores(ggml_type, cols, kernel, T) -> bool:
     """Whether matmul(kernel) runs cuda/gemm_mma.cu for these weights and tokens."""
-    return ggml_type in (MXFP4, Q8_0) and (kernel == "gemm" or (kernel == "auto" and T >= 8))
+    exact_in_half = ggml_type in (MXFP4, Q8_0) or (ggml_type == F16 and cols % 32 == 0)
+    return exact_in_half and (kernel == "gemm" or (kernel == "auto" and T >= 8))
 
 
 def matmul_bound(x, W, bias, tensor_cores: bool, precision: str = "f32") -> np.ndarray:
@@ -293,7 +299,7 @@ def test_cuda_matmul_within_rounding_bound(rng, shape, rows, kernel):
         bias = b if T % 2 else None
         y = gpu.matmul(raw, ggml_type, rows, cols, x, bias, kernel)
         ref = R.matmul(x.astype(np.float64), W, None if bias is None else b.astype(np.float64))
-        tol = matmul_bound(x, W, None if bias is None else b, _tensor_cores(ggml_type, kernel, T))
+        tol = matmul_bound(x, W, None if bias is None else b, _tensor_cores(ggml_type, cols, kernel, T))
         assert y.shape == (T, rows)
         assert np.all(np.abs(y - ref) <= tol), f"T={T}: max err {np.max(np.abs(y - ref) - tol):.3g} over"
         y_cpu = cpu.matmul(raw, ggml_type, rows, cols, x, bias, "scalar")
@@ -302,7 +308,7 @@ def test_cuda_matmul_within_rounding_bound(rng, shape, rows, kernel):
 
 @needs_device
 @pytest.mark.parametrize("scale", [1.0, 2.0**-60, 2.0**40], ids=["unit", "tiny", "huge"])
-@pytest.mark.parametrize("ggml_type", [MXFP4, Q8_0], ids=["MXFP4", "Q8_0"])
+@pytest.mark.parametrize("ggml_type", [MXFP4, Q8_0, F16], ids=["MXFP4", "Q8_0", "F16"])
 def test_cuda_tensor_core_gemm_fast_precision(rng, ggml_type, scale):
     """precision="fast": one half per activation, each 32-block scaled by a power of two first, so
     the error stays 2^-12 of |x| at any magnitude (no half overflow or underflow), one token's
@@ -364,7 +370,8 @@ def _expert_case(rng, ggml_type, n_experts, rows, cols, n_pairs, x_div):
 @needs_device
 @pytest.mark.parametrize("x_div", [1, 4])
 @pytest.mark.parametrize("n_pairs", [1, 7, 64, 200])
-@pytest.mark.parametrize("shape", [(MXFP4, 96), (MXFP4, 2880), (Q8_0, 96), (Q8_0, 4128)], ids=_shape_id)
+@pytest.mark.parametrize("shape", [(MXFP4, 96), (MXFP4, 2880), (Q8_0, 96), (Q8_0, 4128), (F16, 96)],
+                         ids=_shape_id)
 def test_cuda_expert_matmul_pairs_and_grouped(rng, shape, n_pairs, x_div):
     ggml_type, cols = shape
     E, rows = 5, 67
@@ -393,7 +400,7 @@ def test_cuda_expert_matmul_arguments_are_checked():
         gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([0], np.int32), x, 1, bias[:1], grouped=True)
     with pytest.raises(ValueError, match="x must be"):
         gpu.expert_matmul(raw, MXFP4, 2, 3, 32, np.array([0, 1], np.int32), x, 1, bias, grouped=True)
-    with pytest.raises(ValueError, match="MXFP4 or Q8_0"):
+    with pytest.raises(ValueError, match="MXFP4, Q8_0 or F16"):
         gpu.expert_matmul(np.zeros(2 * 3 * 128, np.uint8), F32, 2, 3, 32, np.array([0], np.int32), x, 1, bias,
                           grouped=True)
     with pytest.raises(ValueError, match="precision"):
