@@ -42,30 +42,24 @@ struct Q8Blocks {
     }
 };
 
-// The plain types: scale 1, unit 1.
-struct F16Blocks {
+// The plain types: scale 1, unit 1. IEEE half and bfloat16 differ only in the conversion.
+template <bool kBrainFloat>
+struct Blocks16 {
     static constexpr int kBytes = 2 * kBlockElems;
     static constexpr float kUnit = 1.0f;
     OSSRUN_HD static float decode(const uint8_t* block, float w[kBlockElems]) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-        for (int j = 0; j < kBlockElems; ++j) w[j] = half_bits_to_float(uint16_t(block[2 * j] | (block[2 * j + 1] << 8)));
+        for (int j = 0; j < kBlockElems; ++j) {
+            const uint16_t bits = uint16_t(block[2 * j] | (block[2 * j + 1] << 8));
+            w[j] = kBrainFloat ? bf16_to_float(bits) : half_bits_to_float(bits);
+        }
         return 1.0f;
     }
 };
-
-struct BF16Blocks {
-    static constexpr int kBytes = 2 * kBlockElems;
-    static constexpr float kUnit = 1.0f;
-    OSSRUN_HD static float decode(const uint8_t* block, float w[kBlockElems]) {
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-        for (int j = 0; j < kBlockElems; ++j) w[j] = bf16_to_float(uint16_t(block[2 * j] | (block[2 * j + 1] << 8)));
-        return 1.0f;
-    }
-};
+using F16Blocks = Blocks16<false>;
+using BF16Blocks = Blocks16<true>;
 
 struct F32Blocks {
     static constexpr int kBytes = 4 * kBlockElems;

@@ -62,6 +62,20 @@ __device__ inline void mma_16x8x16(float d[4], const uint32_t a[4], const uint32
 #endif
 }
 
+// f(mi, ni, i, m, n) for each float this lane holds of its warp's 32 x 32 piece at (wm, wn):
+// mma tile (mi, ni)'s d[i], which is row m, column n of the block tile (d[0..1] row g, columns 2t,
+// 2t + 1; d[2..3] row g + 8).
+template <class F>
+__device__ inline void for_each_output(int wm, int wn, int lane, F&& f) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) f(mi, ni, i, wm + 16 * mi + g + (i >= 2 ? 8 : 0), wn + 8 * ni + 2 * t + (i & 1));
+}
+
 __device__ inline uint32_t half_pair(__half lo, __half hi) {
     return uint32_t(__half_as_ushort(lo)) | (uint32_t(__half_as_ushort(hi)) << 16);
 }
@@ -189,29 +203,16 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
             }
         }
         // The block's scales, in float32: (partial * unit) * (token scale * weight scale).
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const int m = wm + 16 * mi + g + (i >= 2 ? 8 : 0), n = wn + 8 * ni + 2 * t + (i & 1);
-                    acc[mi][ni][i] = fmaf(part[mi][ni][i] * F::kUnit, s.x_scale[m] * s.w_scale[n], acc[mi][ni][i]);
-                }
+        for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n) {
+            acc[mi][ni][i] = fmaf(part[mi][ni][i] * F::kUnit, s.x_scale[m] * s.w_scale[n], acc[mi][ni][i]);
+        });
         __syncthreads();  // the tiles are overwritten next block
     }
 
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int m = wm + 16 * mi + g + (i >= 2 ? 8 : 0);
-                const int64_t n = n0 + wn + 8 * ni + 2 * t + (i & 1), yr = y_rows[m];
-                if (yr < 0 || n >= a.W.rows) continue;
-                a.y[yr * a.ldy + n] = bias ? acc[mi][ni][i] + bias[n] : acc[mi][ni][i];
-            }
+    for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n_in_tile) {
+        const int64_t n = n0 + n_in_tile, yr = y_rows[m];
+        if (yr >= 0 && n < a.W.rows) a.y[yr * a.ldy + n] = bias ? acc[mi][ni][i] + bias[n] : acc[mi][ni][i];
+    });
 }
 
 template <class F>

@@ -161,27 +161,24 @@ float half_value(uint32_t pair, int hi) { return ossrun::fp16_to_float(uint16_t(
 void sync_block() { park(State::kAtBlock); }
 void sync_warp() { park(State::kAtWarp); }
 
-float shfl_xor(float v, int lane_mask) {
+namespace {
+// Each lane leaves v in its slot, the warp meets, each reads its partner's, the warp meets again
+// (so that no lane overwrites its slot before every lane has read).
+template <class T>
+T exchange(std::vector<T>& slots, T v, int lane_mask) {
     const int me = S.current->linear;
-    S.slot_f[size_t(me)] = v;
+    slots[size_t(me)] = v;
     park(State::kAtWarp);
     const int other = (me & ~31) | ((me & 31) ^ (lane_mask & 31));
     if (other >= int(S.n) || S.fibers[size_t(other)].state == State::kDone) fault("shfl from an exited lane");
-    const float r = S.slot_f[size_t(other)];
-    park(State::kAtWarp);  // no lane overwrites its slot before every lane has read
+    const T r = slots[size_t(other)];
+    park(State::kAtWarp);
     return r;
 }
+}  // namespace
 
-int shfl_xor(int v, int lane_mask) {
-    const int me = S.current->linear;
-    S.slot_i[size_t(me)] = v;
-    park(State::kAtWarp);
-    const int other = (me & ~31) | ((me & 31) ^ (lane_mask & 31));
-    if (other >= int(S.n) || S.fibers[size_t(other)].state == State::kDone) fault("shfl from an exited lane");
-    const int r = S.slot_i[size_t(other)];
-    park(State::kAtWarp);
-    return r;
-}
+float shfl_xor(float v, int lane_mask) { return exchange(S.slot_f, v, lane_mask); }
+int shfl_xor(int v, int lane_mask) { return exchange(S.slot_i, v, lane_mask); }
 
 void* dynamic_shared() { return S.dynamic.data(); }
 
