@@ -113,7 +113,7 @@ build() {
     local generator=()
     command -v ninja >/dev/null && generator=(-G Ninja)
     cmake -S "$REPO" -B "$BUILD/cmake" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-        -DOSSRUN_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+        -DOSSRUN_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DOSSRUN_CUDA_EMULATOR=OFF \
         -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)"
     cmake --build "$BUILD/cmake" --parallel "$(nproc)"
     rm -rf "$SITE" && mkdir -p "$SITE"
