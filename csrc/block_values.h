@@ -10,6 +10,7 @@
 
 #include "mxfp4.h"
 #include "numerics.h"
+#include "weight_element.h"  // load_u16_le, load_u32_le
 #include "weights.h"
 
 namespace ossrun {
@@ -38,7 +39,7 @@ struct Q8Blocks {
 #pragma unroll
 #endif
         for (int j = 0; j < kBlockElems; ++j) w[j] = float(int8_t(block[2 + j]));
-        return fp16_to_float(uint16_t(block[0] | (block[1] << 8)));
+        return fp16_to_float(load_u16_le(block));
     }
 };
 
@@ -52,7 +53,7 @@ struct Blocks16 {
 #pragma unroll
 #endif
         for (int j = 0; j < kBlockElems; ++j) {
-            const uint16_t bits = uint16_t(block[2 * j] | (block[2 * j + 1] << 8));
+            const uint16_t bits = load_u16_le(block + 2 * j);
             w[j] = kBrainFloat ? bf16_to_float(bits) : half_bits_to_float(bits);
         }
         return 1.0f;
@@ -68,10 +69,7 @@ struct F32Blocks {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-        for (int j = 0; j < kBlockElems; ++j) {
-            const uint8_t* p = block + 4 * j;
-            w[j] = bits_to_float(uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24));
-        }
+        for (int j = 0; j < kBlockElems; ++j) w[j] = bits_to_float(load_u32_le(block + 4 * j));
         return 1.0f;
     }
 };

@@ -1,5 +1,6 @@
 // One chunk's activations on the device, carved from one block (device_model.h's DeviceModel
-// owns it; cuda_backend.cpp's ops read and write it). Plain C++: pointers only.
+// owns it; cuda_backend.cpp's ops read and write it). Host C++: pointers only (kernels.cuh for
+// ExpertGroups).
 #pragma once
 #include <cstddef>
 #include <cstdint>

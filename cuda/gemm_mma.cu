@@ -92,14 +92,13 @@ __device__ inline void load_weights(Tiles& s, const uint8_t* block, int n, int h
         if (h == 0) s.w_scale[n] = 1.0f;
 #pragma unroll
         for (int q = 8 * h; q < 8 * h + 8; ++q)
-            s.w[n][q] = uint32_t(block[2 * q] | (block[2 * q + 1] << 8)) |
-                        (uint32_t(block[2 * q + 32] | (block[2 * q + 33] << 8)) << 16);
+            s.w[n][q] = uint32_t(load_u16_le(block + 2 * q)) | (uint32_t(load_u16_le(block + 2 * q + 32)) << 16);
     } else if constexpr (std::is_same_v<F, Mxfp4Blocks>) {
         if (h == 0) s.w_scale[n] = e8m0_to_float(block[0]);
 #pragma unroll
         for (int q = 8 * h; q < 8 * h + 8; ++q) s.w[n][q] = e2m1_pair_half_bits(block[1 + q]);
     } else {
-        if (h == 0) s.w_scale[n] = fp16_to_float(uint16_t(block[0] | (block[1] << 8)));
+        if (h == 0) s.w_scale[n] = fp16_to_float(load_u16_le(block));
 #pragma unroll
         for (int q = 8 * h; q < 8 * h + 8; ++q)
             s.w[n][q] = half_pair(__int2half_rn(int8_t(block[2 + q])), __int2half_rn(int8_t(block[2 + q + 16])));

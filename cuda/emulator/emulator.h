@@ -115,7 +115,6 @@ inline int atomicAdd(int* p, int v) {  // fibers never interleave inside it
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
-inline unsigned long long clock64() { return 0; }
 using std::max;
 using std::min;
 
@@ -125,9 +124,6 @@ using std::min;
 
 struct __half {
     uint16_t bits;
-};
-struct __half_raw {
-    uint16_t x;
 };
 struct __nv_bfloat16 {
     uint16_t bits;
