@@ -1,13 +1,17 @@
 // Causal GQA attention with sinks and the sliding window (MODEL.md §2.5) over a KV cache in device
-// memory, for decode (and, slowly, prefill): one block per (query head, token) walks the visible
-// keys in chunks of the block's width with an online softmax (running max m, denominator l,
-// weighted value sum acc rescaled by e^(m_old - m_new)). The sink starts the softmax: m = sink,
+// memory. Decode (and heads the tiled kernel below does not take): one block per (query head,
+// token) walks the visible keys in chunks of the block's width with an online softmax (running
+// max m, denominator l, weighted value sum acc rescaled by e^(m_old - m_new)). The sink starts the softmax: m = sink,
 // l = e^0 = 1, acc = 0, so it joins the denominator only and a large sink cannot overflow.
 // K and V elements are float32 or 16-bit (KvType), widened to float32 as they are read.
 // Decode rows of long key ranges are split (flash-decoding): one block per chunk of 2048 keys
 // (csrc/attention_split.h, the CPU's cut) starts its softmax empty (m = -inf, l = 0) and leaves
 // its max, sum and unnormalised value sum; a merge block per (head, token) joins them with the
-// sink as the CPU's merge_attention_parts does. A tiled prefill kernel comes later.
+// sink as the CPU's merge_attention_parts does.
+// Prefill rows (more than kAttentionSplitMaxRows tokens) are tiled instead: one block per (kv
+// head, run of tokens) holds all the group's query heads for those tokens, 64 (head, token) rows,
+// and reads each tile of keys and values into shared memory once for all of them, with the same
+// online softmax per row.
 #include "../csrc/attention_split.h"
 #include "../csrc/numerics.h"
 #include "common.cuh"
@@ -110,6 +114,124 @@ __global__ void merge_parts_kernel(AttentionArgs a) {
     }
 }
 
+// The tiled prefill kernel's shape: kTiledRows (query head, token) rows a block, kRowThreads
+// threads a row, each owning the channels 16 i + 4 kq .. + 3 (kq its place in the row), so a
+// row's dot products are 4 partial sums joined by two shuffles and every shared-memory read is a
+// float4 that the rows of a warp share.
+constexpr int kTiledRows = 64, kRowThreads = 4, kTiledThreads = kTiledRows * kRowThreads;
+
+// Keys a tile: 8 KiB of K and of V in float32 for any kD.
+template <int kD>
+constexpr int kTileKeysOf = 2048 / kD;
+
+// Whether the tiled kernel takes these heads: d a multiple of 16 up to 256, at most 64 query heads
+// a group, q and out 16-byte aligned (float4 rows).
+bool tiled_can_run(const AttentionArgs& a) {
+    const bool aligned = reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+    return aligned && a.d % 16 == 0 && a.d <= 256 && a.n_q / a.n_kv <= kTiledRows;
+}
+
+// grid (n_kv, ceil(T / tokens)), kTiledThreads threads, d <= kD: block (g, y) attends for
+// query heads g * G .. + G - 1 (G = n_q / n_kv) and tokens y * tokens .. + tokens - 1, with
+// G * tokens <= kTiledRows; row r is head g * G + r % G, token y * tokens + r / G.
+template <KvType kType, int kD>
+__global__ void __launch_bounds__(kTiledThreads) attention_tiled_kernel(AttentionArgs a, int64_t tokens) {
+    constexpr int kKeys = kTileKeysOf<kD>, kGroups = kD / 16;  // float4 groups a thread owns
+    __shared__ __align__(16) float k_s[kKeys][kD];
+    __shared__ __align__(16) float v_s[kKeys][kD];
+    __shared__ int64_t block_lo, block_hi;  // the union of the rows' key ranges
+    const int64_t G = a.n_q / a.n_kv, g = blockIdx.x, t0 = int64_t(blockIdx.y) * tokens, d = a.d;
+    const int tid = threadIdx.x, r = tid / kRowThreads, kq = tid % kRowThreads;
+    const int64_t t = t0 + r / G, h = g * G + r % G;
+    const bool live = r < G * tokens && t < a.T;  // dead rows still join the shuffles and barriers
+    int64_t lo = 0, hi = -1;
+    if (live) key_range(a, t, lo, hi);
+    if (tid == 0) {
+        int64_t u_lo = INT64_MAX, u_hi = -1;
+        for (int64_t i = t0; i < t0 + tokens && i < a.T; ++i) {
+            int64_t l, u;
+            key_range(a, i, l, u);
+            u_lo = l < u_lo ? l : u_lo;
+            u_hi = u > u_hi ? u : u_hi;
+        }
+        block_lo = u_lo, block_hi = u_hi;
+    }
+    float4 q[kGroups], acc[kGroups];
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+        const int64_t c = 16 * i + 4 * kq;
+        q[i] = live && c < d ? *reinterpret_cast<const float4*>(a.q + (t * a.n_q + h) * d + c)
+                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    float m = live ? a.sinks[h] : 0.0f, l = 1.0f;  // the sink starts the softmax
+    __syncthreads();
+    for (int64_t j0 = block_lo; j0 <= block_hi; j0 += kKeys) {
+        for (int64_t e = tid; e < kKeys * d; e += kTiledThreads) {
+            const int64_t j = e / d, c = e % d, key = j0 + j;
+            const int64_t at = ((key % a.cap) * a.n_kv + g) * d + c;
+            k_s[j][c] = key <= block_hi ? kv_load<kType>(a.k, at) : 0.0f;
+            v_s[j][c] = key <= block_hi ? kv_load<kType>(a.v, at) : 0.0f;
+        }
+        __syncthreads();
+        float s[kKeys], m_new = m;
+#pragma unroll
+        for (int j = 0; j < kKeys; ++j) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < kGroups; ++i) {
+                if (16 * i < d) {
+                    const float4 k = *reinterpret_cast<const float4*>(&k_s[j][16 * i + 4 * kq]);
+                    dot += q[i].x * k.x + q[i].y * k.y + q[i].z * k.z + q[i].w * k.w;
+                }
+            }
+            dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+            const int64_t key = j0 + j;
+            s[j] = live && key >= lo && key <= hi ? dot * a.scale : -INFINITY;
+            m_new = fmaxf(m_new, s[j]);
+        }
+        const float alpha = expf(m - m_new);
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kGroups; ++i) acc[i].x *= alpha, acc[i].y *= alpha, acc[i].z *= alpha, acc[i].w *= alpha;
+#pragma unroll
+        for (int j = 0; j < kKeys; ++j) {
+            const float p = expf(s[j] - m_new);  // 0 for a masked key
+            sum += p;
+#pragma unroll
+            for (int i = 0; i < kGroups; ++i) {
+                if (16 * i < d) {
+                    const float4 v = *reinterpret_cast<const float4*>(&v_s[j][16 * i + 4 * kq]);
+                    acc[i].x += p * v.x, acc[i].y += p * v.y, acc[i].z += p * v.z, acc[i].w += p * v.w;
+                }
+            }
+        }
+        l = l * alpha + sum;
+        m = m_new;
+        __syncthreads();  // the tiles are overwritten next
+    }
+    if (!live) return;
+    float* out = a.out + (t * a.n_q + h) * d;
+#pragma unroll
+    for (int i = 0; i < kGroups; ++i) {
+        const int64_t c = 16 * i + 4 * kq;
+        if (c < d) *reinterpret_cast<float4*>(out + c) = make_float4(acc[i].x / l, acc[i].y / l, acc[i].z / l, acc[i].w / l);
+    }
+}
+
+template <KvType kType>
+void launch_tiled(const AttentionArgs& a, cudaStream_t stream) {
+    const int64_t G = a.n_q / a.n_kv, tokens = kTiledRows / G;
+    const dim3 grid(unsigned(a.n_kv), blocks_for(a.T, tokens));
+    if (a.d <= 64)
+        attention_tiled_kernel<kType, 64><<<grid, kTiledThreads, 0, stream>>>(a, tokens);
+    else if (a.d <= 128)
+        attention_tiled_kernel<kType, 128><<<grid, kTiledThreads, 0, stream>>>(a, tokens);
+    else
+        attention_tiled_kernel<kType, 256><<<grid, kTiledThreads, 0, stream>>>(a, tokens);
+}
+
 template <bool kSplit>
 void launch(const AttentionArgs& a, dim3 grid, cudaStream_t stream) {
     switch (a.kv_type) {
@@ -129,6 +251,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
         check_launch("attention (parts)");
         merge_parts_kernel<<<grid, kThreads, 0, stream>>>(a);
         check_launch("attention (merge)");
+        return;
+    }
+    if (a.T > kAttentionSplitMaxRows && tiled_can_run(a)) {
+        switch (a.kv_type) {
+            case KvType::F16: launch_tiled<KvType::F16>(a, stream); break;
+            case KvType::BF16: launch_tiled<KvType::BF16>(a, stream); break;
+            default: launch_tiled<KvType::F32>(a, stream);
+        }
+        check_launch("attention (tiled)");
         return;
     }
     launch<false>(a, grid, stream);

@@ -112,9 +112,10 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;
     const float concentration = m_.host_->rope().concentration;
-    matmul(w.attn_q, b.normed, T, b.q, w.attn_q_b);
-    matmul(w.attn_k, b.normed, T, b.k, w.attn_k_b);
-    matmul(w.attn_v, b.normed, T, b.v, w.attn_v_b);
+    const SplitActivations normed = split(b.normed, T, c.embedding_length);
+    matmul(w.attn_q, b.normed, normed, T, b.q, w.attn_q_b);
+    matmul(w.attn_k, b.normed, normed, T, b.k, w.attn_k_b);
+    matmul(w.attn_v, b.normed, normed, T, b.v, w.attn_v_b);
     rope(b.q, b.positions, T, nq, d, b.theta, concentration, st);
     rope(b.k, b.positions, T, nkv, d, b.theta, concentration, st);
     // Each segment's rows into its own cache, then attend over it.
@@ -153,7 +154,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         }
         ossrun::cuda::attention(a, st);
     }
-    matmul(w.attn_output, b.attn, T, b.proj, w.attn_output_b);
+    matmul(w.attn_output, b.attn, split(b.attn, T, nq * d), T, b.proj, w.attn_output_b);
 }
 
 void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
@@ -165,15 +166,16 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, H = c.embedding_length, I = c.expert_feed_forward_length;
     const int64_t E = c.expert_count, k = c.expert_used_count;
-    matmul(w.router, b.normed, T, b.router_logits, w.router_b);
+    const SplitActivations normed = split(b.normed, T, H);
+    matmul(w.router, b.normed, normed, T, b.router_logits, w.router_b);
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
     // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
-    experts(w.gate_exps, b.normed, H, k, b.gate, w.gate_exps_b, grouped);
-    experts(w.up_exps, b.normed, H, k, b.up, w.up_exps_b, grouped);
+    experts(w.gate_exps, b.normed, normed, H, k, b.gate, w.gate_exps_b, grouped);
+    experts(w.up_exps, b.normed, normed, H, k, b.up, w.up_exps_b, grouped);
     swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
-    experts(w.down_exps, b.h, I, 1, b.expert_y, w.down_exps_b, grouped);
+    experts(w.down_exps, b.h, split(b.h, T * k, I), I, 1, b.expert_y, w.down_exps_b, grouped);
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }
 
@@ -199,7 +201,7 @@ void CudaBackend::logits() {
         for (int64_t r0 = first; r0 < g.n; r0 += kLogitRowsPerPass) {
             const int64_t n = std::min(kLogitRowsPerPass, g.n - r0);
             rmsnorm(b.residual + (int64_t(row) + r0) * H, m_.dev_.output_norm, b.normed, n, H, c.rms_norm_eps, st);
-            matmul(m_.dev_.output, b.normed, n, b.logits, nullptr);
+            matmul(m_.dev_.output, b.normed, split(b.normed, n, H), n, b.logits, nullptr);
             check(cudaMemcpyAsync(g.logits + (r0 - first) * V, b.logits, size_t(n * V) * 4, cudaMemcpyDeviceToHost, st),
                   "cudaMemcpy");
         }
@@ -229,15 +231,21 @@ void CudaBackend::upload(Activation a, const float* host) {
           "cudaMemcpy");
 }
 
-void CudaBackend::matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias) {
+SplitActivations CudaBackend::split(const float* x, int64_t n, int64_t cols) {
+    if (n < kGemmMinTokens || cols % kBlockElems) return {};
+    return split_activations(x, cols, n, cols, !m_.host_->fast_precision(), m_.buf_->split, as_stream(m_.stream_));
+}
+
+void CudaBackend::matmul(const Matrix& W, const float* x, const SplitActivations& xs, int64_t n, float* y,
+                         const float* bias) {
     MatmulArgs a = matmul_args(W, x, n, y, bias);
-    a.exact = !m_.host_->fast_precision();
+    a.split = xs;
     ossrun::cuda::matmul(a, as_stream(m_.stream_));
     m_.weight_bytes_read_ += uint64_t(W.rows) * W.row_bytes;
 }
 
-void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias,
-                          bool grouped) {
+void CudaBackend::experts(const Matrix& W, const float* x, const SplitActivations& xs, int64_t ldx, int64_t x_div,
+                          float* y, const float* bias, bool grouped) {
     ExpertMatmulArgs a;
     a.W = W;
     a.idx = m_.buf_->expert_idx;
@@ -248,8 +256,8 @@ void CudaBackend::experts(const Matrix& W, const float* x, int64_t ldx, int64_t 
     a.y = y;
     a.ldy = W.rows;
     a.bias = bias;
-    if (grouped && gemm_mma_can_run(W, x, ldx))
-        expert_gemm(a, m_.buf_->expert_groups, !m_.host_->fast_precision(), as_stream(m_.stream_));
+    if (grouped && gemm_mma_can_run(W))
+        expert_gemm(a, m_.buf_->expert_groups, xs, as_stream(m_.stream_));
     else
         expert_matmul(a, as_stream(m_.stream_));
     m_.weight_bytes_read_ += uint64_t(a.n_pairs) * uint64_t(W.rows) * W.row_bytes;

@@ -12,6 +12,8 @@
 
 namespace ossrun::cuda {
 
+struct SplitActivations;  // kernels.cuh
+
 class CudaBackend final : public Backend {
 public:
     explicit CudaBackend(DeviceModel& model) : m_(model) {}
@@ -30,11 +32,15 @@ public:
 private:
     float* rows(Activation a) const;
     const LayerWeights& on_gpu(int64_t layer) const;  // its device views; logic_error if on the CPU
-    // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted.
-    void matmul(const Matrix& W, const float* x, int64_t n, float* y, const float* bias);
-    // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias.
-    // grouped: the pairs of expert_groups (prefill) on the tensor cores where the weights allow.
-    void experts(const Matrix& W, const float* x, int64_t ldx, int64_t x_div, float* y, const float* bias, bool grouped);
+    // x's n rows of `cols` split for the tensor-core GEMM into the one split buffer (so the view
+    // lasts until the next split) when n is a prefill's (>= kGemmMinTokens); else an empty view.
+    SplitActivations split(const float* x, int64_t n, int64_t cols);
+    // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted; xs: split(x, n, W.cols).
+    void matmul(const Matrix& W, const float* x, const SplitActivations& xs, int64_t n, float* y, const float* bias);
+    // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias; xs: x's rows
+    // split. grouped: the pairs of expert_groups (prefill) on the tensor cores where the weights allow.
+    void experts(const Matrix& W, const float* x, const SplitActivations& xs, int64_t ldx, int64_t x_div, float* y,
+                 const float* bias, bool grouped);
 
     // The decode step's graph (decode_graphs.h): begin() sets graph_key_ when this forward may
     // use one; the first layer op replays it (and every layer op returns at once after that) or

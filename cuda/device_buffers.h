@@ -2,6 +2,7 @@
 // owns it; cuda_backend.cpp's ops read and write it). Host C++: pointers only (kernels.cuh for
 // ExpertGroups).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -32,6 +33,7 @@ struct DeviceBuffers {
     int32_t* expert_idx;
     ExpertGroups expert_groups;  // the pairs sorted by expert, for the grouped expert GEMM
     int64_t* positions;
+    void* split;  // the activations of one matrix split for the tensor cores (CudaBackend::split)
     void* block = nullptr;
     size_t bytes = 0;
 
@@ -63,6 +65,12 @@ struct DeviceBuffers {
         logits = m.take<float>(size_t(kLogitRowsPerPass) * size_t(c.vocab_size));
         theta = m.take<float>(size_t(c.key_length / 2));
         positions = m.take<int64_t>(T);
+        // The largest x a prefill's matmuls read: normed, attn, the experts' h or the logits' rows.
+        const size_t split_bytes = std::max({split_activations_bytes(int64_t(T), int64_t(H)),
+                                             split_activations_bytes(int64_t(T), int64_t(Q)),
+                                             split_activations_bytes(int64_t(P), int64_t(I)),
+                                             split_activations_bytes(kLogitRowsPerPass, int64_t(H))});
+        split = m.take<uint8_t>(split_bytes);
         bytes = m.used;
         block = memory;
     }

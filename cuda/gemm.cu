@@ -2,8 +2,8 @@
 // of y (32 rows of W by 32 tokens), stepping through the columns 32 at a time; each step decodes a
 // 32 x 32 tile of W exactly to float32 in shared memory beside a 32 x 32 tile of x, and every thread
 // accumulates one output. A plain correct tiling; tensor cores (mma on dequantized bf16 tiles or
-// int8 IMMA) replace it later and are checked against the same tests. MXFP4 and Q8_0 go to the
-// tensor cores instead (gemm_mma.cu).
+// int8 IMMA) replace it later and are checked against the same tests. MXFP4, Q8_0 and F16 go to
+// the tensor cores instead (gemm_mma.cu), on the split activations.
 #include "../csrc/weight_element.h"
 #include "common.cuh"
 #include "kernels.cuh"
@@ -43,17 +43,15 @@ __global__ void __launch_bounds__(kTile * kTile) gemm_kernel(MatmulArgs a) {
 
 void gemm(const MatmulArgs& a, cudaStream_t stream) {
     if (a.W.rows == 0 || a.n_tok == 0) return;
-    if (gemm_mma_can_run(a.W, a.x, a.ldx)) {
+    if (gemm_mma_can_run(a.W)) {
         MmaGemmArgs m;
         m.W = a.W;
         m.mat = a.mat;
-        m.x = a.x;
-        m.ldx = a.ldx;
+        m.x = a.split;
         m.n_tok = a.n_tok;
         m.y = a.y;
         m.ldy = a.ldy;
         m.bias = a.bias;
-        m.exact = a.exact;
         gemm_mma(m, (a.n_tok + kMmaTileTokens - 1) / kMmaTileTokens, stream);
         return;
     }

@@ -4,14 +4,18 @@
 //
 // Exactness: an E2M1, int8 or F16 weight value is exact in IEEE half, so each block's codes go to the
 // mma unscaled (E2M1 times 2^-14, csrc/mxfp4.h) and its scale is applied in float32 to the
-// block's partial sums. Each token's 32 activations of the block are scaled by a power of two to
-// a largest magnitude in [2^14, 2^15) (no half overflow, full half precision) and split into a
-// half x_hi plus a half residual x_lo: `exact` (precision="f32") sends both through the mma, so x
-// keeps ~22 of float32's 24 bits and every product is exact; `fast` only x_hi (11 bits).
-// Products and sums accumulate in float32 inside the tensor cores.
+// block's partial sums. The activations arrive split (split_activations below, once per x for
+// all the matmuls that read it): per token and block a power of two and halves x_hi (+ x_lo),
+// whose products with the weights are exact; `exact` sends both through the mma (~22 of float32's
+// 24 bits of x), `fast` only x_hi (11 bits). Products and sums accumulate in float32 inside the
+// tensor cores.
+//
+// The tiles are double-buffered: while the warps multiply block b from shared memory, each thread
+// has its share of block b + 1 in flight from global memory into registers (16-byte loads of the
+// split activations), stored to the other buffer afterwards, so one barrier a block suffices.
 #include <cuda_fp16.h>
 
-#include <type_traits>
+#include <stdexcept>
 
 #include "../csrc/mxfp4.h"
 #include "../csrc/numerics.h"
@@ -29,9 +33,8 @@ constexpr int kThreads = 128;        // 4 warps: 2 x 2 pieces of 32 x 32
 constexpr int kWords = 16;           // fp16 pairs per tile row per block of K
 constexpr int kPitch = kWords + 4;   // words; 20 puts a fragment load's 32 words in 32 banks
 
-// One block of K of both operands as fp16 pairs in a permuted K order that both share: word q
-// of a row holds elements q (low half) and q + 16 (high half), the two nibbles of MXFP4 code
-// byte q. The mma sums over K in any order, so the permutation leaves y unchanged.
+// One block of K of both operands as fp16 pairs in the split's K order (word q of a row holds
+// elements q and q + 16): the mma sums over K in any order, so the permutation leaves y unchanged.
 struct Tiles {
     uint32_t w[kBN][kPitch];
     uint32_t x_hi[kBM][kPitch];
@@ -80,45 +83,111 @@ __device__ inline uint32_t half_pair(__half lo, __half hi) {
     return uint32_t(__half_as_ushort(lo)) | (uint32_t(__half_as_ushort(hi)) << 16);
 }
 
-// Weight row n's block (null: a row past the matrix) into the tile: this thread's half h of its
-// 16 words, and the scale.
+// A thread's share of one weight row's block (half h of its 16 words): fetch() reads it from
+// global memory into registers (block null: a row past the matrix), store() decodes it into the
+// tile. Byte loads: a row of blocks keeps no alignment beyond its format's.
 template <class F>
-__device__ inline void load_weights(Tiles& s, const uint8_t* block, int n, int h) {
-    if (!block) {
-        if (h == 0) s.w_scale[n] = 0.0f;
-#pragma unroll
-        for (int q = 8 * h; q < 8 * h + 8; ++q) s.w[n][q] = 0u;
-    } else if constexpr (std::is_same_v<F, F16Blocks>) {  // already halves
-        if (h == 0) s.w_scale[n] = 1.0f;
-#pragma unroll
-        for (int q = 8 * h; q < 8 * h + 8; ++q)
-            s.w[n][q] = uint32_t(load_u16_le(block + 2 * q)) | (uint32_t(load_u16_le(block + 2 * q + 32)) << 16);
-    } else if constexpr (std::is_same_v<F, Mxfp4Blocks>) {
-        if (h == 0) s.w_scale[n] = e8m0_to_float(block[0]);
-#pragma unroll
-        for (int q = 8 * h; q < 8 * h + 8; ++q) s.w[n][q] = e2m1_pair_half_bits(block[1 + q]);
-    } else {
-        if (h == 0) s.w_scale[n] = fp16_to_float(load_u16_le(block));
-#pragma unroll
-        for (int q = 8 * h; q < 8 * h + 8; ++q)
-            s.w[n][q] = half_pair(__int2half_rn(int8_t(block[2 + q])), __int2half_rn(int8_t(block[2 + q + 16])));
-    }
-}
+struct WeightFetch;
 
-// Token row m's block (x, 32 floats, 16-byte aligned; null: a row past the tile's tokens) into
-// the tile; threads 2m and 2m + 1 (lanes of one warp) share a row, each with 8 words.
-__device__ inline void load_activations(Tiles& s, const float* x, int m, int h) {
-    float v[16];  // elements 8h .. 8h + 7, then 16 + 8h .. 16 + 8h + 7
-    float big = 0.0f;
+template <>
+struct WeightFetch<Mxfp4Blocks> {
+    uint8_t code[8], scale;
+    bool valid;
+    __device__ void fetch(const uint8_t* block, int h) {
+        valid = block != nullptr;
+        if (!valid) return;
+        scale = block[0];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float4 f = x ? __ldg(reinterpret_cast<const float4*>(x + 8 * h + (i < 2 ? 4 * i : 16 + 4 * (i - 2))))
-                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+        for (int i = 0; i < 8; ++i) code[i] = block[1 + 8 * h + i];
     }
+    __device__ void store(Tiles& s, int n, int h) const {
+        if (h == 0) s.w_scale[n] = valid ? e8m0_to_float(scale) : 0.0f;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) big = fmaxf(big, fabsf(v[i]));  // fmaxf drops NaN; a NaN x stays NaN below
-    big = fmaxf(big, __shfl_xor_sync(0xffffffffu, big, 1));
+        for (int i = 0; i < 8; ++i) s.w[n][8 * h + i] = valid ? e2m1_pair_half_bits(code[i]) : 0u;
+    }
+};
+
+template <>
+struct WeightFetch<Q8Blocks> {
+    uint8_t lo[8], hi[8];  // the codes of elements 8h + i and 8h + i + 16
+    uint16_t scale;
+    bool valid;
+    __device__ void fetch(const uint8_t* block, int h) {
+        valid = block != nullptr;
+        if (!valid) return;
+        scale = load_u16_le(block);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) lo[i] = block[2 + 8 * h + i], hi[i] = block[2 + 8 * h + i + 16];
+    }
+    __device__ void store(Tiles& s, int n, int h) const {
+        if (h == 0) s.w_scale[n] = valid ? fp16_to_float(scale) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            s.w[n][8 * h + i] = valid ? half_pair(__int2half_rn(int8_t(lo[i])), __int2half_rn(int8_t(hi[i]))) : 0u;
+    }
+};
+
+template <>
+struct WeightFetch<F16Blocks> {  // already halves
+    uint16_t lo[8], hi[8];
+    bool valid;
+    __device__ void fetch(const uint8_t* block, int h) {
+        valid = block != nullptr;
+        if (!valid) return;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) lo[i] = load_u16_le(block + 2 * (8 * h + i)), hi[i] = load_u16_le(block + 2 * (8 * h + i) + 32);
+    }
+    __device__ void store(Tiles& s, int n, int h) const {
+        if (h == 0) s.w_scale[n] = valid ? 1.0f : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s.w[n][8 * h + i] = valid ? uint32_t(lo[i]) | (uint32_t(hi[i]) << 16) : 0u;
+    }
+};
+
+// A thread's share of one token row's split block: words 8h .. 8h + 7 of x_hi (and x_lo), two
+// 16-byte loads each, and the block's power of two (row null: past the tile's tokens).
+template <bool kExact>
+struct ActivationFetch {
+    uint4 hi[2], lo[2];
+    float scale;
+    bool valid;
+    __device__ void fetch(const SplitActivations& x, int64_t row, int64_t b, int h) {
+        valid = row >= 0;
+        if (!valid) return;
+        const int64_t word = row * (x.cols / 2) + b * kWords + 8 * h;
+        const uint4* hi4 = reinterpret_cast<const uint4*>(x.hi + word);
+        hi[0] = __ldg(hi4), hi[1] = __ldg(hi4 + 1);
+        if (kExact) {
+            const uint4* lo4 = reinterpret_cast<const uint4*>(x.lo + word);
+            lo[0] = __ldg(lo4), lo[1] = __ldg(lo4 + 1);
+        }
+        scale = x.scale[row * (x.cols / kBlockElems) + b];
+    }
+    __device__ void store(Tiles& s, int m, int h) const {
+        const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+        uint4* hi4 = reinterpret_cast<uint4*>(&s.x_hi[m][8 * h]);
+        hi4[0] = valid ? hi[0] : zero, hi4[1] = valid ? hi[1] : zero;
+        if (kExact) {
+            uint4* lo4 = reinterpret_cast<uint4*>(&s.x_lo[m][8 * h]);
+            lo4[0] = valid ? lo[0] : zero, lo4[1] = valid ? lo[1] : zero;
+        }
+        if (h == 0) s.x_scale[m] = valid ? scale : 0.0f;
+    }
+};
+
+// Thread i of rows * cols / 32 splits block i % (cols / 32) of row i / (cols / 32).
+__global__ void split_kernel(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact, uint32_t* hi,
+                             uint32_t* lo, float* scale) {
+    const int64_t nb = cols / kBlockElems, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= rows * nb) return;
+    const int64_t r = i / nb, b = i % nb;
+    const float* xb = x + r * ldx + b * kBlockElems;
+    float v[kBlockElems], big = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kBlockElems; ++j) {
+        v[j] = xb[j];
+        big = fmaxf(big, fabsf(v[j]));  // fmaxf drops NaN; a NaN x stays NaN below
+    }
     // Divide by 2^k, k = exponent(big) - 15 (clamped to float32's normal powers), so the largest
     // lands in [2^14, 2^15): both ways exact powers of two; an infinity keeps k = 0.
     int k = 0;
@@ -128,23 +197,24 @@ __device__ inline void load_activations(Tiles& s, const float* x, int m, int h) 
         k = max(-126, min(127, e - 15));
     }
     const float down = ldexpf(1.0f, -k);
+    uint32_t* hi_w = hi + i * kWords;  // row r's block b: words (r * nb + b) * 16 ..
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        const float a = v[i] * down, b = v[8 + i] * down;
-        const __half ah = __float2half_rn(a), bh = __float2half_rn(b);
-        s.x_hi[m][8 * h + i] = half_pair(ah, bh);
-        s.x_lo[m][8 * h + i] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(b - __half2float(bh)));
+    for (int q = 0; q < kWords; ++q) {
+        const float a = v[q] * down, c = v[q + 16] * down;
+        const __half ah = __float2half_rn(a), ch = __float2half_rn(c);
+        hi_w[q] = half_pair(ah, ch);
+        if (exact) lo[i * kWords + q] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(c - __half2float(ch)));
     }
-    if (h == 0) s.x_scale[m] = ldexpf(1.0f, k);
+    scale[i] = ldexpf(1.0f, k);
 }
 
 // grid (ceil(rows / kBN), m tiles), kThreads threads. Grouped (g.n_tiles set): m tile i is
-// g.tile_*[i] of the expert-sorted pairs g.order, whose x rows are x[(pair / x_div) * ldx] and
-// y rows y[pair * ldy]; else tokens i * kBM .. of one matrix `mat`.
+// g.tile_*[i] of the expert-sorted pairs g.order, whose x rows are x[pair / x_div] and y rows
+// y[pair * ldy]; else tokens i * kBM .. of one matrix `mat`.
 template <class F, bool kExact>
 __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
-    __shared__ __align__(16) Tiles s;
-    __shared__ const float* x_rows[kBM];
+    __shared__ __align__(16) Tiles s[2];
+    __shared__ int64_t x_rows[kBM];  // the split row of each tile row (-1: none)
     __shared__ int64_t y_rows[kBM];
     const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
     const int64_t n0 = int64_t(blockIdx.x) * kBN, tile = blockIdx.y;
@@ -161,7 +231,7 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
     const float* bias = a.bias ? a.bias + (order ? mat * a.W.rows : 0) : nullptr;  // [rows] of this matrix
     if (tid < kBM) {
         const int64_t r = tid < count ? (order ? order[first + tid] : first + tid) : -1;
-        x_rows[tid] = r < 0 ? nullptr : a.x + (order ? r / a.x_div : r) * a.ldx;
+        x_rows[tid] = r < 0 ? -1 : (order ? r / a.x_div : r);
         y_rows[tid] = r;
     }
     __syncthreads();
@@ -170,14 +240,23 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
     const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // this warp's 32 x 32 piece
     float acc[2][4][4] = {};
     const int half = tid & 1, row = tid >> 1;  // the loaders' split: two threads a row
-    const int64_t n_load = n0 + row;
+    const int64_t n_load = n0 + row, x_row = x_rows[row];
     const uint8_t* w_row = n_load < a.W.rows ? weight_row(a.W, mat, n_load) : nullptr;
     const int64_t nb = a.W.cols / kBlockElems;
+    WeightFetch<F> wf;
+    ActivationFetch<kExact> xf;
+    wf.fetch(w_row, half);
+    xf.fetch(a.x, x_row, 0, half);
+    wf.store(s[0], row, half);
+    xf.store(s[0], row, half);
+    __syncthreads();
     for (int64_t b = 0; b < nb; ++b) {
-        load_weights<F>(s, w_row ? w_row + b * F::kBytes : nullptr, row, half);
-        load_activations(s, x_rows[row] ? x_rows[row] + b * kBlockElems : nullptr, row, half);
-        __syncthreads();
-
+        const Tiles& cur = s[b & 1];
+        const bool next = b + 1 < nb;
+        if (next) {  // block b + 1's loads in flight during this block's mma
+            wf.fetch(w_row ? w_row + (b + 1) * F::kBytes : nullptr, half);
+            xf.fetch(a.x, x_row, b + 1, half);
+        }
         float part[2][4][4] = {};
 #pragma unroll
         for (int step = 0; step < 2; ++step) {  // the two 16-element halves of the block
@@ -185,17 +264,19 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
             uint32_t bf[4][2];
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
-                bf[ni][0] = s.w[wn + 8 * ni + g][q];
-                bf[ni][1] = s.w[wn + 8 * ni + g][q + 4];
+                bf[ni][0] = cur.w[wn + 8 * ni + g][q];
+                bf[ni][1] = cur.w[wn + 8 * ni + g][q + 4];
             }
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
                 const int r0 = wm + 16 * mi + g;
-                const uint32_t hi[4] = {s.x_hi[r0][q], s.x_hi[r0 + 8][q], s.x_hi[r0][q + 4], s.x_hi[r0 + 8][q + 4]};
+                const uint32_t hi[4] = {cur.x_hi[r0][q], cur.x_hi[r0 + 8][q], cur.x_hi[r0][q + 4],
+                                        cur.x_hi[r0 + 8][q + 4]};
 #pragma unroll
                 for (int ni = 0; ni < 4; ++ni) mma_16x8x16(part[mi][ni], hi, bf[ni]);
                 if (kExact) {
-                    const uint32_t lo[4] = {s.x_lo[r0][q], s.x_lo[r0 + 8][q], s.x_lo[r0][q + 4], s.x_lo[r0 + 8][q + 4]};
+                    const uint32_t lo[4] = {cur.x_lo[r0][q], cur.x_lo[r0 + 8][q], cur.x_lo[r0][q + 4],
+                                            cur.x_lo[r0 + 8][q + 4]};
 #pragma unroll
                     for (int ni = 0; ni < 4; ++ni) mma_16x8x16(part[mi][ni], lo, bf[ni]);
                 }
@@ -203,9 +284,13 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
         }
         // The block's scales, in float32: (partial * unit) * (token scale * weight scale).
         for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n) {
-            acc[mi][ni][i] = fmaf(part[mi][ni][i] * F::kUnit, s.x_scale[m] * s.w_scale[n], acc[mi][ni][i]);
+            acc[mi][ni][i] = fmaf(part[mi][ni][i] * F::kUnit, cur.x_scale[m] * cur.w_scale[n], acc[mi][ni][i]);
         });
-        __syncthreads();  // the tiles are overwritten next block
+        if (next) {  // the other buffer: its last readers passed the previous barrier
+            wf.store(s[(b + 1) & 1], row, half);
+            xf.store(s[(b + 1) & 1], row, half);
+        }
+        __syncthreads();
     }
 
     for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n_in_tile) {
@@ -217,7 +302,7 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
 template <class F>
 void launch(const MmaGemmArgs& a, unsigned m_tiles, cudaStream_t stream) {
     const dim3 grid(blocks_for(a.W.rows, kBN), m_tiles);
-    if (a.exact)
+    if (a.x.exact)
         gemm_mma_kernel<F, true><<<grid, kThreads, 0, stream>>>(a);
     else
         gemm_mma_kernel<F, false><<<grid, kThreads, 0, stream>>>(a);
@@ -225,13 +310,38 @@ void launch(const MmaGemmArgs& a, unsigned m_tiles, cudaStream_t stream) {
 
 }  // namespace
 
-bool gemm_mma_can_run(const Matrix& W, const float* x, int64_t ldx) {
+SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact,
+                                   void* memory, cudaStream_t stream) {
+    const size_t words = size_t(rows) * size_t(cols / 2), part = (4 * words + 255) / 256 * 256;  // as split_activations_bytes
+    const size_t blocks = words / kWords;
+    uint8_t* base = static_cast<uint8_t*>(memory);
+    uint32_t* hi = reinterpret_cast<uint32_t*>(base);
+    uint32_t* lo = reinterpret_cast<uint32_t*>(base + part);
+    float* scale = reinterpret_cast<float*>(base + 2 * part);
+    SplitActivations out;
+    out.hi = hi;
+    out.lo = exact ? lo : nullptr;
+    out.scale = scale;
+    out.rows = rows;
+    out.cols = cols;
+    out.exact = exact;
+    if (words == 0) return out;
+    constexpr int kSplitThreads = 256;
+    split_kernel<<<unsigned((blocks + kSplitThreads - 1) / kSplitThreads), kSplitThreads, 0, stream>>>(
+        x, ldx, rows, cols, exact, hi, lo, scale);
+    check_launch("split_activations");
+    return out;
+}
+
+bool gemm_mma_can_run(const Matrix& W) {
     const bool exact_in_half = W.type == DType::MXFP4 || W.type == DType::Q8_0 || W.type == DType::F16;
-    return exact_in_half && W.cols % kBlockElems == 0 && block_rows_can_read(x, ldx);
+    return exact_in_half && W.cols % kBlockElems == 0;
 }
 
 void gemm_mma(const MmaGemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
     if (a.W.rows == 0 || max_tiles == 0) return;
+    if (!a.x.hi || a.x.cols != a.W.cols)
+        throw std::logic_error("gemm_mma: the activations must be split for these weights (split_activations)");
     if (a.W.type == DType::MXFP4)
         launch<Mxfp4Blocks>(a, unsigned(max_tiles), stream);
     else if (a.W.type == DType::Q8_0)
@@ -241,16 +351,15 @@ void gemm_mma(const MmaGemmArgs& a, int64_t max_tiles, cudaStream_t stream) {
     check_launch("gemm_mma");
 }
 
-void expert_gemm(const ExpertMatmulArgs& e, const ExpertGroups& groups, bool exact, cudaStream_t stream) {
+void expert_gemm(const ExpertMatmulArgs& e, const ExpertGroups& groups, const SplitActivations& xs,
+                 cudaStream_t stream) {
     MmaGemmArgs a;
     a.W = e.W;
-    a.x = e.x;
-    a.ldx = e.ldx;
+    a.x = xs;
     a.x_div = e.x_div;
     a.y = e.y;
     a.ldy = e.ldy;
     a.bias = e.bias;
-    a.exact = exact;
     a.groups = groups;
     gemm_mma(a, expert_tiles_max(e.n_pairs, e.W.n_mats), stream);
 }

@@ -11,6 +11,30 @@
 
 namespace ossrun::cuda {
 
+// The activations of the tensor-core GEMM (gemm_mma.cu), made once per x by split_activations
+// for every matmul that reads x: each row's 32-element blocks divided by a power of two (the
+// largest magnitude lands in [2^14, 2^15): no half overflow, full half precision) and rounded to
+// halves x_hi, plus the residuals x_lo = x - x_hi as halves when exact (precision "f32": ~22 bits
+// of x; "fast": x_hi's 11). Word q of a block holds its elements q (low half) and q + 16 (high
+// half), the two nibbles of MXFP4 code byte q. Device arrays.
+struct SplitActivations {
+    const uint32_t* hi = nullptr;  // [rows][cols / 2]
+    const uint32_t* lo = nullptr;  // [rows][cols / 2], exact only
+    const float* scale = nullptr;  // [rows][cols / 32]: the power of two each block was divided by
+    int64_t rows = 0, cols = 0;
+    bool exact = true;
+};
+// Device bytes split_activations writes for rows x cols (hi, lo and scale, each 256-aligned).
+inline size_t split_activations_bytes(int64_t rows, int64_t cols) {
+    auto aligned = [](size_t n) { return (n + 255) / 256 * 256; };
+    const size_t words = size_t(rows) * size_t(cols / 2);
+    return 2 * aligned(4 * words) + aligned(4 * size_t(rows) * size_t(cols / 32));
+}
+// Splits x[r * ldx .. + cols] for r < rows (cols a multiple of 32, any alignment) into `memory`
+// (device, 256-aligned, split_activations_bytes(rows, cols)) and returns the view of it.
+SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact,
+                                   void* memory, cudaStream_t stream);
+
 // y[t * ldy + r] = W[mat] row r · x[t * ldx .. + cols] (+ bias[r]) for t < n_tok, r < rows.
 // W.data, x, y and bias are device pointers; W.type is F32, F16, BF16, Q8_0 or MXFP4.
 struct MatmulArgs {
@@ -22,9 +46,9 @@ struct MatmulArgs {
     float* y = nullptr;
     int64_t ldy = 0;
     const float* bias = nullptr;  // [rows] or null
-    // The tensor-core GEMM's activations (gemm_mma.cu): x_hi + x_lo (precision "f32", ~22 bits)
-    // or x_hi alone ("fast", 11 bits). The decode GEMVs always read float32 x.
-    bool exact = true;
+    // x split for the tensor cores (split_activations below): what the GEMM of MXFP4, Q8_0 and F16
+    // weights reads (gemm_mma_can_run), and its precision; the other kernels read x.
+    SplitActivations split;
 };
 
 // The arguments of y[n_tok, W.rows] = x[n_tok, W.cols] W^T (+ bias), dense rows: W.data, x, y
@@ -44,8 +68,8 @@ inline MatmulArgs matmul_args(const Matrix& W, const float* x, int64_t n_tok, fl
 // Decode: one warp per row for up to 8 tokens, a lane per 32-element block where the type and
 // cols allow (csrc/block_values.h; gemv.cu).
 void gemv(const MatmulArgs& a, cudaStream_t stream);
-// Prefill: MXFP4 / Q8_0 / F16 on tensor cores (gemm_mma below), other types 32x32 float32 tiles
-// through shared memory (gemm.cu).
+// Prefill: MXFP4 / Q8_0 / F16 on tensor cores (gemm_mma below, on a.split, which must be set),
+// other types 32x32 float32 tiles through shared memory (gemm.cu).
 void gemm(const MatmulArgs& a, cudaStream_t stream);
 // The one the forward pass calls: gemv below kGemmMinTokens tokens, else gemm.
 constexpr int64_t kGemmMinTokens = 8;
@@ -65,6 +89,8 @@ void rope(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_
 // IEEE half / bfloat16 widened to float32 as they are read). Query t at positions[t]
 // sees keys max(0, p - window + 1) .. p (window 0: all from 0), which must span at most cap slots.
 // Each head's sink joins its softmax denominator only (no value, no scale).
+// Rows of more than kAttentionSplitMaxRows tokens (prefill) attend tiled, a block per KV head and
+// run of tokens, where the head dimension is a multiple of 16 up to 256 (attention.cu tiled_can_run).
 struct AttentionArgs {
     const float* q = nullptr;          // [T][n_q][d]
     const void* k = nullptr;           // [cap][n_kv][d], after RoPE
@@ -140,26 +166,27 @@ inline int64_t expert_tiles_max(int64_t n_pairs, int64_t E) { return n_pairs / k
 void group_by_expert(const int32_t* idx, int64_t n_pairs, int64_t E, const ExpertGroups& groups, cudaStream_t stream);
 
 // The tensor-core GEMM (gemm_mma.cu) of MXFP4, Q8_0 or F16 weights (cols a multiple of 32): y[row * ldy + r] = W[mat] row r
-// · x[row' * ldx ..] + bias, over tokens 0 .. n_tok - 1 (row = row' = token), or with
-// groups.n_tiles set over the grouped pairs (mat = the tile's expert, row = pair, row' = pair /
-// x_div, bias [E][rows]); x 16-byte aligned rows (gemm_mma_can_run).
+// · x[row'] + bias, over tokens 0 .. n_tok - 1 (row = row' = token), or with groups.n_tiles set
+// over the grouped pairs (mat = the tile's expert, row = pair, row' = pair / x_div, bias
+// [E][rows]); x split (x.cols == W.cols, x.rows covering every row').
 struct MmaGemmArgs {
     Matrix W;
     int64_t mat = 0;
-    const float* x = nullptr;
-    int64_t ldx = 0, x_div = 1, n_tok = 0;
+    SplitActivations x;
+    int64_t x_div = 1, n_tok = 0;
     float* y = nullptr;
     int64_t ldy = 0;
     const float* bias = nullptr;
-    bool exact = true;
     ExpertGroups groups;
 };
-bool gemm_mma_can_run(const Matrix& W, const float* x, int64_t ldx);
+// Whether the tensor-core GEMM takes W (and so reads split activations).
+bool gemm_mma_can_run(const Matrix& W);
 // m_tiles: ceil(n_tok / kMmaTileTokens), or expert_tiles_max for groups (tiles past *n_tiles
 // return at once).
 void gemm_mma(const MmaGemmArgs& a, int64_t m_tiles, cudaStream_t stream);
-// The routed experts' matmuls of ExpertMatmulArgs on grouped pairs (gemm_mma_can_run(W, x, ldx)).
-void expert_gemm(const ExpertMatmulArgs& a, const ExpertGroups& groups, bool exact, cudaStream_t stream);
+// The routed experts' matmuls of ExpertMatmulArgs on grouped pairs (gemm_mma_can_run(W)), x's rows
+// split as xs.
+void expert_gemm(const ExpertMatmulArgs& a, const ExpertGroups& groups, const SplitActivations& xs, cudaStream_t stream);
 
 // out[t][c] = sum_j weight[t * k + j] * y[(t * k + j) * H + c]: the routed outputs' weighted sum.
 void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,

@@ -54,8 +54,17 @@ MatmulArgs device_matmul_args(const Matrix& W_host, const uint8_t* w, const floa
     return a;
 }
 
-// The kernel asked for, or the dispatcher's choice for Auto.
-void launch_matmul(const MatmulArgs& a, MatmulKernel which) {
+// Whether `which` runs the tensor-core GEMM on W for n_tok tokens (and so needs x split).
+bool reads_split(const Matrix& W, int64_t n_tok, MatmulKernel which) {
+    const bool gemm_runs = which == MatmulKernel::Gemm || (which == MatmulKernel::Auto && n_tok >= kGemmMinTokens);
+    return gemm_runs && gemm_mma_can_run(W);
+}
+
+// The kernel asked for, or the dispatcher's choice for Auto; x split into `split` first where
+// the tensor cores read it (device memory of split_activations_bytes).
+void launch_matmul(MatmulArgs a, MatmulKernel which, bool exact, void* split) {
+    if (reads_split(a.W, a.n_tok, which))
+        a.split = split_activations(a.x, a.ldx, a.n_tok, a.W.cols, exact, split, nullptr);
     if (which == MatmulKernel::Gemv) gemv(a, nullptr);
     else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
     else matmul(a, nullptr);
@@ -77,9 +86,9 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
     DeviceArray<float> dx(x, size_t(n_tok * cols)), dy{size_t(n_tok * rows)};
     std::unique_ptr<DeviceArray<float>> db;
     if (bias) db = std::make_unique<DeviceArray<float>>(bias, size_t(rows));
+    DeviceArray<uint8_t> split{reads_split(W_host, n_tok, which) ? split_activations_bytes(n_tok, cols) : 0};
     MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), db ? db->get() : nullptr);
-    a.exact = exact;
-    launch_matmul(a, which);
+    launch_matmul(a, which, exact, split.get());
     finish("matmul");
     dy.copy_to(y);
 }
@@ -119,8 +128,10 @@ void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pair
         g.tile_start = tile_start.get();
         g.tile_count = tile_count.get();
         g.n_tiles = n_tiles.get();
+        DeviceArray<uint8_t> split{split_activations_bytes(n_x, cols)};
+        const SplitActivations xs = split_activations(a.x, a.ldx, n_x, cols, exact, split.get(), nullptr);
         group_by_expert(a.idx, n_pairs, E, g, nullptr);
-        expert_gemm(a, g, exact, nullptr);
+        expert_gemm(a, g, xs, nullptr);
         finish("expert_gemm");
     } else {
         expert_matmul(a, nullptr);
@@ -138,9 +149,9 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
     DeviceArray<uint8_t> w(W_host.data, W_host.total_bytes());
     DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
-    MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
-    a.exact = exact;
-    auto launch = [&] { launch_matmul(a, which); };
+    DeviceArray<uint8_t> split{reads_split(W_host, n_tok, which) ? split_activations_bytes(n_tok, cols) : 0};
+    const MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
+    auto launch = [&] { launch_matmul(a, which, exact, split.get()); };  // the split is part of the cost
     launch();
     launch();
     finish("matmul warm-up");

@@ -48,8 +48,8 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
 void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pairs, const float* x, int64_t x_div,
                         const float* bias, float* y, bool grouped, bool exact);
 // Seconds per call of the matmul kernel on W (copied to the device once) and random x of n_tok
-// tokens, the median of `reps` timed calls after two warm-ups (CUDA events): for
-// tools/device_check.sh's kernel rates, not for tests.
+// tokens, the median of `reps` timed calls after two warm-ups (CUDA events; the tensor-core
+// GEMM's time includes splitting x): for tools/device_check.sh's kernel rates, not for tests.
 double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps, bool exact = true);
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps);
 // x [T][n_heads][d] is rotated in place.

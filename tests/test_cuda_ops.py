@@ -525,9 +525,13 @@ def test_cuda_attention(rng, case, d, heads):
     # Split: each part's last 128-key step is partial, and the merge rescales once per part
     # (the most 2048-key parts a row has, csrc/attention_split.h).
     parts = max(p // 2048 - (max(0, p - window + 1) if window else 0) // 2048 + 1 for p in qpos)
+    # Rows of more than 8 tokens take the tiled kernel: 2048 / d' keys a step (d' = d rounded up
+    # to 64, 128 or 256), from the block's first key, which may lie a step before the row's.
+    tiled = T > 8 and d % 16 == 0 and nq // nkv <= 64
+    step_keys = 2048 // next(w for w in (64, 128, 256) if d <= w) if tiled else 128
     for split in (False, True) if case.startswith("split") else (False,):
         out = gpu.attention(q, k_cache, v_cache, np.array(qpos, np.int64), sinks, window, scale, split=split)
-        n_chunks = -(-n_keys // 128) + (2 * parts if split else 0)
+        n_chunks = -(-n_keys // step_keys) + int(tiled) + (2 * parts if split else 0)
         tol = _attention_bound(q, K, V, sinks, qpos, window, float(scale), n_chunks)
         assert out.shape == (T, nq, d)
         err = np.abs(out - ref)
@@ -546,7 +550,8 @@ def test_cuda_attention(rng, case, d, heads):
 
 @needs_device
 @pytest.mark.parametrize("kv_type", ["f16", "bf16"])
-@pytest.mark.parametrize("case", ["full_causal_decode", "kv_ring_wrapped", "split_decode_rows"])
+@pytest.mark.parametrize("case", ["full_causal_decode", "kv_ring_wrapped", "split_decode_rows",
+                                  "full_causal_prefill", "kv_ring_wrapped_prefill"])
 def test_cuda_attention_16_bit_cache_is_the_rounded_float_cache(rng, case, kv_type):
     # A 16-bit cache holds K and V rounded to nearest even and widens them exactly: the same
     # outputs, bit for bit, as the float32 kernel on the values the CPU cache's rounding gives.

@@ -114,7 +114,9 @@ def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
     output, projection and router logits; per routed (token, expert) pair its weight, expert, slot
     in the expert-sorted order and its input, gate, up, SwiGLU and output rows, and the grouped
     GEMM's tiles (at most one per 64 pairs plus one per expert, 3 ints each); LOGIT_ROWS rows of
-    logits (cuda/device_model.cpp's DeviceBuffers carve at most this). With n_ctx, also
+    logits; the largest matmul input split for the tensor cores (two halves an element and a
+    float per 32, each of the three arrays 256-byte aligned: cuda/kernels.cuh
+    split_activations_bytes) (cuda/device_buffers.h's DeviceBuffers carve at most this). With n_ctx, also
     flash-decoding's partial results for key ranges up to n_ctx (cuda/device_model.h
     attention_parts): per split row, head and part d + 2 floats."""
     H, I = cfg.embedding_length, cfg.expert_feed_forward_length
@@ -125,7 +127,9 @@ def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
     split = SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2) if parts > 1 else 0
     chunk = MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair)
     tiles = 3 * (MAX_CHUNK * cfg.expert_used_count // 64 + cfg.expert_count) + 1
-    return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split)
+    widest = max(MAX_CHUNK * H, MAX_CHUNK * q_width, MAX_CHUNK * cfg.expert_used_count * I, LOGIT_ROWS * H)
+    halves = widest + widest // 32 + 3 * 64
+    return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split + halves)
 
 
 def group_tensor_bytes(tensor_bytes: Mapping[str, int], block_count: int) -> dict:
