@@ -62,7 +62,7 @@ void bind_device_model(py::module_& m) {
         return unsupported_device_weight(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe),
                                          first_gpu_layer_arg(*host, gpu_layers));
     }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
-       "'' when the CUDA kernels read every uploaded matrix's type");
+       "'' when the CUDA kernels read every uploaded matrix's type and layout");
     m.def("device_scratch_bytes", [](std::shared_ptr<Model> host) {
         return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk);
     }, py::arg("host"));

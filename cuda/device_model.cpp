@@ -66,21 +66,27 @@ UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64
 
 std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
                                       int64_t first_gpu_layer) {
-    auto bad = [](const Matrix& m) { return !has_weight_element(m.type); };
-    if (bad(host.output)) return std::string("output.weight is ") + dtype_name(host.output.type);
+    // "" for a matrix the CUDA kernels read: a type they decode, in the GGUF's rows (a CPU repack
+    // in 16-row groups is only ever made of matrices the CPU runs; this keeps it so).
+    auto problem = [](const Matrix& m) -> std::string {
+        if (!has_weight_element(m.type)) return std::string(" is ") + dtype_name(m.type);
+        if (m.layout != RowLayout::kRows) return " is repacked in 16-row groups for the CPU's kernels";
+        return "";
+    };
+    if (const std::string why = problem(host.output); !why.empty()) return "output.weight" + why;
     for (size_t l = size_t(first_gpu_layer); l < host.layers.size(); ++l) {
         const LayerWeights& L = host.layers[l];
         const std::string p = "blk." + std::to_string(l) + ".";
         const std::pair<const char*, const Matrix*> dense[] = {
             {"attn_q", &L.attn_q}, {"attn_k", &L.attn_k}, {"attn_v", &L.attn_v}, {"attn_output", &L.attn_output}};
         for (const auto& [name, m] : dense)
-            if (bad(*m)) return p + name + ".weight is " + dtype_name(m->type);
+            if (const std::string why = problem(*m); !why.empty()) return p + name + ".weight" + why;
         if (int64_t(l) < n_cpu_moe) continue;
         const std::pair<const char*, const Matrix*> moe[] = {
             {"ffn_gate_inp", &L.router}, {"ffn_gate_exps", &L.gate_exps}, {"ffn_up_exps", &L.up_exps},
             {"ffn_down_exps", &L.down_exps}};
         for (const auto& [name, m] : moe)
-            if (bad(*m)) return p + name + ".weight is " + dtype_name(m->type);
+            if (const std::string why = problem(*m); !why.empty()) return p + name + ".weight" + why;
     }
     (void)c;
     return "";
@@ -102,7 +108,8 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
         throw std::invalid_argument("gpu_layers must be in [1, " + std::to_string(c.block_count) + "]");
     const std::string bad = unsupported_device_weight(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
     if (!bad.empty())
-        throw std::invalid_argument("the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL; " + bad);
+        throw std::invalid_argument("the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL in the "
+                                    "GGUF's rows; " + bad);
     if (c.key_length > kMaxHeadDim) throw std::invalid_argument("the CUDA attention takes head dimensions up to 256");
     check(cudaSetDevice(0), "cudaSetDevice");
     cudaStream_t stream;

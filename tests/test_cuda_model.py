@@ -115,9 +115,9 @@ def test_a_plan_with_no_layer_on_the_gpu_is_refused(fx, monkeypatch):
     m = load(fx["gguf"], precision="f32", device="cpu")
     monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(placement.DEFAULT_RESERVE))
     with pytest.raises(DeviceError, match="none of the .* layers on the GPU.*too little VRAM"):
-        device_load.place_on_gpu(m, explicit=True)
-    core, why = device_load.place_on_gpu(m, explicit=False)  # auto: the CPU, and why
-    assert core is None and "none of the" in why
+        device_load.plan_on_gpu(m, explicit=True)
+    plan, why = device_load.plan_on_gpu(m, explicit=False)  # auto: the CPU, and why
+    assert plan is None and "none of the" in why
     m.gpu_layers = 0
     try:
         why = device_load.check_plan(m, device_load.device_plan(m, 2**40))
@@ -147,9 +147,11 @@ def test_cuda_failure_is_a_device_error(fx, monkeypatch):
     with pytest.raises(DeviceError, match="CUDA error in cudaSetDevice"):
         _core.DeviceModel(m._core, 0)
     monkeypatch.setattr(device_load, "cuda_status", lambda: fake_status(2**40))
+    plan, why = device_load.plan_on_gpu(m, explicit=True)
+    assert plan is not None and why == ""
     with pytest.raises(DeviceError, match="cudaSetDevice"):
-        device_load.place_on_gpu(m, explicit=True)
-    core, why = device_load.place_on_gpu(m, explicit=False)
+        device_load.place_on_gpu(m, plan, explicit=True)
+    core, why = device_load.place_on_gpu(m, plan, explicit=False)
     assert core is None and "cudaSetDevice" in why
 
 
@@ -278,6 +280,38 @@ def test_hybrid_cpu_experts_equal_the_cpu(fx, n_cpu_moe):
     assert m.plan.n_cpu_moe == (m.config.block_count if n_cpu_moe == "all" else n_cpu_moe)
     cpu = load(fx["gguf"], precision="f32", device="cpu").logits(fx["tokens"])
     assert rel_err(m.logits(fx["tokens"]), cpu) < TOL
+
+
+@needs_device
+@pytest.mark.parametrize("precision", ["f32", "fast"])
+def test_hybrid_copies_the_cpu_layers_experts_to_ram(fx, precision):
+    # mmap=False on a split: only the experts of the layers whose MoE runs on the CPU are copied
+    # into RAM (and repacked into 16-row groups where this CPU's kernels take them, as a CPU load
+    # repacks); the GPU's experts are uploaded from the file's map.
+    m = gpu(fx["gguf"], precision=precision, cpu_moe=1, mmap=False)
+    ram = m.weights_in_ram
+    assert m.plan.n_cpu_moe == 1 and ram is not None and ram.n_tensors == 3
+    base = np.frombuffer(ram.buffer, dtype=np.uint8, count=1).ctypes.data
+    in_ram = {name for name, (arr, _, _) in m._file.tensors.items()
+              if base <= arr.ctypes.data < base + len(ram.buffer)}
+    assert in_ram == {f"blk.0.ffn_{w}_exps.weight" for w in ("gate", "up", "down")}
+    cpu = load(fx["gguf"], precision=precision, device="cpu", mmap=False)
+    assert ("repacked" in m.mmap_reason) == (cpu._core.interleaved_mxfp4_bytes > 0)
+    toks = fx["tokens"]
+    mapped = gpu(fx["gguf"], precision=precision, cpu_moe=1)  # the same split, the experts in the map
+    assert mapped.weights_in_ram is None
+    got, want = m.logits(toks), mapped.logits(toks)
+    if precision == "f32":  # the GGUF layout both ways (the repack is fast precision's)
+        assert rel_err(got, want) < TOL and rel_err(got, cpu.logits(toks)) < TOL
+    else:  # the layouts' block sums in another order (tests/test_mxfp4_interleave.py's bound)
+        assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+@needs_device
+def test_mmap_false_with_every_expert_on_the_gpu_warns(fx):
+    with pytest.warns(RuntimeWarning, match="runs them all on the GPU"):
+        m = gpu(fx["gguf"], precision="f32", mmap=False)
+    assert m.plan.n_cpu_moe == 0 and m.weights_in_ram is None
 
 
 @needs_device

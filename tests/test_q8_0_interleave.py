@@ -146,8 +146,10 @@ def test_device_model_sees_the_gguf_bytes(q8_model, monkeypatch):
 
     seen = []
     monkeypatch.setattr(ossrun.device, "resolve_device", lambda device: ("cuda", "test: a GPU"))
+    monkeypatch.setattr(ossrun.device_load, "plan_on_gpu",
+                        lambda model, explicit: (ossrun.device_load.device_plan(model, 1 << 40), ""))
 
-    def place_on_gpu(model, explicit):
+    def place_on_gpu(model, plan, explicit):
         seen.append(model._core.interleaved_q8_0_bytes)
         return None, "test: no placement"
 

@@ -2,7 +2,8 @@
 the checks the CUDA backend needs, then the core's DeviceModel, which copies the planned weights
 once from the memory map to device memory and runs the forward pass there: the last `gpu_layers`
 layers on the GPU, the first ones and the experts of the first `n_cpu_moe` layers on the CPU
-backend (cuda/device_model.h).
+backend (cuda/device_model.h), whose experts a load with mmap=False or "auto" copies into RAM
+(and repacks for the CPU's kernels) as a CPU load does.
 
 A plan with no layer on the GPU (gpu_layers=0, or too little VRAM for the output matrix and one
 layer) is refused with the reason, or for device="auto" leaves the model on the CPU and says why.
@@ -39,34 +40,46 @@ def check_plan(model, plan: Plan) -> str:
     bad = _core.device_unsupported_weight(model._core, plan.n_cpu_moe, plan.gpu_layers)
     if bad:
         return ("the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants "
-                f"Q4_0 .. Q6_K, IQ4_NL, and {bad}")
-    # The device model copies the CPU model's views.
-    if model._core.interleaved_q8_0_bytes or model._core.interleaved_mxfp4_bytes:
-        return ("the CPU model's Q8_0 or MXFP4 matrices are repacked for its own kernels (16-row "
+                f"Q4_0 .. Q6_K, IQ4_NL in the GGUF's rows, and {bad}")
+    # The device model copies the CPU model's views. The dense Q8_0 repack covers every layer;
+    # MXFP4 experts are repacked only in the copy of those the CPU runs (the core refuses an
+    # uploaded matrix that is not in the GGUF's rows, above).
+    if model._core.interleaved_q8_0_bytes:
+        return ("the CPU model's Q8_0 matrices are repacked for its own kernels (16-row "
                 "groups), and the CUDA kernels read the GGUF's layout")
     return ""
 
 
-def place_on_gpu(model, explicit: bool):
-    """(core DeviceModel, plan) for `model`, or (None, reason) when device="auto" should stay on
-    the CPU; with explicit=True (device="cuda") every reason is a DeviceError instead."""
-    def refuse(why: str):
-        if explicit:
-            raise DeviceError(f"device='cuda' cannot be used: {why}")
-        return None, why
+def _refusal(explicit: bool, why: str):
+    if explicit:
+        raise DeviceError(f"device='cuda' cannot be used: {why}")
+    return None, why
 
+
+def plan_on_gpu(model, explicit: bool):
+    """(plan, "") for `model` (its file and settings; the core is not needed yet) on this device's
+    free VRAM, or (None, reason) when device="auto" should stay on the CPU; with explicit=True
+    (device="cuda") every reason is a DeviceError instead. Made before the core, so that the load
+    knows which layers' experts the CPU will run (plan.n_cpu_moe) and may copy just those to RAM."""
     if not has_device_model():
-        return refuse("this build of ossrun has no CUDA device model")
+        return _refusal(explicit, "this build of ossrun has no CUDA device model")
     status = cuda_status()
     if not status.available:
-        return refuse(status.reason)
+        return _refusal(explicit, status.reason)
     try:
         plan = device_plan(model, status.free_bytes)
     except DeviceError as e:
-        return refuse(str(e))
+        return _refusal(explicit, str(e))
+    if plan.gpu_layers == 0:
+        return _refusal(explicit, check_plan(model, plan))
+    return plan, ""
+
+
+def place_on_gpu(model, plan: Plan, explicit: bool):
+    """(core DeviceModel, plan) for `model` as `plan` places it, or (None, reason) as plan_on_gpu."""
     why = check_plan(model, plan)
     if why:
-        return refuse(why)
+        return _refusal(explicit, why)
     try:
         core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers)
     except DeviceError as e:  # out of device memory, a CUDA failure: always said

@@ -72,7 +72,8 @@ class Model:
             expert weights into RAM backed by 2 MiB pages first (ossrun.weights_in_ram: faster
             decoding, slower load; `weights_in_ram` describes the copy); "auto" (the server's
             default) copies them when they fit in the memory available with 2 GiB to spare,
-            else reads the map (`mmap_reason` says which and why). CPU loads only.
+            else reads the map (`mmap_reason` says which and why). On a GPU only the experts
+            of the layers whose MoE blocks run on the CPU (plan.n_cpu_moe) are copied.
     """
 
     def __init__(self, path, n_ctx: int = 4096, threads=None, precision: str = "fast", isa=None,
@@ -108,35 +109,49 @@ class Model:
         from .placement import check_split
 
         self.gpu_layers, self.cpu_moe = check_split(self.config.block_count, gpu_layers, cpu_moe)
+        self.plan = None
+        if self.device == "cuda":  # planned first: which layers' experts the CPU will run
+            from .device_load import plan_on_gpu
+
+            self.plan, why = plan_on_gpu(self, explicit=device == "cuda")
+            if self.plan is None:
+                self.device, self.device_reason = "cpu", why
+        # On a device, the copy below takes only the experts of the layers the CPU runs (the
+        # device model uploads the rest from the map).
+        cpu_expert_layers = None if self.plan is None else self.plan.n_cpu_moe
         self.weights_in_ram = None
         self.mmap_reason = "mmap=True: weights read from the file's memory map" if mmap is True else None
         if mmap == "auto":
             from .weights_in_ram import copy_fits
 
-            fits, self.mmap_reason = (copy_fits(self._file) if self.device == "cpu"
-                                      else (False, "a device load reads the file's memory map"))
+            fits, self.mmap_reason = copy_fits(self._file, layers=cpu_expert_layers)
             mmap = not fits
         if not mmap:
-            self.weights_in_ram = self._copy_weights_to_ram()
+            self.weights_in_ram = self._copy_weights_to_ram(cpu_expert_layers)
             if self.weights_in_ram is not None:
                 self.mmap_reason = ("mmap=False: " if self.mmap_reason is None
                                     else f"mmap='auto', {self.mmap_reason}: ") + self.weights_in_ram.summary()
-            else:  # a device load, or a file without expert tensors in its map
+            else:  # a file without expert tensors in its map, or none the CPU runs
                 self.mmap_reason = "weights read from the file's memory map (nothing copied)"
         try:
             self._core = _core.Model(self._core_config(), self._file.tensors, threads, isa or "auto",
                                      precision)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
-        self.plan = None
-        if self.device == "cuda":  # the CPU core above embeds tokens and runs the CPU-MoE layers
+        if (self.weights_in_ram is not None and self.plan is not None
+                and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
+            # The CPU's experts in 16-row groups, as for a CPU load below: only the copies are
+            # writable, and the device model uploads none of them.
+            if self._core.interleave_mxfp4_experts_in_place():
+                self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
+        if self.plan is not None:  # the CPU core above embeds tokens and runs the CPU-MoE layers
             from .device_load import place_on_gpu
 
-            core, placed = place_on_gpu(self, explicit=device == "cuda")
+            core, placed = place_on_gpu(self, self.plan, explicit=device == "cuda")
             if core is None:
-                self.device, self.device_reason = "cpu", placed
+                self.device, self.device_reason, self.plan = "cpu", placed, None
             else:
-                self._core, self.plan = core, placed
+                self._core = core
                 self.device_reason = f"{self.device_reason}; {placed.summary()}"
         if self.device == "cpu" and os.environ.get("OSSRUN_INTERLEAVE_Q8_0", "1") != "0":
             # The dense Q8_0 matrices in 16-row groups, the layout the fast AVX-512 decode GEMV
@@ -144,7 +159,7 @@ class Model:
             # on a device: the device model copies the GGUF's bytes from the CPU model's views.
             # The tensors are views of the file's read-only map, so its pages may be released.
             self._core.interleave_q8_0(release_source_pages=True)
-        if (self.device == "cpu" and self.weights_in_ram is not None
+        if (self.device == "cpu" and self.weights_in_ram is not None and not self._core.interleaved_mxfp4_bytes
                 and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
             # The MXFP4 experts likewise (csrc/mxfp4_interleave.h), in place: only in the copy
             # this process owns (mmap=False or "auto"), never in the file's read-only map.
@@ -152,16 +167,16 @@ class Model:
                 self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
         self.tokenizer = self._load_tokenizer()
 
-    def _copy_weights_to_ram(self):
+    def _copy_weights_to_ram(self, layers: int | None):
         import warnings
 
         from .weights_in_ram import copy_experts_to_ram
 
-        if self.device == "cuda":  # the device path uploads the experts it places from the map
-            warnings.warn("mmap=False (--no-mmap) applies to CPU loads; ignored with the CUDA "
-                          "device", RuntimeWarning, stacklevel=3)
+        if layers == 0:  # the device path uploads every expert from the map
+            warnings.warn("mmap=False (--no-mmap) copies the experts the CPU runs; this placement "
+                          "runs them all on the GPU", RuntimeWarning, stacklevel=3)
             return None
-        return copy_experts_to_ram(self._file)
+        return copy_experts_to_ram(self._file, layers)
 
     def _core_config(self) -> dict:
         c = self.config

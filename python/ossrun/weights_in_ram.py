@@ -116,11 +116,20 @@ def _map_address(shard) -> int:
     return np.frombuffer(shard._map, dtype=np.uint8, count=1).ctypes.data
 
 
-def _sources(g):
-    """(name, array, shard index, file offset) of each expert weight that lies in a file map."""
+def _layer_of(name: str) -> int | None:
+    """The block index of a tensor named blk.<i>.*, else None."""
+    parts = name.split(".", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() else None
+
+
+def _sources(g, layers: int | None = None):
+    """(name, array, shard index, file offset) of each expert weight that lies in a file map; with
+    `layers`, only those of blocks 0 .. layers - 1 (the ones a device load runs on the CPU)."""
     maps = [(i, _map_address(s), s.size) for i, s in enumerate(g.reader.shards)]
     for name, (arr, _, _) in g.tensors.items():
         if not name.endswith(EXPERT_WEIGHTS) or not arr.flags.c_contiguous:
+            continue
+        if layers is not None and not (_layer_of(name) is not None and _layer_of(name) < layers):
             continue
         addr = arr.ctypes.data
         for i, base, size in maps:
@@ -144,12 +153,13 @@ def _read_into(fd: int, dest: memoryview, offset: int, path: Path) -> None:
 AUTO_HEADROOM = 2 << 30
 
 
-def copy_fits(g, headroom: int = AUTO_HEADROOM) -> tuple[bool, str]:
-    """Whether mmap="auto" copies the expert weights of the opened GgufModel `g`: when they fit in
-    MemAvailable with `headroom` to spare. Returns (copy, why) for the load's description."""
-    need = sum(_padded(arr.nbytes) for _, arr, _, _ in _sources(g))
+def copy_fits(g, headroom: int = AUTO_HEADROOM, layers: int | None = None) -> tuple[bool, str]:
+    """Whether mmap="auto" copies the expert weights of the opened GgufModel `g` (with `layers`,
+    those of its first `layers` blocks): when they fit in MemAvailable with `headroom` to spare.
+    Returns (copy, why) for the load's description."""
+    need = sum(_padded(arr.nbytes) for _, arr, _, _ in _sources(g, layers))
     if not need:
-        return False, "no expert weights in the file map"
+        return False, "no expert weights in the file map" + ("" if layers is None else " that run on the CPU")
     available = mem_available()
     if available is None:
         return False, "the kernel does not report MemAvailable"
@@ -184,11 +194,12 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def copy_experts_to_ram(g) -> WeightsInRam | None:
-    """Copy the expert weights of the opened GgufModel `g` into one 2 MiB-page anonymous mapping
-    and point `g.tensors` at the copies. None when there is nothing to copy."""
+def copy_experts_to_ram(g, layers: int | None = None) -> WeightsInRam | None:
+    """Copy the expert weights of the opened GgufModel `g` (with `layers`, only those of its first
+    `layers` blocks) into one 2 MiB-page anonymous mapping and point `g.tensors` at the copies.
+    None when there is nothing to copy."""
     t0 = time.perf_counter()
-    sources = list(_sources(g))
+    sources = list(_sources(g, layers))
     if not sources:
         return None
     placed, total = [], 0
