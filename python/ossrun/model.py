@@ -159,7 +159,8 @@ class Model:
             # on a device: the device model copies the GGUF's bytes from the CPU model's views.
             # The tensors are views of the file's read-only map, so its pages may be released.
             self._core.interleave_q8_0(release_source_pages=True)
-        if (self.device == "cpu" and self.weights_in_ram is not None and not self._core.interleaved_mxfp4_bytes
+        if (self.device == "cpu" and self.weights_in_ram is not None
+                and not self._core.interleaved_mxfp4_bytes  # a device load that fell back repacked them
                 and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
             # The MXFP4 experts likewise (csrc/mxfp4_interleave.h), in place: only in the copy
             # this process owns (mmap=False or "auto"), never in the file's read-only map.
