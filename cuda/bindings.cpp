@@ -169,6 +169,16 @@ void bind_ops(py::module_& m) {
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("n_tok"),
        py::arg("kernel") = "auto", py::arg("reps") = 20, py::arg("precision") = "f32",
        "seconds per call of the matmul kernel (median of reps, CUDA events), for tools/device_check.sh");
+    m.def("time_attention", [](int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
+                               const std::string& kv_type, int reps) {
+        const int type = kv_type == "f32" ? 0 : kv_type == "f16" ? 1 : kv_type == "bf16" ? 2 : -1;
+        if (type < 0) throw py::value_error("kv_type must be 'f32', 'f16' or 'bf16'");
+        double seconds = 0;
+        guarded([&] { seconds = time_attention_host(T, n_q, n_kv, d, n_keys, window, type, reps); });
+        return seconds;
+    }, py::arg("T"), py::arg("n_q"), py::arg("n_kv"), py::arg("d"), py::arg("n_keys"), py::arg("window") = 0,
+       py::arg("kv_type") = "f16", py::arg("reps") = 20,
+       "seconds per call of the attention kernel, T rows at the last positions of n_keys (tools/cuda_op_rates.py)");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
             throw py::value_error("rmsnorm wants x [T, n] and g [n]");

@@ -1,6 +1,7 @@
 // Each CUDA kernel as one call on host memory, for tests (ops.h): check the arguments, copy the
 // inputs to the device, launch on the default stream, wait, copy the result back.
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -68,6 +69,30 @@ void launch_matmul(MatmulArgs a, MatmulKernel which, bool exact, void* split) {
     if (which == MatmulKernel::Gemv) gemv(a, nullptr);
     else if (which == MatmulKernel::Gemm) gemm(a, nullptr);
     else matmul(a, nullptr);
+}
+
+// Median seconds of `reps` timed calls of launch() (CUDA events on the default stream) after two
+// warm-ups.
+template <class Launch>
+double median_seconds(Launch&& launch, int reps) {
+    launch();
+    launch();
+    finish("warm-up");
+    cudaEvent_t start, stop;
+    check(cudaEventCreate(&start), "cudaEventCreate");
+    check(cudaEventCreate(&stop), "cudaEventCreate");
+    std::vector<float> ms(static_cast<size_t>(reps));
+    for (int i = 0; i < reps; ++i) {
+        check(cudaEventRecord(start), "cudaEventRecord");
+        launch();
+        check(cudaEventRecord(stop), "cudaEventRecord");
+        check(cudaEventSynchronize(stop), "timed launch");
+        check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "cudaEventElapsedTime");
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(ms.begin(), ms.end());
+    return double(ms[size_t(reps / 2)]) * 1e-3;
 }
 
 }  // namespace
@@ -151,25 +176,60 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
     DeviceArray<float> dx(x.data(), x.size()), dy{size_t(n_tok * rows)};
     DeviceArray<uint8_t> split{reads_split(W_host, n_tok, which) ? split_activations_bytes(n_tok, cols) : 0};
     const MatmulArgs a = device_matmul_args(W_host, w.get(), dx.get(), n_tok, dy.get(), nullptr);
-    auto launch = [&] { launch_matmul(a, which, exact, split.get()); };  // the split is part of the cost
-    launch();
-    launch();
-    finish("matmul warm-up");
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "cudaEventCreate");
-    check(cudaEventCreate(&stop), "cudaEventCreate");
-    std::vector<float> ms(static_cast<size_t>(reps));
-    for (int i = 0; i < reps; ++i) {
-        check(cudaEventRecord(start), "cudaEventRecord");
-        launch();
-        check(cudaEventRecord(stop), "cudaEventRecord");
-        check(cudaEventSynchronize(stop), "matmul");
-        check(cudaEventElapsedTime(&ms[size_t(i)], start, stop), "cudaEventElapsedTime");
+    return median_seconds([&] { launch_matmul(a, which, exact, split.get()); }, reps);  // the split is part of the cost
+}
+
+double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
+                           int kv_type, int reps) {
+    require(T >= 1 && T <= n_keys && T <= kMaxGridY && n_keys <= (int64_t(1) << 24), "1 <= T <= min(n_keys, 65535), n_keys <= 2^24");
+    require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0 && d >= 1 && d <= kMaxHeadDim,
+            "n_q a multiple of n_kv, 1 <= d <= 256");
+    require(window >= 0 && kv_type >= 0 && kv_type <= 2 && reps >= 1 && reps <= 1000,
+            "window >= 0, kv_type 0..2, 1 <= reps <= 1000");
+    // The last T positions of a cache of n_keys, K and V pseudo-random, as a chunk at that depth.
+    const KvType type = KvType(kv_type);
+    const size_t n_kv_elems = size_t(n_keys * n_kv * d);
+    std::vector<float> q(size_t(T * n_q * d));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = float(int64_t(i * 2654435761u % 2001) - 1000) * 1e-3f;
+    std::vector<int64_t> pos(static_cast<size_t>(T));
+    int64_t n_parts = 1;
+    for (int64_t t = 0; t < T; ++t) {
+        pos[size_t(t)] = n_keys - T + t;
+        n_parts = std::max(n_parts, attention_chunks(window ? std::max<int64_t>(0, pos[size_t(t)] - window + 1) : 0,
+                                                     pos[size_t(t)]));
     }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    std::sort(ms.begin(), ms.end());
-    return double(ms[size_t(reps / 2)]) * 1e-3;
+    const size_t elem = size_t(kv_type_bytes(type));
+    DeviceArray<uint8_t> dk{n_kv_elems * elem}, dv{n_kv_elems * elem};
+    kv_fill(dk.get(), int64_t(n_kv_elems), type, 1, nullptr);
+    kv_fill(dv.get(), int64_t(n_kv_elems), type, 2, nullptr);
+    std::vector<float> sinks(size_t(n_q), 0.0f);
+    DeviceArray<float> dq(q.data(), q.size()), dsinks(sinks.data(), sinks.size()), dout{q.size()};
+    DeviceArray<int64_t> dpos(pos.data(), pos.size());
+    AttentionArgs a;
+    a.q = dq.get();
+    a.k = dk.get();
+    a.v = dv.get();
+    a.kv_type = type;
+    a.positions = dpos.get();
+    a.sinks = dsinks.get();
+    a.out = dout.get();
+    a.T = T;
+    a.n_q = n_q;
+    a.n_kv = n_kv;
+    a.d = d;
+    a.cap = n_keys;
+    a.window = window;
+    a.scale = 1.0f / std::sqrt(float(d));
+    const bool split = T <= kAttentionSplitMaxRows && n_parts > 1;  // as the device model's decode rows
+    const size_t parts = split ? size_t(T * n_q * n_parts) : 0;
+    DeviceArray<float> dacc{parts * size_t(d)}, dmax{parts}, dsum{parts};
+    if (split) {
+        a.n_parts = n_parts;
+        a.part_acc = dacc.get();
+        a.part_max = dmax.get();
+        a.part_sum = dsum.get();
+    }
+    return median_seconds([&] { attention(a, nullptr); }, reps);
 }
 
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps) {

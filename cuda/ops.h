@@ -51,6 +51,11 @@ void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pair
 // tokens, the median of `reps` timed calls after two warm-ups (CUDA events; the tensor-core
 // GEMM's time includes splitting x): for tools/device_check.sh's kernel rates, not for tests.
 double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which, int reps, bool exact = true);
+// Seconds per call of the attention kernel for T query rows at the last T positions of a cache of
+// n_keys (pseudo-random K and V of kv_type), as the device model runs them (decode rows of several
+// 2048-key parts split), the median of `reps` after two warm-ups: for the kernel rates.
+double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
+                           int kv_type, int reps);
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps);
 // x [T][n_heads][d] is rotated in place.
 void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_t d,

@@ -245,6 +245,10 @@ def test_ops_reject_bad_arguments_before_touching_cuda():
         gpu.apply_rope(np.zeros((1, 1, 4), np.float32), np.array([-1]), np.ones(2, np.float32), 1.0)
     with pytest.raises(ValueError, match="swiglu"):
         gpu.swiglu(np.zeros(3, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="T <= min"):  # the kernel rates' timing entry
+        gpu.time_attention(9, 8, 2, 64, 8)
+    with pytest.raises(ValueError, match="kv_type"):
+        gpu.time_attention(1, 8, 2, 64, 8, 0, "f8")
 
 
 # --------------------------------------------------------------------------- matmul (device)

@@ -1,6 +1,7 @@
 """Rates of the CUDA matmul kernels on gpt-oss-20b-shaped matrices (tools/device_check.sh runs
 it on a GPU machine): the decode GEMV's GB/s of weights streamed and the prefill GEMM's TFLOP/s
-(tensor cores for MXFP4 / Q8_0, in both precisions: "f32" sends two halves per activation).
+(tensor cores for MXFP4 / Q8_0, in both precisions: "f32" sends two halves per activation), and
+the attention kernels' TFLOP/s for prefill chunks and decode rows at depth.
 Numbers only; nothing passes or fails. Needs only numpy and ossrun._cuda (built with CUDA)."""
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def main() -> int:
         tflops = 2 * rows * cols * n_tok / s / 1e12
         print(f"{kernel} {precision:4} {what}: {s * 1e6:9.1f} us  {gbs:8.1f} GB/s of weights  "
               f"{tflops:7.2f} TFLOP/s")
+    # Attention of gpt-oss-20b's heads (64 query, 8 KV, d 64) over an f16 cache: a prefill chunk
+    # (the tiled kernel) at depth on a full and a sliding layer, and decode rows (split into
+    # 2048-key parts past one). FLOPs: 4 T n_q d per visible key (QK^T and PV).
+    attention_cases = [  # (what, T, n_keys, window)
+        ("prefill chunk of 256 at depth 2048, full layer", 256, 2048, 0),
+        ("prefill chunk of 256 at depth 2048, sliding layer", 256, 2048, 128),
+        ("decode 1 row at depth 8192, full layer", 1, 8192, 0),
+        ("decode 4 rows at depth 8192, full layer", 4, 8192, 0),
+    ]
+    for what, T, n_keys, window in attention_cases:
+        s = _cuda.ops.time_attention(T, 64, 8, 64, n_keys, window, "f16", 20)
+        keys = sum(min(p + 1, window) if window else p + 1 for p in range(n_keys - T, n_keys))
+        tflops = 4 * 64 * 64 * keys / s / 1e12
+        kv_gbs = 2 * 8 * 64 * 2 * min(n_keys, window + T if window else n_keys) / s / 1e9
+        print(f"attention {what}: {s * 1e6:9.1f} us  {tflops:7.2f} TFLOP/s  {kv_gbs:8.1f} GB/s of K/V read once")
     return 0
 
 
