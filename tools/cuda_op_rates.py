@@ -64,7 +64,8 @@ def main() -> int:
         keys = sum(min(p + 1, window) if window else p + 1 for p in range(n_keys - T, n_keys))
         tflops = 4 * 64 * 64 * keys / s / 1e12
         kv_gbs = 2 * 8 * 64 * 2 * min(n_keys, window + T if window else n_keys) / s / 1e9
-        print(f"attention {what}: {s * 1e6:9.1f} us  {tflops:7.2f} TFLOP/s  {kv_gbs:8.1f} GB/s of K/V read once")
+        print(f"attention {what}: {s * 1e6:9.1f} us  {tflops:7.2f} TFLOP/s  "
+              f"{kv_gbs:8.1f} GB/s of K/V read once")
     return 0
 
 
