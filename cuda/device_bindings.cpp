@@ -49,6 +49,7 @@ void bind_device_model(py::module_& m) {
         }
     });
     m.attr("HAS_DEVICE_MODEL") = true;
+    m.attr("DEVICE_MAX_CHUNK") = DeviceSession::kMaxChunk;  // placement.py's MAX_CHUNK
 
     m.def("device_upload_layout", [](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
         // [(tensor name, arena offset, bytes)] and the arena's size: what DeviceModel uploads.

@@ -201,7 +201,10 @@ using DeviceSessionStep = StepOf<DeviceSession>;
 // Session (csrc/session.h) over a DeviceModel: the same prefill / truncate / reset contract.
 class DeviceSession {
 public:
-    static constexpr int64_t kMaxChunk = Session::kMaxChunk;
+    // Tokens per prefill chunk: 4x the CPU session's, so that a chunk's routed pairs fill the
+    // grouped expert GEMM's 64-row tiles (20b: ~128 pairs an expert, where 256 tokens gave ~32)
+    // and every weight is streamed from device memory once per 1024 tokens rather than per 256.
+    static constexpr int64_t kMaxChunk = 1024;
 
     DeviceSession(std::shared_ptr<DeviceModel> model, int64_t n_ctx, KvType kv_type);
 

@@ -30,6 +30,8 @@ if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/devi
 needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
 
 ALIGN = 256  # cuda/device_model.h kUploadAlign
+# A prompt that wraps tiny-w4's (window 4) sliding ring on the device, by ~300 positions.
+PAST_THE_RING = 4 - 1 + placement.MAX_CHUNK + placement.ROLLBACK_MARGIN + 300
 DENSE = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
          "attn_v.weight", "attn_v.bias", "attn_output.weight", "attn_output.bias",
          "attn_sinks.weight", "post_attention_norm.weight")
@@ -86,6 +88,10 @@ def test_device_kv_cache_bytes_are_the_plans(fx, kv_type, n_ctx):
     layers = range(m.config.block_count)
     want = sum(placement.kv_cache_bytes(m.config, layer, n_ctx, kv_type) for layer in layers)
     assert _core.device_kv_bytes(m._core, n_ctx, kv_type) == want
+
+
+def test_the_plan_knows_the_device_models_chunk():
+    assert placement.MAX_CHUNK == _core.DEVICE_MAX_CHUNK
 
 
 def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
@@ -331,9 +337,9 @@ def test_first_layers_on_the_cpu_equal_the_cpu(fx, gpu_layers, n_cpu_moe):
 @needs_device
 def test_split_session_truncates_past_the_ring_on_the_gpu(fixtures_dir):
     path = fixtures_dir / "tiny-w4" / "tiny.gguf"
-    toks = np.random.default_rng(5).integers(0, 256, 1400).astype(np.int32)
+    toks = np.random.default_rng(5).integers(0, 256, PAST_THE_RING).astype(np.int32)
     cpu = load(path, precision="f32", device="cpu").logits(toks)
-    s = gpu(path, precision="f32", gpu_layers=1).session(n_ctx=2048)
+    s = gpu(path, precision="f32", gpu_layers=1).session(n_ctx=4096)
     s.prefill(toks)
     assert not s.truncates_in_place(100)  # both caches' sliding rings lost those keys
     s.truncate(100)
@@ -358,14 +364,14 @@ def test_decode_past_one_attention_part_on_the_gpu(fixtures_dir):
 
 @needs_device
 def test_long_prompt_and_truncation_past_the_ring_on_the_gpu(fixtures_dir):
-    # tiny-w4's sliding ring holds 4 - 1 + 256 + 1024 positions: 1400 tokens wrap it, and
-    # truncating to 100 must replay the kept tokens (as the CPU session does).
+    # tiny-w4's sliding ring on the device holds 4 - 1 + MAX_CHUNK + 1024 positions: PAST_THE_RING
+    # tokens wrap it, and truncating to 100 must replay the kept tokens (as the CPU session does).
     path = fixtures_dir / "tiny-w4" / "tiny.gguf"
-    toks = np.random.default_rng(3).integers(0, 256, 1400).astype(np.int32)
+    toks = np.random.default_rng(3).integers(0, 256, PAST_THE_RING).astype(np.int32)
     cpu = load(path, precision="f32", device="cpu").logits(toks)
     m = gpu(path, precision="f32")
     assert rel_err(m.logits(toks), cpu) < TOL
-    s = m.session(n_ctx=2048)
+    s = m.session(n_ctx=4096)
     s.prefill(toks)
     assert not s.truncates_in_place(100)
     s.truncate(100)

@@ -23,8 +23,9 @@ from .errors import DeviceError
 
 # The CUDA context, cuda graphs, allocator slack: VRAM we never plan to fill.
 DEFAULT_RESERVE = 512 * 2**20
-# Tokens per prefill chunk and the rollback depth of sliding layers (csrc/session.h, kv_cache.h).
-MAX_CHUNK = 256
+# Tokens per prefill chunk of the device model (cuda/device_model.h DeviceSession::kMaxChunk,
+# the core's DEVICE_MAX_CHUNK) and the rollback depth of sliding layers (csrc/kv_cache.h).
+MAX_CHUNK = 1024
 ROLLBACK_MARGIN = 1024
 LOGIT_ROWS = 8  # rows of logits per output matmul of the device model (cuda/device_model.h)
 # Flash-decoding on the GPU: keys per part (csrc/attention_split.h) and the rows of a decode
