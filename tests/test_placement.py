@@ -68,7 +68,7 @@ def test_kv_cache_bytes_full_and_sliding_layers():
     cfg, _ = fake_model()
     per_slot = 2 * 2 * 64 * 4  # K and V, n_kv 2, d 64, float32
     assert kv_cache_bytes(cfg, 1, 8192) == 8192 * per_slot  # full layer: every position
-    assert kv_cache_bytes(cfg, 0, 8192) == (128 - 1 + 1024 + 1024) * per_slot  # the ring: window, chunk, rollback
+    assert kv_cache_bytes(cfg, 0, 8192) == (128 - 1 + 1024 + 1024) * per_slot  # window, chunk, rollback
     assert kv_cache_bytes(cfg, 0, 100) == 100 * per_slot  # never more than n_ctx
     assert kv_cache_bytes(cfg, 1, 8192, "f16") == 8192 * per_slot // 2
 
