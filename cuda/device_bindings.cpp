@@ -64,9 +64,9 @@ void bind_device_model(py::module_& m) {
                                          first_gpu_layer_arg(*host, gpu_layers));
     }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
        "'' when the CUDA kernels read every uploaded matrix's type and layout");
-    m.def("device_scratch_bytes", [](std::shared_ptr<Model> host) {
-        return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk);
-    }, py::arg("host"));
+    m.def("device_scratch_bytes", [](std::shared_ptr<Model> host, bool experts) {
+        return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk, experts);
+    }, py::arg("host"), py::arg("experts") = true, "experts: some MoE block on the GPU");
     m.def("device_kv_bytes", [](std::shared_ptr<Model> host, int64_t n_ctx, const std::string& kv_type,
                                 std::optional<int64_t> gpu_layers) {
         if (n_ctx < 1) throw py::value_error("n_ctx must be positive");

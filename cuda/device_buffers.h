@@ -37,10 +37,11 @@ struct DeviceBuffers {
     void* block = nullptr;
     size_t bytes = 0;
 
-    // With memory == nullptr only counts (device_scratch_bytes).
-    DeviceBuffers(const ModelConfig& c, int64_t max_chunk, void* memory) {
+    // With memory == nullptr only counts (device_scratch_bytes). experts: some MoE block runs on
+    // the GPU; without one (--cpu-moe) the router's and the routed pairs' buffers are empty.
+    DeviceBuffers(const ModelConfig& c, int64_t max_chunk, bool experts, void* memory) {
         const size_t T = size_t(max_chunk), H = size_t(c.embedding_length), I = size_t(c.expert_feed_forward_length);
-        const size_t P = T * size_t(c.expert_used_count), Q = size_t(c.q_width()), KV = size_t(c.kv_width());
+        const size_t P = experts ? T * size_t(c.expert_used_count) : 0, Q = size_t(c.q_width()), KV = size_t(c.kv_width());
         Carver m{reinterpret_cast<uintptr_t>(memory)};
         residual = m.take<float>(T * H);
         normed = m.take<float>(T * H);
@@ -49,15 +50,15 @@ struct DeviceBuffers {
         v = m.take<float>(T * KV);
         attn = m.take<float>(T * Q);
         proj = m.take<float>(T * H);
-        router_logits = m.take<float>(T * size_t(c.expert_count));
+        router_logits = m.take<float>(experts ? T * size_t(c.expert_count) : 0);
         expert_weight = m.take<float>(P);
         expert_idx = m.take<int32_t>(P);
-        const size_t tiles = size_t(expert_tiles_max(int64_t(P), c.expert_count));
+        const size_t tiles = experts ? size_t(expert_tiles_max(int64_t(P), c.expert_count)) : 0;
         expert_groups.order = m.take<int32_t>(P);
         expert_groups.tile_expert = m.take<int32_t>(tiles);
         expert_groups.tile_start = m.take<int32_t>(tiles);
         expert_groups.tile_count = m.take<int32_t>(tiles);
-        expert_groups.n_tiles = m.take<int32_t>(1);
+        expert_groups.n_tiles = m.take<int32_t>(experts ? 1 : 0);
         gate = m.take<float>(P * I);
         up = m.take<float>(P * I);
         h = m.take<float>(P * I);

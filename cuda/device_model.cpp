@@ -92,8 +92,8 @@ std::string unsupported_device_weight(const ModelWeights& host, const ModelConfi
     return "";
 }
 
-size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk) {
-    return DeviceBuffers(c, max_chunk, nullptr).bytes;
+size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool experts) {
+    return DeviceBuffers(c, max_chunk, experts, nullptr).bytes;
 }
 
 // ---------------------------------------------------------------- the model
@@ -137,8 +137,10 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
             L.router.data = L.gate_exps.data = L.up_exps.data = L.down_exps.data = nullptr;
             L.router_b = L.gate_exps_b = L.up_exps_b = L.down_exps_b = nullptr;
         }
-        const size_t scratch = device_scratch_bytes(c, DeviceSession::kMaxChunk);
-        buf_ = std::make_unique<DeviceBuffers>(c, DeviceSession::kMaxChunk, device_alloc(scratch, "the activations"));
+        const bool experts = std::max(first_gpu_layer_, n_cpu_moe_) < c.block_count;  // a MoE block on the GPU
+        const size_t scratch = device_scratch_bytes(c, DeviceSession::kMaxChunk, experts);
+        buf_ = std::make_unique<DeviceBuffers>(c, DeviceSession::kMaxChunk, experts,
+                                               device_alloc(scratch, "the activations"));
         const RopeTable& rope = host_->rope();
         check(cudaMemcpy(buf_->theta, rope.theta.data(), rope.theta.size() * 4, cudaMemcpyHostToDevice), "cudaMemcpy");
         // A pageable cudaMemcpy may return before its DMA lands, and the model's stream does not

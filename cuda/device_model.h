@@ -78,9 +78,10 @@ UploadLayout upload_layout(const ModelWeights& host, const ModelConfig& c, int64
 std::string unsupported_device_weight(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
                                       int64_t first_gpu_layer);
 
-// Device bytes of one forward's activations for chunks of up to max_chunk tokens (placement.py's
-// scratch_bytes bounds it), and of a KV cache (placement.py's kv_cache_bytes, summed).
-size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk);
+// Device bytes of one forward's activations for chunks of up to max_chunk tokens, with or without
+// MoE blocks on the GPU (placement.py's scratch_bytes bounds it), and of a KV cache
+// (placement.py's kv_cache_bytes, summed).
+size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool experts);
 // Rows of logits computed per output matmul when a forward wants every position's logits.
 constexpr int64_t kLogitRowsPerPass = 8;
 

@@ -97,7 +97,14 @@ def test_the_plan_knows_the_device_models_chunk():
 def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
     for path in (fx["gguf"], tiny_gguf):
         m = load(path, precision="f32", device="cpu")
-        assert 0 < _core.device_scratch_bytes(m._core) <= placement.scratch_bytes(m.config)
+        for experts in (True, False):  # without MoE blocks on the GPU (--cpu-moe) less
+            have = _core.device_scratch_bytes(m._core, experts)
+            assert 0 < have <= placement.scratch_bytes(m.config, None, experts)
+        assert _core.device_scratch_bytes(m._core, False) < _core.device_scratch_bytes(m._core, True)
+        sizes = tensor_bytes(m)
+        for cpu_moe, experts in ((None, True), ("all", False)):
+            plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=cpu_moe)
+            assert plan.scratch == placement.scratch_bytes(m.config, m.n_ctx, experts)
 
 
 @pytest.mark.parametrize("role_types", [{"attn_qkv": "q4_0", "output": "q6_k"},

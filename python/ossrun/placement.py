@@ -110,7 +110,7 @@ def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
     return slots * 2 * cfg.head_count_kv * cfg.key_length * KV_BYTES[kv_type]
 
 
-def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
+def scratch_bytes(cfg, n_ctx: int | None = None, experts: bool = True) -> int:
     """float32 activations of one prefill chunk: per token the residual, norm, q/k/v, attention
     output, projection and router logits; per routed (token, expert) pair its weight, expert, slot
     in the expert-sorted order and its input, gate, up, SwiGLU and output rows, and the grouped
@@ -119,18 +119,22 @@ def scratch_bytes(cfg, n_ctx: int | None = None) -> int:
     float per 32, each of the three arrays 256-byte aligned: cuda/kernels.cuh
     split_activations_bytes) (cuda/device_buffers.h's DeviceBuffers carve at most this). With n_ctx, also
     flash-decoding's partial results for key ranges up to n_ctx (cuda/device_model.h
-    attention_parts): per split row, head and part d + 2 floats."""
+    attention_parts): per split row, head and part d + 2 floats. Without `experts` (no MoE block
+    on the GPU) the router's and the routed pairs' buffers are left out."""
     H, I = cfg.embedding_length, cfg.expert_feed_forward_length
     q_width, kv_width = cfg.head_count * cfg.key_length, cfg.head_count_kv * cfg.key_length
-    per_token = 3 * H + 2 * q_width + 2 * kv_width + cfg.expert_count + 3 * cfg.expert_used_count
+    k = cfg.expert_used_count if experts else 0
+    per_token = 3 * H + 2 * q_width + 2 * kv_width + (cfg.expert_count + 3 * k if experts else 0)
     per_pair = 2 * H + 3 * I
     parts = 0 if n_ctx is None else (n_ctx - 1) // SPLIT_CHUNK + 1
     split = SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2) if parts > 1 else 0
-    chunk = MAX_CHUNK * (per_token + cfg.expert_used_count * per_pair)
-    tiles = 3 * (MAX_CHUNK * cfg.expert_used_count // 64 + cfg.expert_count) + 1
-    widest = max(MAX_CHUNK * H, MAX_CHUNK * q_width, MAX_CHUNK * cfg.expert_used_count * I, LOGIT_ROWS * H)
+    chunk = MAX_CHUNK * (per_token + k * per_pair)
+    tiles = 3 * (MAX_CHUNK * k // 64 + cfg.expert_count) + 1 if experts else 0
+    widest = max(MAX_CHUNK * H, MAX_CHUNK * q_width, MAX_CHUNK * k * I, LOGIT_ROWS * H)
     halves = widest + widest // 32 + 3 * 64
-    return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split + halves)
+    positions_theta = 2 * MAX_CHUNK + cfg.key_length // 2  # int64 positions, the RoPE table
+    rounding = 24 * 64  # each of DeviceBuffers' 24 pieces rounded up to 256 bytes
+    return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split + halves + positions_theta + rounding)
 
 
 def group_tensor_bytes(tensor_bytes: Mapping[str, int], block_count: int) -> dict:
@@ -180,7 +184,7 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
     if kv_type not in KV_BYTES:
         raise ValueError(f"kv_type must be one of {tuple(KV_BYTES)}, got {kv_type!r}")
     kv = [kv_cache_bytes(cfg, layer, n_ctx, kv_type) for layer in range(L)]
-    scratch = scratch_bytes(cfg, n_ctx)
+    scratch = scratch_bytes(cfg, n_ctx)  # the fitting below assumes experts on the GPU: an upper bound
 
     def build(n_gpu_layers: int, n_cpu_moe: int, reason: str = "") -> Plan:
         first = L - n_gpu_layers  # layers first.. are on the GPU
@@ -192,8 +196,9 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
             parts += [Part("dense", layer, g["dense"][layer], on(gpu)),
                       Part("kv_cache", layer, kv[layer], on(gpu)),
                       Part("experts", layer, g["experts"][layer], on(gpu and layer >= n_cpu_moe))]
-        return Plan(parts, n_ctx, free_vram, reserve, scratch, n_gpu_layers,
-                    max(n_cpu_moe, first) if n_gpu_layers else L, L, reason)
+        cpu_moe_layers = max(n_cpu_moe, first) if n_gpu_layers else L
+        return Plan(parts, n_ctx, free_vram, reserve, scratch_bytes(cfg, n_ctx, experts=cpu_moe_layers < L),
+                    n_gpu_layers, cpu_moe_layers, L, reason)
 
     if free_vram is None:
         return build(0, L, "no GPU")
