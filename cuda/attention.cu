@@ -1,8 +1,9 @@
 // Causal GQA attention with sinks and the sliding window (MODEL.md §2.5) over a KV cache in device
 // memory. Decode (and heads the tiled kernel below does not take): one block per (query head,
 // token) walks the visible keys in chunks of the block's width with an online softmax (running
-// max m, denominator l, weighted value sum acc rescaled by e^(m_old - m_new)). The sink starts the softmax: m = sink,
-// l = e^0 = 1, acc = 0, so it joins the denominator only and a large sink cannot overflow.
+// max m, denominator l, weighted value sum acc rescaled by e^(m_old - m_new)). The sink starts
+// the softmax: m = sink, l = e^0 = 1, acc = 0, so it joins the denominator only and a large sink
+// cannot overflow.
 // K and V elements are float32 or 16-bit (KvType), widened to float32 as they are read.
 // Decode rows of long key ranges are split (flash-decoding): one block per chunk of 2048 keys
 // (csrc/attention_split.h, the CPU's cut) starts its softmax empty (m = -inf, l = 0) and leaves
@@ -29,6 +30,18 @@ __device__ inline float kv_load(const void* p, int64_t i) {
     if constexpr (kType == KvType::F32) return static_cast<const float*>(p)[i];
     else if constexpr (kType == KvType::F16) return fp16_to_float(static_cast<const uint16_t*>(p)[i]);
     else return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+}
+
+// Elements i .. i + 3 (i a multiple of 4) of a K or V array of the cache's type, as float32.
+template <KvType kType>
+__device__ inline float4 kv_load4(const void* p, int64_t i) {
+    if constexpr (kType == KvType::F32) return *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+    const uint32_t* w = static_cast<const uint32_t*>(p) + i / 2;  // two 16-bit elements a word
+    const uint32_t a = w[0], b = w[1];
+    auto widen = [](uint32_t bits) {
+        return kType == KvType::F16 ? fp16_to_float(uint16_t(bits)) : bf16_to_float(uint16_t(bits));
+    };
+    return make_float4(widen(a & 0xFFFFu), widen(a >> 16), widen(b & 0xFFFFu), widen(b >> 16));
 }
 
 // The keys query t sees: max(0, p - window + 1) .. p.
@@ -125,10 +138,11 @@ template <int kD>
 constexpr int kTileKeysOf = 2048 / kD;
 
 // Whether the tiled kernel takes these heads: d a multiple of 16 up to 256, at most 64 query heads
-// a group, q and out 16-byte aligned (float4 rows).
+// a group, q, out, k and v 16-byte aligned (float4 rows, 4-element loads).
 bool tiled_can_run(const AttentionArgs& a) {
-    const bool aligned = reinterpret_cast<uintptr_t>(a.q) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
-    return aligned && a.d % 16 == 0 && a.d <= 256 && a.n_q / a.n_kv <= kTiledRows;
+    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    return aligned(a.q) && aligned(a.out) && aligned(a.k) && aligned(a.v) && a.d % 16 == 0 && a.d <= 256 &&
+           a.n_q / a.n_kv <= kTiledRows;
 }
 
 // grid (n_kv, ceil(T / tokens)), kTiledThreads threads, d <= kD: block (g, y) attends for
@@ -167,11 +181,18 @@ __global__ void __launch_bounds__(kTiledThreads) attention_tiled_kernel(Attentio
     float m = live ? a.sinks[h] : 0.0f, l = 1.0f;  // the sink starts the softmax
     __syncthreads();
     for (int64_t j0 = block_lo; j0 <= block_hi; j0 += kKeys) {
-        for (int64_t e = tid; e < kKeys * d; e += kTiledThreads) {
-            const int64_t j = e / d, c = e % d, key = j0 + j;
-            const int64_t at = ((key % a.cap) * a.n_kv + g) * d + c;
-            k_s[j][c] = key <= block_hi ? kv_load<kType>(a.k, at) : 0.0f;
-            v_s[j][c] = key <= block_hi ? kv_load<kType>(a.v, at) : 0.0f;
+        const int quads = int(d / 4);  // float4s of a key's row
+        for (int e = tid; e < kKeys * quads; e += kTiledThreads) {
+            const int j = e / quads, c = 4 * (e % quads);
+            const int64_t key = j0 + j;
+            float4 k4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v4 = k4;
+            if (key <= block_hi) {
+                const int64_t at = ((key % a.cap) * a.n_kv + g) * d + c;
+                k4 = kv_load4<kType>(a.k, at);
+                v4 = kv_load4<kType>(a.v, at);
+            }
+            *reinterpret_cast<float4*>(&k_s[j][c]) = k4;
+            *reinterpret_cast<float4*>(&v_s[j][c]) = v4;
         }
         __syncthreads();
         float s[kKeys], m_new = m;
@@ -216,7 +237,8 @@ __global__ void __launch_bounds__(kTiledThreads) attention_tiled_kernel(Attentio
 #pragma unroll
     for (int i = 0; i < kGroups; ++i) {
         const int64_t c = 16 * i + 4 * kq;
-        if (c < d) *reinterpret_cast<float4*>(out + c) = make_float4(acc[i].x / l, acc[i].y / l, acc[i].z / l, acc[i].w / l);
+        if (c < d)
+            *reinterpret_cast<float4*>(out + c) = make_float4(acc[i].x / l, acc[i].y / l, acc[i].z / l, acc[i].w / l);
     }
 }
 

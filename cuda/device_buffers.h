@@ -41,7 +41,8 @@ struct DeviceBuffers {
     // the GPU; without one (--cpu-moe) the router's and the routed pairs' buffers are empty.
     DeviceBuffers(const ModelConfig& c, int64_t max_chunk, bool experts, void* memory) {
         const size_t T = size_t(max_chunk), H = size_t(c.embedding_length), I = size_t(c.expert_feed_forward_length);
-        const size_t P = experts ? T * size_t(c.expert_used_count) : 0, Q = size_t(c.q_width()), KV = size_t(c.kv_width());
+        const size_t P = experts ? T * size_t(c.expert_used_count) : 0;  // routed pairs
+        const size_t Q = size_t(c.q_width()), KV = size_t(c.kv_width());
         Carver m{reinterpret_cast<uintptr_t>(memory)};
         residual = m.take<float>(T * H);
         normed = m.take<float>(T * H);

@@ -108,8 +108,9 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
         throw std::invalid_argument("gpu_layers must be in [1, " + std::to_string(c.block_count) + "]");
     const std::string bad = unsupported_device_weight(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
     if (!bad.empty())
-        throw std::invalid_argument("the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL in the "
-                                    "GGUF's rows; " + bad);
+        throw std::invalid_argument(
+            "the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL in the GGUF's "
+            "rows; " + bad);
     if (c.key_length > kMaxHeadDim) throw std::invalid_argument("the CUDA attention takes head dimensions up to 256");
     check(cudaSetDevice(0), "cudaSetDevice");
     cudaStream_t stream;

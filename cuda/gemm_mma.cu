@@ -135,7 +135,10 @@ struct WeightFetch<F16Blocks> {  // already halves
         valid = block != nullptr;
         if (!valid) return;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) lo[i] = load_u16_le(block + 2 * (8 * h + i)), hi[i] = load_u16_le(block + 2 * (8 * h + i) + 32);
+        for (int i = 0; i < 8; ++i) {
+            lo[i] = load_u16_le(block + 2 * (8 * h + i));
+            hi[i] = load_u16_le(block + 2 * (8 * h + i) + 32);
+        }
     }
     __device__ void store(Tiles& s, int n, int h) const {
         if (h == 0) s.w_scale[n] = valid ? 1.0f : 0.0f;
@@ -145,7 +148,7 @@ struct WeightFetch<F16Blocks> {  // already halves
 };
 
 // A thread's share of one token row's split block: words 8h .. 8h + 7 of x_hi (and x_lo), two
-// 16-byte loads each, and the block's power of two (row null: past the tile's tokens).
+// 16-byte loads each, and the block's power of two (row -1: past the tile's tokens).
 template <bool kExact>
 struct ActivationFetch {
     uint4 hi[2], lo[2];
@@ -203,7 +206,8 @@ __global__ void split_kernel(const float* x, int64_t ldx, int64_t rows, int64_t 
         const float a = v[q] * down, c = v[q + 16] * down;
         const __half ah = __float2half_rn(a), ch = __float2half_rn(c);
         hi_w[q] = half_pair(ah, ch);
-        if (exact) lo[i * kWords + q] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(c - __half2float(ch)));
+        if (exact)
+            lo[i * kWords + q] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(c - __half2float(ch)));
     }
     scale[i] = ldexpf(1.0f, k);
 }
@@ -312,7 +316,8 @@ void launch(const MmaGemmArgs& a, unsigned m_tiles, cudaStream_t stream) {
 
 SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact,
                                    void* memory, cudaStream_t stream) {
-    const size_t words = size_t(rows) * size_t(cols / 2), part = (4 * words + 255) / 256 * 256;  // as split_activations_bytes
+    // The layout of split_activations_bytes: hi, lo and scale, each 256-aligned.
+    const size_t words = size_t(rows) * size_t(cols / 2), part = (4 * words + 255) / 256 * 256;
     const size_t blocks = words / kWords;
     uint8_t* base = static_cast<uint8_t*>(memory);
     uint32_t* hi = reinterpret_cast<uint32_t*>(base);

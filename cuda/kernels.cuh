@@ -186,7 +186,8 @@ bool gemm_mma_can_run(const Matrix& W);
 void gemm_mma(const MmaGemmArgs& a, int64_t m_tiles, cudaStream_t stream);
 // The routed experts' matmuls of ExpertMatmulArgs on grouped pairs (gemm_mma_can_run(W)), x's rows
 // split as xs.
-void expert_gemm(const ExpertMatmulArgs& a, const ExpertGroups& groups, const SplitActivations& xs, cudaStream_t stream);
+void expert_gemm(const ExpertMatmulArgs& a, const ExpertGroups& groups, const SplitActivations& xs,
+                 cudaStream_t stream);
 
 // out[t][c] = sum_j weight[t * k + j] * y[(t * k + j) * H + c]: the routed outputs' weighted sum.
 void moe_combine(const float* y, const float* weight, int64_t T, int64_t k, int64_t H, float* out,

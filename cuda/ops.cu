@@ -181,7 +181,8 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
 
 double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
                            int kv_type, int reps) {
-    require(T >= 1 && T <= n_keys && T <= kMaxGridY && n_keys <= (int64_t(1) << 24), "1 <= T <= min(n_keys, 65535), n_keys <= 2^24");
+    require(T >= 1 && T <= n_keys && T <= kMaxGridY && n_keys <= (int64_t(1) << 24),
+            "1 <= T <= min(n_keys, 65535), n_keys <= 2^24");
     require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0 && d >= 1 && d <= kMaxHeadDim,
             "n_q a multiple of n_kv, 1 <= d <= 256");
     require(window >= 0 && kv_type >= 0 && kv_type <= 2 && reps >= 1 && reps <= 1000,
