@@ -95,6 +95,42 @@ double median_seconds(Launch&& launch, int reps) {
     return double(ms[size_t(reps / 2)]) * 1e-3;
 }
 
+// The launch arguments of attention over device arrays (kernels.cuh AttentionArgs), unsplit.
+AttentionArgs device_attention_args(const float* q, const void* k, const void* v, KvType type,
+                                    const int64_t* positions, const float* sinks, float* out, int64_t T,
+                                    int64_t n_q, int64_t n_kv, int64_t d, int64_t cap, int64_t window, float scale) {
+    AttentionArgs a;
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.kv_type = type;
+    a.positions = positions;
+    a.sinks = sinks;
+    a.out = out;
+    a.T = T;
+    a.n_q = n_q;
+    a.n_kv = n_kv;
+    a.d = d;
+    a.cap = cap;
+    a.window = window;
+    a.scale = scale;
+    return a;
+}
+
+// Flash-decoding's partial results in device memory, set in `a` when n_parts > 1.
+struct AttentionParts {
+    AttentionParts(AttentionArgs& a, int64_t n_parts)
+        : n(n_parts > 1 ? size_t(a.T * a.n_q * n_parts) : 0), acc{n * size_t(a.d)}, maxes{n}, sums{n} {
+        if (!n) return;
+        a.n_parts = n_parts;
+        a.part_acc = acc.get();
+        a.part_max = maxes.get();
+        a.part_sum = sums.get();
+    }
+    size_t n;
+    DeviceArray<float> acc, maxes, sums;
+};
+
 }  // namespace
 
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
@@ -206,30 +242,10 @@ double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int6
     std::vector<float> sinks(size_t(n_q), 0.0f);
     DeviceArray<float> dq(q.data(), q.size()), dsinks(sinks.data(), sinks.size()), dout{q.size()};
     DeviceArray<int64_t> dpos(pos.data(), pos.size());
-    AttentionArgs a;
-    a.q = dq.get();
-    a.k = dk.get();
-    a.v = dv.get();
-    a.kv_type = type;
-    a.positions = dpos.get();
-    a.sinks = dsinks.get();
-    a.out = dout.get();
-    a.T = T;
-    a.n_q = n_q;
-    a.n_kv = n_kv;
-    a.d = d;
-    a.cap = n_keys;
-    a.window = window;
-    a.scale = 1.0f / std::sqrt(float(d));
-    const bool split = T <= kAttentionSplitMaxRows && n_parts > 1;  // as the device model's decode rows
-    const size_t parts = split ? size_t(T * n_q * n_parts) : 0;
-    DeviceArray<float> dacc{parts * size_t(d)}, dmax{parts}, dsum{parts};
-    if (split) {
-        a.n_parts = n_parts;
-        a.part_acc = dacc.get();
-        a.part_max = dmax.get();
-        a.part_sum = dsum.get();
-    }
+    AttentionArgs a = device_attention_args(dq.get(), dk.get(), dv.get(), type, dpos.get(), dsinks.get(), dout.get(),
+                                            T, n_q, n_kv, d, n_keys, window, 1.0f / std::sqrt(float(d)));
+    // Split as the device model's decode rows.
+    const AttentionParts parts(a, T <= kAttentionSplitMaxRows ? n_parts : 1);
     return median_seconds([&] { attention(a, nullptr); }, reps);
 }
 
@@ -288,29 +304,11 @@ void attention_host(const float* q, const float* k, const float* v, const int64_
     DeviceArray<uint16_t> dk16(k16.data(), k16.size()), dv16(v16.data(), v16.size());
     DeviceArray<float> dsinks(sinks, size_t(n_q)), dout{size_t(T * n_q * d)};
     DeviceArray<int64_t> dpos(positions, size_t(T));
-    AttentionArgs a;
-    a.q = dq.get();
-    a.k = type == KvType::F32 ? static_cast<const void*>(dk.get()) : dk16.get();
-    a.v = type == KvType::F32 ? static_cast<const void*>(dv.get()) : dv16.get();
-    a.kv_type = type;
-    a.positions = dpos.get();
-    a.sinks = dsinks.get();
-    a.out = dout.get();
-    a.T = T;
-    a.n_q = n_q;
-    a.n_kv = n_kv;
-    a.d = d;
-    a.cap = cap;
-    a.window = window;
-    a.scale = scale;
-    const size_t parts = split ? size_t(T * n_q * n_parts) : 0;
-    DeviceArray<float> dacc{parts * size_t(d)}, dmax{parts}, dsum{parts};
-    if (split) {
-        a.n_parts = n_parts;
-        a.part_acc = dacc.get();
-        a.part_max = dmax.get();
-        a.part_sum = dsum.get();
-    }
+    const void* dk_any = type == KvType::F32 ? static_cast<const void*>(dk.get()) : dk16.get();
+    const void* dv_any = type == KvType::F32 ? static_cast<const void*>(dv.get()) : dv16.get();
+    AttentionArgs a = device_attention_args(dq.get(), dk_any, dv_any, type, dpos.get(), dsinks.get(), dout.get(), T,
+                                            n_q, n_kv, d, cap, window, scale);
+    const AttentionParts parts(a, split ? n_parts : 1);
     attention(a, nullptr);
     finish("attention");
     dout.copy_to(out);
