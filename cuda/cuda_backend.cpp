@@ -160,22 +160,43 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
 void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     if (layers_replayed()) return;
     const ModelConfig& c = m_.config();
-    const LayerWeights& w = m_.dev_.layers[size_t(layer)];
-    if (!w.router.data) throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
+    const LayerWeights& dev = m_.dev_.layers[size_t(layer)];
+    // An offloaded block (device_model.h) reads each matrix from the staging buffer, copied there
+    // from the host model's just before its matmul; the others their copies in the arena.
+    const bool staged = !dev.router.data;
+    if (staged && !(m_.stage_ && m_.offloadable_[size_t(layer)]))
+        throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
+    const LayerWeights& host = m_.host_->weights().layers[size_t(layer)];
+    auto weights = [&](const Matrix& d, const float* d_bias, const Matrix& h, const float* h_bias, int64_t bias_floats) {
+        return staged ? m_.stage(h, h_bias, bias_floats) : std::pair<Matrix, const float*>{d, d_bias};
+    };
+    if (staged) ++m_.offloaded_moe_blocks_;
     DeviceBuffers& b = *m_.buf_;
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, H = c.embedding_length, I = c.expert_feed_forward_length;
     const int64_t E = c.expert_count, k = c.expert_used_count;
     const SplitActivations normed = split(b.normed, T, H);
-    matmul(w.router, b.normed, normed, T, b.router_logits, w.router_b);
+    {
+        const auto [router, router_b] = weights(dev.router, dev.router_b, host.router, host.router_b, E);
+        matmul(router, b.normed, normed, T, b.router_logits, router_b);
+    }
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
     // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
-    experts(w.gate_exps, b.normed, normed, H, k, b.gate, w.gate_exps_b, grouped);
-    experts(w.up_exps, b.normed, normed, H, k, b.up, w.up_exps_b, grouped);
+    {
+        const auto [gate, gate_b] = weights(dev.gate_exps, dev.gate_exps_b, host.gate_exps, host.gate_exps_b, E * I);
+        experts(gate, b.normed, normed, H, k, b.gate, gate_b, grouped);
+    }
+    {
+        const auto [up, up_b] = weights(dev.up_exps, dev.up_exps_b, host.up_exps, host.up_exps_b, E * I);
+        experts(up, b.normed, normed, H, k, b.up, up_b, grouped);
+    }
     swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
-    experts(w.down_exps, b.h, split(b.h, T * k, I), I, 1, b.expert_y, w.down_exps_b, grouped);
+    {
+        const auto [down, down_b] = weights(dev.down_exps, dev.down_exps_b, host.down_exps, host.down_exps_b, E * H);
+        experts(down, b.h, split(b.h, T * k, I), I, 1, b.expert_y, down_b, grouped);
+    }
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }
 

@@ -64,6 +64,11 @@ void bind_device_model(py::module_& m) {
                                          first_gpu_layer_arg(*host, gpu_layers));
     }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
        "'' when the CUDA kernels read every uploaded matrix's type and layout");
+    m.def("device_stage_bytes", [](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
+        return offload_stage_bytes(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe),
+                                   first_gpu_layer_arg(*host, gpu_layers));
+    }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
+       "the staging buffer an offloading device model allocates (0: no block to offload)");
     m.def("device_scratch_bytes", [](std::shared_ptr<Model> host, bool experts) {
         return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk, experts);
     }, py::arg("host"), py::arg("experts") = true, "experts: some MoE block on the GPU");
@@ -75,12 +80,20 @@ void bind_device_model(py::module_& m) {
     }, py::arg("host"), py::arg("n_ctx"), py::arg("kv_type"), py::arg("gpu_layers") = py::none());
 
     py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
-        .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers) {
+        .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers,
+                         int64_t offload_min_tokens) {
                  n_cpu_moe_arg(*host, n_cpu_moe);
                  const int64_t n_gpu = host->config().block_count - first_gpu_layer_arg(*host, gpu_layers);
-                 return released([&] { return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe, n_gpu); });
+                 if (offload_min_tokens < 0) throw py::value_error("offload_min_tokens must be >= 0 (0: off)");
+                 return released([&] {
+                     return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe, n_gpu, offload_min_tokens);
+                 });
              }),
-             py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none())
+             py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(), py::arg("offload_min_tokens") = 0)
+        .def_property_readonly("offload_min_tokens", &DeviceModel::offload_min_tokens)
+        .def_property_readonly("stage_bytes", &DeviceModel::stage_bytes)
+        .def_property_readonly("offloaded_moe_blocks", &DeviceModel::offloaded_moe_blocks)
+        .def_property_readonly("offloaded_bytes", &DeviceModel::offloaded_bytes)
         .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })
         .def_property_readonly("threads", [](const DeviceModel& d) { return d.host().threads(); })
         .def_property_readonly("uses_i16", [](const DeviceModel& d) { return d.n_cpu_moe() > 0 && d.host().uses_i16(); })

@@ -4,6 +4,7 @@
 #include "device_model.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -96,9 +97,44 @@ size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool expert
     return DeviceBuffers(c, max_chunk, experts, nullptr).bytes;
 }
 
+namespace {
+// The matrices of layer L's MoE block with their bias lengths (router [E], gate/up [E][I], down [E][H]).
+struct MoeMatrix {
+    const Matrix* m;
+    const float* bias;
+    int64_t bias_floats;
+};
+std::array<MoeMatrix, 4> moe_matrices(const LayerWeights& L, const ModelConfig& c) {
+    const int64_t E = c.expert_count, I = c.expert_feed_forward_length, H = c.embedding_length;
+    return {{{&L.router, L.router_b, E},
+             {&L.gate_exps, L.gate_exps_b, E * I},
+             {&L.up_exps, L.up_exps_b, E * I},
+             {&L.down_exps, L.down_exps_b, E * H}}};
+}
+size_t staged_bytes(const MoeMatrix& x) {
+    return aligned(x.m->total_bytes()) + (x.bias ? aligned(size_t(x.bias_floats) * 4) : 0);
+}
+}  // namespace
+
+bool moe_offloadable(const ModelWeights& host, int64_t l, int64_t n_cpu_moe, int64_t first_gpu_layer) {
+    if (l < first_gpu_layer || l >= n_cpu_moe || l >= int64_t(host.layers.size())) return false;
+    const LayerWeights& L = host.layers[size_t(l)];
+    for (const Matrix* m : {&L.router, &L.gate_exps, &L.up_exps, &L.down_exps})
+        if (!m->data || !has_weight_element(m->type) || m->layout != RowLayout::kRows) return false;
+    return true;
+}
+
+size_t offload_stage_bytes(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe, int64_t first_gpu_layer) {
+    size_t most = 0;
+    for (int64_t l = 0; l < c.block_count; ++l)
+        if (moe_offloadable(host, l, n_cpu_moe, first_gpu_layer))
+            for (const MoeMatrix& x : moe_matrices(host.layers[size_t(l)], c)) most = std::max(most, staged_bytes(x));
+    return most;
+}
+
 // ---------------------------------------------------------------- the model
 
-DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers)
+DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens)
     : host_(std::move(host)),
       first_gpu_layer_(host_->config().block_count - gpu_layers),
       n_cpu_moe_(std::clamp<int64_t>(std::max(n_cpu_moe, first_gpu_layer_), 0, host_->config().block_count)),
@@ -138,7 +174,17 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
             L.router.data = L.gate_exps.data = L.up_exps.data = L.down_exps.data = nullptr;
             L.router_b = L.gate_exps_b = L.up_exps_b = L.down_exps_b = nullptr;
         }
-        const bool experts = std::max(first_gpu_layer_, n_cpu_moe_) < c.block_count;  // a MoE block on the GPU
+        if (offload_min_tokens > 0) {
+            for (int64_t l = 0; l < c.block_count; ++l)
+                offloadable_.push_back(moe_offloadable(host_->weights(), l, n_cpu_moe_, first_gpu_layer_));
+            stage_bytes_ = offload_stage_bytes(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
+            if (stage_bytes_) {
+                stage_ = device_alloc(stage_bytes_, "the staging buffer of the offloaded MoE blocks");
+                offload_min_tokens_ = offload_min_tokens;
+            }
+        }
+        // A MoE block on the GPU, or one that may be offloaded there.
+        const bool experts = std::max(first_gpu_layer_, n_cpu_moe_) < c.block_count || stage_;
         const size_t scratch = device_scratch_bytes(c, DeviceSession::kMaxChunk, experts);
         buf_ = std::make_unique<DeviceBuffers>(c, DeviceSession::kMaxChunk, experts,
                                                device_alloc(scratch, "the activations"));
@@ -149,6 +195,7 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
         check(cudaDeviceSynchronize(), "uploading the weights");
     } catch (...) {
         if (buf_) cudaFree(buf_->block);
+        cudaFree(stage_);
         cudaFree(arena_);
         cudaStreamDestroy(stream);
         throw;
@@ -182,8 +229,28 @@ DeviceModel::~DeviceModel() {
     graphs_.reset();
     cudaFree(attention_parts_);
     if (buf_) cudaFree(buf_->block);
+    cudaFree(stage_);
     cudaFree(arena_);
     cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+std::pair<Matrix, const float*> DeviceModel::stage(const Matrix& m, const float* bias, int64_t bias_floats) {
+    // Pageable copies on the model's stream: each waits for the kernels queued before it (the
+    // readers of the previous staged matrix), and the host's bytes are taken before it returns.
+    const cudaStream_t st = static_cast<cudaStream_t>(stream_);
+    uint8_t* base = static_cast<uint8_t*>(stage_);
+    const size_t bytes = m.total_bytes();
+    check(cudaMemcpyAsync(base, m.data, bytes, cudaMemcpyHostToDevice, st), "staging an offloaded MoE matrix");
+    Matrix on_device = m;
+    on_device.data = base;
+    const float* bias_on_device = nullptr;
+    if (bias) {
+        float* b = reinterpret_cast<float*>(base + aligned(bytes));
+        check(cudaMemcpyAsync(b, bias, size_t(bias_floats) * 4, cudaMemcpyHostToDevice, st), "staging a bias");
+        bias_on_device = b;
+    }
+    offloaded_bytes_ += bytes + (bias ? size_t(bias_floats) * 4 : 0);
+    return {on_device, bias_on_device};
 }
 
 void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
@@ -210,7 +277,10 @@ void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {
     CudaBackend gpu(*this);
     CpuBackend cpu(*host_, host_scratch_);
     ForwardPlan plan = ForwardPlan::on(gpu, config().block_count);
-    for (int64_t l = 0; l < n_cpu_moe_; ++l) plan.layers[size_t(l)].moe = &cpu;
+    // A long enough batch runs the offloadable CPU MoE blocks on the GPU from the staging buffer.
+    const bool offload = stage_ && batch.T >= offload_min_tokens_;
+    for (int64_t l = 0; l < n_cpu_moe_; ++l)
+        if (!(offload && offloadable_[size_t(l)])) plan.layers[size_t(l)].moe = &cpu;
     for (int64_t l = 0; l < first_gpu_layer_; ++l) plan.layers[size_t(l)].attention = &cpu;
     try {
         forward_pass(config(), batch, plan, nullptr);

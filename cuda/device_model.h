@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../csrc/model.h"
@@ -82,6 +83,13 @@ std::string unsupported_device_weight(const ModelWeights& host, const ModelConfi
 // MoE blocks on the GPU (placement.py's scratch_bytes bounds it), and of a KV cache
 // (placement.py's kv_cache_bytes, summed).
 size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool experts);
+// Whether layer l's MoE block can be offloaded (DeviceModel's constructor): attention on the GPU,
+// the block on the CPU, every matrix of it in the GGUF's rows of a type the kernels read.
+bool moe_offloadable(const ModelWeights& host, int64_t l, int64_t n_cpu_moe, int64_t first_gpu_layer);
+// The staging buffer's bytes for those layers: the largest matrix of their MoE blocks with its
+// bias, each 256-aligned (placement.py's stage_bytes); 0 when no layer can be offloaded.
+size_t offload_stage_bytes(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
+                           int64_t first_gpu_layer);
 // Rows of logits computed per output matmul when a forward wants every position's logits.
 constexpr int64_t kLogitRowsPerPass = 8;
 
@@ -141,7 +149,12 @@ public:
     // CPU backend (llama.cpp's -ngl), and the MoE blocks of the first n_cpu_moe layers too
     // (--n-cpu-moe; at least those CPU layers'). Uploads the weights (a CudaError naming the bytes
     // when the device memory is short) and allocates the activations. The device model keeps host.
-    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers);
+    // offload_min_tokens > 0: a forward of at least that many rows runs the MoE blocks that sit
+    // on the CPU beside attention on the GPU (layers first_gpu_layer .. n_cpu_moe - 1, experts in
+    // the GGUF's rows) on the GPU instead, each of their matrices copied from RAM into one staging
+    // buffer just before its matmul (llama.cpp's op offload: for a long prompt the copy costs less
+    // than the CPU's matmuls). Decode steps keep them on the CPU.
+    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens = 0);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
     DeviceModel& operator=(const DeviceModel&) = delete;
@@ -161,6 +174,12 @@ public:
     // in all), each segment with its own device_kv (and kv, for the layers on the CPU); every
     // matmul and expert reads its weights once for all. Logits go to host memory.
     void forward_batch(const Segment* segs, size_t n_segs);
+
+    int64_t offload_min_tokens() const { return stage_ ? offload_min_tokens_ : 0; }
+    size_t stage_bytes() const { return stage_bytes_; }
+    // MoE blocks run on the GPU from the staging buffer, and the bytes copied into it, since load.
+    uint64_t offloaded_moe_blocks() const { return offloaded_moe_blocks_; }
+    uint64_t offloaded_bytes() const { return offloaded_bytes_; }
 
     // Decode steps with every layer on the GPU replay a CUDA graph per shape (decode_graphs.h);
     // on by default, off with OSSRUN_CUDA_GRAPHS=0 or here (tests compare both).
@@ -190,6 +209,15 @@ private:
     bool use_graphs_ = true;
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;
+    // The offload (see the constructor): which layers' MoE blocks may be staged, the buffer.
+    int64_t offload_min_tokens_ = 0;
+    std::vector<bool> offloadable_;
+    void* stage_ = nullptr;
+    size_t stage_bytes_ = 0;
+    uint64_t offloaded_moe_blocks_ = 0, offloaded_bytes_ = 0;
+    // Host matrix m and its bias (bias_floats, or null) copied into the staging buffer on the
+    // model's stream, after the kernels that read the previous staged matrix; their device views.
+    std::pair<Matrix, const float*> stage(const Matrix& m, const float* bias, int64_t bias_floats);
 };
 
 // ---------------------------------------------------------------- a conversation

@@ -102,9 +102,14 @@ def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
             assert 0 < have <= placement.scratch_bytes(m.config, None, experts)
         assert _core.device_scratch_bytes(m._core, False) < _core.device_scratch_bytes(m._core, True)
         sizes = tensor_bytes(m)
-        for cpu_moe, experts in ((None, True), ("all", False)):
-            plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=cpu_moe)
+        # An offloading plan computes the CPU's MoE blocks on the GPU too, so it carves them.
+        for cpu_moe, offload, experts in ((None, 0, True), ("all", 0, False), ("all", 512, True)):
+            plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=cpu_moe, offload=offload)
             assert plan.scratch == placement.scratch_bytes(m.config, m.n_ctx, experts)
+            if offload:  # the largest MoE matrix with its bias, as the core allocates it
+                assert plan.stage == _core.device_stage_bytes(m._core, plan.n_cpu_moe) > 0
+            else:
+                assert plan.stage == 0
 
 
 @pytest.mark.parametrize("role_types", [{"attn_qkv": "q4_0", "output": "q6_k"},
@@ -297,10 +302,11 @@ def test_hybrid_cpu_experts_equal_the_cpu(fx, n_cpu_moe):
 
 @needs_device
 @pytest.mark.parametrize("precision", ["f32", "fast"])
-def test_hybrid_copies_the_cpu_layers_experts_to_ram(fx, precision):
+def test_hybrid_copies_the_cpu_layers_experts_to_ram(fx, precision, monkeypatch):
     # mmap=False on a split: only the experts of the layers whose MoE runs on the CPU are copied
-    # into RAM (and repacked into 16-row groups where this CPU's kernels take them, as a CPU load
-    # repacks); the GPU's experts are uploaded from the file's map.
+    # into RAM (and, without the offload, repacked into 16-row groups where this CPU's kernels
+    # take them, as a CPU load repacks); the GPU's experts are uploaded from the file's map.
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "0")
     m = gpu(fx["gguf"], precision=precision, cpu_moe=1, mmap=False)
     ram = m.weights_in_ram
     assert m.plan.n_cpu_moe == 1 and ram is not None and ram.n_tensors == 3
@@ -318,6 +324,36 @@ def test_hybrid_copies_the_cpu_layers_experts_to_ram(fx, precision):
         assert rel_err(got, want) < TOL and rel_err(got, cpu.logits(toks)) < TOL
     else:  # the layouts' block sums in another order (tests/test_mxfp4_interleave.py's bound)
         assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+@needs_device
+@pytest.mark.parametrize("gpu_layers, n_cpu_moe", [(None, 1), (None, "all"), (1, "all")])
+def test_long_chunks_offload_the_cpus_moe_blocks_to_the_gpu(fx, monkeypatch, gpu_layers, n_cpu_moe):
+    # Chunks of >= OSSRUN_CUDA_OFFLOAD_MIN_TOKENS rows run the MoE blocks kept on the CPU (beside
+    # attention on the GPU) on the GPU from the staging buffer; decode steps leave them on the CPU;
+    # layers wholly on the CPU are never offloaded. Both give the CPU model's logits.
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
+    m = gpu(fx["gguf"], precision="f32", cpu_moe=n_cpu_moe, gpu_layers=gpu_layers, mmap=False)
+    L = m.config.block_count
+    first = 0 if gpu_layers is None else L - gpu_layers
+    offloaded = m.plan.n_cpu_moe - first  # blocks on the CPU beside attention on the GPU
+    assert m._core.offload_min_tokens == 8 and m._core.stage_bytes == m.plan.stage > 0
+    assert "repacked" not in m.mmap_reason  # the GPU reads the copies' GGUF rows
+    toks = fx["tokens"]
+    cpu = load(fx["gguf"], precision="f32", device="cpu").logits(toks)
+    assert len(toks) >= 8
+    assert rel_err(m.logits(toks), cpu) < TOL
+    assert m._core.offloaded_moe_blocks == offloaded and m._core.offloaded_bytes > 0
+    s = m.session()
+    rows = [s.prefill(toks[:10])] + [s.decode(int(t)) for t in toks[10:]]
+    assert m._core.offloaded_moe_blocks == 2 * offloaded  # the prefill only
+    assert rel_err(np.stack(rows), cpu[9:]) < TOL
+
+
+def test_the_offload_threshold_is_checked(monkeypatch):
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "-3")
+    with pytest.raises(ValueError, match="OSSRUN_CUDA_OFFLOAD_MIN_TOKENS"):
+        placement.offload_min_tokens()
 
 
 @needs_device

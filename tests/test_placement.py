@@ -214,3 +214,22 @@ def test_scratch_holds_flash_decodings_parts_at_long_contexts():
     for n_ctx, parts in ((SPLIT_CHUNK + 1, 2), (131072, 64)):
         want = 4 * SPLIT_ROWS * cfg.head_count * parts * (cfg.key_length + 2)
         assert scratch_bytes(cfg, n_ctx) - base == want
+
+
+def test_offload_stages_the_largest_matrix_of_the_cpus_moe_blocks():
+    cfg, sizes = fake_model()
+    plan = plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe=2, offload=512)
+    assert plan.stage == 50 * MiB and plan.offload_min_tokens == 512  # ffn_down_exps, the largest
+    assert plan.gpu_bytes == plan.bytes_on("cuda") + plan.scratch + plan.stage
+    assert "prompt chunks of >= 512 tokens" in plan.summary()
+    assert plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe=2, offload=0).stage == 0
+    assert plan_placement(cfg, sizes, 4096, 80 * GiB, offload=512).stage == 0  # no block left on the CPU
+    # Layers wholly on the CPU are not offloaded: with gpu_layers=2 only layers 4 and 5 are.
+    sizes["blk.5.ffn_down_exps.weight"] = 70 * MiB
+    split = plan_placement(cfg, sizes, 4096, 80 * GiB, gpu_layers=2, cpu_moe="all", offload=512)
+    assert split.stage == 70 * MiB
+    sizes["blk.5.ffn_down_exps.weight"] = 50 * MiB
+    # No room left for the staging buffer: no offload, and the plan says why.
+    tight = vram_for(cfg, sizes, 4096, 6, 0)
+    plan = plan_placement(cfg, sizes, 4096, tight, cpu_moe="all", offload=512)
+    assert plan.stage == 0 and plan.offload_min_tokens == 0 and "staging buffer" in plan.notes[0]

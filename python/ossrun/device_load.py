@@ -81,7 +81,7 @@ def place_on_gpu(model, plan: Plan, explicit: bool):
     if why:
         return _refusal(explicit, why)
     try:
-        core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers)
+        core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers, plan.offload_min_tokens)
     except DeviceError as e:  # out of device memory, a CUDA failure: always said
         if explicit:
             raise

@@ -138,10 +138,11 @@ class Model:
                                      precision)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
-        if (self.weights_in_ram is not None and self.plan is not None
+        if (self.weights_in_ram is not None and self.plan is not None and not self.plan.stage
                 and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
             # The CPU's experts in 16-row groups, as for a CPU load below: only the copies are
-            # writable, and the device model uploads none of them.
+            # writable, and the device model uploads none of them. Not when they are offloaded:
+            # the GPU's kernels read the GGUF's rows.
             if self._core.interleave_mxfp4_experts_in_place():
                 self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
         if self.plan is not None:  # the CPU core above embeds tokens and runs the CPU-MoE layers

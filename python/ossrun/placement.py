@@ -15,6 +15,7 @@ naming what would fit. Parts on the CPU run there at the same time (the CPU back
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,15 +70,17 @@ class Plan:
     block_count: int
     reason: str = ""
     notes: list[str] = field(default_factory=list)
+    stage: int = 0  # the offload's staging buffer on the GPU (0: no offload)
+    offload_min_tokens: int = 0  # chunks of at least this many tokens offload the CPU's MoE blocks
 
     def bytes_on(self, device: str) -> int:
         return sum(p.bytes for p in self.parts if p.device == device)
 
     @property
     def gpu_bytes(self) -> int:
-        """VRAM the plan uses: the parts on the GPU and the scratch (not the reserve)."""
+        """VRAM the plan uses: the parts on the GPU, the scratch and the staging buffer (not the reserve)."""
         on_gpu = self.bytes_on("cuda")
-        return on_gpu + (self.scratch if on_gpu else 0)
+        return on_gpu + (self.scratch + self.stage if on_gpu else 0)
 
     @property
     def cpu_bytes(self) -> int:
@@ -92,15 +95,46 @@ class Plan:
         experts = ("all experts on the GPU" if self.n_cpu_moe == 0 else
                    "all experts on the CPU" if self.n_cpu_moe >= L else
                    f"experts of layers 0..{self.n_cpu_moe - 1} on the CPU (--n-cpu-moe {self.n_cpu_moe})")
-        return f"{layers} on the GPU, {experts}"
+        offload = (f", the CPU's MoE blocks on the GPU for prompt chunks of >= "
+                   f"{self.offload_min_tokens} tokens" if self.stage else "")
+        return f"{layers} on the GPU, {experts}{offload}"
 
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "n_ctx": self.n_ctx, "free_vram": self.free_vram,
                 "reserve": self.reserve, "scratch": self.scratch, "gpu_layers": self.gpu_layers,
                 "n_cpu_moe": self.n_cpu_moe, "gpu_bytes": self.gpu_bytes, "cpu_bytes": self.cpu_bytes,
+                "stage": self.stage, "offload_min_tokens": self.offload_min_tokens,
                 "notes": list(self.notes),
                 "parts": [{"part": p.label, "kind": p.kind, "layer": p.layer, "bytes": p.bytes,
                            "device": p.device} for p in self.parts]}
+
+
+def offload_min_tokens() -> int:
+    """Prompt chunks of at least this many tokens run the MoE blocks kept on the CPU (beside
+    attention on the GPU) on the GPU, each matrix copied over into a staging buffer just before
+    its matmul (cuda/device_model.h; llama.cpp's op offload): $OSSRUN_CUDA_OFFLOAD_MIN_TOKENS,
+    default 512, 0 turns it off. Decode steps always keep those blocks on the CPU."""
+    value = os.environ.get("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "512")
+    if not value.isdigit():
+        raise ValueError("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS must be a whole number of tokens (0: off), "
+                         f"got {value!r}")
+    return int(value)
+
+
+_STAGED = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+
+
+def stage_bytes(tensor_bytes: Mapping[str, int], first: int, n_cpu_moe: int) -> int:
+    """The offload's staging buffer for the MoE blocks of layers first .. n_cpu_moe - 1: the
+    largest of their matrices with its bias, each rounded up to 256 bytes (cuda/device_model.h
+    offload_stage_bytes)."""
+    def up(n: int) -> int:
+        return -(-n // 256) * 256
+
+    def staged(name: str) -> int:
+        return up(tensor_bytes.get(f"{name}.weight", 0)) + up(tensor_bytes.get(f"{name}.bias", 0))
+
+    return max((staged(f"blk.{layer}.{t}") for layer in range(first, n_cpu_moe) for t in _STAGED), default=0)
 
 
 def kv_cache_bytes(cfg, layer: int, n_ctx: int, kv_type: str = "f32") -> int:
@@ -173,11 +207,15 @@ def check_split(block_count: int, gpu_layers=None, cpu_moe=None) -> tuple[int | 
 
 def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: int | None,
                    gpu_layers: int | None = None, cpu_moe: int | str | None = None,
-                   reserve: int = DEFAULT_RESERVE, kv_type: str = "f32") -> Plan:
+                   reserve: int = DEFAULT_RESERVE, kv_type: str = "f32", offload: int | None = None) -> Plan:
     """Place `cfg`'s model (tensor name -> bytes) for sessions of n_ctx tokens with a KV cache of
     kv_type elements into free_vram bytes (None: no GPU). gpu_layers / cpu_moe None choose as much
     GPU as fits; numbers force the split (cpu_moe "all": every expert on the CPU) and raise
-    DeviceError if it does not fit."""
+    DeviceError if it does not fit. offload: the chunk length from which the MoE blocks left on
+    the CPU run on the GPU (offload_min_tokens(), read when None; 0 off), given room for its
+    staging buffer after the split is chosen."""
+    if offload is None:
+        offload = offload_min_tokens()
     L = cfg.block_count
     forced_layers, forced_cpu_moe = check_split(L, gpu_layers, cpu_moe)
     g = group_tensor_bytes(tensor_bytes, L)
@@ -197,8 +235,18 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
                       Part("kv_cache", layer, kv[layer], on(gpu)),
                       Part("experts", layer, g["experts"][layer], on(gpu and layer >= n_cpu_moe))]
         cpu_moe_layers = max(n_cpu_moe, first) if n_gpu_layers else L
-        return Plan(parts, n_ctx, free_vram, reserve, scratch_bytes(cfg, n_ctx, experts=cpu_moe_layers < L),
-                    n_gpu_layers, cpu_moe_layers, L, reason)
+        stage = stage_bytes(tensor_bytes, first, cpu_moe_layers) if n_gpu_layers and offload else 0
+        def plan_with(stage: int, notes: list[str]) -> Plan:
+            experts = cpu_moe_layers < L or stage > 0  # MoE blocks computed on the GPU
+            return Plan(parts, n_ctx, free_vram, reserve, scratch_bytes(cfg, n_ctx, experts), n_gpu_layers,
+                        cpu_moe_layers, L, reason, notes, stage=stage,
+                        offload_min_tokens=offload if stage else 0)
+
+        plan = plan_with(stage, [])
+        if stage and free_vram is not None and plan.gpu_bytes > free_vram - reserve:
+            # No room for the staging buffer: the CPU's MoE blocks stay there for every chunk.
+            plan = plan_with(0, [f"no VRAM left for the offload's {_gib(stage)} staging buffer"])
+        return plan
 
     if free_vram is None:
         return build(0, L, "no GPU")
@@ -248,6 +296,9 @@ def format_plan(plan: Plan) -> list[str]:
     lines.append(f"  {'on the GPU':<28}{_gib(plan.gpu_bytes):>10}  (scratch {_gib(plan.scratch)} included)"
                  if plan.gpu_bytes else f"  {'on the GPU':<28}{_gib(0):>10}")
     lines.append(f"  {'on the CPU':<28}{_gib(plan.cpu_bytes):>10}")
+    if plan.stage:
+        lines.append(f"  {'offload staging buffer':<28}{_gib(plan.stage):>10}  (chunks of >= "
+                     f"{plan.offload_min_tokens} tokens)")
     for kind in ("output", "dense", "kv_cache", "experts", "embedding"):
         for device in ("cuda", "cpu"):
             parts = [p for p in plan.parts if p.kind == kind and p.device == device]
