@@ -4,8 +4,8 @@
 # this checkout with CUDA for one architecture (nothing from another machine's build), runs the
 # CUDA op and device-model tests (required to run, not skip: OSSRUN_REQUIRE_CUDA), compute-
 # sanitizer's memcheck and racecheck on a subset, the kernels' rates, and the model bench on a
-# 20b-shaped file made there (load, pp512, tg128 with --device cuda, with --n-cpu-moe 12 and with
-# --gpu-layers 12).
+# 20b-shaped file made there (load, pp512, tg128 with --device cuda, with --n-cpu-moe 12 (offload
+# on, and off) and with --gpu-layers 12).
 # Prints a summary; the whole run stays within DEVICE_CHECK_BUDGET seconds (default 470).
 #
 # Nothing can be fetched on the lent machine, so first, here:  bash tools/device_check_prepare.sh
@@ -144,8 +144,11 @@ bench_model() {
     "$PY" -m ossrun info "$MODEL" --device --ctx 1024
     echo "-- --device cuda"
     "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
-    echo "-- --device cuda --n-cpu-moe 12"
+    echo "-- --device cuda --n-cpu-moe 12 (prompt chunks of 512 offload the CPU's MoE blocks)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
+    echo "-- --device cuda --n-cpu-moe 12, OSSRUN_CUDA_OFFLOAD_MIN_TOKENS=0 (no offload)"
+    OSSRUN_CUDA_OFFLOAD_MIN_TOKENS=0 "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 \
+        --gen 16 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --gpu-layers 12 (the first 12 layers on the CPU)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --gpu-layers 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
 }
@@ -186,7 +189,7 @@ if [ -d "$SITE/ossrun" ]; then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi
     ((HOST_ONLY)) || step op_rates 60 "$PY" tools/cuda_op_rates.py
-    step bench_model 240 bench_model
+    step bench_model 300 bench_model
 fi
 wait
 
