@@ -3,7 +3,8 @@ the checks the CUDA backend needs, then the core's DeviceModel, which copies the
 once from the memory map to device memory and runs the forward pass there: the last `gpu_layers`
 layers on the GPU, the first ones and the experts of the first `n_cpu_moe` layers on the CPU
 backend (cuda/device_model.h), whose experts a load with mmap=False or "auto" copies into RAM
-(and repacks for the CPU's kernels) as a CPU load does.
+as a CPU load does (and repacks for the CPU's kernels, unless the plan offloads those MoE blocks
+to the GPU for long prompt chunks: placement.offload_min_tokens).
 
 A plan with no layer on the GPU (gpu_layers=0, or too little VRAM for the output matrix and one
 layer) is refused with the reason, or for device="auto" leaves the model on the CPU and says why.
