@@ -1,6 +1,7 @@
 #include "cuda_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <stdexcept>
 #include <string>
 
@@ -112,7 +113,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;
     const float concentration = m_.host_->rope().concentration;
-    const SplitActivations normed = split(b.normed, T, c.embedding_length);
+    const SplitActivations normed = split(b.normed, T, {&w.attn_q, &w.attn_k, &w.attn_v});
     matmul(w.attn_q, b.normed, normed, T, b.q, w.attn_q_b);
     matmul(w.attn_k, b.normed, normed, T, b.k, w.attn_k_b);
     matmul(w.attn_v, b.normed, normed, T, b.v, w.attn_v_b);
@@ -154,7 +155,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         }
         ossrun::cuda::attention(a, st);
     }
-    matmul(w.attn_output, b.attn, split(b.attn, T, nq * d), T, b.proj, w.attn_output_b);
+    matmul(w.attn_output, b.attn, split(b.attn, T, {&w.attn_output}), T, b.proj, w.attn_output_b);
 }
 
 void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
@@ -166,18 +167,23 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const bool staged = !dev.router.data;
     if (staged && !(m_.stage_ && m_.offloadable_[size_t(layer)]))
         throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
-    const LayerWeights& host = m_.host_->weights().layers[size_t(layer)];
-    auto weights = [&](const Matrix& d, const float* d_bias, const Matrix& h, const float* h_bias, int64_t bias_floats) {
-        return staged ? m_.stage(h, h_bias, bias_floats) : std::pair<Matrix, const float*>{d, d_bias};
+    // Matrix i of the block (moe_matrices' order) and its bias, on the device.
+    const std::array<MoeMatrix, 4> on_device = moe_matrices(dev, c);
+    const std::array<MoeMatrix, 4> on_host = moe_matrices(m_.host_->weights().layers[size_t(layer)], c);
+    const std::array<MoeMatrix, 4>& source = staged ? on_host : on_device;
+    auto weights = [&](MoeMatrixIndex i) {
+        const MoeMatrix& x = source[i];
+        return staged ? m_.stage(*x.m, x.bias, x.bias_floats) : std::pair<Matrix, const float*>{*x.m, x.bias};
     };
     if (staged) ++m_.offloaded_moe_blocks_;
     DeviceBuffers& b = *m_.buf_;
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, H = c.embedding_length, I = c.expert_feed_forward_length;
     const int64_t E = c.expert_count, k = c.expert_used_count;
-    const SplitActivations normed = split(b.normed, T, H);
+    // A staged copy has its host matrix's type and shape, so the source tells the split.
+    const SplitActivations normed = split(b.normed, T, {source[kRouter].m, source[kGate].m, source[kUp].m});
     {
-        const auto [router, router_b] = weights(dev.router, dev.router_b, host.router, host.router_b, E);
+        const auto [router, router_b] = weights(kRouter);
         matmul(router, b.normed, normed, T, b.router_logits, router_b);
     }
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
@@ -185,17 +191,17 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
     {
-        const auto [gate, gate_b] = weights(dev.gate_exps, dev.gate_exps_b, host.gate_exps, host.gate_exps_b, E * I);
+        const auto [gate, gate_b] = weights(kGate);
         experts(gate, b.normed, normed, H, k, b.gate, gate_b, grouped);
     }
     {
-        const auto [up, up_b] = weights(dev.up_exps, dev.up_exps_b, host.up_exps, host.up_exps_b, E * I);
+        const auto [up, up_b] = weights(kUp);
         experts(up, b.normed, normed, H, k, b.up, up_b, grouped);
     }
     swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
     {
-        const auto [down, down_b] = weights(dev.down_exps, dev.down_exps_b, host.down_exps, host.down_exps_b, E * H);
-        experts(down, b.h, split(b.h, T * k, I), I, 1, b.expert_y, down_b, grouped);
+        const auto [down, down_b] = weights(kDown);
+        experts(down, b.h, split(b.h, T * k, {source[kDown].m}), I, 1, b.expert_y, down_b, grouped);
     }
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }
@@ -222,7 +228,7 @@ void CudaBackend::logits() {
         for (int64_t r0 = first; r0 < g.n; r0 += kLogitRowsPerPass) {
             const int64_t n = std::min(kLogitRowsPerPass, g.n - r0);
             rmsnorm(b.residual + (int64_t(row) + r0) * H, m_.dev_.output_norm, b.normed, n, H, c.rms_norm_eps, st);
-            matmul(m_.dev_.output, b.normed, split(b.normed, n, H), n, b.logits, nullptr);
+            matmul(m_.dev_.output, b.normed, split(b.normed, n, {&m_.dev_.output}), n, b.logits, nullptr);
             check(cudaMemcpyAsync(g.logits + (r0 - first) * V, b.logits, size_t(n * V) * 4, cudaMemcpyDeviceToHost, st),
                   "cudaMemcpy");
         }
@@ -252,8 +258,15 @@ void CudaBackend::upload(Activation a, const float* host) {
           "cudaMemcpy");
 }
 
-SplitActivations CudaBackend::split(const float* x, int64_t n, int64_t cols) {
-    if (n < kGemmMinTokens || cols % kBlockElems) return {};
+SplitActivations CudaBackend::split(const float* x, int64_t n, std::initializer_list<const Matrix*> readers) {
+    if (n < kGemmMinTokens || readers.size() == 0) return {};
+    const int64_t cols = (*readers.begin())->cols;
+    bool tensor_cores = false;
+    for (const Matrix* W : readers) {
+        if (W->cols != cols) throw std::logic_error("split: the matrices reading x differ in their columns");
+        tensor_cores = tensor_cores || gemm_mma_can_run(*W);
+    }
+    if (!tensor_cores) return {};
     return split_activations(x, cols, n, cols, !m_.host_->fast_precision(), m_.buf_->split, as_stream(m_.stream_));
 }
 

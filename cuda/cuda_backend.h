@@ -5,6 +5,7 @@
 // device cache. Plain C++ (no CUDA headers), like device_model.h.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "../csrc/backend.h"
@@ -32,9 +33,11 @@ public:
 private:
     float* rows(Activation a) const;
     const LayerWeights& on_gpu(int64_t layer) const;  // its device views; logic_error if on the CPU
-    // x's n rows of `cols` split for the tensor-core GEMM into the one split buffer (so the view
-    // lasts until the next split) when n is a prefill's (>= kGemmMinTokens); else an empty view.
-    SplitActivations split(const float* x, int64_t n, int64_t cols);
+    // x's n rows split for the tensor-core GEMM into the one split buffer (so the view lasts
+    // until the next split) when n is a prefill's (>= kGemmMinTokens) and one of the matrices
+    // that read x next takes the tensor cores (gemm_mma_can_run); else an empty view. The
+    // readers share their cols, x's.
+    SplitActivations split(const float* x, int64_t n, std::initializer_list<const Matrix*> readers);
     // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted; xs: split(x, n, W.cols).
     void matmul(const Matrix& W, const float* x, const SplitActivations& xs, int64_t n, float* y, const float* bias);
     // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias; xs: x's rows

@@ -97,13 +97,6 @@ size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool expert
     return DeviceBuffers(c, max_chunk, experts, nullptr).bytes;
 }
 
-namespace {
-// The matrices of layer L's MoE block with their bias lengths (router [E], gate/up [E][I], down [E][H]).
-struct MoeMatrix {
-    const Matrix* m;
-    const float* bias;
-    int64_t bias_floats;
-};
 std::array<MoeMatrix, 4> moe_matrices(const LayerWeights& L, const ModelConfig& c) {
     const int64_t E = c.expert_count, I = c.expert_feed_forward_length, H = c.embedding_length;
     return {{{&L.router, L.router_b, E},
@@ -111,6 +104,8 @@ std::array<MoeMatrix, 4> moe_matrices(const LayerWeights& L, const ModelConfig& 
              {&L.up_exps, L.up_exps_b, E * I},
              {&L.down_exps, L.down_exps_b, E * H}}};
 }
+
+namespace {
 size_t staged_bytes(const MoeMatrix& x) {
     return aligned(x.m->total_bytes()) + (x.bias ? aligned(size_t(x.bias_floats) * 4) : 0);
 }

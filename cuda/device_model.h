@@ -5,6 +5,7 @@
 // in device memory. The forward pass is csrc/forward.h's, on the CUDA backend (cuda_backend.h).
 // Plain C++ (no CUDA headers): csrc-side code and the bindings include it.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -83,6 +84,15 @@ std::string unsupported_device_weight(const ModelWeights& host, const ModelConfi
 // MoE blocks on the GPU (placement.py's scratch_bytes bounds it), and of a KV cache
 // (placement.py's kv_cache_bytes, summed).
 size_t device_scratch_bytes(const ModelConfig& c, int64_t max_chunk, bool experts);
+// The matrices of layer L's MoE block in the order a forward reads them (router, gate, up,
+// down) with their biases' lengths ([E], [E][I], [E][I], [E][H]).
+struct MoeMatrix {
+    const Matrix* m;
+    const float* bias;
+    int64_t bias_floats;
+};
+enum MoeMatrixIndex { kRouter, kGate, kUp, kDown };
+std::array<MoeMatrix, 4> moe_matrices(const LayerWeights& L, const ModelConfig& c);
 // Whether layer l's MoE block can be offloaded (DeviceModel's constructor): attention on the GPU,
 // the block on the CPU, every matrix of it in the GGUF's rows of a type the kernels read.
 bool moe_offloadable(const ModelWeights& host, int64_t l, int64_t n_cpu_moe, int64_t first_gpu_layer);
@@ -152,8 +162,9 @@ public:
     // offload_min_tokens > 0: a forward of at least that many rows runs the MoE blocks that sit
     // on the CPU beside attention on the GPU (layers first_gpu_layer .. n_cpu_moe - 1, experts in
     // the GGUF's rows) on the GPU instead, each of their matrices copied from RAM into one staging
-    // buffer just before its matmul (llama.cpp's op offload: for a long prompt the copy costs less
-    // than the CPU's matmuls). Decode steps keep them on the CPU.
+    // buffer just before its matmul (llama.cpp's op offload, meant for long prompts, where the copy
+    // should cost less than the CPU's matmuls; not yet measured on a GPU). Decode steps keep
+    // them on the CPU.
     DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens = 0);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
@@ -175,7 +186,7 @@ public:
     // matmul and expert reads its weights once for all. Logits go to host memory.
     void forward_batch(const Segment* segs, size_t n_segs);
 
-    int64_t offload_min_tokens() const { return stage_ ? offload_min_tokens_ : 0; }
+    int64_t offload_min_tokens() const { return offload_min_tokens_; }  // 0 without a staging buffer
     size_t stage_bytes() const { return stage_bytes_; }
     // MoE blocks run on the GPU from the staging buffer, and the bytes copied into it, since load.
     uint64_t offloaded_moe_blocks() const { return offloaded_moe_blocks_; }

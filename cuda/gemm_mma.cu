@@ -317,8 +317,8 @@ void launch(const MmaGemmArgs& a, unsigned m_tiles, cudaStream_t stream) {
 SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact,
                                    void* memory, cudaStream_t stream) {
     // The layout of split_activations_bytes: hi, lo and scale, each 256-aligned.
-    const size_t words = size_t(rows) * size_t(cols / 2), part = (4 * words + 255) / 256 * 256;
-    const size_t blocks = words / kWords;
+    const size_t part = split_halves_bytes(rows, cols);
+    const size_t blocks = size_t(rows) * size_t(cols / kBlockElems);  // one thread each
     uint8_t* base = static_cast<uint8_t*>(memory);
     uint32_t* hi = reinterpret_cast<uint32_t*>(base);
     uint32_t* lo = reinterpret_cast<uint32_t*>(base + part);
@@ -330,7 +330,7 @@ SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, in
     out.rows = rows;
     out.cols = cols;
     out.exact = exact;
-    if (words == 0) return out;
+    if (blocks == 0) return out;
     constexpr int kSplitThreads = 256;
     split_kernel<<<unsigned((blocks + kSplitThreads - 1) / kSplitThreads), kSplitThreads, 0, stream>>>(
         x, ldx, rows, cols, exact, hi, lo, scale);

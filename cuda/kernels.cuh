@@ -24,11 +24,13 @@ struct SplitActivations {
     int64_t rows = 0, cols = 0;
     bool exact = true;
 };
+// Device bytes of one half (hi or lo) of rows x cols split, 256-aligned.
+inline size_t split_halves_bytes(int64_t rows, int64_t cols) {
+    return (4 * size_t(rows) * size_t(cols / 2) + 255) / 256 * 256;
+}
 // Device bytes split_activations writes for rows x cols (hi, lo and scale, each 256-aligned).
 inline size_t split_activations_bytes(int64_t rows, int64_t cols) {
-    auto aligned = [](size_t n) { return (n + 255) / 256 * 256; };
-    const size_t words = size_t(rows) * size_t(cols / 2);
-    return 2 * aligned(4 * words) + aligned(4 * size_t(rows) * size_t(cols / 32));
+    return 2 * split_halves_bytes(rows, cols) + (4 * size_t(rows) * size_t(cols / 32) + 255) / 256 * 256;
 }
 // Splits x[r * ldx .. + cols] for r < rows (cols a multiple of 32, any alignment) into `memory`
 // (device, 256-aligned, split_activations_bytes(rows, cols)) and returns the view of it.

@@ -138,13 +138,10 @@ class Model:
                                      precision)
         except ValueError as e:
             raise ModelError(f"{self.path}: {e}") from None
-        if (self.weights_in_ram is not None and self.plan is not None and not self.plan.stage
-                and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
-            # The CPU's experts in 16-row groups, as for a CPU load below: only the copies are
-            # writable, and the device model uploads none of them. Not when they are offloaded:
-            # the GPU's kernels read the GGUF's rows.
-            if self._core.interleave_mxfp4_experts_in_place():
-                self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
+        if self.plan is not None and not self.plan.stage:
+            # The CPU's experts, as for a CPU load below; the device model uploads none of the
+            # copies. Not when they are offloaded: the GPU's kernels read the GGUF's rows.
+            self._repack_copied_experts()
         if self.plan is not None:  # the CPU core above embeds tokens and runs the CPU-MoE layers
             from .device_load import place_on_gpu
 
@@ -160,14 +157,19 @@ class Model:
             # on a device: the device model copies the GGUF's bytes from the CPU model's views.
             # The tensors are views of the file's read-only map, so its pages may be released.
             self._core.interleave_q8_0(release_source_pages=True)
-        if (self.device == "cpu" and self.weights_in_ram is not None
-                and not self._core.interleaved_mxfp4_bytes  # a device load that fell back repacked them
-                and os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") != "0"):
-            # The MXFP4 experts likewise (csrc/mxfp4_interleave.h), in place: only in the copy
-            # this process owns (mmap=False or "auto"), never in the file's read-only map.
-            if self._core.interleave_mxfp4_experts_in_place():
-                self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
+        if self.device == "cpu":
+            self._repack_copied_experts()
         self.tokenizer = self._load_tokenizer()
+
+    def _repack_copied_experts(self) -> None:
+        """The MXFP4 experts in 16-row groups (csrc/mxfp4_interleave.h), the layout the fast
+        AVX-512 decode GEMV reads best; in place, so only in the copy this process owns
+        (mmap=False or "auto"), never in the file's read-only map. Matrices already repacked
+        (a device load that fell back to the CPU) are skipped by the core."""
+        if self.weights_in_ram is None or os.environ.get("OSSRUN_INTERLEAVE_MXFP4", "1") == "0":
+            return
+        if self._core.interleave_mxfp4_experts_in_place():
+            self.mmap_reason += ", repacked in 16-row groups for the AVX-512 decode GEMV"
 
     def _copy_weights_to_ram(self, layers: int | None):
         import warnings
