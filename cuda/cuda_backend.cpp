@@ -167,10 +167,10 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const bool staged = !dev.router.data;
     if (staged && !(m_.stage_ && m_.offloadable_[size_t(layer)]))
         throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
-    // Matrix i of the block (moe_matrices' order) and its bias, on the device.
-    const std::array<MoeMatrix, 4> on_device = moe_matrices(dev, c);
-    const std::array<MoeMatrix, 4> on_host = moe_matrices(m_.host_->weights().layers[size_t(layer)], c);
-    const std::array<MoeMatrix, 4>& source = staged ? on_host : on_device;
+    // The block's matrices (moe_matrices' order): the host's to stage, or their arena copies.
+    const std::array<MoeMatrix, 4> source =
+        moe_matrices(staged ? m_.host_->weights().layers[size_t(layer)] : dev, c);
+    // Matrix i and its bias, on the device.
     auto weights = [&](MoeMatrixIndex i) {
         const MoeMatrix& x = source[i];
         return staged ? m_.stage(*x.m, x.bias, x.bias_floats) : std::pair<Matrix, const float*>{*x.m, x.bias};

@@ -24,13 +24,14 @@ struct SplitActivations {
     int64_t rows = 0, cols = 0;
     bool exact = true;
 };
+inline size_t split_aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // Device bytes of one half (hi or lo) of rows x cols split, 256-aligned.
 inline size_t split_halves_bytes(int64_t rows, int64_t cols) {
-    return (4 * size_t(rows) * size_t(cols / 2) + 255) / 256 * 256;
+    return split_aligned(4 * size_t(rows) * size_t(cols / 2));
 }
 // Device bytes split_activations writes for rows x cols (hi, lo and scale, each 256-aligned).
 inline size_t split_activations_bytes(int64_t rows, int64_t cols) {
-    return 2 * split_halves_bytes(rows, cols) + (4 * size_t(rows) * size_t(cols / 32) + 255) / 256 * 256;
+    return 2 * split_halves_bytes(rows, cols) + split_aligned(4 * size_t(rows) * size_t(cols / 32));
 }
 // Splits x[r * ldx .. + cols] for r < rows (cols a multiple of 32, any alignment) into `memory`
 // (device, 256-aligned, split_activations_bytes(rows, cols)) and returns the view of it.
