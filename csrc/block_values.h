@@ -75,9 +75,9 @@ struct F32Blocks {
 };
 
 // Calls f(Format{}) for a type with a whole-block decode here (rows of cols % 32 == 0), and
-// returns true; false for any other type.
+// returns true; false for any other type. Host-only: it picks the kernel to launch.
 template <class F>
-OSSRUN_HD inline bool with_block_format(DType type, int64_t cols, F&& f) {
+inline bool with_block_format(DType type, int64_t cols, F&& f) {
     if (cols % kBlockElems) return false;
     switch (type) {
         case DType::MXFP4: f(Mxfp4Blocks{}); return true;
