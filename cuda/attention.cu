@@ -98,13 +98,13 @@ __global__ void attention_kernel(AttentionArgs a) {
         m = m_new;
         __syncthreads();  // p_s is rewritten by the next chunk
     }
-    if (kSplit) {
+    if constexpr (kSplit) {
         const int64_t part = (t * a.n_q + h) * a.n_parts + z;
         for (int64_t c = tid; c < d; c += kThreads) a.part_acc[part * d + c] = acc[c];
         if (tid == 0) a.part_max[part] = m, a.part_sum[part] = l;
-        return;
+    } else {
+        for (int64_t c = tid; c < d; c += kThreads) a.out[(t * a.n_q + h) * d + c] = acc[c] / l;
     }
-    for (int64_t c = tid; c < d; c += kThreads) a.out[(t * a.n_q + h) * d + c] = acc[c] / l;
 }
 
 // grid (n_q, T), block kThreads: out = the softmax over the row's parts and the head's sink

@@ -12,8 +12,6 @@
 
 namespace ossrun::cuda {
 
-inline size_t aligned(size_t n) { return (n + kUploadAlign - 1) / kUploadAlign * kUploadAlign; }
-
 // Bump allocation of one device block, each piece aligned; with base 0 it only counts.
 struct Carver {
     uintptr_t base;

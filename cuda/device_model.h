@@ -21,8 +21,6 @@ namespace ossrun::cuda {
 
 // ---------------------------------------------------------------- what goes to the device
 
-constexpr size_t kUploadAlign = 256;  // every tensor's offset in the arena (cudaMalloc's alignment)
-
 // Calls f(name, field, bytes) for every tensor a device model copies to the GPU whose layers
 // first_gpu_layer .. L - 1 run there, with the MoE blocks of the layers below n_cpu_moe on the
 // CPU; in arena order: the output norm and matrix, then per GPU layer its norms, attention weights
@@ -64,7 +62,7 @@ struct UploadItem {
     std::string name;
     const uint8_t* host = nullptr;  // in the memory map
     size_t bytes = 0;
-    size_t offset = 0;  // in the device arena, a multiple of kUploadAlign
+    size_t offset = 0;  // in the device arena, a multiple of kDeviceAlign (kernels.cuh)
 };
 
 struct UploadLayout {

@@ -11,6 +11,11 @@
 
 namespace ossrun::cuda {
 
+// cudaMalloc's alignment: every offset in the weight arena and the activation block, and each
+// part of a split, is a multiple of it.
+constexpr size_t kDeviceAlign = 256;
+inline size_t aligned(size_t n) { return (n + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign; }
+
 // The activations of the tensor-core GEMM (gemm_mma.cu), made once per x by split_activations
 // for every matmul that reads x: each row's 32-element blocks divided by a power of two (the
 // largest magnitude lands in [2^14, 2^15): no half overflow, full half precision) and rounded to
@@ -24,14 +29,13 @@ struct SplitActivations {
     int64_t rows = 0, cols = 0;
     bool exact = true;
 };
-inline size_t split_aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // Device bytes of one half (hi or lo) of rows x cols split, 256-aligned.
 inline size_t split_halves_bytes(int64_t rows, int64_t cols) {
-    return split_aligned(4 * size_t(rows) * size_t(cols / 2));
+    return aligned(4 * size_t(rows) * size_t(cols / 2));
 }
 // Device bytes split_activations writes for rows x cols (hi, lo and scale, each 256-aligned).
 inline size_t split_activations_bytes(int64_t rows, int64_t cols) {
-    return 2 * split_halves_bytes(rows, cols) + split_aligned(4 * size_t(rows) * size_t(cols / 32));
+    return 2 * split_halves_bytes(rows, cols) + aligned(4 * size_t(rows) * size_t(cols / 32));
 }
 // Splits x[r * ldx .. + cols] for r < rows (cols a multiple of 32, any alignment) into `memory`
 // (device, 256-aligned, split_activations_bytes(rows, cols)) and returns the view of it.

@@ -29,7 +29,7 @@ if os.environ.get("OSSRUN_REQUIRE_CUDA") and not STATUS.available:  # tools/devi
     raise RuntimeError(f"OSSRUN_REQUIRE_CUDA is set and CUDA is unavailable: {STATUS.reason}")
 needs_device = pytest.mark.skipif(not STATUS.available, reason=f"no CUDA device: {STATUS.reason}")
 
-ALIGN = 256  # cuda/device_model.h kUploadAlign
+ALIGN = 256  # cuda/kernels.cuh kDeviceAlign
 # A prompt that wraps tiny-w4's (window 4) sliding ring on the device, by ~300 positions.
 PAST_THE_RING = 4 - 1 + placement.MAX_CHUNK + placement.ROLLBACK_MARGIN + 300
 DENSE = ("attn_norm.weight", "attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias",
