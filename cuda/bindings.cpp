@@ -12,6 +12,9 @@
 #include "../csrc/block_values.h"
 #include "../csrc/weight_element.h"
 #include "ops.h"
+#ifdef OSSRUN_CUDA_EMULATOR
+#include "emulator/emulator.h"  // the schedule
+#endif
 
 namespace py = pybind11;
 using namespace ossrun;
@@ -254,4 +257,14 @@ PYBIND11_MODULE(OSSRUN_CUDA_MODULE, m) {
     m.def("status", &status_dict, "runtime/driver versions, the CUDA error if any, and each device");
     py::module_ ops = m.def_submodule("ops", "single CUDA kernels on host arrays, for tests");
     bind_ops(ops);
+#ifdef OSSRUN_CUDA_EMULATOR
+    m.def("set_schedule", &emu::set_schedule, py::arg("spec"),
+          "the order a round resumes a block's threads in: forward, reverse or shuffle[:SEED]");
+    m.def("schedule", &emu::schedule);
+    m.def("set_stream_order", &emu::set_stream_order, py::arg("spec"),
+          "which streams hold their work until it is needed: immediate, lazy-even, lazy-odd or lazy-all");
+    m.def("stream_order", &emu::stream_order);
+    m.def("neighbor_sum_selftest", &emu::neighbor_sum_selftest, py::arg("x"), py::arg("barrier"),
+          "y[i] = x[i] + x[i-1] through shared memory, with or without the barrier (a race without)");
+#endif
 }

@@ -162,18 +162,26 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     if (layers_replayed()) return;
     const ModelConfig& c = m_.config();
     const LayerWeights& dev = m_.dev_.layers[size_t(layer)];
-    // An offloaded block (device_model.h) reads each matrix from the staging buffer, copied there
-    // from the host model's just before its matmul; the others their copies in the arena.
+    // An offloaded block (device_model.h) reads each matrix from a staging slot, copied there from
+    // the host model's just before its matmul; the others their copies in the arena.
     const bool staged = !dev.router.data;
     if (staged && !(m_.stage_ && m_.offloadable_[size_t(layer)]))
         throw std::logic_error("the MoE block of layer " + std::to_string(layer) + " is not on the GPU");
     // The block's matrices (moe_matrices' order): the host's to stage, or their arena copies.
     const std::array<MoeMatrix, 4> source =
         moe_matrices(staged ? m_.host_->weights().layers[size_t(layer)] : dev, c);
-    // Matrix i and its bias, on the device.
+    // Matrix i and its bias on the device for one matmul: a staged copy's slot is released when
+    // the matmul is queued, at the end of the scope that holds it.
+    struct Weights {
+        DeviceModel& model;
+        DeviceModel::Staged w;
+        ~Weights() {
+            if (w.slot >= 0) model.release_stage(w.slot);
+        }
+    };
     auto weights = [&](MoeMatrixIndex i) {
         const MoeMatrix& x = source[i];
-        return staged ? m_.stage(*x.m, x.bias, x.bias_floats) : std::pair<Matrix, const float*>{*x.m, x.bias};
+        return Weights{m_, staged ? m_.stage(*x.m, x.bias, x.bias_floats) : DeviceModel::Staged{*x.m, x.bias, -1}};
     };
     if (staged) ++m_.offloaded_moe_blocks_;
     DeviceBuffers& b = *m_.buf_;
@@ -183,25 +191,25 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     // A staged copy has its host matrix's type and shape, so the source tells the split.
     const SplitActivations normed = split(b.normed, T, {source[kRouter].m, source[kGate].m, source[kUp].m});
     {
-        const auto [router, router_b] = weights(kRouter);
-        matmul(router, b.normed, normed, T, b.router_logits, router_b);
+        const Weights router = weights(kRouter);
+        matmul(router.w.m, b.normed, normed, T, b.router_logits, router.w.bias);
     }
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
     // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
     {
-        const auto [gate, gate_b] = weights(kGate);
-        experts(gate, b.normed, normed, H, k, b.gate, gate_b, grouped);
+        const Weights gate = weights(kGate);
+        experts(gate.w.m, b.normed, normed, H, k, b.gate, gate.w.bias, grouped);
     }
     {
-        const auto [up, up_b] = weights(kUp);
-        experts(up, b.normed, normed, H, k, b.up, up_b, grouped);
+        const Weights up = weights(kUp);
+        experts(up.w.m, b.normed, normed, H, k, b.up, up.w.bias, grouped);
     }
     swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
     {
-        const auto [down, down_b] = weights(kDown);
-        experts(down, b.h, split(b.h, T * k, {source[kDown].m}), I, 1, b.expert_y, down_b, grouped);
+        const Weights down = weights(kDown);
+        experts(down.w.m, b.h, split(b.h, T * k, {source[kDown].m}), I, 1, b.expert_y, down.w.bias, grouped);
     }
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }

@@ -14,6 +14,9 @@
 #include "../csrc/session_bindings.h"
 #include "cuda_error.h"
 #include "device_model.h"
+#ifdef OSSRUN_CUDA_EMULATOR
+#include "emulator/emulator.h"  // the stream order
+#endif
 
 namespace py = pybind11;
 
@@ -48,6 +51,11 @@ void bind_device_model(py::module_& m) {
             PyErr_SetString(device_error.ptr(), e.what());
         }
     });
+#ifdef OSSRUN_CUDA_EMULATOR
+    // The emulated core's own emulator (emulator.h): which streams hold their work until needed.
+    m.def("set_emulator_stream_order", &emu::set_stream_order, py::arg("spec"));
+    m.def("emulator_stream_order", &emu::stream_order);
+#endif
     m.attr("HAS_DEVICE_MODEL") = true;
     m.attr("DEVICE_MAX_CHUNK") = DeviceSession::kMaxChunk;  // placement.py's MAX_CHUNK
 
@@ -68,7 +76,7 @@ void bind_device_model(py::module_& m) {
         return offload_stage_bytes(host->weights(), host->config(), n_cpu_moe_arg(*host, n_cpu_moe),
                                    first_gpu_layer_arg(*host, gpu_layers));
     }, py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(),
-       "the staging buffer an offloading device model allocates (0: no block to offload)");
+       "one staging slot of an offloading device model (0: no block to offload)");
     m.def("device_scratch_bytes", [](std::shared_ptr<Model> host, bool experts) {
         return device_scratch_bytes(host->config(), DeviceSession::kMaxChunk, experts);
     }, py::arg("host"), py::arg("experts") = true, "experts: some MoE block on the GPU");
@@ -81,17 +89,21 @@ void bind_device_model(py::module_& m) {
 
     py::class_<DeviceModel, std::shared_ptr<DeviceModel>>(m, "DeviceModel")
         .def(py::init([](std::shared_ptr<Model> host, int64_t n_cpu_moe, std::optional<int64_t> gpu_layers,
-                         int64_t offload_min_tokens) {
+                         int64_t offload_min_tokens, int stage_slots) {
                  n_cpu_moe_arg(*host, n_cpu_moe);
                  const int64_t n_gpu = host->config().block_count - first_gpu_layer_arg(*host, gpu_layers);
                  if (offload_min_tokens < 0) throw py::value_error("offload_min_tokens must be >= 0 (0: off)");
+                 if (stage_slots < 1 || stage_slots > 2) throw py::value_error("stage_slots must be 1 or 2");
                  return released([&] {
-                     return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe, n_gpu, offload_min_tokens);
+                     return std::make_shared<DeviceModel>(std::move(host), n_cpu_moe, n_gpu, offload_min_tokens,
+                                                          stage_slots);
                  });
              }),
-             py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(), py::arg("offload_min_tokens") = 0)
+             py::arg("host"), py::arg("n_cpu_moe"), py::arg("gpu_layers") = py::none(), py::arg("offload_min_tokens") = 0,
+             py::arg("stage_slots") = 2)
         .def_property_readonly("offload_min_tokens", &DeviceModel::offload_min_tokens)
         .def_property_readonly("stage_bytes", &DeviceModel::stage_bytes)
+        .def_property_readonly("stage_slots", &DeviceModel::stage_slots)
         .def_property_readonly("offloaded_moe_blocks", &DeviceModel::offloaded_moe_blocks)
         .def_property_readonly("offloaded_bytes", &DeviceModel::offloaded_bytes)
         .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })

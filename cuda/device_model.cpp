@@ -129,7 +129,8 @@ size_t offload_stage_bytes(const ModelWeights& host, const ModelConfig& c, int64
 
 // ---------------------------------------------------------------- the model
 
-DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens)
+DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens,
+                         int stage_slots)
     : host_(std::move(host)),
       first_gpu_layer_(host_->config().block_count - gpu_layers),
       n_cpu_moe_(std::clamp<int64_t>(std::max(n_cpu_moe, first_gpu_layer_), 0, host_->config().block_count)),
@@ -143,6 +144,7 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
             "the CUDA kernels read F32, F16, BF16, Q8_0, MXFP4 and the dense quants Q4_0 .. Q6_K, IQ4_NL in the GGUF's "
             "rows; " + bad);
     if (c.key_length > kMaxHeadDim) throw std::invalid_argument("the CUDA attention takes head dimensions up to 256");
+    if (stage_slots < 1 || stage_slots > 2) throw std::invalid_argument("stage_slots must be 1 or 2");
     check(cudaSetDevice(0), "cudaSetDevice");
     cudaStream_t stream;
     check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -172,10 +174,25 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
         if (offload_min_tokens > 0) {
             for (int64_t l = 0; l < c.block_count; ++l)
                 offloadable_.push_back(moe_offloadable(host_->weights(), l, n_cpu_moe_, first_gpu_layer_));
-            stage_bytes_ = offload_stage_bytes(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
-            if (stage_bytes_) {
-                stage_ = device_alloc(stage_bytes_, "the staging buffer of the offloaded MoE blocks");
+            const size_t slot = offload_stage_bytes(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
+            if (slot) {
+                stage_ = device_alloc(slot * size_t(stage_slots), "the staging slots of the offloaded MoE blocks");
+                stage_slot_bytes_ = slot;
+                stage_slots_ = stage_slots;
                 offload_min_tokens_ = offload_min_tokens;
+                copy_stream_ = stream_;
+                if (stage_slots == 2) {
+                    cudaStream_t copies;
+                    check(cudaStreamCreateWithFlags(&copies, cudaStreamNonBlocking), "cudaStreamCreate");
+                    copy_stream_ = copies;
+                    for (int i = 0; i < 2; ++i) {
+                        cudaEvent_t staged, released;
+                        check(cudaEventCreateWithFlags(&staged, cudaEventDisableTiming), "cudaEventCreate");
+                        staged_[size_t(i)] = staged;
+                        check(cudaEventCreateWithFlags(&released, cudaEventDisableTiming), "cudaEventCreate");
+                        released_[size_t(i)] = released;
+                    }
+                }
             }
         }
         // A MoE block on the GPU, or one that may be offloaded there.
@@ -190,7 +207,7 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
         check(cudaDeviceSynchronize(), "uploading the weights");
     } catch (...) {
         if (buf_) cudaFree(buf_->block);
-        cudaFree(stage_);
+        free_offload();
         cudaFree(arena_);
         cudaStreamDestroy(stream);
         throw;
@@ -224,28 +241,57 @@ DeviceModel::~DeviceModel() {
     graphs_.reset();
     cudaFree(attention_parts_);
     if (buf_) cudaFree(buf_->block);
-    cudaFree(stage_);
+    free_offload();
     cudaFree(arena_);
     cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
-std::pair<Matrix, const float*> DeviceModel::stage(const Matrix& m, const float* bias, int64_t bias_floats) {
-    // Pageable copies on the model's stream: each waits for the kernels queued before it (the
-    // readers of the previous staged matrix), and the host's bytes are taken before it returns.
-    const cudaStream_t st = static_cast<cudaStream_t>(stream_);
-    uint8_t* base = static_cast<uint8_t*>(stage_);
+void DeviceModel::free_offload() noexcept {
+    if (copy_stream_ && copy_stream_ != stream_) {
+        cudaStreamSynchronize(static_cast<cudaStream_t>(copy_stream_));
+        cudaStreamDestroy(static_cast<cudaStream_t>(copy_stream_));
+    }
+    copy_stream_ = nullptr;
+    for (void* e : staged_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    for (void* e : released_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    staged_ = released_ = {};
+    cudaFree(stage_);
+    stage_ = nullptr;
+}
+
+DeviceModel::Staged DeviceModel::stage(const Matrix& m, const float* bias, int64_t bias_floats) {
+    // Pageable copies (no pinned copy of the weights): the driver takes the host's bytes before
+    // the call returns, so this thread waits for the copy while the model's stream runs the
+    // kernels queued before it.
+    const cudaStream_t st = static_cast<cudaStream_t>(stream_), copies = static_cast<cudaStream_t>(copy_stream_);
+    const int slot = next_slot_;
+    next_slot_ = (next_slot_ + 1) % stage_slots_;
+    const bool own_stream = copies != st;  // else the stream's order does what the events do
+    if (own_stream)
+        check(cudaStreamWaitEvent(copies, static_cast<cudaEvent_t>(released_[size_t(slot)]), 0),
+              "staging an offloaded MoE matrix");
+    uint8_t* base = static_cast<uint8_t*>(stage_) + size_t(slot) * stage_slot_bytes_;
     const size_t bytes = m.total_bytes();
-    check(cudaMemcpyAsync(base, m.data, bytes, cudaMemcpyHostToDevice, st), "staging an offloaded MoE matrix");
-    Matrix on_device = m;
-    on_device.data = base;
-    const float* bias_on_device = nullptr;
+    check(cudaMemcpyAsync(base, m.data, bytes, cudaMemcpyHostToDevice, copies), "staging an offloaded MoE matrix");
+    Staged out{m, nullptr, slot};
+    out.m.data = base;
     if (bias) {
         float* b = reinterpret_cast<float*>(base + aligned(bytes));
-        check(cudaMemcpyAsync(b, bias, size_t(bias_floats) * 4, cudaMemcpyHostToDevice, st), "staging a bias");
-        bias_on_device = b;
+        check(cudaMemcpyAsync(b, bias, size_t(bias_floats) * 4, cudaMemcpyHostToDevice, copies), "staging a bias");
+        out.bias = b;
+    }
+    if (own_stream) {
+        check(cudaEventRecord(static_cast<cudaEvent_t>(staged_[size_t(slot)]), copies), "staging an offloaded MoE matrix");
+        check(cudaStreamWaitEvent(st, static_cast<cudaEvent_t>(staged_[size_t(slot)]), 0), "staging an offloaded MoE matrix");
     }
     offloaded_bytes_ += bytes + (bias ? size_t(bias_floats) * 4 : 0);
-    return {on_device, bias_on_device};
+    return out;
+}
+
+void DeviceModel::release_stage(int slot) noexcept {
+    // An error here shows at the forward's next check; a destructor may call this while unwinding.
+    if (copy_stream_ != stream_)
+        cudaEventRecord(static_cast<cudaEvent_t>(released_[size_t(slot)]), static_cast<cudaStream_t>(stream_));
 }
 
 void DeviceModel::forward_batch(const Segment* segs, size_t n_segs) {

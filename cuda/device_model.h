@@ -94,8 +94,8 @@ std::array<MoeMatrix, 4> moe_matrices(const LayerWeights& L, const ModelConfig& 
 // Whether layer l's MoE block can be offloaded (DeviceModel's constructor): attention on the GPU,
 // the block on the CPU, every matrix of it in the GGUF's rows of a type the kernels read.
 bool moe_offloadable(const ModelWeights& host, int64_t l, int64_t n_cpu_moe, int64_t first_gpu_layer);
-// The staging buffer's bytes for those layers: the largest matrix of their MoE blocks with its
-// bias, each 256-aligned (placement.py's stage_bytes); 0 when no layer can be offloaded.
+// One staging slot's bytes for those layers: the largest matrix of their MoE blocks with its
+// bias, each 256-aligned (placement.py's stage_slot_bytes); 0 when no layer can be offloaded.
 size_t offload_stage_bytes(const ModelWeights& host, const ModelConfig& c, int64_t n_cpu_moe,
                            int64_t first_gpu_layer);
 // Rows of logits computed per output matmul when a forward wants every position's logits.
@@ -159,11 +159,14 @@ public:
     // when the device memory is short) and allocates the activations. The device model keeps host.
     // offload_min_tokens > 0: a forward of at least that many rows runs the MoE blocks that sit
     // on the CPU beside attention on the GPU (layers first_gpu_layer .. n_cpu_moe - 1, experts in
-    // the GGUF's rows) on the GPU instead, each of their matrices copied from RAM into one staging
-    // buffer just before its matmul (llama.cpp's op offload, meant for long prompts, where the copy
-    // should cost less than the CPU's matmuls; not yet measured on a GPU). Decode steps keep
-    // them on the CPU.
-    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens = 0);
+    // the GGUF's rows) on the GPU instead, each of their matrices copied from RAM into a staging
+    // slot just before its matmul (llama.cpp's op offload, meant for long prompts, where the copy
+    // should cost less than the CPU's matmuls; not yet measured on a GPU). stage_slots 2: the
+    // slots alternate and the copies run on a stream of their own, so that a matrix's copy runs
+    // while the matmul of the one before reads the other slot; 1: each copy waits for the
+    // readers of the one before. Decode steps keep those blocks on the CPU.
+    DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t gpu_layers, int64_t offload_min_tokens = 0,
+                int stage_slots = 2);
     ~DeviceModel();
     DeviceModel(const DeviceModel&) = delete;
     DeviceModel& operator=(const DeviceModel&) = delete;
@@ -185,7 +188,8 @@ public:
     void forward_batch(const Segment* segs, size_t n_segs);
 
     int64_t offload_min_tokens() const { return offload_min_tokens_; }  // 0 without a staging buffer
-    size_t stage_bytes() const { return stage_bytes_; }
+    size_t stage_bytes() const { return stage_slot_bytes_ * size_t(stage_slots_); }  // every slot
+    int stage_slots() const { return stage_slots_; }
     // MoE blocks run on the GPU from the staging buffer, and the bytes copied into it, since load.
     uint64_t offloaded_moe_blocks() const { return offloaded_moe_blocks_; }
     uint64_t offloaded_bytes() const { return offloaded_bytes_; }
@@ -218,15 +222,29 @@ private:
     bool use_graphs_ = true;
     std::mutex mutex_;         // one forward at a time
     uint64_t weight_bytes_read_ = 0;
-    // The offload (see the constructor): which layers' MoE blocks may be staged, the buffer.
+    // The offload (see the constructor): which layers' MoE blocks may be staged, the slots (one
+    // allocation), the copies' stream (cudaStream_t; the model's with one slot) and each slot's
+    // events (cudaEvent_t): its copy done, its last reader queued.
     int64_t offload_min_tokens_ = 0;
     std::vector<bool> offloadable_;
     void* stage_ = nullptr;
-    size_t stage_bytes_ = 0;
+    size_t stage_slot_bytes_ = 0;
+    int stage_slots_ = 0, next_slot_ = 0;
+    void* copy_stream_ = nullptr;
+    std::array<void*, 2> staged_{}, released_{};
     uint64_t offloaded_moe_blocks_ = 0, offloaded_bytes_ = 0;
-    // Host matrix m and its bias (bias_floats, or null) copied into the staging buffer on the
-    // model's stream, after the kernels that read the previous staged matrix; their device views.
-    std::pair<Matrix, const float*> stage(const Matrix& m, const float* bias, int64_t bias_floats);
+    // A host matrix staged for one matmul: its device views and the slot it holds.
+    struct Staged {
+        Matrix m;
+        const float* bias;
+        int slot;
+    };
+    // Host matrix m and its bias (bias_floats, or null) copied into the next slot once the
+    // kernels that read that slot before are done; the model's stream waits for the copy.
+    Staged stage(const Matrix& m, const float* bias, int64_t bias_floats);
+    // The slot's readers are queued on the model's stream: the next copy into it waits for them.
+    void release_stage(int slot) noexcept;
+    void free_offload() noexcept;
 };
 
 // ---------------------------------------------------------------- a conversation

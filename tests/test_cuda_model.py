@@ -10,6 +10,7 @@ backend. Those skip cleanly without a device.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -106,8 +107,9 @@ def test_device_activations_fit_the_plans_scratch(fx, tiny_gguf):
         for cpu_moe, offload, experts in ((None, 0, True), ("all", 0, False), ("all", 512, True)):
             plan = placement.plan_placement(m.config, sizes, m.n_ctx, 2**40, cpu_moe=cpu_moe, offload=offload)
             assert plan.scratch == placement.scratch_bytes(m.config, m.n_ctx, experts)
-            if offload:  # the largest MoE matrix with its bias, as the core allocates it
-                assert plan.stage == _core.device_stage_bytes(m._core, plan.n_cpu_moe) > 0
+            if offload:  # two slots of the largest MoE matrix with its bias, as the core allocates them
+                assert plan.stage_slots == 2
+                assert plan.stage == 2 * _core.device_stage_bytes(m._core, plan.n_cpu_moe) > 0
             else:
                 assert plan.stage == 0
 
@@ -330,7 +332,7 @@ def test_hybrid_copies_the_cpu_layers_experts_to_ram(fx, precision, monkeypatch)
 @pytest.mark.parametrize("gpu_layers, n_cpu_moe", [(None, 1), (None, "all"), (1, "all")])
 def test_long_chunks_offload_the_cpus_moe_blocks_to_the_gpu(fx, monkeypatch, gpu_layers, n_cpu_moe):
     # Chunks of >= OSSRUN_CUDA_OFFLOAD_MIN_TOKENS rows run the MoE blocks kept on the CPU (beside
-    # attention on the GPU) on the GPU from the staging buffer; decode steps leave them on the CPU;
+    # attention on the GPU) on the GPU from the staging slots; decode steps leave them on the CPU;
     # layers wholly on the CPU are never offloaded. Both give the CPU model's logits.
     monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
     m = gpu(fx["gguf"], precision="f32", cpu_moe=n_cpu_moe, gpu_layers=gpu_layers, mmap=False)
@@ -348,6 +350,46 @@ def test_long_chunks_offload_the_cpus_moe_blocks_to_the_gpu(fx, monkeypatch, gpu
     rows = [s.prefill(toks[:10])] + [s.decode(int(t)) for t in toks[10:]]
     assert m._core.offloaded_moe_blocks == 2 * offloaded  # the prefill only
     assert rel_err(np.stack(rows), cpu[9:]) < TOL
+
+
+# The emulated core's stream orders (cuda/emulator/emulator.h); a device has its own.
+STREAM_ORDERS = (["immediate", "lazy-even", "lazy-odd", "lazy-all"]
+                 if hasattr(_core, "set_emulator_stream_order") else [None])
+
+
+@needs_device
+def test_the_offloads_two_slots_equal_one_in_every_stream_order(fx, monkeypatch):
+    # Two staging slots: each matrix is copied on a stream of its own while the matmul before it
+    # reads the other slot, events ordering each copy after its slot's last reader and each matmul
+    # after its copy. The logits are the one-slot offload's (copies on the model's stream) bit for
+    # bit. On the emulator in every stream order too: lazy-even and lazy-odd hold the work of the
+    # model's stream or of the copies' (created one after the other) until it is needed, so a
+    # missing event (a copy over a slot still to be read, a matmul before its copy) changes them.
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
+    toks = fx["tokens"]
+    real_plan = device_load.device_plan
+
+    def one_slot(model, free_vram):
+        plan = real_plan(model, free_vram)
+        return dataclasses.replace(plan, stage=plan.stage // 2, stage_slots=1)
+
+    monkeypatch.setattr(device_load, "device_plan", one_slot)
+    fresh = dict(device="cuda", precision="f32", cpu_moe="all", mmap=False)  # not golden.load's cache
+    m1 = ossrun.load(fx["gguf"], **fresh)
+    assert m1._core.stage_slots == 1 and m1._core.stage_bytes == m1.plan.stage > 0
+    want = m1.logits(toks)
+    monkeypatch.setattr(device_load, "device_plan", real_plan)
+    try:
+        for order in STREAM_ORDERS:
+            if order:
+                _core.set_emulator_stream_order(order)
+            m2 = ossrun.load(fx["gguf"], **fresh)  # its streams made in this order
+            assert m2._core.stage_slots == 2 and m2._core.stage_bytes == 2 * m1._core.stage_bytes
+            np.testing.assert_array_equal(m2.logits(toks), want, err_msg=f"stream order {order}")
+            assert m2._core.offloaded_moe_blocks == m2.config.block_count
+    finally:
+        if STREAM_ORDERS[0]:
+            _core.set_emulator_stream_order("immediate")
 
 
 def test_the_offload_threshold_is_checked(monkeypatch):

@@ -52,6 +52,48 @@ needs_device = pytest.mark.skipif(RUNS_ON is None, reason=f"no CUDA device: {STA
 EMULATED = RUNS_ON == "emulator"
 
 
+# On the emulator every test runs in three thread orders (cuda/emulator/emulator.cpp): a block's
+# threads resumed first to last, last to first, and shuffled afresh each round (a new seed per
+# run, printed; OSSRUN_EMU_SHUFFLE_SEED repeats one). A kernel that reads shared memory another
+# thread writes with no barrier between passes in at most one of the first two (the self-test
+# below), which is how the emulator stands in for the races a device would show.
+SHUFFLE_SEED = int(os.environ.get("OSSRUN_EMU_SHUFFLE_SEED", np.random.SeedSequence().entropy % 2**63))
+SCHEDULES = ["forward", "reverse", f"shuffle:{SHUFFLE_SEED}"] if EMULATED else ["device"]
+
+
+@pytest.fixture(scope="module", autouse=True, params=SCHEDULES, ids=lambda s: s.split(":")[0])
+def thread_order(request):
+    if not EMULATED:
+        yield request.param
+        return
+    print(f"emulator schedule {request.param} (OSSRUN_EMU_SHUFFLE_SEED={SHUFFLE_SEED})")
+    cuda.set_schedule(request.param)
+    yield request.param
+    cuda.set_schedule("forward")
+
+
+def test_the_schedules_find_a_race_the_forward_order_hides(rng, thread_order):
+    """y[i] = x[i] + x[i-1] through shared memory: with the barrier between the writes and the reads,
+    exact in every order; without it, thread i may read x[i-1]'s slot before thread i-1 wrote it.
+    Resumed first to last the race stays hidden (each thread runs to its end before the next
+    starts); last to first, every i > 0 reads a slot not yet written (poisoned, 0xCD bytes)."""
+    if not EMULATED:
+        pytest.skip("the kernels run on a device")
+    x = rng.standard_normal(int(rng.integers(64, 1025))).astype(np.float32)
+    want = x + np.concatenate([[0.0], x[:-1]]).astype(np.float32)
+    np.testing.assert_array_equal(cuda.neighbor_sum_selftest(x.tolist(), True), want)
+    racy = np.asarray(cuda.neighbor_sum_selftest(x.tolist(), False), dtype=np.float32)
+    if thread_order == "forward":
+        np.testing.assert_array_equal(racy, want)
+    else:
+        assert not np.array_equal(racy, want)
+        if thread_order == "reverse":
+            assert (racy[1:] != want[1:]).all()
+    with pytest.raises(ValueError, match="not forward, reverse or shuffle"):
+        cuda.set_schedule("sideways")
+    assert cuda.schedule() == thread_order
+
+
 def test_the_emulator_says_what_it_is():
     if not EMULATED:
         pytest.skip("the kernels run on a device")

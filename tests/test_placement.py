@@ -219,7 +219,8 @@ def test_scratch_holds_flash_decodings_parts_at_long_contexts():
 def test_offload_stages_the_largest_matrix_of_the_cpus_moe_blocks():
     cfg, sizes = fake_model()
     plan = plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe=2, offload=512)
-    assert plan.stage == 50 * MiB and plan.offload_min_tokens == 512  # ffn_down_exps, the largest
+    # Two slots of ffn_down_exps, the largest, so that one's copy overlaps the other's matmul.
+    assert plan.stage == 2 * 50 * MiB and plan.stage_slots == 2 and plan.offload_min_tokens == 512
     assert plan.gpu_bytes == plan.bytes_on("cuda") + plan.scratch + plan.stage
     assert "prompt chunks of >= 512 tokens" in plan.summary()
     assert plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe=2, offload=0).stage == 0
@@ -227,9 +228,16 @@ def test_offload_stages_the_largest_matrix_of_the_cpus_moe_blocks():
     # Layers wholly on the CPU are not offloaded: with gpu_layers=2 only layers 4 and 5 are.
     sizes["blk.5.ffn_down_exps.weight"] = 70 * MiB
     split = plan_placement(cfg, sizes, 4096, 80 * GiB, gpu_layers=2, cpu_moe="all", offload=512)
-    assert split.stage == 70 * MiB
+    assert split.stage == 2 * 70 * MiB
     sizes["blk.5.ffn_down_exps.weight"] = 50 * MiB
-    # No room left for the staging buffer: no offload, and the plan says why.
+    # Room for one slot and not two: one, and the plan says so; for none: no offload, and why.
     tight = vram_for(cfg, sizes, 4096, 6, 0)
-    plan = plan_placement(cfg, sizes, 4096, tight, cpu_moe="all", offload=512)
-    assert plan.stage == 0 and plan.offload_min_tokens == 0 and "staging buffer" in plan.notes[0]
+    for extra, slots in ((2 * 50 * MiB, 2), (2 * 50 * MiB - 1, 1), (50 * MiB, 1), (50 * MiB - 1, 0)):
+        plan = plan_placement(cfg, sizes, 4096, tight + extra, cpu_moe="all", offload=512)
+        assert (plan.stage_slots, plan.stage) == (slots, slots * 50 * MiB), extra
+        assert plan.offload_min_tokens == (512 if slots else 0)
+        assert plan.gpu_bytes <= tight + extra - DEFAULT_RESERVE
+        if slots == 1:
+            assert "one offload staging slot" in plan.notes[0]
+        if slots == 0:
+            assert "staging slot" in plan.notes[-1]

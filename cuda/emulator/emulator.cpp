@@ -4,18 +4,32 @@
 // pointer (x86-64), ucontext elsewhere (its swapcontext also makes a signal-mask system call, which
 // cost most of the emulator's time). "Device" memory is host memory, each
 // allocation ending at a guard page so that reads past its end (rounded to 256 bytes) fault.
+//
+// OSSRUN_EMU_SCHEDULE picks the order in which a round resumes the ready threads: "forward" (the
+// default, thread 0 first), "reverse", or "shuffle" / "shuffle:SEED" (a fresh random order every
+// round). A correct kernel gives the same result in every order; one that reads shared memory
+// another thread writes without a barrier between (in either direction) gives another in one of
+// them, which is how tests/test_cuda_ops.py's schedule check finds the races the forward order hides.
+// Every block starts with its dynamic shared memory and the .cu files' static shared variables
+// (fresh_shared) filled with 0xCD bytes, as a device leaves them holding whatever the SM's last
+// block wrote. The streams' orders (OSSRUN_EMU_STREAMS, emulator.h) are at the runtime API below.
 #include "emulator.h"
 
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <vector>
 
 uint3 threadIdx, blockIdx;
@@ -62,6 +76,58 @@ struct Scheduler {
 
 Scheduler S;
 std::mutex launch_mutex;
+
+// The schedule (above): OSSRUN_EMU_SCHEDULE at first use, then set_schedule's.
+struct Schedule {
+    enum class Order { kForward, kReverse, kShuffle } order = Order::kForward;
+    std::string spec = "forward";
+    std::mt19937_64 rng{0};
+
+    void set(const std::string& s) {
+        if (s == "forward" || s == "reverse") {
+            order = s == "forward" ? Order::kForward : Order::kReverse;
+        } else if (s.rfind("shuffle", 0) == 0 && (s.size() == 7 || (s[7] == ':' && s.size() > 8 &&
+                                                                     s.find_first_not_of("0123456789", 8) == s.npos))) {
+            order = Order::kShuffle;
+            rng.seed(s.size() > 8 ? std::stoull(s.substr(8)) : std::random_device{}());
+        } else {
+            throw std::invalid_argument("the emulator's schedule '" + s + "' is not forward, reverse or shuffle[:SEED]");
+        }
+        spec = s;
+    }
+    // The order of one round over n threads.
+    void arrange(std::vector<size_t>& idx, size_t n) {
+        idx.resize(n);
+        std::iota(idx.begin(), idx.end(), size_t(0));
+        if (order == Order::kReverse) std::reverse(idx.begin(), idx.end());
+        if (order == Order::kShuffle) std::shuffle(idx.begin(), idx.end(), rng);
+    }
+};
+
+Schedule& the_schedule() {
+    static Schedule s = [] {
+        Schedule d;
+        const char* v = std::getenv("OSSRUN_EMU_SCHEDULE");
+        if (v && *v) {
+            try {
+                d.set(v);
+            } catch (const std::invalid_argument& e) {
+                std::fprintf(stderr, "ossrun emulator: OSSRUN_EMU_SCHEDULE: %s\n", e.what());
+                std::abort();
+            }
+        }
+        return d;
+    }();
+    return s;
+}
+
+// The static shared variables already filled in the running block (fresh_shared).
+std::vector<const void*> fresh_in_block;
+
+void poison_shared() {
+    fresh_in_block.clear();
+    std::memset(S.dynamic.data(), 0xCD, S.dynamic.size());
+}
 cudaError_t last_error = cudaSuccess;
 std::string last_fault;
 
@@ -182,6 +248,36 @@ int shfl_xor(int v, int lane_mask) { return exchange(S.slot_i, v, lane_mask); }
 
 void* dynamic_shared() { return S.dynamic.data(); }
 
+void fresh_shared(void* p, size_t bytes) {
+    if (std::find(fresh_in_block.begin(), fresh_in_block.end(), p) != fresh_in_block.end()) return;
+    fresh_in_block.push_back(p);
+    std::memset(p, 0xCD, bytes);
+}
+
+void set_schedule(const std::string& spec) {
+    std::lock_guard<std::mutex> lock(launch_mutex);
+    the_schedule().set(spec);
+}
+std::string schedule() { return the_schedule().spec; }
+
+namespace {
+void neighbor_sum_kernel(const float* x, float* y, bool barrier) {
+    float* s = static_cast<float*>(dynamic_shared());
+    const unsigned i = threadIdx.x;
+    s[i] = x[i];
+    if (barrier) __syncthreads();
+    y[i] = s[i] + (i > 0 ? s[i - 1] : 0.0f);
+}
+}  // namespace
+
+std::vector<float> neighbor_sum_selftest(const std::vector<float>& x, bool barrier) {
+    if (x.empty() || x.size() > size_t(kMaxThreads)) throw std::invalid_argument("1 to 1024 values");
+    std::vector<float> y(x.size());
+    Launch(dim3(1), dim3(unsigned(x.size())), x.size() * sizeof(float)).run(neighbor_sum_kernel, x.data(), y.data(), barrier);
+    if (last_error != cudaSuccess) throw std::runtime_error(cudaGetErrorString(cudaGetLastError()));
+    return y;
+}
+
 void check_aligned(const void* p, size_t align, const char* what) {
     if (reinterpret_cast<uintptr_t>(p) % align) fault(std::string("misaligned ") + what);
 }
@@ -234,6 +330,7 @@ void Launch::run_erased(void* f, void (*body)(void*)) {
     S.slot_i.assign(n, 0);
     S.slot_mma.assign(n, {});
     S.dynamic.assign(shared_bytes, 0xCD);  // not zeros: a kernel must write what it reads
+    std::vector<size_t> order;
     S.body = body;
     S.body_arg = f;
     S.fault.clear();
@@ -243,6 +340,7 @@ void Launch::run_erased(void* f, void (*body)(void*)) {
         for (unsigned by = 0; by < grid.y && S.fault.empty(); ++by)
             for (unsigned bx = 0; bx < grid.x && S.fault.empty(); ++bx) {
                 blockIdx = {bx, by, bz};
+                poison_shared();
                 for (size_t i = 0; i < n; ++i) {
                     Fiber& fb = S.fibers[i];
                     fb.linear = int(i);
@@ -252,7 +350,8 @@ void Launch::run_erased(void* f, void (*body)(void*)) {
                 }
                 for (;;) {
                     bool ran = false;
-                    for (size_t i = 0; i < n; ++i)
+                    the_schedule().arrange(order, n);
+                    for (const size_t i : order)
                         if (S.fibers[i].state == State::kReady) {
                             S.current = &S.fibers[i];
                             threadIdx = S.fibers[i].tid;
@@ -303,13 +402,66 @@ struct EmuGraph {
     std::vector<std::function<void()>> work;
 };
 
+// A stream: its queue of work not yet run (emu::submit), counted so that an event can name a
+// point in it. The default stream (a null cudaStream_t) is `immediate` below.
+struct EmuStream {
+    bool lazy = false;  // the stream order's choice, made at its creation
+    std::deque<std::function<void()>> queue;
+    uint64_t submitted = 0, ran = 0;
+};
+
+// An event: the point of its stream it was last recorded at, and when that point ran.
+struct EmuEvent {
+    EmuStream* stream = nullptr;  // null: never recorded, or recorded on the default stream
+    uint64_t point = 0;
+    std::chrono::steady_clock::time_point at = std::chrono::steady_clock::now();
+};
+
 namespace {
 
 EmuGraph* capture = nullptr;  // the graph being captured (one stream at a time)
-int streams = 0;
 
 std::mutex memory_mutex;
 std::map<uintptr_t, std::pair<void*, size_t>> mappings;  // user pointer -> (mapping, bytes)
+
+// The streams and their order (emu::set_stream_order); recursive: running one stream's work may
+// run another's (a wait on its event).
+std::recursive_mutex stream_mutex;
+std::vector<EmuStream*> live_streams;
+uint64_t streams_created = 0;
+enum class StreamOrder { kImmediate, kLazyEven, kLazyOdd, kLazyAll };
+StreamOrder stream_order_value = [] {
+    const char* v = std::getenv("OSSRUN_EMU_STREAMS");
+    const std::string s = v ? v : "";
+    if (s.empty() || s == "immediate") return StreamOrder::kImmediate;
+    if (s == "lazy-even") return StreamOrder::kLazyEven;
+    if (s == "lazy-odd") return StreamOrder::kLazyOdd;
+    if (s == "lazy-all") return StreamOrder::kLazyAll;
+    std::fprintf(stderr, "ossrun emulator: OSSRUN_EMU_STREAMS=%s is not immediate, lazy-even, lazy-odd or lazy-all\n",
+                 s.c_str());
+    std::abort();
+}();
+
+bool live(EmuStream* s) { return std::find(live_streams.begin(), live_streams.end(), s) != live_streams.end(); }
+
+// Runs s's queued work up to its point `point` (all of it: UINT64_MAX). A destroyed stream's
+// work has all run (cudaStreamDestroy).
+void run_stream_to(EmuStream* s, uint64_t point) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    while (s && live(s) && s->ran < point && !s->queue.empty()) {
+        std::function<void()> work = std::move(s->queue.front());
+        s->queue.pop_front();
+        ++s->ran;
+        work();
+    }
+}
+
+void run_all_streams() {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    for (size_t i = 0; i < live_streams.size(); ++i) run_stream_to(live_streams[i], UINT64_MAX);
+}
+
+EmuStream* as_emu(cudaStream_t s) { return static_cast<EmuStream*>(s); }
 
 cudaError_t take_error() {
     const cudaError_t e = emu::last_error;
@@ -319,9 +471,41 @@ cudaError_t take_error() {
 
 }  // namespace
 
-struct EmuEvent {
-    std::chrono::steady_clock::time_point at;
-};
+void emu::set_stream_order(const std::string& spec) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    if (spec == "immediate") stream_order_value = StreamOrder::kImmediate;
+    else if (spec == "lazy-even") stream_order_value = StreamOrder::kLazyEven;
+    else if (spec == "lazy-odd") stream_order_value = StreamOrder::kLazyOdd;
+    else if (spec == "lazy-all") stream_order_value = StreamOrder::kLazyAll;
+    else throw std::invalid_argument("the emulator's stream order '" + spec +
+                                     "' is not immediate, lazy-even, lazy-odd or lazy-all");
+}
+
+std::string emu::stream_order() {
+    switch (stream_order_value) {
+        case StreamOrder::kImmediate: return "immediate";
+        case StreamOrder::kLazyEven: return "lazy-even";
+        case StreamOrder::kLazyOdd: return "lazy-odd";
+        case StreamOrder::kLazyAll: return "lazy-all";
+    }
+    return "";
+}
+
+void emu::submit(void* stream, std::function<void()> work) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    if (capture) {  // a graph keeps the work (a launch's arguments included) instead of running it
+        capture->work.push_back(std::move(work));
+        return;
+    }
+    EmuStream* s = as_emu(stream);
+    if (!s || !s->lazy) {  // nothing waits in an immediate stream's queue
+        if (s) ++s->submitted, ++s->ran;
+        work();
+        return;
+    }
+    s->queue.push_back(std::move(work));
+    ++s->submitted;
+}
 
 const char* cudaGetErrorName(cudaError_t e) {
     switch (e) {
@@ -355,6 +539,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 
 cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    run_all_streams();  // cudaFree waits for the device, so no queued work reads freed memory
     std::lock_guard<std::mutex> lock(memory_mutex);
     auto it = mappings.find(reinterpret_cast<uintptr_t>(p));
     if (it == mappings.end()) return cudaErrorInvalidValue;
@@ -368,29 +553,55 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind)
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    if (capture) {
-        emu::record([dst, src, bytes, kind] { cudaMemcpy(dst, src, bytes, kind); });
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+    if (capture) {  // a graph's copy reads its source when the graph runs
+        emu::submit(stream, [dst, src, bytes, kind] { cudaMemcpy(dst, src, bytes, kind); });
         return cudaSuccess;
     }
-    return cudaMemcpy(dst, src, bytes, kind);
+    if (kind == cudaMemcpyHostToDevice) {
+        // From pageable memory the driver stages the host's bytes before it returns (the CUDA
+        // runtime's "API synchronization behavior"): the host may reuse them at once.
+        auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                                   static_cast<const unsigned char*>(src) + bytes);
+        emu::submit(stream, [dst, staged] {
+            if (!staged->empty()) std::memcpy(dst, staged->data(), staged->size());
+        });
+        return cudaSuccess;
+    }
+    emu::submit(stream, [dst, src, bytes, kind] { cudaMemcpy(dst, src, bytes, kind); });
+    // To pageable memory the copy is done when it returns: the stream runs up to it.
+    if (kind == cudaMemcpyDeviceToHost) run_stream_to(as_emu(stream), UINT64_MAX);
+    return cudaSuccess;
 }
-
-bool emu::capturing() { return capture != nullptr; }
-void emu::record(std::function<void()> work) { capture->work.push_back(std::move(work)); }
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-    *s = reinterpret_cast<cudaStream_t>(uintptr_t(++streams));  // launches run at once: any name
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    auto* st = new EmuStream;
+    const uint64_t n = streams_created++;
+    st->lazy = stream_order_value == StreamOrder::kLazyAll || (stream_order_value == StreamOrder::kLazyEven && n % 2 == 0) ||
+               (stream_order_value == StreamOrder::kLazyOdd && n % 2 == 1);
+    live_streams.push_back(st);
+    *s = st;
     return cudaSuccess;
 }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (!s) return cudaErrorInvalidValue;
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    run_stream_to(as_emu(s), UINT64_MAX);  // its work still runs, as on a device
+    live_streams.erase(std::remove(live_streams.begin(), live_streams.end(), as_emu(s)), live_streams.end());
+    delete as_emu(s);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
     if (capture) return cudaErrorInvalidValue;
+    run_stream_to(as_emu(s), UINT64_MAX);  // the graph's work follows the stream's queued work
     capture = new EmuGraph;
     return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* graph) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
     if (!capture) return cudaErrorInvalidValue;
     *graph = capture;
     capture = nullptr;
@@ -400,8 +611,12 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsig
     *exec = new EmuGraph(*graph);
     return cudaSuccess;
 }
-cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
-    for (auto& w : exec->work) w();
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    // The launch keeps its own copy of the work: a graph may be destroyed while its launch waits.
+    auto work = std::make_shared<std::vector<std::function<void()>>>(exec->work);
+    emu::submit(s, [work] {
+        for (auto& w : *work) w();
+    });
     return cudaSuccess;
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
@@ -418,22 +633,42 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize() { return take_error(); }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return take_error(); }
+cudaError_t cudaDeviceSynchronize() {
+    run_all_streams();
+    return take_error();
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    run_stream_to(as_emu(s), UINT64_MAX);
+    return take_error();
+}
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
     *e = new EmuEvent;
     return cudaSuccess;
 }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
     delete e;
     return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-    e->at = std::chrono::steady_clock::now();
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    std::lock_guard<std::recursive_mutex> lock(stream_mutex);
+    emu::submit(s, [e] { e->at = std::chrono::steady_clock::now(); });
+    e->stream = capture ? nullptr : as_emu(s);
+    e->point = e->stream ? e->stream->submitted : 0;
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return take_error(); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    // The point the event names now (a later record does not move this wait), run when s gets here.
+    EmuStream* other = e->stream;
+    const uint64_t point = e->point;
+    emu::submit(s, [other, point] { run_stream_to(other, point); });
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    run_stream_to(e->stream, e->point);
+    return take_error();
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
     *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
     return cudaSuccess;

@@ -4,9 +4,11 @@
 // synchronisation points (__syncthreads, __syncwarp, the warp shuffles and mma), so shared memory
 // (`__shared__` becomes `static`; blocks run one after another) and the warp-collective operations
 // behave as on the device for kernels that are correct there. mma.sync follows the fragment
-// layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16"). What it cannot show: timing, data
-// races between warps that a real GPU would expose, misaligned accesses other than __ldg's (which
-// it checks), and the device's own float rounding inside the tensor cores (it sums in float32).
+// layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16"). Races show as results that change
+// with the order a round resumes the threads in (set_schedule) and with the order the streams run
+// their work in (set_stream_order). What it cannot show: timing, races that every order hides,
+// misaligned accesses other than __ldg's (which it checks), and the device's own float rounding
+// inside the tensor cores (it sums in float32).
 // Tests: tests/test_cuda_ops.py runs on ossrun._cuda_emu where no GPU is present.
 #pragma once
 #include <cmath>
@@ -18,6 +20,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include <math.h>  // the float functions kernels call unqualified (expf, frexpf, ...)
 
@@ -65,32 +68,50 @@ void sync_warp();
 float shfl_xor(float v, int lane_mask);
 int shfl_xor(int v, int lane_mask);
 void* dynamic_shared();
+// A `__shared__` variable's declaration reached (rewrite_launches.py adds the call): the first
+// thread of a block to reach it fills it with 0xCD bytes, as a device leaves a block's shared
+// memory holding whatever the SM's last block wrote.
+void fresh_shared(void* p, size_t bytes);
 void check_aligned(const void* p, size_t align, const char* what);
 // d += a b for one warp's m16n8k16 f16 x f16 -> f32 step (fragments as the PTX ISA lays them out).
 void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
-// Stream capture (cudaStreamBeginCapture .. cudaStreamEndCapture): launches and copies on the
-// capturing stream are kept, in order, as the graph's work.
-bool capturing();
-void record(std::function<void()> work);
+// The order in which a round resumes a block's ready threads (emulator.cpp): "forward",
+// "reverse" or "shuffle[:SEED]"; OSSRUN_EMU_SCHEDULE sets the first, set_schedule changes it
+// (std::invalid_argument for another name).
+void set_schedule(const std::string& spec);
+std::string schedule();
+// The schedule's self-test: one block of x.size() threads, y[i] = x[i] + x[i - 1] through shared
+// memory, with or without the barrier between the writes and the reads (the race forward hides).
+std::vector<float> neighbor_sum_selftest(const std::vector<float>& x, bool barrier);
+
+// The streams (emulator.cpp). Work on a stream (a launch, an async copy, an event's record or
+// wait) runs in its stream's order; whether it runs at once or waits in the stream's queue until
+// something needs it (a synchronisation, another stream's wait on one of its events, a copy to
+// the host) is the stream order's choice: "immediate" (OSSRUN_EMU_STREAMS' default) runs all
+// work at once; "lazy-even" / "lazy-odd" hold the work of the streams created at even / odd
+// counts and run the others' at once; "lazy-all" holds every stream's. The default stream runs
+// at once in every order. A forward whose results change between these orders is missing an
+// event between its streams. While a stream is captured (cudaStreamBeginCapture ..
+// cudaStreamEndCapture), its launches and copies are kept, in order, as the graph's work.
+void set_stream_order(const std::string& spec);
+std::string stream_order();
+void submit(void* stream, std::function<void()> work);
 
 // One kernel launch: every block in turn, its threads as fibers.
 struct Launch {
     dim3 grid, block;
     size_t shared_bytes;
-    Launch(dim3 g, dim3 b, size_t smem = 0, void* /*stream*/ = nullptr) : grid(g), block(b), shared_bytes(smem) {}
+    void* stream;
+    Launch(dim3 g, dim3 b, size_t smem = 0, void* st = nullptr) : grid(g), block(b), shared_bytes(smem), stream(st) {}
     template <class... P, class... A>
     void run(void (*kernel)(P...), A&&... args) {
         // The arguments converted once, as the launch copies them to the device.
         auto call = [kernel, packed = std::make_tuple(P(std::forward<A>(args))...)]() { std::apply(kernel, packed); };
-        if (capturing()) {  // a graph keeps the launch (arguments included) instead of running it
-            Launch self = *this;
-            record([self, call]() mutable {
-                self.run_erased(&call, [](void* f) { (*static_cast<decltype(call)*>(f))(); });
-            });
-            return;
-        }
-        run_erased(&call, [](void* f) { (*static_cast<decltype(call)*>(f))(); });
+        Launch self = *this;
+        submit(stream, [self, call]() mutable {
+            self.run_erased(&call, [](void* f) { (*static_cast<decltype(call)*>(f))(); });
+        });
     }
 
 private:
@@ -146,6 +167,7 @@ enum cudaError_t {
 };
 enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeRelaxed };
 constexpr unsigned cudaStreamNonBlocking = 1;
+constexpr unsigned cudaEventDisableTiming = 2;
 using cudaGraph_t = struct EmuGraph*;
 using cudaGraphExec_t = struct EmuGraph*;
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
@@ -180,9 +202,11 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 cudaError_t cudaDeviceSynchronize();
 cudaError_t cudaStreamSynchronize(cudaStream_t);
 cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned flags = 0);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
 cudaError_t cudaRuntimeGetVersion(int* v);
 cudaError_t cudaDriverGetVersion(int* v);

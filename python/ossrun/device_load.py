@@ -82,7 +82,8 @@ def place_on_gpu(model, plan: Plan, explicit: bool):
     if why:
         return _refusal(explicit, why)
     try:
-        core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers, plan.offload_min_tokens)
+        core = _core.DeviceModel(model._core, plan.n_cpu_moe, plan.gpu_layers, plan.offload_min_tokens,
+                                 max(plan.stage_slots, 1))
     except DeviceError as e:  # out of device memory, a CUDA failure: always said
         if explicit:
             raise

@@ -70,7 +70,8 @@ class Plan:
     block_count: int
     reason: str = ""
     notes: list[str] = field(default_factory=list)
-    stage: int = 0  # the offload's staging buffer on the GPU (0: no offload)
+    stage: int = 0  # the offload's staging slots on the GPU, all of them (0: no offload)
+    stage_slots: int = 0  # 2: a matrix's copy overlaps the matmul before; 1: they take turns
     offload_min_tokens: int = 0  # chunks of at least this many tokens offload the CPU's MoE blocks
 
     def bytes_on(self, device: str) -> int:
@@ -78,7 +79,7 @@ class Plan:
 
     @property
     def gpu_bytes(self) -> int:
-        """VRAM the plan uses: the parts on the GPU, the scratch and the staging buffer (not the reserve)."""
+        """VRAM the plan uses: the parts on the GPU, the scratch and the staging slots (not the reserve)."""
         on_gpu = self.bytes_on("cuda")
         return on_gpu + (self.scratch + self.stage if on_gpu else 0)
 
@@ -103,7 +104,8 @@ class Plan:
         return {"summary": self.summary(), "n_ctx": self.n_ctx, "free_vram": self.free_vram,
                 "reserve": self.reserve, "scratch": self.scratch, "gpu_layers": self.gpu_layers,
                 "n_cpu_moe": self.n_cpu_moe, "gpu_bytes": self.gpu_bytes, "cpu_bytes": self.cpu_bytes,
-                "stage": self.stage, "offload_min_tokens": self.offload_min_tokens,
+                "stage": self.stage, "stage_slots": self.stage_slots,
+                "offload_min_tokens": self.offload_min_tokens,
                 "notes": list(self.notes),
                 "parts": [{"part": p.label, "kind": p.kind, "layer": p.layer, "bytes": p.bytes,
                            "device": p.device} for p in self.parts]}
@@ -111,7 +113,7 @@ class Plan:
 
 def offload_min_tokens() -> int:
     """Prompt chunks of at least this many tokens run the MoE blocks kept on the CPU (beside
-    attention on the GPU) on the GPU, each matrix copied over into a staging buffer just before
+    attention on the GPU) on the GPU, each matrix copied over into a staging slot just before
     its matmul (cuda/device_model.h; llama.cpp's op offload): $OSSRUN_CUDA_OFFLOAD_MIN_TOKENS,
     default 512, 0 turns it off. Decode steps always keep those blocks on the CPU."""
     value = os.environ.get("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "512")
@@ -124,8 +126,8 @@ def offload_min_tokens() -> int:
 _STAGED = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 
-def stage_bytes(tensor_bytes: Mapping[str, int], first: int, n_cpu_moe: int) -> int:
-    """The offload's staging buffer for the MoE blocks of layers first .. n_cpu_moe - 1: the
+def stage_slot_bytes(tensor_bytes: Mapping[str, int], first: int, n_cpu_moe: int) -> int:
+    """One of the offload's staging slots for the MoE blocks of layers first .. n_cpu_moe - 1: the
     largest of their matrices with its bias, each rounded up to 256 bytes (cuda/device_model.h
     offload_stage_bytes)."""
     def up(n: int) -> int:
@@ -213,7 +215,7 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
     GPU as fits; numbers force the split (cpu_moe "all": every expert on the CPU) and raise
     DeviceError if it does not fit. offload: the chunk length from which the MoE blocks left on
     the CPU run on the GPU (offload_min_tokens(), read when None; 0 off), given room for its
-    staging buffer after the split is chosen."""
+    staging slots after the split is chosen: two, else one, else no offload."""
     if offload is None:
         offload = offload_min_tokens()
     L = cfg.block_count
@@ -235,17 +237,25 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
                       Part("kv_cache", layer, kv[layer], on(gpu)),
                       Part("experts", layer, g["experts"][layer], on(gpu and layer >= n_cpu_moe))]
         cpu_moe_layers = max(n_cpu_moe, first) if n_gpu_layers else L
-        stage = stage_bytes(tensor_bytes, first, cpu_moe_layers) if n_gpu_layers and offload else 0
-        def plan_with(stage: int, notes: list[str]) -> Plan:
+        slot = stage_slot_bytes(tensor_bytes, first, cpu_moe_layers) if n_gpu_layers and offload else 0
+
+        def plan_with(slots: int, notes: list[str]) -> Plan:
+            stage = slot * slots
             experts = cpu_moe_layers < L or stage > 0  # MoE blocks computed on the GPU
             return Plan(parts, n_ctx, free_vram, reserve, scratch_bytes(cfg, n_ctx, experts), n_gpu_layers,
-                        cpu_moe_layers, L, reason, notes, stage=stage,
+                        cpu_moe_layers, L, reason, notes, stage=stage, stage_slots=slots if stage else 0,
                         offload_min_tokens=offload if stage else 0)
 
-        plan = plan_with(stage, [])
-        if stage and free_vram is not None and plan.gpu_bytes > free_vram - reserve:
-            # No room for the staging buffer: the CPU's MoE blocks stay there for every chunk.
-            plan = plan_with(0, [f"no VRAM left for the offload's {_gib(stage)} staging buffer"])
+        def fits(plan: Plan) -> bool:
+            return free_vram is None or plan.gpu_bytes <= free_vram - reserve
+
+        plan = plan_with(2, [])
+        if slot and not fits(plan):
+            # Room for one slot: each copy then waits for the matmul before it.
+            plan = plan_with(1, [f"VRAM for one offload staging slot of {_gib(slot)}, not two: its copies "
+                                 "wait for the matmuls"])
+            if not fits(plan):  # none: the CPU's MoE blocks stay there for every chunk
+                plan = plan_with(0, [f"no VRAM left for the offload's {_gib(slot)} staging slot"])
         return plan
 
     if free_vram is None:
@@ -297,8 +307,8 @@ def format_plan(plan: Plan) -> list[str]:
                  if plan.gpu_bytes else f"  {'on the GPU':<28}{_gib(0):>10}")
     lines.append(f"  {'on the CPU':<28}{_gib(plan.cpu_bytes):>10}")
     if plan.stage:
-        lines.append(f"  {'offload staging buffer':<28}{_gib(plan.stage):>10}  (chunks of >= "
-                     f"{plan.offload_min_tokens} tokens)")
+        lines.append(f"  {'offload staging slots':<28}{_gib(plan.stage):>10}  ({plan.stage_slots}; "
+                     f"chunks of >= {plan.offload_min_tokens} tokens)")
     for kind in ("output", "dense", "kv_cache", "experts", "embedding"):
         for device in ("cuda", "cpu"):
             parts = [p for p in plan.parts if p.kind == kind and p.device == device]
