@@ -30,7 +30,8 @@ def run_on_the_emulator(extra_env: dict, *pytest_args: str) -> tuple[int, str]:
     env = dict(os.environ, OSSRUN_CUDA_EMULATOR="1", **extra_env)
     env.pop("OSSRUN_REQUIRE_CUDA", None)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_model.py", *pytest_args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_model.py",
+         *pytest_args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     report = run.stdout[-6000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
