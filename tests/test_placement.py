@@ -241,3 +241,19 @@ def test_offload_stages_the_largest_matrix_of_the_cpus_moe_blocks():
             assert "one offload staging slot" in plan.notes[0]
         if slots == 0:
             assert "staging slot" in plan.notes[-1]
+    # One slot asked for (OSSRUN_CUDA_STAGE_SLOTS=1): one, wherever two would fit.
+    plan = plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe="all", offload=512, stage_slots=1)
+    assert (plan.stage_slots, plan.stage, plan.notes) == (1, 50 * MiB, [])
+    with pytest.raises(ValueError, match="stage_slots"):
+        plan_placement(cfg, sizes, 4096, 80 * GiB, cpu_moe="all", offload=512, stage_slots=3)
+
+
+def test_the_staging_slots_setting_is_checked(monkeypatch):
+    from ossrun.placement import offload_stage_slots
+
+    assert offload_stage_slots() == 2
+    monkeypatch.setenv("OSSRUN_CUDA_STAGE_SLOTS", "1")
+    assert offload_stage_slots() == 1
+    monkeypatch.setenv("OSSRUN_CUDA_STAGE_SLOTS", "two")
+    with pytest.raises(ValueError, match="OSSRUN_CUDA_STAGE_SLOTS"):
+        offload_stage_slots()

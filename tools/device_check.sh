@@ -5,7 +5,7 @@
 # CUDA op and device-model tests (required to run, not skip: OSSRUN_REQUIRE_CUDA), compute-
 # sanitizer's memcheck and racecheck on a subset, the kernels' rates, and the model bench on a
 # 20b-shaped file made there (load, pp512, tg128 with --device cuda, with --n-cpu-moe 12 (offload
-# on, and off) and with --gpu-layers 12).
+# on, and off), with --gpu-layers 12, and --n-cpu-moe 12 with one staging slot).
 # Prints a summary; the whole run stays within DEVICE_CHECK_BUDGET seconds (default 470).
 #
 # Nothing can be fetched on the lent machine, so first, here:  bash tools/device_check_prepare.sh
@@ -151,6 +151,10 @@ bench_model() {
         --gen 16 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --gpu-layers 12 (the first 12 layers on the CPU)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --gpu-layers 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
+    # Last: the budget may end it. One staging slot against the two above.
+    echo "-- --device cuda --n-cpu-moe 12, OSSRUN_CUDA_STAGE_SLOTS=1 (the offload's copies wait for the matmuls)"
+    OSSRUN_CUDA_STAGE_SLOTS=1 "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 \
+        --gen 16 --bandwidth 4800 "${common[@]}"
 }
 
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
@@ -202,7 +206,7 @@ wait
         echo "-- $f"
         case $f in
             gpu_tests) tail -n 15 "$LOGDIR/$f.log" ;;
-            bench_model) tail -n 40 "$LOGDIR/$f.log" ;;
+            bench_model) tail -n 60 "$LOGDIR/$f.log" ;;
             *) tail -n 12 "$LOGDIR/$f.log" ;;
         esac
     done

@@ -123,6 +123,17 @@ def offload_min_tokens() -> int:
     return int(value)
 
 
+def offload_stage_slots() -> int:
+    """The offload's staging slots: 2, so that each matrix's copy (on a stream of its own) runs
+    while the matmul before it reads the other slot, or 1, each copy waiting for the matmul before
+    (half the VRAM; tools/device_check.sh compares them): $OSSRUN_CUDA_STAGE_SLOTS, default 2.
+    The plan takes one where VRAM is short for two."""
+    value = os.environ.get("OSSRUN_CUDA_STAGE_SLOTS", "2")
+    if value not in ("1", "2"):
+        raise ValueError(f"OSSRUN_CUDA_STAGE_SLOTS must be 1 or 2, got {value!r}")
+    return int(value)
+
+
 _STAGED = ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 
@@ -209,15 +220,21 @@ def check_split(block_count: int, gpu_layers=None, cpu_moe=None) -> tuple[int | 
 
 def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: int | None,
                    gpu_layers: int | None = None, cpu_moe: int | str | None = None,
-                   reserve: int = DEFAULT_RESERVE, kv_type: str = "f32", offload: int | None = None) -> Plan:
+                   reserve: int = DEFAULT_RESERVE, kv_type: str = "f32", offload: int | None = None,
+                   stage_slots: int | None = None) -> Plan:
     """Place `cfg`'s model (tensor name -> bytes) for sessions of n_ctx tokens with a KV cache of
     kv_type elements into free_vram bytes (None: no GPU). gpu_layers / cpu_moe None choose as much
     GPU as fits; numbers force the split (cpu_moe "all": every expert on the CPU) and raise
     DeviceError if it does not fit. offload: the chunk length from which the MoE blocks left on
     the CPU run on the GPU (offload_min_tokens(), read when None; 0 off), given room for its
-    staging slots after the split is chosen: two, else one, else no offload."""
+    staging slots after the split is chosen: stage_slots (offload_stage_slots(), read when None),
+    else one, else no offload."""
     if offload is None:
         offload = offload_min_tokens()
+    if stage_slots is None:
+        stage_slots = offload_stage_slots()
+    if stage_slots not in (1, 2):
+        raise ValueError(f"stage_slots must be 1 or 2, got {stage_slots!r}")
     L = cfg.block_count
     forced_layers, forced_cpu_moe = check_split(L, gpu_layers, cpu_moe)
     g = group_tensor_bytes(tensor_bytes, L)
@@ -249,13 +266,13 @@ def plan_placement(cfg, tensor_bytes: Mapping[str, int], n_ctx: int, free_vram: 
         def fits(plan: Plan) -> bool:
             return free_vram is None or plan.gpu_bytes <= free_vram - reserve
 
-        plan = plan_with(2, [])
-        if slot and not fits(plan):
+        plan = plan_with(stage_slots, [])
+        if slot and stage_slots == 2 and not fits(plan):
             # Room for one slot: each copy then waits for the matmul before it.
             plan = plan_with(1, [f"VRAM for one offload staging slot of {_gib(slot)}, not two: its copies "
                                  "wait for the matmuls"])
-            if not fits(plan):  # none: the CPU's MoE blocks stay there for every chunk
-                plan = plan_with(0, [f"no VRAM left for the offload's {_gib(slot)} staging slot"])
+        if slot and not fits(plan):  # none: the CPU's MoE blocks stay there for every chunk
+            plan = plan_with(0, [f"no VRAM left for the offload's {_gib(slot)} staging slot"])
         return plan
 
     if free_vram is None:
