@@ -430,16 +430,28 @@ std::recursive_mutex stream_mutex;
 std::vector<EmuStream*> live_streams;
 uint64_t streams_created = 0;
 enum class StreamOrder { kImmediate, kLazyEven, kLazyOdd, kLazyAll };
+// The stream orders by name (emu::set_stream_order, OSSRUN_EMU_STREAMS, emu::stream_order).
+constexpr std::pair<const char*, StreamOrder> kStreamOrders[] = {{"immediate", StreamOrder::kImmediate},
+                                                                 {"lazy-even", StreamOrder::kLazyEven},
+                                                                 {"lazy-odd", StreamOrder::kLazyOdd},
+                                                                 {"lazy-all", StreamOrder::kLazyAll}};
+
+StreamOrder parse_stream_order(const std::string& spec) {
+    for (const auto& [name, order] : kStreamOrders)
+        if (spec == name) return order;
+    throw std::invalid_argument("the emulator's stream order '" + spec +
+                                "' is not immediate, lazy-even, lazy-odd or lazy-all");
+}
+
 StreamOrder stream_order_value = [] {
     const char* v = std::getenv("OSSRUN_EMU_STREAMS");
-    const std::string s = v ? v : "";
-    if (s.empty() || s == "immediate") return StreamOrder::kImmediate;
-    if (s == "lazy-even") return StreamOrder::kLazyEven;
-    if (s == "lazy-odd") return StreamOrder::kLazyOdd;
-    if (s == "lazy-all") return StreamOrder::kLazyAll;
-    std::fprintf(stderr, "ossrun emulator: OSSRUN_EMU_STREAMS=%s is not immediate, lazy-even, lazy-odd or lazy-all\n",
-                 s.c_str());
-    std::abort();
+    if (!v || !*v) return StreamOrder::kImmediate;
+    try {
+        return parse_stream_order(v);
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "ossrun emulator: OSSRUN_EMU_STREAMS: %s\n", e.what());
+        std::abort();
+    }
 }();
 
 bool live(EmuStream* s) { return std::find(live_streams.begin(), live_streams.end(), s) != live_streams.end(); }
@@ -473,21 +485,12 @@ cudaError_t take_error() {
 
 void emu::set_stream_order(const std::string& spec) {
     std::lock_guard<std::recursive_mutex> lock(stream_mutex);
-    if (spec == "immediate") stream_order_value = StreamOrder::kImmediate;
-    else if (spec == "lazy-even") stream_order_value = StreamOrder::kLazyEven;
-    else if (spec == "lazy-odd") stream_order_value = StreamOrder::kLazyOdd;
-    else if (spec == "lazy-all") stream_order_value = StreamOrder::kLazyAll;
-    else throw std::invalid_argument("the emulator's stream order '" + spec +
-                                     "' is not immediate, lazy-even, lazy-odd or lazy-all");
+    stream_order_value = parse_stream_order(spec);
 }
 
 std::string emu::stream_order() {
-    switch (stream_order_value) {
-        case StreamOrder::kImmediate: return "immediate";
-        case StreamOrder::kLazyEven: return "lazy-even";
-        case StreamOrder::kLazyOdd: return "lazy-odd";
-        case StreamOrder::kLazyAll: return "lazy-all";
-    }
+    for (const auto& [name, order] : kStreamOrders)
+        if (order == stream_order_value) return name;
     return "";
 }
 
