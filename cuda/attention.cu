@@ -12,7 +12,7 @@
 // Prefill rows (more than kAttentionSplitMaxRows tokens) are tiled instead: one block per (kv
 // head, run of tokens) holds all the group's query heads for those tokens, 64 (head, token) rows,
 // and reads each tile of keys and values into shared memory once for all of them, with the same
-// online softmax per row.
+// online softmax per row; over an IEEE-half cache on tensor cores (attention_mma.cu), else here.
 #include "../csrc/attention_split.h"
 #include "../csrc/numerics.h"
 #include "common.cuh"
@@ -265,27 +265,34 @@ void launch(const AttentionArgs& a, dim3 grid, cudaStream_t stream) {
 
 }  // namespace
 
+AttentionPath attention_path(const AttentionArgs& a) {
+    if (a.n_parts > 1 && a.part_acc && a.part_max && a.part_sum) return AttentionPath::kSplit;
+    if (a.T > kAttentionSplitMaxRows && attention_mma_can_run(a)) return AttentionPath::kTensorCores;
+    if (a.T > kAttentionSplitMaxRows && tiled_can_run(a)) return AttentionPath::kTiled;
+    return AttentionPath::kRows;
+}
+
 void attention(const AttentionArgs& a, cudaStream_t stream) {
     if (a.T == 0 || a.n_q == 0) return;
     const dim3 grid(unsigned(a.n_q), unsigned(a.T));
-    if (a.n_parts > 1 && a.part_acc && a.part_max && a.part_sum) {
-        launch<true>(a, dim3(unsigned(a.n_q), unsigned(a.T), unsigned(a.n_parts)), stream);
-        check_launch("attention (parts)");
-        merge_parts_kernel<<<grid, kThreads, 0, stream>>>(a);
-        check_launch("attention (merge)");
-        return;
+    switch (attention_path(a)) {
+        case AttentionPath::kSplit:
+            launch<true>(a, dim3(unsigned(a.n_q), unsigned(a.T), unsigned(a.n_parts)), stream);
+            check_launch("attention (parts)");
+            merge_parts_kernel<<<grid, kThreads, 0, stream>>>(a);
+            check_launch("attention (merge)");
+            return;
+        case AttentionPath::kTensorCores: attention_mma(a, stream); return;
+        case AttentionPath::kTiled:
+            switch (a.kv_type) {
+                case KvType::F16: launch_tiled<KvType::F16>(a, stream); break;
+                case KvType::BF16: launch_tiled<KvType::BF16>(a, stream); break;
+                default: launch_tiled<KvType::F32>(a, stream);
+            }
+            check_launch("attention (tiled)");
+            return;
+        case AttentionPath::kRows: launch<false>(a, grid, stream); check_launch("attention");
     }
-    if (a.T > kAttentionSplitMaxRows && tiled_can_run(a)) {
-        switch (a.kv_type) {
-            case KvType::F16: launch_tiled<KvType::F16>(a, stream); break;
-            case KvType::BF16: launch_tiled<KvType::BF16>(a, stream); break;
-            default: launch_tiled<KvType::F32>(a, stream);
-        }
-        check_launch("attention (tiled)");
-        return;
-    }
-    launch<false>(a, grid, stream);
-    check_launch("attention");
 }
 
 }  // namespace ossrun::cuda

@@ -52,11 +52,19 @@ MatmulKernel kernel_arg(const std::string& kernel) {
     throw py::value_error("kernel must be 'auto', 'gemv' or 'gemm'");
 }
 
-// precision "f32" (the tensor-core GEMM's exact two-half activations) or "fast" (one half).
+// precision "f32" (the tensor cores' exact two-half operands) or "fast" (one half).
 bool precision_arg(const std::string& precision) {
     if (precision == "f32") return true;
     if (precision == "fast") return false;
     throw py::value_error("precision must be 'f32' or 'fast'");
+}
+
+// kv_type "f32", "f16" or "bf16" as KvType's code.
+int kv_type_code(const std::string& kv_type) {
+    if (kv_type == "f32") return 0;
+    if (kv_type == "f16") return 1;
+    if (kv_type == "bf16") return 2;
+    throw py::value_error("kv_type must be 'f32', 'f16' or 'bf16'");
 }
 
 // C++ errors of the ops as Python ones: bad arguments ValueError, CUDA failures CudaError.
@@ -173,14 +181,14 @@ void bind_ops(py::module_& m) {
        py::arg("kernel") = "auto", py::arg("reps") = 20, py::arg("precision") = "f32",
        "seconds per call of the matmul kernel (median of reps, CUDA events), for tools/device_check.sh");
     m.def("time_attention", [](int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
-                               const std::string& kv_type, int reps) {
-        const int type = kv_type == "f32" ? 0 : kv_type == "f16" ? 1 : kv_type == "bf16" ? 2 : -1;
-        if (type < 0) throw py::value_error("kv_type must be 'f32', 'f16' or 'bf16'");
+                               const std::string& kv_type, int reps, const std::string& precision) {
+        const int type = kv_type_code(kv_type);
+        const bool exact = precision_arg(precision);
         double seconds = 0;
-        guarded([&] { seconds = time_attention_host(T, n_q, n_kv, d, n_keys, window, type, reps); });
+        guarded([&] { seconds = time_attention_host(T, n_q, n_kv, d, n_keys, window, type, reps, exact); });
         return seconds;
     }, py::arg("T"), py::arg("n_q"), py::arg("n_kv"), py::arg("d"), py::arg("n_keys"), py::arg("window") = 0,
-       py::arg("kv_type") = "f16", py::arg("reps") = 20,
+       py::arg("kv_type") = "f16", py::arg("reps") = 20, py::arg("precision") = "f32",
        "seconds per call of the attention kernel, T rows at the last positions of n_keys (tools/cuda_op_rates.py)");
     m.def("rmsnorm", [](F32Array x, F32Array g, float eps) {
         if (x.ndim() != 2 || g.ndim() != 1 || g.shape(0) != x.shape(1))
@@ -203,7 +211,8 @@ void bind_ops(py::module_& m) {
         return out;
     }, py::arg("x"), py::arg("positions"), py::arg("theta"), py::arg("concentration"));
     m.def("attention", [](F32Array q, F32Array k, F32Array v, I64Array positions, F32Array sinks,
-                          int64_t window, float scale, const std::string& kv_type, bool split) {
+                          int64_t window, float scale, const std::string& kv_type, bool split,
+                          const std::string& precision, bool with_kernel) {
         if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 || positions.ndim() != 1 || sinks.ndim() != 1)
             throw py::value_error("attention wants q [T, n_q, d], k/v [cap, n_kv, d], positions [T], sinks [n_q]");
         const int64_t T = q.shape(0), n_q = q.shape(1), d = q.shape(2);
@@ -211,18 +220,23 @@ void bind_ops(py::module_& m) {
         if (k.shape(2) != d || v.shape(0) != cap || v.shape(1) != n_kv || v.shape(2) != d ||
             positions.shape(0) != T || sinks.shape(0) != n_q)
             throw py::value_error("attention wants q [T, n_q, d], k/v [cap, n_kv, d], positions [T], sinks [n_q]");
-        const int type = kv_type == "f32" ? 0 : kv_type == "f16" ? 1 : kv_type == "bf16" ? 2 : -1;
-        if (type < 0) throw py::value_error("kv_type must be 'f32', 'f16' or 'bf16'");
+        const int type = kv_type_code(kv_type);
+        const bool exact = precision_arg(precision);
         py::array_t<float> out({T, n_q, d});
         float* op = out.mutable_data();
+        const char* kernel = "";
         guarded([&] {
-            attention_host(q.data(), k.data(), v.data(), positions.data(), sinks.data(), op, T, n_q, n_kv,
-                           d, cap, window, scale, type, split);
+            kernel = attention_host(q.data(), k.data(), v.data(), positions.data(), sinks.data(), op, T, n_q, n_kv,
+                                  d, cap, window, scale, type, split, exact);
         });
-        return out;
+        if (!with_kernel) return py::object(out);
+        return py::object(py::make_tuple(out, kernel));
     }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("positions"), py::arg("sinks"),
        py::arg("window"), py::arg("scale"), py::arg("kv_type") = "f32", py::arg("split") = false,
-       "split: flash-decoding, as the device model's decode rows (kernels.cuh n_parts)");
+       py::arg("precision") = "f32", py::arg("with_kernel") = false,
+       "split: flash-decoding, as the device model's decode rows (kernels.cuh n_parts); precision 'f32' or "
+       "'fast' (the tensor-core prefill path's halves); with_kernel: also the kernel that ran ('rows', "
+       "'split', 'tensor cores' or 'tiled')");
     m.def("router_topk", [](F32Array logits, int64_t k) {
         if (logits.ndim() != 2 || k < 1 || k > logits.shape(1))
             throw py::value_error("router_topk wants logits [T, E] and 1 <= k <= E");

@@ -142,6 +142,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         a.cap = kv->capacity(layer);
         a.window = params.window;
         a.scale = params.scale;
+        a.exact = !m_.host_->fast_precision();
         if (g.n <= kAttentionSplitMaxRows) {  // decode: flash-decoding over long key ranges
             const int64_t parts = attention_parts_of(g, params.window);
             if (parts > 1) {

@@ -97,7 +97,9 @@ void rope(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_
 // sees keys max(0, p - window + 1) .. p (window 0: all from 0), which must span at most cap slots.
 // Each head's sink joins its softmax denominator only (no value, no scale).
 // Rows of more than kAttentionSplitMaxRows tokens (prefill) attend tiled, a block per KV head and
-// run of tokens, where the head dimension is a multiple of 16 up to 256 (attention.cu tiled_can_run).
+// run of tokens: on tensor cores over an IEEE-half cache where the head dimension is a multiple of
+// 16 up to 128 (attention_mma.cu), else on float32 where it is a multiple of 16 up to 256
+// (attention.cu tiled_can_run); attention_path says which.
 struct AttentionArgs {
     const float* q = nullptr;          // [T][n_q][d]
     const void* k = nullptr;           // [cap][n_kv][d], after RoPE
@@ -108,6 +110,9 @@ struct AttentionArgs {
     float* out = nullptr;              // [T][n_q][d]
     int64_t T = 0, n_q = 0, n_kv = 0, d = 0, cap = 0, window = 0;
     float scale = 0.0f;
+    // The tensor-core path's precision (attention_mma.cu): q and the softmax weights as two halves
+    // each (~22 bits), or one (11 bits; the "fast" precision).
+    bool exact = true;
     // Flash-decoding (csrc/attention_split.h's chunks of keys, one block each, then a merge) when
     // n_parts > 1: at least the most chunks any row's key range has; partial results
     // [T][n_q][n_parts] (acc times d) in the caller's device buffers.
@@ -120,6 +125,13 @@ constexpr int64_t kMaxHeadDim = 256;
 // Rows of at most this many tokens are split (decode); prefill has blocks enough unsplit.
 constexpr int64_t kAttentionSplitMaxRows = 8;
 void attention(const AttentionArgs& a, cudaStream_t stream);
+// The kernel attention(a) runs: decode rows one block per (head, token), split into chunks of
+// keys and merged, or prefill tiled on tensor cores or on float32.
+enum class AttentionPath { kRows, kSplit, kTensorCores, kTiled };
+AttentionPath attention_path(const AttentionArgs& a);
+// attention.cu's tensor-core prefill kernel (attention_mma.cu) and the arguments it takes.
+bool attention_mma_can_run(const AttentionArgs& a);
+void attention_mma(const AttentionArgs& a, cudaStream_t stream);
 
 // Per token t: the k largest of logits[t][0..E) (ties: lower index first) into idx[t][k] and
 // their softmax weights into weight[t][k] (moe_ops.cu, as csrc/moe_ops.h router_topk).

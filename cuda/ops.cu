@@ -216,7 +216,7 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
 }
 
 double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
-                           int kv_type, int reps) {
+                           int kv_type, int reps, bool exact) {
     require(T >= 1 && T <= n_keys && T <= kMaxGridY && n_keys <= (int64_t(1) << 24),
             "1 <= T <= min(n_keys, 65535), n_keys <= 2^24");
     require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0 && d >= 1 && d <= kMaxHeadDim,
@@ -244,6 +244,7 @@ double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int6
     DeviceArray<int64_t> dpos(pos.data(), pos.size());
     AttentionArgs a = device_attention_args(dq.get(), dk.get(), dv.get(), type, dpos.get(), dsinks.get(), dout.get(),
                                             T, n_q, n_kv, d, n_keys, window, 1.0f / std::sqrt(float(d)));
+    a.exact = exact;
     // Split as the device model's decode rows.
     const AttentionParts parts(a, T <= kAttentionSplitMaxRows ? n_parts : 1);
     return median_seconds([&] { attention(a, nullptr); }, reps);
@@ -270,9 +271,9 @@ void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, i
     dx.copy_to(x);
 }
 
-void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
-                    const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
-                    int64_t cap, int64_t window, float scale, int kv_type, bool split) {
+const char* attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
+                           const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
+                           int64_t cap, int64_t window, float scale, int kv_type, bool split, bool exact) {
     require(T >= 1 && T <= kMaxGridY, "attention takes 1 to 65535 query tokens");
     require(kv_type >= 0 && kv_type <= 2, "kv_type must be 0 (f32), 1 (f16) or 2 (bf16)");
     require(n_kv >= 1 && n_q >= n_kv && n_q % n_kv == 0, "n_q must be a multiple of n_kv");
@@ -308,10 +309,17 @@ void attention_host(const float* q, const float* k, const float* v, const int64_
     const void* dv_any = type == KvType::F32 ? static_cast<const void*>(dv.get()) : dv16.get();
     AttentionArgs a = device_attention_args(dq.get(), dk_any, dv_any, type, dpos.get(), dsinks.get(), dout.get(), T,
                                             n_q, n_kv, d, cap, window, scale);
+    a.exact = exact;
     const AttentionParts parts(a, split ? n_parts : 1);
     attention(a, nullptr);
     finish("attention");
     dout.copy_to(out);
+    switch (attention_path(a)) {
+        case AttentionPath::kSplit: return "split";
+        case AttentionPath::kTensorCores: return "tensor cores";
+        case AttentionPath::kTiled: return "tiled";
+        default: return "rows";
+    }
 }
 
 void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight) {

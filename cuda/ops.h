@@ -55,16 +55,19 @@ double time_matmul_host(const Matrix& W_host, int64_t n_tok, MatmulKernel which,
 // n_keys (pseudo-random K and V of kv_type), as the device model runs them (decode rows of several
 // 2048-key parts split), the median of `reps` after two warm-ups: for the kernel rates.
 double time_attention_host(int64_t T, int64_t n_q, int64_t n_kv, int64_t d, int64_t n_keys, int64_t window,
-                           int kv_type, int reps);
+                           int kv_type, int reps, bool exact = true);
 void rmsnorm_host(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps);
 // x [T][n_heads][d] is rotated in place.
 void rope_host(float* x, const int64_t* positions, int64_t T, int64_t n_heads, int64_t d,
                const float* theta, float concentration);
 // q [T][n_q][d], k and v [cap][n_kv][d], positions [T], sinks [n_q] -> out [T][n_q][d]; the
-// cache is stored as kv_type (0 float32, 1 IEEE half, 2 bfloat16: KvType), rounded to nearest even.
-void attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
-                    const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
-                    int64_t cap, int64_t window, float scale, int kv_type = 0, bool split = false);
+// cache is stored as kv_type (0 float32, 1 IEEE half, 2 bfloat16: KvType), rounded to nearest even;
+// exact: AttentionArgs::exact. Returns the kernel that ran (kernels.cuh attention_path): "rows",
+// "split", "tensor cores" or "tiled".
+const char* attention_host(const float* q, const float* k, const float* v, const int64_t* positions,
+                           const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
+                           int64_t cap, int64_t window, float scale, int kv_type = 0, bool split = false,
+                           bool exact = true);
 void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight);
 void swiglu_host(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 

@@ -241,6 +241,11 @@ def test_fast_precision_on_the_gpu_errs_as_half_activations_do(fx, monkeypatch):
     assert np.median(row_errors(plain)) > TOL / 10  # the rounding is real
     assert np.median(row_errors(fast)) <= 2 * np.median(row_errors(plain)) + TOL / 10
     assert top_agreement(fast) >= top_agreement(plain) - 0.02
+    # The defaults (an f16 cache): the prefill attention on tensor cores with q and the softmax
+    # weights in one half each (cuda/attention_mma.cu) adds an error of the same order.
+    default = gpu(fx["gguf"]).logits(fx["tokens"])
+    assert np.median(row_errors(default)) <= 3 * np.median(row_errors(plain)) + TOL / 10
+    assert top_agreement(default) >= top_agreement(plain) - 0.02
 
 
 @needs_device

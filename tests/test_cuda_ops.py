@@ -610,10 +610,108 @@ def test_cuda_attention_16_bit_cache_is_the_rounded_float_cache(rng, case, kv_ty
     pos = np.array(qpos, np.int64)
     scale = np.float32(1 / math.sqrt(d))
     split = case.startswith("split")
+    if kv_type == "f16" and len(qpos) > 8:
+        pytest.skip("prefill rows over an f16 cache take the tensor cores: test_cuda_attention_tensor_cores")
     out = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, kv_type, split=split)
     rounded = [cpu.kv_round(c.ravel(), kv_type).reshape(c.shape) for c in (k_cache, v_cache)]
     want = gpu.attention(q, *rounded, pos, sinks, window, scale, split=split)
     assert np.array_equal(f32_bits(out), f32_bits(want))
+
+
+# The tensor-core prefill kernel (attention_mma.cu) takes an IEEE-half cache, d a multiple of 16 up
+# to 128 and more than 8 query rows; name: (cap, n_positions, query positions, window) as above.
+MMA_ATTENTION_CASES = {
+    "full_causal_prefill": ATTENTION_CASES["full_causal_prefill"],
+    "kv_ring_wrapped_prefill": ATTENTION_CASES["kv_ring_wrapped_prefill"],
+    "from_position_zero": (70, 70, list(range(70)), 0),  # rows of 1 .. 70 keys, tiles of one key
+    "window_from_zero": (200, 150, list(range(150)), 128),
+}
+
+
+def _attention_mma_bound(q, K, V, sinks, qpos, window, scale, exact):
+    """Per (t, h, c) _attention_bound's terms for the tensor cores' operands: q in halves relative
+    to its row's largest |q| (two: 2^-21 of it, one: 2^-11), each weight p in halves (2^-21 or
+    2^-11 of itself, plus 2^-25: half's subnormal spacing), and the mma's float32 sums counted as
+    truncating (2U a term, twice for the two halves) over d channels and the keys' tiles."""
+    rel_q, rel_p = (2.0**-21, 2.0**-21) if exact else (2.0**-11, 2.0**-11)
+    T, nq, d = q.shape
+    group = nq // K.shape[1]
+    tol = np.empty((T, nq, d))
+    for t in range(T):
+        p = qpos[t]
+        lo = max(0, p - window + 1) if window else 0
+        k_vis, v_vis = K[lo:p + 1], V[lo:p + 1]
+        n = p - lo + 1
+        for h in range(nq):
+            g = h // group
+            qh = q[t, h].astype(np.float64)
+            z = k_vis[:, g] @ qh * scale
+            S = np.abs(k_vis[:, g]) @ np.abs(qh) * scale
+            dz = rel_q * np.abs(qh).max() * scale * np.abs(k_vis[:, g]).sum(axis=1)
+            m = max(z.max(), sinks[h])
+            arg_err = np.max(4 * (d + 2) * U * S + U * (np.abs(z) + abs(m)) + dz)
+            w = np.exp(z - m) / (np.exp(sinks[h] - m) + np.exp(z - m).sum())
+            av = np.abs(v_vis[:, g])
+            sums = 4 * (n + 8 + 2 * (n // 64 + 2)) * U  # _attention_bound's, for 64-key tiles
+            tol[t, h] = 2 * (2 * arg_err + sums) * (w @ av) + (rel_p * w + 2.0**-25) @ av
+    return tol
+
+
+@needs_device
+@pytest.mark.parametrize("precision", ["f32", "fast"])
+@pytest.mark.parametrize("heads", [(8, 1), (3, 3), (64, 8)], ids=lambda h: f"q{h[0]}kv{h[1]}")
+@pytest.mark.parametrize("d", [64, 80, 128])
+@pytest.mark.parametrize("case", list(MMA_ATTENTION_CASES))
+def test_cuda_attention_tensor_cores(rng, case, d, heads, precision):
+    cap, P, qpos, window = MMA_ATTENTION_CASES[case]
+    nq, nkv = heads
+    T = len(qpos)
+    # K and V as an f16 cache holds them (rounded once, then exact); q of mixed scales, so a
+    # row's halves lose bits relative to its largest value.
+    K = cpu.kv_round(rng.standard_normal((P, nkv, d)).astype(np.float32).ravel(), "f16").reshape(P, nkv, d)
+    V = cpu.kv_round(rng.standard_normal((P, nkv, d)).astype(np.float32).ravel(), "f16").reshape(P, nkv, d)
+    q = (rng.standard_normal((T, nq, d)) * np.exp(rng.uniform(-3, 3, (T, nq, 1)))).astype(np.float32)
+    sinks = rng.normal(0, 2, nq).astype(np.float32)
+    k_cache = np.zeros((cap, nkv, d), np.float32)
+    v_cache = np.zeros((cap, nkv, d), np.float32)
+    for j in range(P):
+        k_cache[j % cap], v_cache[j % cap] = K[j], V[j]
+    scale = np.float32(1 / math.sqrt(d))
+    pos = np.array(qpos, np.int64)
+    out, kernel = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, "f16",
+                                precision=precision, with_kernel=True)
+    assert kernel == "tensor cores"
+    ref = R.attention(q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
+                      sinks.astype(np.float64), qpos, np.arange(P), window or None)
+    tol = _attention_mma_bound(q, K, V, sinks, qpos, window, float(scale), precision == "f32")
+    err = np.abs(out - ref)
+    assert np.all(err <= tol), f"max err/bound {np.max(err / tol):.3g}"
+    # The float32 tiled kernel on the same (exactly widened) cache agrees within both bounds.
+    f32_out, f32_kernel = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, with_kernel=True)
+    assert f32_kernel == "tiled"
+    assert np.all(np.abs(out - f32_out) <= 2 * tol)
+    if precision == "fast":  # one half loses ~11 bits that two keep: the flag reaches the kernel
+        exact = gpu.attention(q, k_cache, v_cache, pos, sinks, window, scale, "f16")
+        assert np.max(np.abs(exact - ref)) < np.max(err) / 8
+
+
+@needs_device
+def test_cuda_attention_takes_the_tensor_cores_where_they_apply(rng):
+    cap, P, qpos, window = ATTENTION_CASES["full_causal_prefill"]
+    sinks = np.zeros(8, np.float32)
+
+    def kernel(T, d, kv_type, nq=8, nkv=2, split=False):
+        q = rng.standard_normal((T, nq, d)).astype(np.float32)
+        kv = rng.standard_normal((cap, nkv, d)).astype(np.float32)
+        return gpu.attention(q, kv, kv, np.array(qpos[-T:], np.int64), sinks[:nq], window, 0.125, kv_type,
+                             split=split, with_kernel=True)[1]
+
+    assert kernel(9, 64, "f16") == "tensor cores"
+    assert kernel(9, 128, "f16") == "tensor cores"
+    assert kernel(9, 256, "f16") == "tiled"  # past the kernel's 128 channels
+    assert kernel(9, 64, "f32") == "tiled" and kernel(9, 64, "bf16") == "tiled"
+    assert kernel(8, 64, "f16") == "rows"  # decode rows
+    assert kernel(9, 72, "f16") == "rows"  # d not a multiple of 16
 
 
 def test_cuda_attention_kv_type_is_checked():

@@ -50,17 +50,21 @@ def main() -> int:
         tflops = 2 * rows * cols * n_tok / s / 1e12
         print(f"{kernel} {precision:4} {what}: {s * 1e6:9.1f} us  {gbs:8.1f} GB/s of weights  "
               f"{tflops:7.2f} TFLOP/s")
-    # Attention of gpt-oss-20b's heads (64 query, 8 KV, d 64) over an f16 cache: a prefill chunk
-    # (the tiled kernel) at depth on a full and a sliding layer, and decode rows (split into
-    # 2048-key parts past one). FLOPs: 4 T n_q d per visible key (QK^T and PV).
-    attention_cases = [  # (what, T, n_keys, window)
-        ("prefill chunk of 256 at depth 2048, full layer", 256, 2048, 0),
-        ("prefill chunk of 256 at depth 2048, sliding layer", 256, 2048, 128),
-        ("decode 1 row at depth 8192, full layer", 1, 8192, 0),
-        ("decode 4 rows at depth 8192, full layer", 4, 8192, 0),
+    # Attention of gpt-oss-20b's heads (64 query, 8 KV, d 64): a prefill chunk at depth on a full
+    # and a sliding layer, over an f16 cache on the tensor cores (fast: one half of q and p, f32:
+    # two) and over an f32 cache on the float32 tiled kernel; decode rows over an f16 cache (split
+    # into 2048-key parts past one). FLOPs: 4 T n_q d per visible key (QK^T and PV).
+    attention_cases = [  # (what, T, n_keys, window, kv_type, precision)
+        ("prefill 1024 at depth 2048, full layer, tensor cores fast", 1024, 2048, 0, "f16", "fast"),
+        ("prefill 1024 at depth 2048, full layer, tensor cores f32", 1024, 2048, 0, "f16", "f32"),
+        ("prefill 1024 at depth 2048, full layer, f32 cache, tiled", 1024, 2048, 0, "f32", "f32"),
+        ("prefill 1024 at depth 2048, sliding layer, tensor cores fast", 1024, 2048, 128, "f16", "fast"),
+        ("prefill 1024 at depth 2048, sliding layer, f32 cache, tiled", 1024, 2048, 128, "f32", "f32"),
+        ("decode 1 row at depth 8192, full layer", 1, 8192, 0, "f16", "f32"),
+        ("decode 4 rows at depth 8192, full layer", 4, 8192, 0, "f16", "f32"),
     ]
-    for what, T, n_keys, window in attention_cases:
-        s = _cuda.ops.time_attention(T, 64, 8, 64, n_keys, window, "f16", 20)
+    for what, T, n_keys, window, kv_type, precision in attention_cases:
+        s = _cuda.ops.time_attention(T, 64, 8, 64, n_keys, window, kv_type, 20, precision)
         keys = sum(min(p + 1, window) if window else p + 1 for p in range(n_keys - T, n_keys))
         tflops = 4 * 64 * 64 * keys / s / 1e12
         kv_gbs = 2 * 8 * 64 * 2 * min(n_keys, window + T if window else n_keys) / s / 1e9
