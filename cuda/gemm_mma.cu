@@ -3,12 +3,13 @@
 // token x 64 weight-row tile of y stepping one 32-element block of K at a time.
 //
 // Exactness: an E2M1, int8 or F16 weight value is exact in IEEE half, so each block's codes go to the
-// mma unscaled (E2M1 times 2^-14, csrc/mxfp4.h) and its scale is applied in float32 to the
-// block's partial sums. The activations arrive split (split_activations below, once per x for
-// all the matmuls that read it): per token and block a power of two and halves x_hi (+ x_lo),
-// whose products with the weights are exact; `exact` sends both through the mma (~22 of float32's
-// 24 bits of x), `fast` only x_hi (11 bits). Products and sums accumulate in float32 inside the
-// tensor cores.
+// mma unscaled (E2M1 times 2^-14, csrc/mxfp4.h) and its scale multiplies the block's partial sums
+// in float32, one FMA an output (F16 has none: its products accumulate in the mma). The
+// activations arrive split (split_activations below, once per x for all the matmuls that read
+// it): per token a power of two and halves x_hi (+ x_lo), whose products with the weights are
+// exact; `exact` sends both through the mma (~22 of float32's 24 bits of x), `fast` only x_hi
+// (11 bits). The token's power of two and the format's unit multiply each output once, at the
+// end. Products and sums accumulate in float32 inside the tensor cores.
 //
 // The tiles are double-buffered: while the warps multiply block b from shared memory, each thread
 // has its share of block b + 1 in flight from global memory into registers (16-byte loads of the
@@ -16,6 +17,7 @@
 #include <cuda_fp16.h>
 
 #include <stdexcept>
+#include <type_traits>
 
 #include "../csrc/mxfp4.h"
 #include "../csrc/numerics.h"
@@ -41,7 +43,6 @@ struct Tiles {
     uint32_t x_hi[kBM][kPitch];
     uint32_t x_lo[kBM][kPitch];
     float w_scale[kBN];  // the block's scale per weight row (0 past the last row)
-    float x_scale[kBM];  // the power of two each token's activations were divided by
 };
 
 // f(mi, ni, i, m, n) for each float this lane holds of its warp's 32 x 32 piece at (wm, wn):
@@ -123,11 +124,10 @@ struct WeightFetch<F16Blocks> {  // already halves
 };
 
 // A thread's share of one token row's split block: words 8h .. 8h + 7 of x_hi (and x_lo), two
-// 16-byte loads each, and the block's power of two (row -1: past the tile's tokens).
+// 16-byte loads each (row -1: past the tile's tokens).
 template <bool kExact>
 struct ActivationFetch {
     uint4 hi[2], lo[2];
-    float scale;
     bool valid;
     __device__ void fetch(const SplitActivations& x, int64_t row, int64_t b, int h) {
         valid = row >= 0;
@@ -139,7 +139,6 @@ struct ActivationFetch {
             const uint4* lo4 = reinterpret_cast<const uint4*>(x.lo + word);
             lo[0] = __ldg(lo4), lo[1] = __ldg(lo4 + 1);
         }
-        scale = x.scale[row * (x.cols / kBlockElems) + b];
     }
     __device__ void store(Tiles& s, int m, int h) const {
         const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
@@ -149,25 +148,25 @@ struct ActivationFetch {
             uint4* lo4 = reinterpret_cast<uint4*>(&s.x_lo[m][8 * h]);
             lo4[0] = valid ? lo[0] : zero, lo4[1] = valid ? lo[1] : zero;
         }
-        if (h == 0) s.x_scale[m] = valid ? scale : 0.0f;
     }
 };
 
-// Thread i of rows * cols / 32 splits block i % (cols / 32) of row i / (cols / 32).
+// One warp a row (kSplitRows a block): the row's largest |x| (fmaxf drops NaN; a NaN x stays NaN
+// below), then a lane a 32-element block, as its words of hi (and lo).
+constexpr int kSplitRows = 8;
 __global__ void split_kernel(const float* x, int64_t ldx, int64_t rows, int64_t cols, bool exact, uint32_t* hi,
                              uint32_t* lo, float* scale) {
-    const int64_t nb = cols / kBlockElems, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i >= rows * nb) return;
-    const int64_t r = i / nb, b = i % nb;
-    const float* xb = x + r * ldx + b * kBlockElems;
-    float v[kBlockElems], big = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kBlockElems; ++j) {
-        v[j] = xb[j];
-        big = fmaxf(big, fabsf(v[j]));  // fmaxf drops NaN; a NaN x stays NaN below
-    }
+    const int lane = threadIdx.x % kWarp;
+    const int64_t r = int64_t(blockIdx.x) * kSplitRows + threadIdx.x / kWarp, nb = cols / kBlockElems;
+    if (r >= rows) return;  // the whole warp
+    const float* xr = x + r * ldx;
+    float big = 0.0f;
+    for (int64_t c = lane; c < cols; c += kWarp) big = fmaxf(big, fabsf(xr[c]));
+    big = warp_max(big);
     // Divide by 2^k, k = exponent(big) - 15 (clamped to float32's normal powers), so the largest
-    // lands in [2^14, 2^15): both ways exact powers of two; an infinity keeps k = 0.
+    // lands in [2^14, 2^15): both ways exact powers of two; an infinity keeps k = 0. Halves keep 11
+    // bits of any element down to 2^-14 of that, so one power a row loses nothing to one a block
+    // but below 2^-28 of the row's largest.
     int k = 0;
     if (big > 0.0f && big <= 3.4e38f) {
         int e;
@@ -175,17 +174,24 @@ __global__ void split_kernel(const float* x, int64_t ldx, int64_t rows, int64_t 
         k = max(-126, min(127, e - 15));
     }
     const float down = ldexpf(1.0f, -k);
-    uint32_t* hi_w = hi + i * kWords;  // row r's block b: words (r * nb + b) * 16 ..
+    for (int64_t b = lane; b < nb; b += kWarp) {
+        const float* xb = xr + b * kBlockElems;
+        const int64_t w0 = (r * nb + b) * kWords;  // row r's block b: its 16 words
 #pragma unroll
-    for (int q = 0; q < kWords; ++q) {
-        const float a = v[q] * down, c = v[q + 16] * down;
-        const __half ah = __float2half_rn(a), ch = __float2half_rn(c);
-        hi_w[q] = half_pair(ah, ch);
-        if (exact)
-            lo[i * kWords + q] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(c - __half2float(ch)));
+        for (int q = 0; q < kWords; ++q) {
+            const float a = xb[q] * down, c = xb[q + 16] * down;
+            const __half ah = __float2half_rn(a), ch = __float2half_rn(c);
+            hi[w0 + q] = half_pair(ah, ch);
+            if (exact)
+                lo[w0 + q] = half_pair(__float2half_rn(a - __half2float(ah)), __float2half_rn(c - __half2float(ch)));
+        }
     }
-    scale[i] = ldexpf(1.0f, k);
+    if (lane == 0) scale[r] = ldexpf(1.0f, k);
 }
+
+// Whether a format's blocks have scales (F16's have none).
+template <class F>
+constexpr bool kScaled = !std::is_same_v<F, F16Blocks>;
 
 // grid (ceil(rows / kBN), m tiles), kThreads threads. Grouped (g.n_tiles set): m tile i is
 // g.tile_*[i] of the expert-sorted pairs g.order, whose x rows are x[pair / x_div] and y rows
@@ -195,6 +201,7 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
     __shared__ __align__(16) Tiles s[2];
     __shared__ int64_t x_rows[kBM];  // the split row of each tile row (-1: none)
     __shared__ int64_t y_rows[kBM];
+    __shared__ float y_scale[kBM];   // the row's power of two times the format's unit
     const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
     const int64_t n0 = int64_t(blockIdx.x) * kBN, tile = blockIdx.y;
     int64_t mat = a.mat, first = tile * kBM, count = a.n_tok - first;
@@ -212,6 +219,7 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
         const int64_t r = tid < count ? (order ? order[first + tid] : first + tid) : -1;
         x_rows[tid] = r < 0 ? -1 : (order ? r / a.x_div : r);
         y_rows[tid] = r;
+        y_scale[tid] = r < 0 ? 0.0f : a.x.scale[x_rows[tid]] * F::kUnit;  // 2^(k + 14) at most 2^127
     }
     __syncthreads();
 
@@ -236,7 +244,9 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
             wf.fetch(w_row ? w_row + (b + 1) * F::kBytes : nullptr, half);
             xf.fetch(a.x, x_row, b + 1, half);
         }
+        // The block's partial sums, scaled into acc below; F16's need no scale: straight into acc.
         float part[2][4][4] = {};
+        float (&sums)[2][4][4] = kScaled<F> ? part : acc;
 #pragma unroll
         for (int step = 0; step < 2; ++step) {  // the two 16-element halves of the block
             const int q = 8 * step + t;
@@ -252,19 +262,20 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
                 const uint32_t hi[4] = {cur.x_hi[r0][q], cur.x_hi[r0 + 8][q], cur.x_hi[r0][q + 4],
                                         cur.x_hi[r0 + 8][q + 4]};
 #pragma unroll
-                for (int ni = 0; ni < 4; ++ni) mma_16x8x16(part[mi][ni], hi, bf[ni]);
+                for (int ni = 0; ni < 4; ++ni) mma_16x8x16(sums[mi][ni], hi, bf[ni]);
                 if (kExact) {
                     const uint32_t lo[4] = {cur.x_lo[r0][q], cur.x_lo[r0 + 8][q], cur.x_lo[r0][q + 4],
                                             cur.x_lo[r0 + 8][q + 4]};
 #pragma unroll
-                    for (int ni = 0; ni < 4; ++ni) mma_16x8x16(part[mi][ni], lo, bf[ni]);
+                    for (int ni = 0; ni < 4; ++ni) mma_16x8x16(sums[mi][ni], lo, bf[ni]);
                 }
             }
         }
-        // The block's scales, in float32: (partial * unit) * (token scale * weight scale).
-        for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n) {
-            acc[mi][ni][i] = fmaf(part[mi][ni][i] * F::kUnit, cur.x_scale[m] * cur.w_scale[n], acc[mi][ni][i]);
-        });
+        if constexpr (kScaled<F>) {  // the block's weight scales, in float32
+            for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int, int n) {
+                acc[mi][ni][i] = fmaf(part[mi][ni][i], cur.w_scale[n], acc[mi][ni][i]);
+            });
+        }
         if (next) {  // the other buffer: its last readers passed the previous barrier
             wf.store(s[(b + 1) & 1], row, half);
             xf.store(s[(b + 1) & 1], row, half);
@@ -274,7 +285,8 @@ __global__ void __launch_bounds__(kThreads) gemm_mma_kernel(MmaGemmArgs a) {
 
     for_each_output(wm, wn, lane, [&](int mi, int ni, int i, int m, int n_in_tile) {
         const int64_t n = n0 + n_in_tile, yr = y_rows[m];
-        if (yr >= 0 && n < a.W.rows) a.y[yr * a.ldy + n] = bias ? acc[mi][ni][i] + bias[n] : acc[mi][ni][i];
+        const float y = acc[mi][ni][i] * y_scale[m];
+        if (yr >= 0 && n < a.W.rows) a.y[yr * a.ldy + n] = bias ? y + bias[n] : y;
     });
 }
 
@@ -293,7 +305,7 @@ SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, in
                                    void* memory, cudaStream_t stream) {
     // The layout of split_activations_bytes: hi, lo and scale, each 256-aligned.
     const size_t part = split_halves_bytes(rows, cols);
-    const size_t blocks = size_t(rows) * size_t(cols / kBlockElems);  // one thread each
+
     uint8_t* base = static_cast<uint8_t*>(memory);
     uint32_t* hi = reinterpret_cast<uint32_t*>(base);
     uint32_t* lo = reinterpret_cast<uint32_t*>(base + part);
@@ -305,10 +317,9 @@ SplitActivations split_activations(const float* x, int64_t ldx, int64_t rows, in
     out.rows = rows;
     out.cols = cols;
     out.exact = exact;
-    if (blocks == 0) return out;
-    constexpr int kSplitThreads = 256;
-    split_kernel<<<unsigned((blocks + kSplitThreads - 1) / kSplitThreads), kSplitThreads, 0, stream>>>(
-        x, ldx, rows, cols, exact, hi, lo, scale);
+    if (rows == 0 || cols == 0) return out;
+    split_kernel<<<blocks_for(rows, kSplitRows), kSplitRows * kWarp, 0, stream>>>(x, ldx, rows, cols, exact, hi, lo,
+                                                                               scale);
     check_launch("split_activations");
     return out;
 }

@@ -17,15 +17,15 @@ constexpr size_t kDeviceAlign = 256;
 inline size_t aligned(size_t n) { return (n + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign; }
 
 // The activations of the tensor-core GEMM (gemm_mma.cu), made once per x by split_activations
-// for every matmul that reads x: each row's 32-element blocks divided by a power of two (the
-// largest magnitude lands in [2^14, 2^15): no half overflow, full half precision) and rounded to
+// for every matmul that reads x: each row divided by a power of two (its largest magnitude lands
+// in [2^14, 2^15): no half overflow, full half precision down to 2^-28 of it) and rounded to
 // halves x_hi, plus the residuals x_lo = x - x_hi as halves when exact (precision "f32": ~22 bits
-// of x; "fast": x_hi's 11). Word q of a block holds its elements q (low half) and q + 16 (high
-// half), the two nibbles of MXFP4 code byte q. Device arrays.
+// of x; "fast": x_hi's 11). Word q of a row's 32-element block holds its elements q (low half) and
+// q + 16 (high half), the two nibbles of MXFP4 code byte q. Device arrays.
 struct SplitActivations {
     const uint32_t* hi = nullptr;  // [rows][cols / 2]
     const uint32_t* lo = nullptr;  // [rows][cols / 2], exact only
-    const float* scale = nullptr;  // [rows][cols / 32]: the power of two each block was divided by
+    const float* scale = nullptr;  // [rows]: the power of two each row was divided by
     int64_t rows = 0, cols = 0;
     bool exact = true;
 };
@@ -35,7 +35,7 @@ inline size_t split_halves_bytes(int64_t rows, int64_t cols) {
 }
 // Device bytes split_activations writes for rows x cols (hi, lo and scale, each 256-aligned).
 inline size_t split_activations_bytes(int64_t rows, int64_t cols) {
-    return 2 * split_halves_bytes(rows, cols) + aligned(4 * size_t(rows) * size_t(cols / 32));
+    return 2 * split_halves_bytes(rows, cols) + aligned(4 * size_t(rows));
 }
 // Splits x[r * ldx .. + cols] for r < rows (cols a multiple of 32, any alignment) into `memory`
 // (device, 256-aligned, split_activations_bytes(rows, cols)) and returns the view of it.

@@ -204,15 +204,13 @@ def test_f32_logits_match_golden_on_the_gpu(fx):
     assert np.array_equal(np.argmax(logits, -1), np.argmax(fx["gold"], -1))
 
 
-def half_blocks(x) -> np.ndarray:
-    """x [T, K] as the fast tensor-core GEMM feeds it (cuda/gemm_mma.cu): each token's 32-element
-    blocks divided by a power of two to a largest |x| in [2^14, 2^15), rounded to IEEE half, and
-    multiplied back."""
+def half_rows(x) -> np.ndarray:
+    """x [T, K] as the fast tensor-core GEMM feeds it (cuda/gemm_mma.cu): each token's row divided
+    by a power of two to a largest |x| in [2^14, 2^15), rounded to IEEE half, and multiplied back."""
     x = np.asarray(x, np.float64)
-    b = x.reshape(x.shape[0], -1, 32)
-    big = np.abs(b).max(-1, keepdims=True)
+    big = np.abs(x).max(-1, keepdims=True)
     k = np.where(big > 0, np.clip(np.frexp(big)[1] - 15, -126, 127), 0)
-    return (np.ldexp(b, -k).astype(np.float16).astype(np.float64) * np.ldexp(1.0, k)).reshape(x.shape)
+    return np.ldexp(x, -k).astype(np.float16).astype(np.float64) * np.ldexp(1.0, k)
 
 
 @needs_device
@@ -226,7 +224,7 @@ def test_fast_precision_on_the_gpu_errs_as_half_activations_do(fx, monkeypatch):
     hp, weights = R.load_gguf_weights(fx["gguf"])
     exact = R.matmul
     monkeypatch.setattr(R, "matmul",
-                        lambda x, W, b=None: exact(half_blocks(x) if x.shape[-1] % 32 == 0 else x, W, b))
+                        lambda x, W, b=None: exact(half_rows(x) if x.shape[-1] % 32 == 0 else x, W, b))
     plain = R.forward(hp, weights, fx["tokens"])
     monkeypatch.undo()
     fast = gpu(fx["gguf"], precision="fast", kv_type="f32").logits(fx["tokens"])

@@ -163,7 +163,7 @@ def scratch_bytes(cfg, n_ctx: int | None = None, experts: bool = True) -> int:
     in the expert-sorted order and its input, gate, up, SwiGLU and output rows, and the grouped
     GEMM's tiles (at most one per 64 pairs plus one per expert, 3 ints each); LOGIT_ROWS rows of
     logits; the largest matmul input split for the tensor cores (two halves an element and a
-    float per 32, each of the three arrays 256-byte aligned: cuda/kernels.cuh
+    float a row, each of the three arrays 256-byte aligned: cuda/kernels.cuh
     split_activations_bytes) (cuda/device_buffers.h's DeviceBuffers carve at most this). With n_ctx, also
     flash-decoding's partial results for key ranges up to n_ctx (cuda/device_model.h
     attention_parts): per split row, head and part d + 2 floats. Without `experts` (no MoE block
@@ -178,7 +178,7 @@ def scratch_bytes(cfg, n_ctx: int | None = None, experts: bool = True) -> int:
     chunk = MAX_CHUNK * (per_token + k * per_pair)
     tiles = 3 * (MAX_CHUNK * k // 64 + cfg.expert_count) + 1 if experts else 0
     widest = max(MAX_CHUNK * H, MAX_CHUNK * q_width, MAX_CHUNK * k * I, LOGIT_ROWS * H)
-    halves = widest + widest // 32 + 3 * 64
+    halves = widest + max(MAX_CHUNK * max(k, 1), LOGIT_ROWS) + 3 * 64
     positions_theta = 2 * MAX_CHUNK + cfg.key_length // 2  # int64 positions, the RoPE table
     rounding = 24 * 64  # each of DeviceBuffers' 24 pieces rounded up to 256 bytes
     return 4 * (chunk + tiles + LOGIT_ROWS * cfg.vocab_size + split + halves + positions_theta + rounding)
