@@ -147,6 +147,29 @@ void bind_ops(py::module_& m) {
         return y;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"),
        py::arg("bias") = py::none(), py::arg("kernel") = "auto", py::arg("precision") = "f32");
+    m.def("matmul_parts", [](std::vector<RawArray> raws, int type, std::vector<int64_t> rows, int64_t cols,
+                             F32Array x, std::vector<std::optional<F32Array>> biases) {
+        if (raws.size() != rows.size() || biases.size() != rows.size())
+            throw py::value_error("raws, rows and biases must be lists of the same length");
+        if (x.ndim() != 2 || x.shape(1) != cols || x.shape(0) < 1) throw py::value_error("x must be [T, cols], T >= 1");
+        std::vector<Matrix> Ws;
+        std::vector<const float*> bs;
+        std::vector<py::array_t<float>> ys;
+        std::vector<float*> yp;
+        const int64_t T = x.shape(0);
+        for (size_t i = 0; i < raws.size(); ++i) {
+            Ws.push_back(raw_matrix(raws[i], type, rows[i], cols));
+            if (biases[i] && (biases[i]->ndim() != 1 || biases[i]->shape(0) != rows[i]))
+                throw py::value_error("each bias must be [rows] of its matrix");
+            bs.push_back(biases[i] ? biases[i]->data() : nullptr);
+            ys.emplace_back(std::vector<py::ssize_t>{T, rows[i]});
+            yp.push_back(ys.back().mutable_data());
+        }
+        bool fused = false;
+        guarded([&] { fused = matmul_parts_host(Ws, x.data(), T, bs, yp); });
+        return py::make_tuple(ys, fused);
+    }, py::arg("raws"), py::arg("type"), py::arg("rows"), py::arg("cols"), py::arg("x"), py::arg("biases"),
+       "matmuls of one x (kernels.cuh matmul_parts): ([y per matrix], whether they ran as one launch)");
     m.def("expert_matmul", [](RawArray raw, int type, int64_t n_experts, int64_t rows, int64_t cols,
                               py::array_t<int32_t, py::array::c_style | py::array::forcecast> idx, F32Array x,
                               int64_t x_div, F32Array bias, bool grouped, const std::string& precision) {

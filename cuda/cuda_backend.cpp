@@ -114,9 +114,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
     const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;
     const float concentration = m_.host_->rope().concentration;
     const SplitActivations normed = split(b.normed, T, {&w.attn_q, &w.attn_k, &w.attn_v});
-    matmul(w.attn_q, b.normed, normed, T, b.q, w.attn_q_b);
-    matmul(w.attn_k, b.normed, normed, T, b.k, w.attn_k_b);
-    matmul(w.attn_v, b.normed, normed, T, b.v, w.attn_v_b);
+    matmuls(b.normed, normed, T, {{&w.attn_q, b.q, w.attn_q_b}, {&w.attn_k, b.k, w.attn_k_b}, {&w.attn_v, b.v, w.attn_v_b}});
     rope(b.q, b.positions, T, nq, d, b.theta, concentration, st);
     rope(b.k, b.positions, T, nkv, d, b.theta, concentration, st);
     // Each segment's rows into its own cache, then attend over it.
@@ -285,6 +283,19 @@ void CudaBackend::matmul(const Matrix& W, const float* x, const SplitActivations
     a.split = xs;
     ossrun::cuda::matmul(a, as_stream(m_.stream_));
     m_.weight_bytes_read_ += uint64_t(W.rows) * W.row_bytes;
+}
+
+void CudaBackend::matmuls(const float* x, const SplitActivations& xs, int64_t n,
+                          std::initializer_list<MatmulOutput> outputs) {
+    std::array<MatmulArgs, kMaxMatmulParts> parts;
+    if (outputs.size() > parts.size()) throw std::logic_error("matmuls: more outputs than matmul_parts takes");
+    int i = 0;
+    for (const MatmulOutput& o : outputs) {
+        parts[size_t(i)] = matmul_args(*o.W, x, n, o.y, o.bias);
+        parts[size_t(i++)].split = xs;
+        m_.weight_bytes_read_ += uint64_t(o.W->rows) * o.W->row_bytes;
+    }
+    matmul_parts(parts.data(), i, as_stream(m_.stream_));
 }
 
 void CudaBackend::experts(const Matrix& W, const float* x, const SplitActivations& xs, int64_t ldx, int64_t x_div,

@@ -40,6 +40,13 @@ private:
     SplitActivations split(const float* x, int64_t n, std::initializer_list<const Matrix*> readers);
     // y[n, W.rows] = x[n, W.cols] · W^T + bias on the device, its bytes counted; xs: split(x, n, W.cols).
     void matmul(const Matrix& W, const float* x, const SplitActivations& xs, int64_t n, float* y, const float* bias);
+    // Matmuls of one x as matmul_parts launches them (decode: one launch), each counted.
+    struct MatmulOutput {
+        const Matrix* W;
+        float* y;
+        const float* bias;
+    };
+    void matmuls(const float* x, const SplitActivations& xs, int64_t n, std::initializer_list<MatmulOutput> outputs);
     // One routed pair per row of y: W[expert of pair p] · x[p / x_div] + its bias; xs: x's rows
     // split. grouped: the pairs of expert_groups (prefill) on the tensor cores where the weights allow.
     void experts(const Matrix& W, const float* x, const SplitActivations& xs, int64_t ldx, int64_t x_div, float* y,

@@ -81,6 +81,11 @@ void gemm(const MatmulArgs& a, cudaStream_t stream);
 // The one the forward pass calls: gemv below kGemmMinTokens tokens, else gemm.
 constexpr int64_t kGemmMinTokens = 8;
 void matmul(const MatmulArgs& a, cudaStream_t stream);
+// Up to kMaxMatmulParts matmuls of one x (decode's q, k and v projections): one gemv launch where
+// its block kernel reads them all (below kGemmMinTokens tokens; one format and cols), each part's
+// rows computed as gemv computes them alone, and true; else one matmul each, and false.
+constexpr int kMaxMatmulParts = 3;
+bool matmul_parts(const MatmulArgs* parts, int n, cudaStream_t stream);
 
 // y[t][i] = g[i] * x[t][i] / sqrt(mean_i(x[t]^2) + eps), x and y [n_rows][n] (rmsnorm.cu).
 void rmsnorm(const float* x, const float* g, float* y, int64_t n_rows, int64_t n, float eps,

@@ -154,6 +154,43 @@ void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const floa
     dy.copy_to(y);
 }
 
+bool matmul_parts_host(const std::vector<Matrix>& Ws, const float* x, int64_t n_tok,
+                       const std::vector<const float*>& biases, const std::vector<float*>& ys) {
+    const size_t n = Ws.size();
+    require(n >= 1 && n <= size_t(kMaxMatmulParts) && biases.size() == n && ys.size() == n,
+            "matmul_parts takes 1 to 3 matrices, a bias (or none) and an output each");
+    require(n_tok >= 1 && n_tok <= kMaxGridY, "x must have 1 to 65535 tokens");
+    const int64_t cols = Ws[0].cols;
+    std::vector<std::unique_ptr<DeviceArray<uint8_t>>> w;
+    std::vector<std::unique_ptr<DeviceArray<float>>> b, y;
+    for (const Matrix& W : Ws) {
+        require(has_weight_element(W.type) && W.n_mats == 1 && W.rows >= 1 && W.cols == cols &&
+                    W.row_bytes == row_bytes_for(W.type, W.cols),
+                "each W must be one matrix of a CUDA matmul's type, rows x the first one's cols");
+    }
+    DeviceArray<float> dx(x, size_t(n_tok * cols));
+    DeviceArray<uint8_t> split{split_activations_bytes(n_tok, cols)};
+    std::vector<MatmulArgs> parts;
+    for (size_t i = 0; i < n; ++i) {
+        w.push_back(std::make_unique<DeviceArray<uint8_t>>(Ws[i].data, Ws[i].total_bytes()));
+        b.push_back(std::make_unique<DeviceArray<float>>(biases[i], biases[i] ? size_t(Ws[i].rows) : 0));
+        y.push_back(std::make_unique<DeviceArray<float>>(size_t(n_tok * Ws[i].rows)));
+        parts.push_back(device_matmul_args(Ws[i], w.back()->get(), dx.get(), n_tok, y.back()->get(),
+                                           biases[i] ? b.back()->get() : nullptr));
+    }
+    // The split x of a prefill, shared as the forward pass shares it.
+    const bool splits = n_tok >= kGemmMinTokens &&
+                        std::any_of(Ws.begin(), Ws.end(), [](const Matrix& W) { return gemm_mma_can_run(W); });
+    if (splits) {
+        const SplitActivations xs = split_activations(dx.get(), cols, n_tok, cols, true, split.get(), nullptr);
+        for (MatmulArgs& a : parts) a.split = xs;
+    }
+    const bool fused = matmul_parts(parts.data(), int(n), nullptr);
+    finish("matmul_parts");
+    for (size_t i = 0; i < n; ++i) y[i]->copy_to(ys[i]);
+    return fused;
+}
+
 void expert_matmul_host(const Matrix& W_host, const int32_t* idx, int64_t n_pairs, const float* x, int64_t x_div,
                         const float* bias, float* y, bool grouped, bool exact) {
     require(has_weight_element(W_host.type), "the CUDA expert matmul takes F32, F16, BF16, Q8_0, MXFP4 or dense quant weights");

@@ -41,6 +41,10 @@ enum class MatmulKernel { Auto, Gemv, Gemm };
 // the tensor-core GEMM's activations in two halves (precision "f32") or one ("fast").
 void matmul_host(const Matrix& W_host, const float* x, int64_t n_tok, const float* bias, float* y,
                  MatmulKernel which, bool exact = true);
+// Matmuls of one x (kernels.cuh matmul_parts, up to 3): ys[i] [n_tok][Ws[i].rows] = x · Ws[i]^T
+// + biases[i] (null: none); returns whether they ran as one launch. Precision "f32".
+bool matmul_parts_host(const std::vector<Matrix>& Ws, const float* x, int64_t n_tok,
+                       const std::vector<const float*>& biases, const std::vector<float*>& ys);
 // The routed experts' matmuls: W_host an [E][rows][cols] stack, idx [n_pairs] (each < E),
 // x [ceil(n_pairs / x_div)][cols], bias [E][rows] -> y [n_pairs][rows], y[p] = W[idx[p]] ·
 // x[p / x_div] + bias[idx[p]]; grouped: sorted by expert onto the tensor-core GEMM (MXFP4 / Q8_0),

@@ -394,6 +394,38 @@ def test_cuda_matmul_exact_when_arithmetic_is_exact(rng, shape, kernel, precisio
         assert np.array_equal(y, ref), f"T={T}: {np.argwhere(y != ref)[:3].tolist()}"
 
 
+@needs_device
+@pytest.mark.parametrize("shape", [(MXFP4, 2880), (Q8_0, 96), (F16, 96), (BF16, 320), (F32, 37)],
+                         ids=_shape_id)
+def test_cuda_matmul_parts_equal_their_matmuls_bit_for_bit(rng, shape):
+    """Decode's q, k and v projections as one launch (kernels.cuh matmul_parts): each part's rows
+    equal its own matmul's bit for bit, parts of uneven rows (a block of rows shared by none, a
+    one-row part, no bias on one); element-read shapes (F32 of 37 columns) and prefill tokens run
+    one matmul each, as before."""
+    ggml_type, cols = shape
+    rows = [67, 1, 130]
+    raws = [raw_weights(rng, ggml_type, r, cols) for r in rows]
+    biases = [rng.standard_normal(r).astype(np.float32) for r in rows]
+    biases[1] = None
+    block_read = cols % 32 == 0
+    for T in (1, 3, 8, 9):
+        x = rng.standard_normal((T, cols)).astype(np.float32)
+        ys, fused = gpu.matmul_parts(raws, ggml_type, rows, cols, x, biases)
+        assert fused == (block_read and T < 8)
+        for raw, r, b, y in zip(raws, rows, biases, ys):
+            alone = gpu.matmul(raw, ggml_type, r, cols, x, b)
+            assert y.shape == (T, r) and np.array_equal(f32_bits(y), f32_bits(alone)), f"T={T}, rows={r}"
+
+
+def test_cuda_matmul_parts_arguments_are_checked():
+    raw = np.zeros(34, np.uint8)  # one Q8_0 row of 32
+    x = np.zeros((1, 32), np.float32)
+    with pytest.raises(ValueError, match="same length"):
+        gpu.matmul_parts([raw], Q8_0, [1, 1], 32, x, [None])
+    with pytest.raises(ValueError, match="1 to 3"):
+        gpu.matmul_parts([raw] * 4, Q8_0, [1] * 4, 32, x, [None] * 4)
+
+
 # --------------------------------------------------------------------------- routed experts (device)
 
 
