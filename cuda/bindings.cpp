@@ -192,6 +192,35 @@ void bind_ops(py::module_& m) {
     }, py::arg("raw"), py::arg("type"), py::arg("n_experts"), py::arg("rows"), py::arg("cols"), py::arg("idx"),
        py::arg("x"), py::arg("x_div"), py::arg("bias"), py::arg("grouped"), py::arg("precision") = "f32",
        "y[p] = W[idx[p]] · x[p // x_div] + bias[idx[p]]: grouped on the tensor cores, or pair by pair");
+    m.def("expert_gate_up", [](RawArray raw_gate, RawArray raw_up, int type, int64_t n_experts, int64_t rows,
+                               int64_t cols, py::array_t<int32_t, py::array::c_style | py::array::forcecast> idx,
+                               F32Array x, int64_t x_div, F32Array gate_bias, F32Array up_bias, float alpha,
+                               float limit) {
+        if (n_experts < 1) throw py::value_error("n_experts must be positive");
+        Matrix G = raw_matrix(raw_gate, type, n_experts * rows, cols), Up = raw_matrix(raw_up, type, n_experts * rows, cols);
+        G.rows = Up.rows = rows;
+        G.n_mats = Up.n_mats = n_experts;
+        if (idx.ndim() != 1 || idx.shape(0) < 1) throw py::value_error("idx must be [n_pairs], n_pairs >= 1");
+        const int64_t n_pairs = idx.shape(0);
+        if (x_div < 1) throw py::value_error("x_div must be positive");
+        if (x.ndim() != 2 || x.shape(0) != (n_pairs + x_div - 1) / x_div || x.shape(1) != cols)
+            throw py::value_error("x must be [ceil(n_pairs / x_div), cols]");
+        for (const F32Array* b : {&gate_bias, &up_bias})
+            if (b->ndim() != 2 || b->shape(0) != n_experts || b->shape(1) != rows)
+                throw py::value_error("each bias must be [n_experts, rows]");
+        py::array_t<float> h({n_pairs, rows});
+        float* hp = h.mutable_data();
+        bool fused = false;
+        guarded([&] {
+            fused = expert_gate_up_host(G, Up, idx.data(), n_pairs, x.data(), x_div, gate_bias.data(), up_bias.data(),
+                                        alpha, limit, hp);
+        });
+        return py::make_tuple(fused ? py::object(h) : py::object(py::none()), fused);
+    }, py::arg("raw_gate"), py::arg("raw_up"), py::arg("type"), py::arg("n_experts"), py::arg("rows"), py::arg("cols"),
+       py::arg("idx"), py::arg("x"), py::arg("x_div"), py::arg("gate_bias"), py::arg("up_bias"), py::arg("alpha"),
+       py::arg("limit"),
+       "(h, True): h[p] = swiglu(gate[idx[p]] · x[p // x_div] + its bias, the same of up) in one launch; "
+       "(None, False) where that kernel does not read the weights");
     m.def("time_matmul", [](RawArray raw, int type, int64_t rows, int64_t cols, int64_t n_tok,
                             const std::string& kernel, int reps, const std::string& precision) {
         const Matrix W = raw_matrix(raw, type, rows, cols);

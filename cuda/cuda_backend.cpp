@@ -24,6 +24,22 @@ int64_t attention_parts_of(const Segment& g, int64_t window) {
         parts = std::max(parts, attention_chunks(window ? std::max<int64_t>(0, p - window + 1) : 0, p));
     return parts;
 }
+
+// The routed pairs' matmul of W over x on the device (kernels.cuh ExpertMatmulArgs).
+ExpertMatmulArgs expert_args(const Matrix& W, const int32_t* idx, int64_t n_pairs, const float* x, int64_t ldx,
+                             int64_t x_div, float* y, const float* bias) {
+    ExpertMatmulArgs a;
+    a.W = W;
+    a.idx = idx;
+    a.n_pairs = n_pairs;
+    a.x = x;
+    a.ldx = ldx;
+    a.x_div = x_div;
+    a.y = y;
+    a.ldy = W.rows;
+    a.bias = bias;
+    return a;
+}
 }  // namespace
 
 const LayerWeights& CudaBackend::on_gpu(int64_t layer) const {
@@ -197,15 +213,27 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
-    {
-        const Weights gate = weights(kGate);
-        experts(gate.w.m, b.normed, normed, H, k, b.gate, gate.w.bias, grouped);
+    // Decode from the arena: the gate and up rows and their SwiGLU in one launch where it reads them.
+    const bool fused = !grouped && !staged &&
+                       expert_gate_up(expert_args(*source[kGate].m, b.expert_idx, T * k, b.normed, H, k, b.gate,
+                                                  source[kGate].bias),
+                                      expert_args(*source[kUp].m, b.expert_idx, T * k, b.normed, H, k, b.up,
+                                                  source[kUp].bias),
+                                      b.h, params.alpha, params.limit, st);
+    if (fused) {
+        m_.weight_bytes_read_ += uint64_t(T * k) * (uint64_t(source[kGate].m->rows) * source[kGate].m->row_bytes +
+                                                    uint64_t(source[kUp].m->rows) * source[kUp].m->row_bytes);
+    } else {
+        {
+            const Weights gate = weights(kGate);
+            experts(gate.w.m, b.normed, normed, H, k, b.gate, gate.w.bias, grouped);
+        }
+        {
+            const Weights up = weights(kUp);
+            experts(up.w.m, b.normed, normed, H, k, b.up, up.w.bias, grouped);
+        }
+        swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
     }
-    {
-        const Weights up = weights(kUp);
-        experts(up.w.m, b.normed, normed, H, k, b.up, up.w.bias, grouped);
-    }
-    swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
     {
         const Weights down = weights(kDown);
         experts(down.w.m, b.h, split(b.h, T * k, {source[kDown].m}), I, 1, b.expert_y, down.w.bias, grouped);
@@ -300,16 +328,8 @@ void CudaBackend::matmuls(const float* x, const SplitActivations& xs, int64_t n,
 
 void CudaBackend::experts(const Matrix& W, const float* x, const SplitActivations& xs, int64_t ldx, int64_t x_div,
                           float* y, const float* bias, bool grouped) {
-    ExpertMatmulArgs a;
-    a.W = W;
-    a.idx = m_.buf_->expert_idx;
-    a.n_pairs = batch_->T * m_.config().expert_used_count;
-    a.x = x;
-    a.ldx = ldx;
-    a.x_div = x_div;
-    a.y = y;
-    a.ldy = W.rows;
-    a.bias = bias;
+    const ExpertMatmulArgs a =
+        expert_args(W, m_.buf_->expert_idx, batch_->T * m_.config().expert_used_count, x, ldx, x_div, y, bias);
     if (grouped && gemm_mma_can_run(W))
         expert_gemm(a, m_.buf_->expert_groups, xs, as_stream(m_.stream_));
     else

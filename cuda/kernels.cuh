@@ -172,6 +172,11 @@ struct ExpertMatmulArgs {
     const float* bias = nullptr;  // [E][rows]
 };
 void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream);
+// Decode's gate and up matmuls of the same pairs and x, and h [n_pairs][rows] = swiglu of them, as
+// one launch where the block kernel reads both (one format and shape): each value as
+// expert_matmul and swiglu compute it, and true; else launches nothing and returns false.
+bool expert_gate_up(const ExpertMatmulArgs& gate, const ExpertMatmulArgs& up, float* h, float alpha, float limit,
+                    cudaStream_t stream);
 
 // The routed pairs sorted by expert for the grouped GEMM: `order` [n_pairs] lists the pairs of
 // expert 0, then 1, ...; tile i < *n_tiles covers tile_count[i] <= kMmaTileTokens of them from

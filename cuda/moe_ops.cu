@@ -1,7 +1,8 @@
 // The MoE block's pieces (MODEL.md §2.6), as csrc/moe_ops.h and CpuBackend::moe compute them:
 // router top-k with softmax over the selected logits, the clamped SwiGLU ("swiglu_oai"), the
 // routed experts' matmuls pair by pair (one warp per output row, as gemv.cu; many pairs go to
-// the grouped GEMM of gemm_mma.cu instead) and their weighted sum.
+// the grouped GEMM of gemm_mma.cu instead; decode's gate and up rows and their SwiGLU in one
+// launch) and their weighted sum.
 #include "../csrc/weight_element.h"
 #include "block_rows.cuh"
 #include "common.cuh"
@@ -35,15 +36,18 @@ __global__ void router_topk_kernel(const float* logits, int64_t T, int64_t E, in
     for (int64_t s = 0; s < k; ++s) wt[s] /= den;
 }
 
+// The CPU's comparisons, so NaNs go the same way (a NaN gate becomes limit, a NaN linear stays).
+__device__ inline float swiglu_value(float gate, float lin, float alpha, float limit) {
+    const float g = gate < limit ? gate : limit;  // upper clamp only
+    const float l = lin < -limit ? -limit : (lin > limit ? limit : lin);
+    return g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
+}
+
 __global__ void swiglu_kernel(const float* gate, const float* lin, float* h, int64_t n, float alpha,
                               float limit) {
     const int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
     if (j >= n) return;
-    // The CPU's comparisons, so NaNs go the same way (a NaN gate becomes limit, a NaN linear stays).
-    const float g = gate[j] < limit ? gate[j] : limit;  // upper clamp only
-    float l = lin[j];
-    l = l < -limit ? -limit : (l > limit ? limit : l);
-    h[j] = g / (1.0f + expf(-alpha * g)) * (l + 1.0f);
+    h[j] = swiglu_value(gate[j], lin[j], alpha, limit);
 }
 
 constexpr int kThreads = 256;
@@ -51,18 +55,39 @@ constexpr int kRowsPerBlock = 4;  // warps per block of expert_matmul
 
 // grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: experts of rows of whole
 // blocks, a lane owning whole blocks (block_rows.cuh).
+// Pair p's row r of a (r < a.W.rows) with its bias, on every lane of the warp; `stage` is the
+// warp's kStageBytesOf<F>.
+template <class F>
+__device__ inline float expert_row(const ExpertMatmulArgs& a, int64_t r, int64_t p, uint8_t* stage, int lane) {
+    const int64_t e = a.idx[p];
+    float acc[kTokensPerWarp] = {};
+    row_dot<F>(weight_row(a.W, e, r), a.W.cols / kBlockElems, a.x + (p / a.x_div) * a.ldx, a.ldx, 1, stage, lane, acc);
+    return warp_sum(acc[0]) + a.bias[e * a.W.rows + r];
+}
+
 template <class F>
 __global__ void __launch_bounds__(kRowsPerBlock * kWarp) expert_blocks_kernel(ExpertMatmulArgs a) {
     __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStageBytesOf<F>];
     const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
     const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
     if (r >= a.W.rows) return;  // whole warps leave; only warp-level syncs below
-    const int64_t e = a.idx[p];
-    float acc[kTokensPerWarp] = {};
-    row_dot<F>(weight_row(a.W, e, r), a.W.cols / kBlockElems, a.x + (p / a.x_div) * a.ldx, a.ldx, 1, stage[warp],
-               lane, acc);
-    const float s = warp_sum(acc[0]);
-    if (lane == 0) a.y[p * a.ldy + r] = s + a.bias[e * a.W.rows + r];
+    const float s = expert_row<F>(a, r, p, stage[warp], lane);
+    if (lane == 0) a.y[p * a.ldy + r] = s;
+}
+
+// expert_gate_up: grid (ceil(rows / kRowsPerBlock), n_pairs); a warp's gate and up rows r of pair
+// p, then h[p][r] = SwiGLU of the two, as expert_blocks_kernel and swiglu_kernel compute them.
+template <class F>
+__global__ void __launch_bounds__(kRowsPerBlock * kWarp) expert_gate_up_kernel(ExpertMatmulArgs gate,
+                                                                               ExpertMatmulArgs up, float* h,
+                                                                               float alpha, float limit) {
+    __shared__ __align__(16) uint8_t stage[kRowsPerBlock][kStageBytesOf<F>];
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+    const int64_t r = int64_t(blockIdx.x) * kRowsPerBlock + warp, p = blockIdx.y;
+    if (r >= gate.W.rows) return;  // whole warps leave; only warp-level syncs below
+    const float g = expert_row<F>(gate, r, p, stage[warp], lane);
+    const float l = expert_row<F>(up, r, p, stage[warp], lane);  // row_dot's last __syncwarp freed the stage
+    if (lane == 0) h[p * gate.W.rows + r] = swiglu_value(g, l, alpha, limit);
 }
 
 // grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: any other type.
@@ -125,6 +150,21 @@ void expert_matmul(const ExpertMatmulArgs& a, cudaStream_t stream) {
     });
     if (!blocks) expert_elements_kernel<<<grid, kRowsPerBlock * kWarp, 0, stream>>>(a);
     check_launch("expert_matmul");
+}
+
+bool expert_gate_up(const ExpertMatmulArgs& gate, const ExpertMatmulArgs& up, float* h, float alpha, float limit,
+                    cudaStream_t stream) {
+    const bool alike = gate.W.type == up.W.type && gate.W.rows == up.W.rows && gate.W.cols == up.W.cols &&
+                       gate.W.n_mats == up.W.n_mats && gate.x == up.x && gate.ldx == up.ldx &&
+                       gate.x_div == up.x_div && gate.idx == up.idx && gate.n_pairs == up.n_pairs;
+    if (!alike || !block_rows_can_read(gate.x, gate.ldx)) return false;
+    if (gate.W.rows == 0 || gate.n_pairs == 0) return true;
+    const dim3 grid(blocks_for(gate.W.rows, kRowsPerBlock), unsigned(gate.n_pairs));
+    const bool ran = with_block_format(gate.W.type, gate.W.cols, [&](auto format) {
+        expert_gate_up_kernel<decltype(format)><<<grid, kRowsPerBlock * kWarp, 0, stream>>>(gate, up, h, alpha, limit);
+    });
+    if (ran) check_launch("expert_gate_up");
+    return ran;
 }
 
 void group_by_expert(const int32_t* idx, int64_t n_pairs, int64_t E, const ExpertGroups& groups, cudaStream_t stream) {

@@ -359,6 +359,39 @@ const char* attention_host(const float* q, const float* k, const float* v, const
     }
 }
 
+bool expert_gate_up_host(const Matrix& gate_host, const Matrix& up_host, const int32_t* idx, int64_t n_pairs,
+                         const float* x, int64_t x_div, const float* gate_bias, const float* up_bias, float alpha,
+                         float limit, float* h) {
+    for (const Matrix* W : {&gate_host, &up_host})
+        require(has_weight_element(W->type) && W->n_mats >= 1 && W->n_mats <= 1024 && W->rows >= 1 && W->cols >= 1,
+                "gate and up must be stacks of 1 to 1024 experts of a CUDA matmul's type");
+    require(n_pairs >= 1 && n_pairs <= kMaxGridY && x_div >= 1, "n_pairs must be in [1, 65535], x_div positive");
+    for (int64_t p = 0; p < n_pairs; ++p) require(idx[p] >= 0 && idx[p] < gate_host.n_mats, "idx must name experts");
+    const int64_t rows = gate_host.rows, cols = gate_host.cols, E = gate_host.n_mats, n_x = (n_pairs + x_div - 1) / x_div;
+    DeviceArray<uint8_t> wg(gate_host.data, gate_host.total_bytes()), wu(up_host.data, up_host.total_bytes());
+    DeviceArray<int32_t> didx(idx, size_t(n_pairs));
+    DeviceArray<float> dx(x, size_t(n_x * cols)), dbg(gate_bias, size_t(E * rows)), dh{size_t(n_pairs * rows)};
+    DeviceArray<float> dbu(up_bias, size_t(up_host.n_mats * up_host.rows));
+    auto args = [&](const Matrix& W, const uint8_t* w, const float* bias) {
+        ExpertMatmulArgs a;
+        a.W = W;
+        a.W.data = w;
+        a.idx = didx.get();
+        a.n_pairs = n_pairs;
+        a.x = dx.get();
+        a.ldx = cols;
+        a.x_div = x_div;
+        a.ldy = W.rows;
+        a.bias = bias;
+        return a;
+    };
+    const bool fused = expert_gate_up(args(gate_host, wg.get(), dbg.get()), args(up_host, wu.get(), dbu.get()),
+                                      dh.get(), alpha, limit, nullptr);
+    finish("expert_gate_up");
+    if (fused) dh.copy_to(h);
+    return fused;
+}
+
 void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight) {
     require(T >= 1 && E >= 1 && k >= 1 && k <= E, "router_topk wants T, E >= 1 and 1 <= k <= E");
     DeviceArray<float> dl(logits, size_t(T * E)), dw{size_t(T * k)};

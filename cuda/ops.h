@@ -72,6 +72,11 @@ const char* attention_host(const float* q, const float* k, const float* v, const
                            const float* sinks, float* out, int64_t T, int64_t n_q, int64_t n_kv, int64_t d,
                            int64_t cap, int64_t window, float scale, int kv_type = 0, bool split = false,
                            bool exact = true);
+// Decode's gate and up expert matmuls of the same pairs and x and their SwiGLU (kernels.cuh
+// expert_gate_up): h [n_pairs][rows]; false (h untouched) where the fused kernel does not read them.
+bool expert_gate_up_host(const Matrix& gate_host, const Matrix& up_host, const int32_t* idx, int64_t n_pairs,
+                         const float* x, int64_t x_div, const float* gate_bias, const float* up_bias, float alpha,
+                         float limit, float* h);
 void router_topk_host(const float* logits, int64_t T, int64_t E, int64_t k, int32_t* idx, float* weight);
 void swiglu_host(const float* gate, const float* lin, float* h, int64_t n, float alpha, float limit);
 

@@ -466,6 +466,32 @@ def test_cuda_expert_matmul_pairs_and_grouped(rng, shape, n_pairs, x_div):
         assert np.all(np.abs(grouped - ref) <= tol), f"{precision}: max err/bound {worst:.3g}"
 
 
+@needs_device
+@pytest.mark.parametrize("shape", [(MXFP4, 2880), (Q8_0, 96), (BF16, 320), (F32, 37)], ids=_shape_id)
+@pytest.mark.parametrize("n_pairs,x_div", [(4, 4), (7, 1)])
+def test_cuda_expert_gate_up_equals_its_matmuls_and_swiglu(rng, shape, n_pairs, x_div):
+    """Decode's gate and up expert rows and their SwiGLU in one launch (kernels.cuh expert_gate_up):
+    bit for bit the two pair-by-pair expert matmuls and the SwiGLU op; element-read shapes (F32 of
+    37 columns) decline, and the device model takes the three launches."""
+    ggml_type, cols = shape
+    E, rows, alpha, limit = 5, 67, 1.702, 7.0
+    raw_g, _, idx, x, _, bias_g, _ = _expert_case(rng, ggml_type, E, rows, cols, n_pairs, x_div)
+    raw_u = np.concatenate([raw_weights(rng, ggml_type, rows, cols) for _ in range(E)])
+    bias_u = rng.standard_normal((E, rows)).astype(np.float32)
+    x *= 4  # gates past the clamp
+    h, fused = gpu.expert_gate_up(raw_g, raw_u, ggml_type, E, rows, cols, idx, x, x_div, bias_g, bias_u,
+                                  alpha, limit)
+    assert fused == (cols % 32 == 0)
+    if not fused:
+        assert h is None
+        return
+    gate = gpu.expert_matmul(raw_g, ggml_type, E, rows, cols, idx, x, x_div, bias_g, grouped=False)
+    up = gpu.expert_matmul(raw_u, ggml_type, E, rows, cols, idx, x, x_div, bias_u, grouped=False)
+    want = gpu.swiglu(gate.ravel(), up.ravel(), alpha, limit).reshape(n_pairs, rows)
+    assert np.mean(gate > limit) > 0  # the clamp is reached
+    assert np.array_equal(f32_bits(h), f32_bits(want))
+
+
 def test_cuda_expert_matmul_arguments_are_checked():
     raw = np.zeros((2 * 3 * 17), np.uint8)
     x = np.zeros((1, 32), np.float32)
