@@ -54,7 +54,8 @@ class Model:
         threads: compute threads; default the number of physical cores.
         precision: "fast" (default; matmuls on MXFP4 and Q8_0 weights take int16
             activations, ~2^-16 of each 32-block's largest value lost; on the GPU the prefill
-            GEMMs take them as IEEE half, 2^-12 of each value, decode float32) or "f32" (float32
+            GEMMs take them as IEEE half, 2^-12 of each value, and the prefill attention over an
+            f16 cache q and its softmax weights so; decode float32) or "f32" (float32
             activations end to end; on the GPU's tensor cores two halves, ~22 bits).
         isa: force a kernel variant ("scalar", "avx2", "avx2vnni", "avx512", "avx512vbmi",
             "neon"); default the best this CPU runs (or $OSSRUN_ISA).
