@@ -164,9 +164,9 @@ __global__ void split_kernel(const float* x, int64_t ldx, int64_t rows, int64_t 
     for (int64_t c = lane; c < cols; c += kWarp) big = fmaxf(big, fabsf(xr[c]));
     big = warp_max(big);
     // Divide by 2^k, k = exponent(big) - 15 (clamped to float32's normal powers), so the largest
-    // lands in [2^14, 2^15): both ways exact powers of two; an infinity keeps k = 0. Halves keep 11
-    // bits of any element down to 2^-14 of that, so one power a row loses nothing to one a block
-    // but below 2^-28 of the row's largest.
+    // lands in [2^14, 2^15): both ways exact powers of two; an infinity keeps k = 0. x_hi keeps 11
+    // bits of every element down to 2^-28 of the row's largest, and an element's x_hi + x_lo errs
+    // by at most 2^-39 of it beyond the 22 bits (with a power per block: of the block's largest).
     int k = 0;
     if (big > 0.0f && big <= 3.4e38f) {
         int e;
