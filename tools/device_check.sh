@@ -32,7 +32,8 @@ if ((HOST_ONLY)); then
     LOGDIR=/tmp/device_check_host
     BUILD=$REPO/build/device_check_host
 else
-    LOGDIR=${OUT:-/tmp/device_check}
+    # The device tool brings back at most 8 files from $OUT: the logs go there as one tarball.
+    LOGDIR=/tmp/device_check
     BUILD=$REPO/build/device_check
 fi
 SITE=$BUILD/site
@@ -144,6 +145,11 @@ bench_model() {
     "$PY" -m ossrun info "$MODEL" --device --ctx 1024
     echo "-- --device cuda"
     "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
+    echo "-- --device cuda, pp2048 (the issue's prefill target)"
+    "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 2048 --gen 16 --bandwidth 4800 --json "${common[@]}" |
+        tee "$LOGDIR/pp2048.json" | "$PY" -c "$PREFILL_RATE"
+    echo "-- VRAM with --cpu-moe at 8k context (the issue's target: <= 3 GB)"
+    "$PY" -c "$VRAM_USE" "$MODEL"
     echo "-- --device cuda --n-cpu-moe 12 (prompt chunks of 512 offload the CPU's MoE blocks)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --n-cpu-moe 12, OSSRUN_CUDA_OFFLOAD_MIN_TOKENS=0 (no offload)"
@@ -157,6 +163,30 @@ bench_model() {
         --gen 16 --bandwidth 4800 "${common[@]}"
 }
 
+# Reads the bench's JSON: prefill multiply-adds x2 per token x tok/s against the H200's dense f16
+# tensor-core rate (about 790 TFLOP/s measured here on random data; 990 on the datasheet).
+PREFILL_RATE='
+import json, sys
+r = json.load(sys.stdin)
+pp, tg = r["prefill_tok_s"], r["decode_tok_s"]
+flops = r["prefill_int16_ops_per_token"] * pp
+per_token = r["decode_weight_bytes_per_token"]
+print("pp%d %.1f tok/s = %.1f TFLOP/s = %.1f %% of 790" % (r["prompt"], pp, flops / 1e12, flops / 7.9e12))
+print("tg%d %.1f tok/s, %.3f GB/token = %.1f %% of 4.8 TB/s" % (r["gen"], tg, per_token / 1e9,
+                                                              per_token * tg / 4.8e10))
+'
+# The device memory a --cpu-moe model takes at 8k context after a 512-token prefill, from the
+# driver's free count (the CUDA context itself is taken before the first reading).
+VRAM_USE='
+import sys, ossrun
+free0 = ossrun.cuda_status().free_bytes
+m = ossrun.load(sys.argv[1], n_ctx=8192, device="cuda", cpu_moe="all")
+s = m.session()
+s.prefill(list(range(1000, 1512)))
+free1 = ossrun.cuda_status().free_bytes
+print(f"--cpu-moe, 8k context: {(free0 - free1) / 2**30:.2f} GiB of device memory "
+      f"({(free0 - free1) / 1e9:.2f} GB) past the CUDA context; {m.device_reason}")
+'
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
   or (rmsnorm and 37) or (attention and q8kv2 and 80 and (kv_ring_wrapped or full_causal_decode))
   or router or swiglu or rope_yarn or (expert_matmul_pairs_and_grouped and 200 and (MXFP4-96 or Q8_0-96))
@@ -164,7 +194,7 @@ SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
 export -f environment carried make_model_file build status bench_model
-export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY
+export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY PREFILL_RATE VRAM_USE
 export OSSRUN_SHARED=${OSSRUN_SHARED:-$CARRY/shared}
 [ -d "$OSSRUN_SHARED" ] || OSSRUN_SHARED=$REPO/../shared
 export PYTHONPATH=$SITE:$BUILD/wheels PYTHONUNBUFFERED=1
@@ -180,6 +210,9 @@ if [ -d "$SITE/ossrun" ]; then
     step cuda_status 30 status
     step gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_ops.py tests/test_cuda_model.py \
         tests/test_placement.py tests/test_device.py
+    # The numbers before the sanitizers, which the budget may cut.
+    ((HOST_ONLY)) || step op_rates 60 "$PY" tools/cuda_op_rates.py
+    step bench_model 300 bench_model
     if ((!HOST_ONLY)) && command -v compute-sanitizer >/dev/null; then
         step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_ops.py -k "$SANITIZER_SUBSET"
@@ -192,8 +225,6 @@ if [ -d "$SITE/ossrun" ]; then
     elif ((!HOST_ONLY)); then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi
-    ((HOST_ONLY)) || step op_rates 60 "$PY" tools/cuda_op_rates.py
-    step bench_model 300 bench_model
 fi
 wait
 
@@ -211,4 +242,5 @@ wait
         esac
     done
 } | tee "$LOGDIR/summary.txt"
+[ -n "${OUT:-}" ] && tar czf "$OUT/device_check_logs.tgz" -C "$LOGDIR" .
 exit $FAILED
