@@ -115,7 +115,7 @@ void bind_ops(py::module_& m) {
         return out;
     }, py::arg("raw"), py::arg("type"), py::arg("rows"), py::arg("cols"));
     m.def("decode_blocks_host", [](RawArray raw, int type, int64_t rows, int64_t cols) {
-        // The decode GEMVs' whole-block decoding (csrc/block_values.h) run on the host, each
+        // The decode GEMVs' quarter-block decoding (csrc/block_values.h) run on the host, each
         // element rebuilt as (value * unit) * scale, the kernels' order of the two products.
         const Matrix W = raw_matrix(raw, type, rows, cols);
         py::array_t<float> out({rows, cols});
@@ -123,11 +123,17 @@ void bind_ops(py::module_& m) {
         const bool known = with_block_format(W.type, cols, [&](auto format) {
             using F = decltype(format);
             for (int64_t r = 0; r < rows; ++r)
-                for (int64_t b = 0; b < cols / kBlockElems; ++b) {
-                    float w[kBlockElems];
-                    const float scale = F::decode(W.data + size_t(r) * W.row_bytes + size_t(b) * F::kBytes, w);
-                    for (int j = 0; j < kBlockElems; ++j) o[r * cols + b * kBlockElems + j] = w[j] * F::kUnit * scale;
-                }
+                for (int64_t b = 0; b < cols / kBlockElems; ++b)
+                    for (int q = 0; q < kBlockParts; ++q) {
+                        float w[kPartElems];
+                        const uint8_t* block = W.data + size_t(r) * W.row_bytes + size_t(b) * F::kBytes;
+                        const float scale = F::decode_part(block, q, w);
+                        float* ob = o + r * cols + b * kBlockElems;
+                        for (int i = 0; i < 4; ++i) {
+                            ob[F::first(q) + i] = w[i] * F::kUnit * scale;
+                            ob[F::second(q) + i] = w[4 + i] * F::kUnit * scale;
+                        }
+                    }
         });
         if (!known) throw py::value_error("decode_blocks_host takes MXFP4, Q8_0, F16, BF16 or F32 rows of whole 32-element blocks");
         return out;

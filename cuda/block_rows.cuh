@@ -1,8 +1,9 @@
-// Rows of weights read a whole 32-element block per lane (the decode GEMVs of gemv.cu and
+// Rows of weights in whole 32-element blocks (the decode GEMVs of gemv.cu and
 // moe_ops.cu; the formats of csrc/block_values.h): a warp stages a run of a row's blocks in shared
-// memory with 16-byte loads, then each lane decodes its own blocks exactly and dots them with up
-// to kTokensPerWarp activation rows. A warp keeps ~4 KiB of loads in flight (4 MXFP4 or Q8_0
-// blocks a lane), where reading one element per lane (weight_element.h's order) kept 17-128 bytes.
+// memory with 16-byte loads, then each lane decodes a quarter of a block at a time exactly and
+// dots it with up to kTokensPerWarp activation rows. A warp keeps ~4 KiB of loads in flight (4
+// MXFP4 or Q8_0 blocks a lane), where reading one element per lane (weight_element.h's order)
+// kept 17-128 bytes.
 #pragma once
 #include <cstdint>
 
@@ -41,36 +42,37 @@ __device__ inline const uint8_t* warp_stage(uint8_t* dst, const uint8_t* src, in
     return dst + skew;
 }
 
-// Σ_j w[j] * x[j] over one block; x 16-byte aligned (the launchers check).
-__device__ inline float block_dot(const float w[kBlockElems], const float* x) {
-    const float4* x4 = reinterpret_cast<const float4*>(x);
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kBlockElems / 4; ++i) {
-        const float4 v = __ldg(x4 + i);
-        s += w[4 * i] * v.x + w[4 * i + 1] * v.y + w[4 * i + 2] * v.z + w[4 * i + 3] * v.w;
-    }
-    return s;
+// Σ w[i] * x[first + i] + w[4 + i] * x[second + i], i < 4: a lane's quarter of a block
+// (csrc/block_values.h); x 16-byte aligned (the launchers check; first and second are multiples of 4).
+__device__ inline float part_dot(const float w[kPartElems], const float* x, int first, int second) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(x + first));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(x + second));
+    return w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
 }
 
 // acc[t] (on every lane, to be warp-summed) += this lane's share of row · x[t * ldx ..] for
-// t < nt <= kTokensPerWarp, the row holding n_blocks blocks of format F. `stage` is this warp's
-// kStageBytesOf<F> of shared memory. Called by all 32 lanes.
+// t < nt <= kTokensPerWarp, the row holding n_blocks blocks of format F. The 4 lanes of a block
+// take a quarter each, so a warp's loads of x read 8 blocks' runs of 128 contiguous bytes (where a
+// lane owning a whole block made each load touch 32 lines: on an H200 that read MXFP4 rows at
+// 364 GB/s, 8 % of the HBM's rate). `stage` is this warp's kStageBytesOf<F> of
+// shared memory. Called by all 32 lanes.
 template <class F>
 __device__ inline void row_dot(const uint8_t* row, int64_t n_blocks, const float* x, int64_t ldx, int nt,
                                uint8_t* stage, int lane, float acc[kTokensPerWarp]) {
     constexpr int kStaged = kStagedBlocksOf<F>;
+    constexpr int kBlocksAPass = kWarp / kBlockParts;
+    const int q = lane % kBlockParts, first = F::first(q), second = F::second(q);
     for (int64_t b0 = 0; b0 < n_blocks; b0 += kStaged) {
         const int n = int(n_blocks - b0 < kStaged ? n_blocks - b0 : kStaged);
         const uint8_t* blocks = warp_stage(stage, row + b0 * F::kBytes, n * F::kBytes, lane);
         __syncwarp();
-        for (int b = lane; b < n; b += kWarp) {
-            float w[kBlockElems];
-            const float scale = F::decode(blocks + b * F::kBytes, w);
+        for (int b = lane / kBlockParts; b < n; b += kBlocksAPass) {
+            float w[kPartElems];
+            const float scale = F::decode_part(blocks + b * F::kBytes, q, w);
             const float* xb = x + (b0 + b) * kBlockElems;
 #pragma unroll
-            for (int t = 0; t < kTokensPerWarp; ++t)
-                if (t < nt) acc[t] += block_dot(w, xb + t * ldx) * F::kUnit * scale;  // the unit first: no overflow
+            for (int t = 0; t < kTokensPerWarp; ++t)  // the unit first: no overflow
+                if (t < nt) acc[t] += part_dot(w, xb + t * ldx, first, second) * F::kUnit * scale;
         }
         __syncwarp();  // the stage is overwritten next round
     }

@@ -252,8 +252,12 @@ void DeviceModel::free_offload() noexcept {
         cudaStreamDestroy(static_cast<cudaStream_t>(copy_stream_));
     }
     copy_stream_ = nullptr;
-    for (void* e : staged_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
-    for (void* e : released_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    // One staging slot (or none) makes no events; destroying a null one would leave an error
+    // behind for the next model's first check.
+    for (void* e : staged_)
+        if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    for (void* e : released_)
+        if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
     staged_ = released_ = {};
     cudaFree(stage_);
     stage_ = nullptr;

@@ -54,7 +54,7 @@ constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 4;  // warps per block of expert_matmul
 
 // grid (ceil(rows / kRowsPerBlock), n_pairs), block kRowsPerBlock * 32: experts of rows of whole
-// blocks, a lane owning whole blocks (block_rows.cuh).
+// blocks, 4 lanes to a block (block_rows.cuh).
 // Pair p's row r of a (r < a.W.rows) with its bias, on every lane of the warp; `stage` is the
 // warp's kStageBytesOf<F>.
 template <class F>

@@ -10,7 +10,11 @@ backend. Those skip cleanly without a device.
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import ossrun
@@ -386,6 +390,40 @@ def test_the_offloads_two_slots_equal_one_in_every_stream_order(fx, monkeypatch)
     finally:
         if STREAM_ORDERS[0]:
             _core.set_emulator_stream_order("immediate")
+
+
+@needs_device
+@pytest.mark.parametrize("offload", ["none", "one slot", "two slots"])
+def test_a_dropped_model_leaves_no_cuda_error_behind(fx, monkeypatch, offload):
+    # A failed runtime call is also the error cudaGetLastError() returns next, so a destructor's
+    # failure (destroying the events that no offload, or a one-slot one, never made) became the
+    # next model's first launch error: seen on an H200 as "CUDA error in rmsnorm: invalid
+    # resource handle". The emulator records such failures as the runtime does.
+    keep = gpu(fx["gguf"], precision="f32")  # loaded before the drop: no status check after it
+    kw = {}
+    if offload != "none":
+        monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
+        monkeypatch.setenv("OSSRUN_CUDA_STAGE_SLOTS", "1" if offload == "one slot" else "2")
+        kw = dict(cpu_moe="all")
+    dropped = ossrun.load(fx["gguf"], device="cuda", precision="f32", **kw)
+    assert dropped._core.stage_slots == {"none": 0, "one slot": 1, "two slots": 2}[offload]
+    dropped.logits(fx["tokens"])
+    del dropped
+    gc.collect()
+    assert rel_err(keep.logits(fx["tokens"]), fx["gold"]) < TOL
+
+
+@needs_device
+def test_the_bench_runs_on_the_gpu(fx):
+    # `ossrun bench --device cuda` (tools/device_check.sh's numbers): its engine line and the weight
+    # bytes per decoded token, which the device model counts as the CPU's does.
+    run = subprocess.run([sys.executable, "-m", "ossrun", "bench", str(fx["gguf"]), "--device", "cuda",
+                          "--prompt", "8", "--gen", "4", "--reps", "1", "--bandwidth", "10", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert "CUDA: " in result["engine"] and result["decode_tok_s"] > 0
+    assert result["decode_weight_bytes_per_token"] > 0
 
 
 def test_the_offload_threshold_is_checked(monkeypatch):

@@ -19,7 +19,7 @@ def raw_bytes(rng, ggml_type, rows, cols):
     nb = cols // 32
     if ggml_type == Q8_0:
         b = rng.integers(0, 256, (rows, nb, 34), dtype=np.uint8)
-        b[:, :, :2] = np.float16(0.01).view(np.uint8)
+        b[:, :, :2] = np.array([0.01], np.float16).view(np.uint8)
     else:
         b = rng.integers(0, 256, (rows, nb, 17), dtype=np.uint8)
         b[:, :, 0] = 120

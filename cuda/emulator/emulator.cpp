@@ -475,6 +475,13 @@ void run_all_streams() {
 
 EmuStream* as_emu(cudaStream_t s) { return static_cast<EmuStream*>(s); }
 
+// As the runtime does, a failed call is also the error cudaGetLastError() returns next: an
+// unchecked failure (a destructor's, say) shows at the next checked launch.
+cudaError_t fail(cudaError_t e) {
+    emu::last_error = e;
+    return e;
+}
+
 cudaError_t take_error() {
     const cudaError_t e = emu::last_error;
     emu::last_error = cudaSuccess;
@@ -515,6 +522,7 @@ const char* cudaGetErrorName(cudaError_t e) {
         case cudaSuccess: return "cudaSuccess";
         case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
         case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+        case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
         case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
@@ -531,7 +539,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     const size_t page = size_t(sysconf(_SC_PAGESIZE)), used = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
     const size_t body = (used + page - 1) / page * page;
     void* m = mmap(nullptr, body + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+    if (m == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
     mprotect(static_cast<char*>(m) + body, page, PROT_NONE);  // the guard page
     char* user = static_cast<char*>(m) + body - used;
     std::lock_guard<std::mutex> lock(memory_mutex);
@@ -545,7 +553,7 @@ cudaError_t cudaFree(void* p) {
     run_all_streams();  // cudaFree waits for the device, so no queued work reads freed memory
     std::lock_guard<std::mutex> lock(memory_mutex);
     auto it = mappings.find(reinterpret_cast<uintptr_t>(p));
-    if (it == mappings.end()) return cudaErrorInvalidValue;
+    if (it == mappings.end()) return fail(cudaErrorInvalidValue);
     munmap(it->second.first, it->second.second);
     mappings.erase(it);
     return cudaSuccess;
@@ -589,7 +597,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-    if (!s) return cudaErrorInvalidValue;
+    if (!s) return fail(cudaErrorInvalidResourceHandle);
     std::lock_guard<std::recursive_mutex> lock(stream_mutex);
     run_stream_to(as_emu(s), UINT64_MAX);  // its work still runs, as on a device
     live_streams.erase(std::remove(live_streams.begin(), live_streams.end(), as_emu(s)), live_streams.end());
@@ -598,14 +606,14 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
     std::lock_guard<std::recursive_mutex> lock(stream_mutex);
-    if (capture) return cudaErrorInvalidValue;
+    if (capture) return fail(cudaErrorInvalidValue);
     run_stream_to(as_emu(s), UINT64_MAX);  // the graph's work follows the stream's queued work
     capture = new EmuGraph;
     return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* graph) {
     std::lock_guard<std::recursive_mutex> lock(stream_mutex);
-    if (!capture) return cudaErrorInvalidValue;
+    if (!capture) return fail(cudaErrorInvalidValue);
     *graph = capture;
     capture = nullptr;
     return cudaSuccess;
@@ -651,10 +659,12 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) {
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     delete e;
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     std::lock_guard<std::recursive_mutex> lock(stream_mutex);
     emu::submit(s, [e] { e->at = std::chrono::steady_clock::now(); });
     e->stream = capture ? nullptr : as_emu(s);
@@ -662,6 +672,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     // The point the event names now (a later record does not move this wait), run when s gets here.
     EmuStream* other = e->stream;
     const uint64_t point = e->point;
@@ -669,6 +680,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+    if (!e) return fail(cudaErrorInvalidResourceHandle);
     run_stream_to(e->stream, e->point);
     return take_error();
 }
@@ -696,7 +708,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
     p->totalGlobalMem = size_t(1) << 32;
     return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = size_t(1) << 32;
     return cudaSuccess;
