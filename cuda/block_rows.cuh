@@ -23,22 +23,40 @@ constexpr int kStagedBlocksOf = kWarp * (4352 / (kWarp * F::kBytes) < 1   ? 1
 template <class F>
 constexpr int kStageBytesOf = kStagedBlocksOf<F> * F::kBytes + 16;
 
-// Copies src[0 .. n) (global memory, any alignment) into dst (shared, 16-byte aligned, n + 16
-// bytes of room) with the lanes of one warp, keeping src's offset within 16 bytes so that the
-// 16-byte words of both sides line up; returns where src[0] landed. Only bytes of [src, src + n)
-// are read. The caller __syncwarp()s before reading dst.
+// 16-byte words per lane that one staging round of format F (kStageBytesOf<F> - 16 bytes, at
+// any offset within 16) takes.
+template <class F>
+constexpr int kStageWordsOf = ((kStagedBlocksOf<F> * F::kBytes + 15 + 15) / 16 + kWarp - 1) / kWarp;
+
+// Copies src[0 .. n) (global memory, any alignment; n <= kWords * 512 - 15) into dst (shared,
+// 16-byte aligned, n + 16 bytes of room) with the lanes of one warp, keeping src's offset within
+// 16 bytes so that the 16-byte words of both sides line up; returns where src[0] landed. Only
+// bytes of [src, src + n) are read. Every load is issued before the first store (a round costs
+// one memory latency: a store waits for its load, and a loop of load-store pairs ran the decode
+// GEMVs at a sixth of the HBM's rate on an H200). The caller __syncwarp()s before reading dst.
+template <int kWords>
 __device__ inline const uint8_t* warp_stage(uint8_t* dst, const uint8_t* src, int n, int lane) {
     const int skew = int(reinterpret_cast<uintptr_t>(src) & 15);
     const uint8_t* base = src - skew;
-    const int words = (skew + n + 15) / 16;
-    for (int w = lane; w < words; w += kWarp) {
-        const int lo = 16 * w, hi = lo + 16;
-        if (lo >= skew && hi <= skew + n) {
-            *reinterpret_cast<uint4*>(dst + lo) = __ldg(reinterpret_cast<const uint4*>(base + lo));
-        } else {  // the first or last word, partly outside the range: byte by byte
-            for (int i = lo < skew ? skew : lo; i < hi && i < skew + n; ++i) dst[i] = base[i];
-        }
+    const int end = skew + n, words = (end + 15) / 16;
+    uint4 v[kWords];
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+        const int lo = 16 * (lane + k * kWarp);
+        if (lo >= skew && lo + 16 <= end) v[k] = __ldg(reinterpret_cast<const uint4*>(base + lo));
     }
+    // The first and last words where they are partly outside the range, a byte a lane: lanes
+    // 0-15 take the first word's, lanes 16-31 the last's (when it is another word).
+    const int at = (lane < 16 ? 0 : 16 * (words - 1)) + lane % 16;
+    const bool ragged = lane < 16 ? (skew > 0 || end < 16) : (words > 1 && end % 16 != 0);
+    const bool mine = ragged && at >= skew && at < end;
+    const uint8_t byte = mine ? __ldg(base + at) : uint8_t(0);
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+        const int lo = 16 * (lane + k * kWarp);
+        if (lo >= skew && lo + 16 <= end) *reinterpret_cast<uint4*>(dst + lo) = v[k];
+    }
+    if (mine) dst[at] = byte;
     return dst + skew;
 }
 
@@ -64,7 +82,7 @@ __device__ inline void row_dot(const uint8_t* row, int64_t n_blocks, const float
     const int q = lane % kBlockParts, first = F::first(q), second = F::second(q);
     for (int64_t b0 = 0; b0 < n_blocks; b0 += kStaged) {
         const int n = int(n_blocks - b0 < kStaged ? n_blocks - b0 : kStaged);
-        const uint8_t* blocks = warp_stage(stage, row + b0 * F::kBytes, n * F::kBytes, lane);
+        const uint8_t* blocks = warp_stage<kStageWordsOf<F>>(stage, row + b0 * F::kBytes, n * F::kBytes, lane);
         __syncwarp();
         for (int b = lane / kBlockParts; b < n; b += kBlocksAPass) {
             float w[kPartElems];

@@ -60,6 +60,7 @@ def main() -> int:
         ("prefill 1024 at depth 2048, full layer, f32 cache, tiled", 1024, 2048, 0, "f32", "f32"),
         ("prefill 1024 at depth 2048, sliding layer, tensor cores fast", 1024, 2048, 128, "f16", "fast"),
         ("prefill 1024 at depth 2048, sliding layer, f32 cache, tiled", 1024, 2048, 128, "f32", "f32"),
+        ("decode 1 row at depth 128, full layer", 1, 128, 0, "f16", "f32"),
         ("decode 1 row at depth 8192, full layer", 1, 8192, 0, "f16", "f32"),
         ("decode 4 rows at depth 8192, full layer", 4, 8192, 0, "f16", "f32"),
     ]

@@ -16,7 +16,8 @@
 #     --host  only what needs no GPU, on this machine: the same build, the tests (the GPU ones
 #             skip), the bench's command lines on a 2-layer 20b-shaped cut with --device cpu; run
 #             it before a GPU session to check the script itself (logs: /tmp/device_check_host).
-#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470  (logs in $OUT or /tmp/device_check)
+#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470  DEVICE_CHECK_PROFILE=1 (ncu, slow)
+#          (logs in /tmp/device_check, and as one tarball in $OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -148,6 +149,9 @@ bench_model() {
     echo "-- --device cuda, pp2048 (the issue's prefill target)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 2048 --gen 16 --bandwidth 4800 --json "${common[@]}" |
         tee "$LOGDIR/pp2048.json" | "$PY" -c "$PREFILL_RATE"
+    echo "-- --device cuda, OSSRUN_CUDA_GRAPHS=0 (each decode step's kernels launched one by one)"
+    OSSRUN_CUDA_GRAPHS=0 "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 16 --gen 64 --bandwidth 4800 "${common[@]}" |
+        grep -E "^ossrun|^decode"
     echo "-- VRAM with --cpu-moe at 8k context (the issue's target: <= 3 GB)"
     "$PY" -c "$VRAM_USE" "$MODEL"
     echo "-- --device cuda --n-cpu-moe 12 (prompt chunks of 512 offload the CPU's MoE blocks)"
@@ -267,7 +271,8 @@ if [ -d "$SITE/ossrun" ]; then
     elif ((!HOST_ONLY)); then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi
-    ((HOST_ONLY)) || step profile 150 profile
+    # ncu's replay of the 20b-shaped model's kernels outran 150 s on an H200: only on request.
+    ((HOST_ONLY)) || [ -z "${DEVICE_CHECK_PROFILE:-}" ] || step profile 150 profile
 fi
 wait
 
