@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -42,6 +43,32 @@ ExpertMatmulArgs expert_args(const Matrix& W, const int32_t* idx, int64_t n_pair
 }
 }  // namespace
 
+// The launches queued while it lives, charged to part p when the model times its parts
+// (DeviceModel::part_timing): an event on the model's stream at each end.
+class CudaBackend::PartScope {
+public:
+    PartScope(DeviceModel& m, Part p) : m_(m), part_(p) {
+        if (!m_.time_parts_ || !(start_ = m_.part_event())) return;
+        check(cudaEventRecord(static_cast<cudaEvent_t>(start_), as_stream(m_.stream_)), "timing a part of the forward");
+    }
+    ~PartScope() {
+        if (!start_) return;
+        void* end = m_.part_event();
+        // An error here shows at the forward's next check; a destructor may run while unwinding.
+        if (end && cudaEventRecord(static_cast<cudaEvent_t>(end), as_stream(m_.stream_)) == cudaSuccess)
+            m_.timed_.push_back({part_, start_, end});
+        else
+            m_.spare_events_.insert(m_.spare_events_.end(), {start_, end});
+    }
+    PartScope(const PartScope&) = delete;
+    PartScope& operator=(const PartScope&) = delete;
+
+private:
+    DeviceModel& m_;
+    Part part_;
+    void* start_ = nullptr;
+};
+
 const LayerWeights& CudaBackend::on_gpu(int64_t layer) const {
     const LayerWeights& w = m_.dev_.layers[size_t(layer)];
     if (!w.attn_norm) throw std::logic_error("layer " + std::to_string(layer) + " is not on the GPU");
@@ -50,6 +77,10 @@ const LayerWeights& CudaBackend::on_gpu(int64_t layer) const {
 
 void CudaBackend::begin(const Batch& batch) {
     if (batch.T < 1 || batch.T > DeviceSession::kMaxChunk) throw std::invalid_argument("forward: chunk size out of range");
+    if (!m_.timed_.empty()) {  // a forward that threw left its parts' events
+        check(cudaStreamSynchronize(as_stream(m_.stream_)), "the forward pass");
+        m_.harvest_part_times();
+    }
     batch_ = &batch;
     std::vector<int64_t>& pos = m_.host_positions_;
     pos.resize(size_t(batch.T));
@@ -64,6 +95,7 @@ void CudaBackend::begin(const Batch& batch) {
 void CudaBackend::plan_decode_graph() {
     graph_key_.clear();
     if (!m_.use_graphs_ || m_.first_gpu_layer_ > 0 || m_.n_cpu_moe_ > 0) return;  // hand-overs to the CPU
+    if (m_.time_parts_) return;  // each op's launches timed on their own
     const ModelConfig& c = m_.config();
     const int64_t windows[2] = {0, c.sliding_window};
     size_t parts_floats = 0;
@@ -106,6 +138,7 @@ void CudaBackend::embed() {
     const int64_t H = host.config().embedding_length;
     std::vector<float>& rows = m_.embed_rows_;
     rows.resize(size_t(batch_->T * H));
+    const PartScope timed(m_, Part::kOther);
     for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i)
         for (int64_t t = 0; t < batch_->segs[i].n; ++t)
             host.kernels().decode_row(host.weights().token_embd, 0, batch_->segs[i].tokens[t],
@@ -117,6 +150,7 @@ void CudaBackend::norm(int64_t layer, LayerNorm which) {
     if (layers_replayed()) return;
     const LayerWeights& w = on_gpu(layer);
     const ModelConfig& c = m_.config();
+    const PartScope timed(m_, Part::kOther);
     rmsnorm(m_.buf_->residual, which == LayerNorm::kAttention ? w.attn_norm : w.post_attention_norm, m_.buf_->normed,
             batch_->T, c.embedding_length, c.rms_norm_eps, as_stream(m_.stream_));
 }
@@ -129,8 +163,13 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
     const cudaStream_t st = as_stream(m_.stream_);
     const int64_t T = batch_->T, nq = c.head_count, nkv = c.head_count_kv, d = c.key_length;
     const float concentration = m_.host_->rope().concentration;
-    const SplitActivations normed = split(b.normed, T, {&w.attn_q, &w.attn_k, &w.attn_v});
-    matmuls(b.normed, normed, T, {{&w.attn_q, b.q, w.attn_q_b}, {&w.attn_k, b.k, w.attn_k_b}, {&w.attn_v, b.v, w.attn_v_b}});
+    {
+        const PartScope timed(m_, Part::kDenseMatmul);
+        const SplitActivations normed = split(b.normed, T, {&w.attn_q, &w.attn_k, &w.attn_v});
+        matmuls(b.normed, normed, T,
+                {{&w.attn_q, b.q, w.attn_q_b}, {&w.attn_k, b.k, w.attn_k_b}, {&w.attn_v, b.v, w.attn_v_b}});
+    }
+    std::optional<PartScope> timed(std::in_place, m_, Part::kAttention);
     rope(b.q, b.positions, T, nq, d, b.theta, concentration, st);
     rope(b.k, b.positions, T, nkv, d, b.theta, concentration, st);
     // Each segment's rows into its own cache, then attend over it.
@@ -170,6 +209,7 @@ void CudaBackend::attention(int64_t layer, const AttentionParams& params) {
         }
         ossrun::cuda::attention(a, st);
     }
+    timed.emplace(m_, Part::kDenseMatmul);
     matmul(w.attn_output, b.attn, split(b.attn, T, {&w.attn_output}), T, b.proj, w.attn_output_b);
 }
 
@@ -204,15 +244,18 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
     const int64_t T = batch_->T, H = c.embedding_length, I = c.expert_feed_forward_length;
     const int64_t E = c.expert_count, k = c.expert_used_count;
     // A staged copy has its host matrix's type and shape, so the source tells the split.
+    std::optional<PartScope> timed(std::in_place, m_, Part::kRouter);
     const SplitActivations normed = split(b.normed, T, {source[kRouter].m, source[kGate].m, source[kUp].m});
     {
         const Weights router = weights(kRouter);
         matmul(router.w.m, b.normed, normed, T, b.router_logits, router.w.bias);
     }
+    timed.emplace(m_, Part::kMoeOther);
     router_topk(b.router_logits, T, E, k, b.expert_idx, b.expert_weight, st);
     // Prefill: the pairs sorted by expert once, for the three grouped GEMMs; decode: pair by pair.
     const bool grouped = T >= kGemmMinTokens;
     if (grouped) group_by_expert(b.expert_idx, T * k, E, b.expert_groups, st);
+    timed.emplace(m_, Part::kExperts);
     // Decode from the arena: the gate and up rows and their SwiGLU in one launch where it reads them.
     const bool fused = !grouped && !staged &&
                        expert_gate_up(expert_args(*source[kGate].m, b.expert_idx, T * k, b.normed, H, k, b.gate,
@@ -232,17 +275,21 @@ void CudaBackend::moe(int64_t layer, const SwigluParams& params) {
             const Weights up = weights(kUp);
             experts(up.w.m, b.normed, normed, H, k, b.up, up.w.bias, grouped);
         }
+        timed.emplace(m_, Part::kMoeOther);
         swiglu(b.gate, b.up, b.h, T * k * I, params.alpha, params.limit, st);
+        timed.emplace(m_, Part::kExperts);
     }
     {
         const Weights down = weights(kDown);
         experts(down.w.m, b.h, split(b.h, T * k, {source[kDown].m}), I, 1, b.expert_y, down.w.bias, grouped);
     }
+    timed.emplace(m_, Part::kMoeOther);
     moe_combine(b.expert_y, b.expert_weight, T, k, H, b.proj, st);
 }
 
 void CudaBackend::add_residual() {
     if (layers_replayed()) return;
+    const PartScope timed(m_, Part::kOther);
     add_into(m_.buf_->residual, m_.buf_->proj, batch_->T * m_.config().embedding_length, as_stream(m_.stream_));
 }
 
@@ -257,6 +304,7 @@ void CudaBackend::logits() {
         recording_ = false;
         m_.graphs_->end_record(graph_key_, m_.weight_bytes_read_ - bytes_before_record_);
     }
+    std::optional<PartScope> timed(std::in_place, m_, Part::kOutput);
     for (size_t i = 0, row = 0; i < batch_->n_segs; row += size_t(batch_->segs[i].n), ++i) {
         const Segment& g = batch_->segs[i];
         const int64_t first = g.all_logits ? 0 : g.n - 1;
@@ -268,7 +316,9 @@ void CudaBackend::logits() {
                   "cudaMemcpy");
         }
     }
+    timed.reset();
     check(cudaStreamSynchronize(st), "the forward pass");
+    if (!m_.timed_.empty()) m_.harvest_part_times();
 }
 
 float* CudaBackend::rows(Activation a) const {
@@ -285,6 +335,7 @@ void CudaBackend::download(Activation a, float* host) {
     check(cudaMemcpyAsync(host, rows(a), size_t(batch_->T * m_.config().embedding_length) * 4, cudaMemcpyDeviceToHost, st),
           "cudaMemcpy");
     check(cudaStreamSynchronize(st), "the GPU's part of the forward before a hand-over to the CPU");
+    if (!m_.timed_.empty()) m_.harvest_part_times();
 }
 
 void CudaBackend::upload(Activation a, const float* host) {

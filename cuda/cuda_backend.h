@@ -31,6 +31,7 @@ public:
     void upload(Activation a, const float* host) override;
 
 private:
+    class PartScope;  // an op's launches charged to a part (DeviceModel::part_timing)
     float* rows(Activation a) const;
     const LayerWeights& on_gpu(int64_t layer) const;  // its device views; logic_error if on the CPU
     // x's n rows split for the tensor-core GEMM into the one split buffer (so the view lasts

@@ -121,7 +121,16 @@ void bind_device_model(py::module_& m) {
             py::dict out;
             for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.host().part_seconds(Part(p));
             return out;
-        });
+        })
+        .def_property("part_timing", &DeviceModel::part_timing, &DeviceModel::set_part_timing,
+                      "time each op's launches by part with CUDA events (no decode graphs while on)")
+        .def_property_readonly("gpu_part_seconds", [](const DeviceModel& d) {
+            // GPU stream seconds per part while part_timing was on (cuda/device_model.h).
+            py::dict out;
+            for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.gpu_part_seconds(Part(p));
+            return out;
+        })
+        .def("reset_gpu_part_seconds", &DeviceModel::reset_gpu_part_seconds);
 
     py::class_<DeviceSession> session(m, "DeviceSession");
     session

@@ -151,6 +151,8 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
     stream_ = stream;
     const char* graphs_env = std::getenv("OSSRUN_CUDA_GRAPHS");
     use_graphs_ = !(graphs_env && std::string(graphs_env) == "0");
+    const char* parts_env = std::getenv("OSSRUN_CUDA_PART_TIMES");
+    time_parts_ = parts_env && std::string(parts_env) == "1";
     graphs_ = std::make_unique<DecodeGraphs>(stream);
     try {
         layout_ = upload_layout(host_->weights(), c, n_cpu_moe_, first_gpu_layer_);
@@ -236,8 +238,46 @@ void DeviceModel::set_decode_graphs(bool on) {
 
 size_t DeviceModel::decode_graphs_recorded() const { return graphs_->size(); }
 
+void DeviceModel::set_part_timing(bool on) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    time_parts_ = on;
+}
+
+void DeviceModel::reset_gpu_part_seconds() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    gpu_part_ms_ = {};
+}
+
+void* DeviceModel::part_event() noexcept {
+    if (!spare_events_.empty()) {
+        void* e = spare_events_.back();
+        spare_events_.pop_back();
+        return e;
+    }
+    cudaEvent_t e = nullptr;
+    if (cudaEventCreate(&e) != cudaSuccess) {
+        cudaGetLastError();  // a part goes untimed; leave no error behind
+        return nullptr;
+    }
+    return e;
+}
+
+void DeviceModel::harvest_part_times() {
+    for (const TimedPart& t : timed_) {
+        float ms = 0.0f;
+        check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(t.start), static_cast<cudaEvent_t>(t.end)),
+              "timing a part of the forward");
+        gpu_part_ms_[size_t(t.part)] += double(ms);
+        spare_events_.push_back(t.start);
+        spare_events_.push_back(t.end);
+    }
+    timed_.clear();
+}
+
 DeviceModel::~DeviceModel() {
     cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    for (const TimedPart& t : timed_) spare_events_.insert(spare_events_.end(), {t.start, t.end});
+    for (void* e : spare_events_) cudaEventDestroy(static_cast<cudaEvent_t>(e));
     graphs_.reset();
     cudaFree(attention_parts_);
     if (buf_) cudaFree(buf_->block);

@@ -200,6 +200,16 @@ public:
     void set_decode_graphs(bool on);
     size_t decode_graphs_recorded() const;
 
+    // GPU time per part of the forward (csrc/part_timer.h's parts) since load or the last reset,
+    // measured when part timing is on (OSSRUN_CUDA_PART_TIMES=1 at load, or set_part_timing): each
+    // op's launches are bracketed by two CUDA events on the model's stream, read at the forward's
+    // end, and decode steps do not replay graphs (their kernels are launched one by one, so a
+    // part's time includes the gaps between its launches). Read between forwards.
+    bool part_timing() const { return time_parts_; }
+    void set_part_timing(bool on);
+    double gpu_part_seconds(Part p) const { return gpu_part_ms_[size_t(p)] * 1e-3; }
+    void reset_gpu_part_seconds();
+
 private:
     friend class CudaBackend;  // the ops of a forward on this model's arena, buffers and stream
 
@@ -233,6 +243,20 @@ private:
     void* copy_stream_ = nullptr;
     std::array<void*, 2> staged_{}, released_{};
     uint64_t offloaded_moe_blocks_ = 0, offloaded_bytes_ = 0;
+    // Part timing (see part_timing()): the event pairs recorded this forward, and spare events
+    // (cudaEvent_t) to reuse.
+    bool time_parts_ = false;
+    std::array<double, size_t(Part::kCount)> gpu_part_ms_{};
+    struct TimedPart {
+        Part part;
+        void* start;
+        void* end;
+    };
+    std::vector<TimedPart> timed_;
+    std::vector<void*> spare_events_;
+    void* part_event() noexcept;  // a spare event or a new one; null if none can be made
+    // After the stream is synchronized: the recorded pairs' times into gpu_part_ms_.
+    void harvest_part_times();
     // A host matrix staged for one matmul: its device views and the slot it holds.
     struct Staged {
         Matrix m;

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import ossrun
@@ -411,6 +412,36 @@ def test_a_dropped_model_leaves_no_cuda_error_behind(fx, monkeypatch, offload):
     del dropped
     gc.collect()
     assert rel_err(keep.logits(fx["tokens"]), fx["gold"]) < TOL
+
+
+@needs_device
+def test_part_timing_splits_the_gpus_time_and_changes_no_logit(fx):
+    # OSSRUN_CUDA_PART_TIMES / part_timing (cuda/device_model.h): each op's launches bracketed by
+    # CUDA events, charged to csrc/part_timer.h's parts; the kernels are the same, so the logits
+    # are too, bit for bit (decode steps launch them one by one instead of replaying a graph).
+    toks = fx["tokens"]
+    m = ossrun.load(fx["gguf"], device="cuda", precision="f32")
+    want_prefill = m.logits(toks)
+    s = m.session()
+    want_decode = [s.prefill([int(t)]) for t in toks[:6]]
+    graphs = m._core.decode_graphs_recorded
+    m._core.part_timing = True
+    t0 = time.perf_counter()
+    np.testing.assert_array_equal(m.logits(toks), want_prefill)
+    s = m.session()
+    for t, want in zip(toks[:6], want_decode):
+        np.testing.assert_array_equal(s.prefill([int(t)]), want)
+    wall = time.perf_counter() - t0
+    parts = m._core.gpu_part_seconds
+    assert set(parts) == {"other", "dense_matmul", "attention", "router", "experts", "moe_other", "output"}
+    assert all(v > 0 for v in parts.values()), parts
+    assert sum(parts.values()) <= wall, (parts, wall)
+    assert m._core.decode_graphs_recorded == graphs  # none recorded for the timed session's steps
+    m._core.reset_gpu_part_seconds()
+    assert sum(m._core.gpu_part_seconds.values()) == 0
+    m._core.part_timing = False
+    s.prefill([int(toks[6])])
+    assert sum(m._core.gpu_part_seconds.values()) == 0 and m._core.decode_graphs_recorded > graphs
 
 
 @needs_device

@@ -152,6 +152,8 @@ bench_model() {
     echo "-- --device cuda, OSSRUN_CUDA_GRAPHS=0 (each decode step's kernels launched one by one)"
     OSSRUN_CUDA_GRAPHS=0 "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 16 --gen 64 --bandwidth 4800 "${common[@]}" |
         grep -E "^ossrun|^decode"
+    echo "-- GPU time by part (OSSRUN_CUDA_PART_TIMES: events around each op, no graphs)"
+    "$PY" -c "$GPU_PARTS" "$MODEL"
     echo "-- VRAM with --cpu-moe at 8k context (the issue's target: <= 3 GB)"
     "$PY" -c "$VRAM_USE" "$MODEL"
     echo "-- --device cuda --n-cpu-moe 12 (prompt chunks of 512 offload the CPU's MoE blocks)"
@@ -178,6 +180,28 @@ per_token = r["decode_weight_bytes_per_token"]
 print("pp%d %.1f tok/s = %.1f TFLOP/s = %.1f %% of 790" % (r["prompt"], pp, flops / 1e12, flops / 7.9e12))
 print("tg%d %.1f tok/s, %.3f GB/token = %.1f %% of 4.8 TB/s" % (r["gen"], tg, per_token / 1e9,
                                                               per_token * tg / 4.8e10))
+'
+# Where a 512-token prefill's and a decode step's GPU time goes (cuda/device_model.h part_timing),
+# in ms, beside the wall time each took.
+GPU_PARTS='
+import sys, time, ossrun
+m = ossrun.load(sys.argv[1], n_ctx=4096, device="cuda")
+m._core.part_timing = True
+s = m.session()
+def timed(work):
+    m._core.reset_gpu_part_seconds()
+    t = time.perf_counter()
+    work()
+    return time.perf_counter() - t, dict(m._core.gpu_part_seconds)
+v = m.n_vocab
+wall_p, pp = timed(lambda: s.prefill([(1000 + i) % v for i in range(512)]))
+steps = 32
+wall_d, dd = timed(lambda: [s.prefill([(2000 + i) % v]) for i in range(steps)])
+print("%-14s %12s %18s" % ("part", "pp512 ms", "decode ms a token"))
+for k in pp:
+    print("%-14s %12.2f %18.3f" % (k, 1e3 * pp[k], 1e3 * dd[k] / steps))
+print("%-14s %12.2f %18.3f" % ("sum", 1e3 * sum(pp.values()), 1e3 * sum(dd.values()) / steps))
+print("%-14s %12.2f %18.3f" % ("wall", 1e3 * wall_p, 1e3 * wall_d / steps))
 '
 # The device memory a --cpu-moe model takes at 8k context after a 512-token prefill, from the
 # driver's free count (the CUDA context itself is taken before the first reading).
@@ -240,7 +264,7 @@ SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
 export -f environment carried make_model_file build status bench_model profile
-export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY PREFILL_RATE VRAM_USE NCU_SUMMARY
+export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY PREFILL_RATE VRAM_USE NCU_SUMMARY GPU_PARTS
 export OSSRUN_SHARED=${OSSRUN_SHARED:-$CARRY/shared}
 [ -d "$OSSRUN_SHARED" ] || OSSRUN_SHARED=$REPO/../shared
 export PYTHONPATH=$SITE:$BUILD/wheels PYTHONUNBUFFERED=1
