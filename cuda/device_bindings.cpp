@@ -55,6 +55,7 @@ void bind_device_model(py::module_& m) {
     // The emulated core's own emulator (emulator.h): which streams hold their work until needed.
     m.def("set_emulator_stream_order", &emu::set_stream_order, py::arg("spec"));
     m.def("emulator_stream_order", &emu::stream_order);
+    m.def("set_emulator_host_register_works", &emu::set_host_register_works, py::arg("works"));
 #endif
     m.attr("HAS_DEVICE_MODEL") = true;
     m.attr("DEVICE_MAX_CHUNK") = DeviceSession::kMaxChunk;  // placement.py's MAX_CHUNK
@@ -106,6 +107,8 @@ void bind_device_model(py::module_& m) {
         .def_property_readonly("stage_slots", &DeviceModel::stage_slots)
         .def_property_readonly("offloaded_moe_blocks", &DeviceModel::offloaded_moe_blocks)
         .def_property_readonly("offloaded_bytes", &DeviceModel::offloaded_bytes)
+        .def_property_readonly("pinned_offload_bytes", &DeviceModel::pinned_offload_bytes)
+        .def_property_readonly("pin_error", &DeviceModel::pin_error)
         .def_property_readonly("isa", [](const DeviceModel& d) { return std::string(d.host().kernels().name); })
         .def_property_readonly("threads", [](const DeviceModel& d) { return d.host().threads(); })
         .def_property_readonly("uses_i16", [](const DeviceModel& d) { return d.n_cpu_moe() > 0 && d.host().uses_i16(); })

@@ -12,6 +12,8 @@
 #include <type_traits>
 #include <stdexcept>
 
+#include <unistd.h>  // sysconf
+
 #include "../csrc/cpu_backend.h"
 #include "../csrc/forward.h"
 #include "../csrc/weight_element.h"
@@ -197,6 +199,10 @@ DeviceModel::DeviceModel(std::shared_ptr<Model> host, int64_t n_cpu_moe, int64_t
                 }
             }
         }
+        if (stage_) {
+            const char* pin_env = std::getenv("OSSRUN_CUDA_PIN_OFFLOAD");
+            if (pin_env && std::string(pin_env) == "1") pin_offload_sources();
+        }
         // A MoE block on the GPU, or one that may be offloaded there.
         const bool experts = std::max(first_gpu_layer_, n_cpu_moe_) < c.block_count || stage_;
         const size_t scratch = device_scratch_bytes(c, DeviceSession::kMaxChunk, experts);
@@ -286,7 +292,46 @@ DeviceModel::~DeviceModel() {
     cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
+void DeviceModel::pin_offload_sources() {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    std::vector<std::pair<uintptr_t, uintptr_t>> ranges;  // [lo, hi) rounded out to whole pages
+    for (int64_t l = 0; l < config().block_count; ++l) {
+        if (!offloadable_[size_t(l)]) continue;
+        for (const MoeMatrix& x : moe_matrices(host_->weights().layers[size_t(l)], config())) {
+            const uintptr_t at = reinterpret_cast<uintptr_t>(x.m->data);
+            ranges.push_back({at / page * page, (at + x.m->total_bytes() + page - 1) / page * page});
+        }
+    }
+    // One registration per run of touching ranges: the runtime refuses overlapping ones.
+    std::sort(ranges.begin(), ranges.end());
+    std::vector<std::pair<uintptr_t, uintptr_t>> runs;
+    for (const auto& r : ranges) {
+        if (!runs.empty() && r.first <= runs.back().second) runs.back().second = std::max(runs.back().second, r.second);
+        else runs.push_back(r);
+    }
+    for (const auto& [lo, hi] : runs) {
+        void* p = reinterpret_cast<void*>(lo);
+        const cudaError_t e = cudaHostRegister(p, hi - lo, cudaHostRegisterReadOnly);
+        if (e != cudaSuccess) {
+            cudaGetLastError();  // the copies stay pageable; leave no error behind
+            pin_error_ = std::string("cudaHostRegister of ") + std::to_string((hi - lo) >> 20) + " MiB failed: " +
+                         cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+            unpin_offload_sources();
+            return;
+        }
+        pinned_.push_back(p);
+        pinned_bytes_ += hi - lo;
+    }
+}
+
+void DeviceModel::unpin_offload_sources() noexcept {
+    for (void* p : pinned_) cudaHostUnregister(p);
+    pinned_.clear();
+    pinned_bytes_ = 0;
+}
+
 void DeviceModel::free_offload() noexcept {
+    unpin_offload_sources();
     if (copy_stream_ && copy_stream_ != stream_) {
         cudaStreamSynchronize(static_cast<cudaStream_t>(copy_stream_));
         cudaStreamDestroy(static_cast<cudaStream_t>(copy_stream_));
@@ -306,7 +351,8 @@ void DeviceModel::free_offload() noexcept {
 DeviceModel::Staged DeviceModel::stage(const Matrix& m, const float* bias, int64_t bias_floats) {
     // Pageable copies (no pinned copy of the weights): the driver takes the host's bytes before
     // the call returns, so this thread waits for the copy while the model's stream runs the
-    // kernels queued before it.
+    // kernels queued before it; from page-locked sources (pin_offload_sources) the copy is queued
+    // and returns at once.
     const cudaStream_t st = static_cast<cudaStream_t>(stream_), copies = static_cast<cudaStream_t>(copy_stream_);
     const int slot = next_slot_;
     next_slot_ = (next_slot_ + 1) % stage_slots_;

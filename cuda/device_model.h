@@ -190,6 +190,14 @@ public:
     int64_t offload_min_tokens() const { return offload_min_tokens_; }  // 0 without a staging buffer
     size_t stage_bytes() const { return stage_slot_bytes_ * size_t(stage_slots_); }  // every slot
     int stage_slots() const { return stage_slots_; }
+    // OSSRUN_CUDA_PIN_OFFLOAD=1: the host bytes the offload copies (the matrices of the blocks it
+    // may stage, where they lie: the memory map or the experts' copy in RAM) are page-locked in
+    // place (cudaHostRegister, read-only; no second copy), so that their copies go by DMA at the
+    // bus's rate, not through the driver's pageable staging, and this thread does not wait for
+    // them. It locks those pages in RAM: opt-in. Best effort: on a failure none stay locked,
+    // pin_error() says why and the copies stay pageable.
+    size_t pinned_offload_bytes() const { return pinned_bytes_; }
+    const std::string& pin_error() const { return pin_error_; }
     // MoE blocks run on the GPU from the staging buffer, and the bytes copied into it, since load.
     uint64_t offloaded_moe_blocks() const { return offloaded_moe_blocks_; }
     uint64_t offloaded_bytes() const { return offloaded_bytes_; }
@@ -243,6 +251,11 @@ private:
     void* copy_stream_ = nullptr;
     std::array<void*, 2> staged_{}, released_{};
     uint64_t offloaded_moe_blocks_ = 0, offloaded_bytes_ = 0;
+    std::vector<void*> pinned_;  // the page-locked ranges' starts (cudaHostUnregister takes them)
+    size_t pinned_bytes_ = 0;
+    std::string pin_error_;
+    void pin_offload_sources();
+    void unpin_offload_sources() noexcept;
     // Part timing (see part_timing()): the event pairs recorded this forward, and spare events
     // (cudaEvent_t) to reuse.
     bool time_parts_ = false;

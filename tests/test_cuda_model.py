@@ -394,6 +394,47 @@ def test_the_offloads_two_slots_equal_one_in_every_stream_order(fx, monkeypatch)
 
 
 @needs_device
+@pytest.mark.parametrize("mmap", [True, False])
+def test_pinned_offload_sources_change_no_logit(fx, monkeypatch, mmap):
+    # OSSRUN_CUDA_PIN_OFFLOAD=1 page-locks the matrices the offload copies where they lie (the map,
+    # or the experts' copy in RAM with mmap=False): every offloadable matrix's bytes, in whole
+    # pages, and the logits of the pageable copies bit for bit.
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
+    toks = fx["tokens"]
+    fresh = dict(device="cuda", precision="f32", cpu_moe="all", mmap=mmap)
+    pageable = ossrun.load(fx["gguf"], **fresh)
+    assert pageable._core.pinned_offload_bytes == 0
+    want = pageable.logits(toks)
+    monkeypatch.setenv("OSSRUN_CUDA_PIN_OFFLOAD", "1")
+    m = ossrun.load(fx["gguf"], **fresh)
+    matrices = sum(n for name, n in tensor_bytes(m).items()
+                   if name.endswith(("ffn_gate_inp.weight", "_exps.weight")))
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert m._core.pin_error == ""
+    assert matrices <= m._core.pinned_offload_bytes < matrices + 8 * m.config.block_count * page
+    assert m._core.pinned_offload_bytes % page == 0
+    np.testing.assert_array_equal(m.logits(toks), want)
+    assert m._core.offloaded_moe_blocks == m.config.block_count
+
+
+@needs_device
+@pytest.mark.skipif(not hasattr(_core, "set_emulator_host_register_works"), reason="the emulator's knob")
+def test_a_failed_pin_warns_and_copies_pageable(fx, monkeypatch):
+    monkeypatch.setenv("OSSRUN_CUDA_OFFLOAD_MIN_TOKENS", "8")
+    monkeypatch.setenv("OSSRUN_CUDA_PIN_OFFLOAD", "1")
+    fresh = dict(device="cuda", precision="f32", cpu_moe="all", mmap=False)
+    want = ossrun.load(fx["gguf"], **fresh).logits(fx["tokens"])
+    _core.set_emulator_host_register_works(False)
+    try:
+        with pytest.warns(RuntimeWarning, match="stay pageable: cudaHostRegister .* cudaErrorNotSupported"):
+            m = ossrun.load(fx["gguf"], **fresh)
+    finally:
+        _core.set_emulator_host_register_works(True)
+    assert m._core.pinned_offload_bytes == 0
+    np.testing.assert_array_equal(m.logits(fx["tokens"]), want)
+
+
+@needs_device
 @pytest.mark.parametrize("offload", ["none", "one slot", "two slots"])
 def test_a_dropped_model_leaves_no_cuda_error_behind(fx, monkeypatch, offload):
     # A failed runtime call is also the error cudaGetLastError() returns next, so a destructor's

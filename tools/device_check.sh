@@ -5,7 +5,8 @@
 # CUDA op and device-model tests (required to run, not skip: OSSRUN_REQUIRE_CUDA), compute-
 # sanitizer's memcheck and racecheck on a subset, the kernels' rates, and the model bench on a
 # 20b-shaped file made there (load, pp512, tg128 with --device cuda, with --n-cpu-moe 12 (offload
-# on, and off), with --gpu-layers 12, and --n-cpu-moe 12 with one staging slot).
+# on, and off, and with its sources page-locked), with --gpu-layers 12, and --n-cpu-moe 12 with one
+# staging slot), the GPU's time by part, the VRAM of --cpu-moe at 8k.
 # Prints a summary; the whole run stays within DEVICE_CHECK_BUDGET seconds (default 470).
 #
 # Nothing can be fetched on the lent machine, so first, here:  bash tools/device_check_prepare.sh
@@ -160,6 +161,9 @@ bench_model() {
     "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --n-cpu-moe 12, OSSRUN_CUDA_OFFLOAD_MIN_TOKENS=0 (no offload)"
     OSSRUN_CUDA_OFFLOAD_MIN_TOKENS=0 "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 \
+        --gen 16 --bandwidth 4800 "${common[@]}"
+    echo "-- --device cuda --n-cpu-moe 12, OSSRUN_CUDA_PIN_OFFLOAD=1 (the offload's sources page-locked)"
+    OSSRUN_CUDA_PIN_OFFLOAD=1 "$PY" -m ossrun bench "$MODEL" --device cuda --n-cpu-moe 12 --prompt 512 \
         --gen 16 --bandwidth 4800 "${common[@]}"
     echo "-- --device cuda --gpu-layers 12 (the first 12 layers on the CPU)"
     "$PY" -m ossrun bench "$MODEL" --device cuda --gpu-layers 12 --prompt 512 --gen 128 --bandwidth 4800 "${common[@]}"

@@ -523,6 +523,9 @@ const char* cudaGetErrorName(cudaError_t e) {
         case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
         case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
         case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+        case cudaErrorHostMemoryAlreadyRegistered: return "cudaErrorHostMemoryAlreadyRegistered";
+        case cudaErrorHostMemoryNotRegistered: return "cudaErrorHostMemoryNotRegistered";
+        case cudaErrorNotSupported: return "cudaErrorNotSupported";
         case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
@@ -711,5 +714,32 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
 cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : fail(cudaErrorInvalidValue); }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = size_t(1) << 32;
+    return cudaSuccess;
+}
+
+namespace {
+bool host_register_works = true;
+std::map<uintptr_t, size_t> host_registered;  // start -> bytes, as the runtime keeps them
+std::mutex host_register_mutex;
+}  // namespace
+
+void emu::set_host_register_works(bool works) { host_register_works = works; }
+
+cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p), page = uintptr_t(sysconf(_SC_PAGESIZE));
+    if (!p || bytes == 0 || lo % page || bytes % page) return fail(cudaErrorInvalidValue);
+    if (!host_register_works) return fail(cudaErrorNotSupported);
+    std::lock_guard<std::mutex> lock(host_register_mutex);
+    auto next = host_registered.lower_bound(lo);
+    const bool overlaps = (next != host_registered.end() && next->first < lo + bytes) ||
+                          (next != host_registered.begin() && std::prev(next)->first + std::prev(next)->second > lo);
+    if (overlaps) return fail(cudaErrorHostMemoryAlreadyRegistered);
+    host_registered[lo] = bytes;
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void* p) {
+    std::lock_guard<std::mutex> lock(host_register_mutex);
+    if (host_registered.erase(reinterpret_cast<uintptr_t>(p)) == 0) return fail(cudaErrorHostMemoryNotRegistered);
     return cudaSuccess;
 }

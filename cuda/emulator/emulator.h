@@ -97,6 +97,9 @@ std::vector<float> neighbor_sum_selftest(const std::vector<float>& x, bool barri
 // cudaStreamEndCapture), its launches and copies are kept, in order, as the graph's work.
 void set_stream_order(const std::string& spec);
 std::string stream_order();
+// cudaHostRegister's answer: success (the default), or cudaErrorNotSupported for every range, as
+// a device without read-only registration gives; tests of the pageable fall-back set it.
+void set_host_register_works(bool works);
 void submit(void* stream, std::function<void()> work);
 
 // One kernel launch: every block in turn, its threads as fibers.
@@ -165,6 +168,9 @@ enum cudaError_t {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorHostMemoryAlreadyRegistered = 712,
+    cudaErrorHostMemoryNotRegistered = 713,
+    cudaErrorNotSupported = 801,
     cudaErrorLaunchFailure = 719,
 };
 enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeRelaxed };
@@ -216,6 +222,9 @@ cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+constexpr unsigned cudaHostRegisterReadOnly = 0x08;
+cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned flags);
+cudaError_t cudaHostUnregister(void* p);
 template <class F>
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F) {
     a->maxThreadsPerBlock = 1024;

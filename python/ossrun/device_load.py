@@ -12,6 +12,8 @@ layer) is refused with the reason, or for device="auto" leaves the model on the 
 
 from __future__ import annotations
 
+import warnings
+
 from . import _core
 from .device import cuda_status
 from .errors import DeviceError
@@ -88,4 +90,6 @@ def place_on_gpu(model, plan: Plan, explicit: bool):
         if explicit:
             raise
         return None, str(e)
+    if core.pin_error:  # OSSRUN_CUDA_PIN_OFFLOAD=1 asked for it
+        warnings.warn(f"the offload's sources stay pageable: {core.pin_error}", RuntimeWarning, stacklevel=3)
     return core, plan
