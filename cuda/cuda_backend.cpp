@@ -58,7 +58,8 @@ public:
         if (end && cudaEventRecord(static_cast<cudaEvent_t>(end), as_stream(m_.stream_)) == cudaSuccess)
             m_.timed_.push_back({part_, start_, end});
         else
-            m_.spare_events_.insert(m_.spare_events_.end(), {start_, end});
+            for (void* e : {start_, end})
+                if (e) m_.spare_events_.push_back(e);
     }
     PartScope(const PartScope&) = delete;
     PartScope& operator=(const PartScope&) = delete;

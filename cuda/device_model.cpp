@@ -331,11 +331,11 @@ void DeviceModel::unpin_offload_sources() noexcept {
 }
 
 void DeviceModel::free_offload() noexcept {
-    unpin_offload_sources();
     if (copy_stream_ && copy_stream_ != stream_) {
         cudaStreamSynchronize(static_cast<cudaStream_t>(copy_stream_));
         cudaStreamDestroy(static_cast<cudaStream_t>(copy_stream_));
     }
+    unpin_offload_sources();  // no copy reads them now
     copy_stream_ = nullptr;
     // One staging slot (or none) makes no events; destroying a null one would leave an error
     // behind for the next model's first check.
