@@ -123,17 +123,18 @@ void bind_ops(py::module_& m) {
         const bool known = with_block_format(W.type, cols, [&](auto format) {
             using F = decltype(format);
             for (int64_t r = 0; r < rows; ++r)
-                for (int64_t b = 0; b < cols / kBlockElems; ++b)
+                for (int64_t b = 0; b < cols / kBlockElems; ++b) {
+                    const uint8_t* block = W.data + size_t(r) * W.row_bytes + size_t(b) * F::kBytes;
+                    float* ob = o + r * cols + b * kBlockElems;
                     for (int q = 0; q < kBlockParts; ++q) {
                         float w[kPartElems];
-                        const uint8_t* block = W.data + size_t(r) * W.row_bytes + size_t(b) * F::kBytes;
                         const float scale = F::decode_part(block, q, w);
-                        float* ob = o + r * cols + b * kBlockElems;
                         for (int i = 0; i < 4; ++i) {
                             ob[F::first(q) + i] = w[i] * F::kUnit * scale;
                             ob[F::second(q) + i] = w[4 + i] * F::kUnit * scale;
                         }
                     }
+                }
         });
         if (!known) throw py::value_error("decode_blocks_host takes MXFP4, Q8_0, F16, BF16 or F32 rows of whole 32-element blocks");
         return out;

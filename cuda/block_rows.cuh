@@ -31,9 +31,10 @@ constexpr int kStageWordsOf = ((kStagedBlocksOf<F> * F::kBytes + 15 + 15) / 16 +
 // Copies src[0 .. n) (global memory, any alignment; n <= kWords * 512 - 15) into dst (shared,
 // 16-byte aligned, n + 16 bytes of room) with the lanes of one warp, keeping src's offset within
 // 16 bytes so that the 16-byte words of both sides line up; returns where src[0] landed. Only
-// bytes of [src, src + n) are read. Every load is issued before the first store (a round costs
-// one memory latency: a store waits for its load, and a loop of load-store pairs ran the decode
-// GEMVs at a sixth of the HBM's rate on an H200). The caller __syncwarp()s before reading dst.
+// bytes of [src, src + n) are read. Every load is issued before the first store, so a round
+// costs one memory latency (in a loop of load-store pairs each store waits for its load; with
+// such a loop the MXFP4 GEMV read 756 GB/s on an H200, a sixth of the HBM's rate; this order's
+// gain is unmeasured). The caller __syncwarp()s before reading dst.
 template <int kWords>
 __device__ inline const uint8_t* warp_stage(uint8_t* dst, const uint8_t* src, int n, int lane) {
     const int skew = int(reinterpret_cast<uintptr_t>(src) & 15);

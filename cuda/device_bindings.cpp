@@ -40,6 +40,14 @@ int64_t first_gpu_layer_arg(const Model& host, const std::optional<int64_t>& gpu
     return gpu_layers ? L - *gpu_layers : 0;
 }
 
+// {part name: seconds(part)} over csrc/part_timer.h's parts.
+template <class Seconds>
+py::dict by_part(Seconds seconds) {
+    py::dict out;
+    for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = seconds(Part(p));
+    return out;
+}
+
 }  // namespace
 
 void bind_device_model(py::module_& m) {
@@ -120,18 +128,14 @@ void bind_device_model(py::module_& m) {
                       "decode steps replay a CUDA graph per shape (cuda/decode_graphs.h)")
         .def_property_readonly("decode_graphs_recorded", &DeviceModel::decode_graphs_recorded)
         .def_property_readonly("part_seconds", [](const DeviceModel& d) {
-            // The CPU backend's parts (its layers and MoE blocks); the GPU's time is not split by part.
-            py::dict out;
-            for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.host().part_seconds(Part(p));
-            return out;
+            // The CPU backend's parts (its layers and MoE blocks); the GPU's are gpu_part_seconds.
+            return by_part([&](Part p) { return d.host().part_seconds(p); });
         })
         .def_property("part_timing", &DeviceModel::part_timing, &DeviceModel::set_part_timing,
                       "time each op's launches by part with CUDA events (no decode graphs while on)")
         .def_property_readonly("gpu_part_seconds", [](const DeviceModel& d) {
             // GPU stream seconds per part while part_timing was on (cuda/device_model.h).
-            py::dict out;
-            for (int p = 0; p < int(Part::kCount); ++p) out[part_name(Part(p))] = d.gpu_part_seconds(Part(p));
-            return out;
+            return by_part([&](Part p) { return d.gpu_part_seconds(p); });
         })
         .def("reset_gpu_part_seconds", &DeviceModel::reset_gpu_part_seconds);
 

@@ -1,8 +1,9 @@
 // Matrix times a few vectors, for decode (MODEL.md §2.3, §4.3). MXFP4, Q8_0, F16, BF16 and F32
 // rows of whole 32-element blocks: one warp per output row and up to kTokensPerWarp tokens, the
 // row staged through shared memory and each lane taking a quarter of a block at a time
-// (block_rows.cuh), so a row's bytes are read once for every token of the step. Other types and shapes: one warp per (row, token), lane
-// i reading element i of each 32-element span (weight_element.h). Matmuls of one x (decode's q, k
+// (block_rows.cuh), so a row's bytes are read once for every token of the step. Other types and
+// shapes: one warp per (row, token), lane i reading element i of each 32-element span
+// (weight_element.h). Matmuls of one x (decode's q, k
 // and v) go as one launch where the block kernel reads them all (matmul_parts).
 #include <climits>
 

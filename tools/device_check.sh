@@ -17,7 +17,7 @@
 #     --host  only what needs no GPU, on this machine: the same build, the tests (the GPU ones
 #             skip), the bench's command lines on a 2-layer 20b-shaped cut with --device cpu; run
 #             it before a GPU session to check the script itself (logs: /tmp/device_check_host).
-#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470  DEVICE_CHECK_PROFILE=1 (ncu, slow)
+#   env:   CUDA_ARCH=90  PYTHON=python3  DEVICE_CHECK_BUDGET=470
 #          (logs in /tmp/device_check, and as one tarball in $OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -173,8 +173,9 @@ bench_model() {
         --gen 16 --bandwidth 4800 "${common[@]}"
 }
 
-# Reads the bench's JSON: prefill multiply-adds x2 per token x tok/s against the H200's dense f16
-# tensor-core rate (about 790 TFLOP/s measured here on random data; 990 on the datasheet).
+# Reads the bench's JSON: prefill multiply-adds x2 per token x tok/s against the H200's dense 16-bit
+# tensor-core rate (769-798 TFLOP/s for a bf16 product through PyTorch on such machines, by the
+# device tool's KINDS.md; 990 on the datasheet), and decode's weight bytes against 4.8 TB/s.
 PREFILL_RATE='
 import json, sys
 r = json.load(sys.stdin)
@@ -219,56 +220,14 @@ free1 = ossrun.cuda_status().free_bytes
 print(f"--cpu-moe, 8k context: {(free0 - free1) / 2**30:.2f} GiB of device memory "
       f"({(free0 - free1) / 1e9:.2f} GB) past the CUDA context; {m.device_reason}")
 '
-# ncu's CSV (one row per kernel and metric) summed per kernel name: launches, time, and the mean
-# DRAM and SM throughput (% of peak) weighted by time.
-NCU_SUMMARY='
-import csv, sys, collections
-rows = [r for r in csv.reader(l for l in sys.stdin if l.startswith("\""))]
-head = next(i for i, r in enumerate(rows) if "Kernel Name" in r and "Metric Name" in r)
-cols = {n: rows[head].index(n) for n in ("ID", "Kernel Name", "Metric Name", "Metric Value")}
-per = collections.defaultdict(dict)
-for r in rows[head + 1:]:
-    per[(r[cols["ID"]], r[cols["Kernel Name"]])][r[cols["Metric Name"]]] = float(r[cols["Metric Value"]].replace(",", ""))
-agg = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
-for (_, name), m in per.items():
-    t = m.get("gpu__time_duration.sum", 0.0)
-    a = agg[name.split("(")[0].replace("void ", "").replace("ossrun::cuda::", "").replace("ossrun::", "")[:60]]
-    a[0] += 1; a[1] += t
-    a[2] += t * m.get("dram__throughput.avg.pct_of_peak_sustained_elapsed", 0.0)
-    a[3] += t * m.get("sm__throughput.avg.pct_of_peak_sustained_elapsed", 0.0)
-total = sum(a[1] for a in agg.values()) or 1.0
-print("%-60s %6s %10s %6s %6s %6s" % ("kernel", "calls", "us", "time%", "dram%", "sm%"))
-for name, a in sorted(agg.items(), key=lambda kv: -kv[1][1]):
-    print("%-60s %6d %10.1f %6.1f %6.1f %6.1f" % (name, a[0], a[1] / 1e3, 100 * a[1] / total,
-                                                  a[2] / max(a[1], 1e-9), a[3] / max(a[1], 1e-9)))
-print("total %.1f us over %d kernels" % (total / 1e3, len(per)))
-'
-# ncu (Firecracker machines read the counters; the clocks left alone) on one decode step of the
-# 20b-shaped file (its ~400 launches past the 8-token prefill and the first decode steps), then
-# on the first layers of a 512-token prefill.
-profile() {
-    local ncu
-    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    [ -n "$ncu" ] || { echo "no ncu"; return 1; }
-    local metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed
-    echo "-- one decode step (launches 1300 .. 1700 of a --prompt 8 --gen 8 bench)"
-    "$ncu" --clock-control none --print-units base --metrics "$metrics" --csv --launch-skip 1300 --launch-count 400 \
-        "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 8 --gen 8 --reps 1 --bandwidth 4800 |
-        "$PY" -c "$NCU_SUMMARY"
-    echo "-- the first 100 launches of a 512-token prefill"
-    "$ncu" --clock-control none --print-units base --metrics "$metrics" --csv --launch-count 100 \
-        "$PY" -m ossrun bench "$MODEL" --device cuda --prompt 512 --gen 2 --reps 1 --bandwidth 4800 |
-        "$PY" -c "$NCU_SUMMARY"
-}
-
 SANITIZER_SUBSET="(within_rounding_bound and rows19 and auto and (MXFP4-96 or Q8_0-96 or F16-37))
   or (rmsnorm and 37) or (attention and q8kv2 and 80 and (kv_ring_wrapped or full_causal_decode))
   or router or swiglu or rope_yarn or (expert_matmul_pairs_and_grouped and 200 and (MXFP4-96 or Q8_0-96))
   or (tensor_core_gemm_fast and unit)"
 SANITIZER_SUBSET=${SANITIZER_SUBSET//$'\n'/ }
 
-export -f environment carried make_model_file build status bench_model profile
-export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY PREFILL_RATE VRAM_USE NCU_SUMMARY GPU_PARTS
+export -f environment carried make_model_file build status bench_model
+export REPO BUILD SITE PY ARCH CARRY MODEL LOGDIR HOST_ONLY PREFILL_RATE VRAM_USE GPU_PARTS
 export OSSRUN_SHARED=${OSSRUN_SHARED:-$CARRY/shared}
 [ -d "$OSSRUN_SHARED" ] || OSSRUN_SHARED=$REPO/../shared
 export PYTHONPATH=$SITE:$BUILD/wheels PYTHONUNBUFFERED=1
@@ -284,7 +243,7 @@ if [ -d "$SITE/ossrun" ]; then
     step cuda_status 30 status
     step gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cuda_ops.py tests/test_cuda_model.py \
         tests/test_placement.py tests/test_device.py
-    # The numbers first, then the sanitizers, then the profile (the budget may cut it).
+    # The numbers first, then the sanitizers.
     ((HOST_ONLY)) || step op_rates 60 "$PY" tools/cuda_op_rates.py
     step bench_model 300 bench_model
     if ((!HOST_ONLY)) && command -v compute-sanitizer >/dev/null; then
@@ -299,8 +258,6 @@ if [ -d "$SITE/ossrun" ]; then
     elif ((!HOST_ONLY)); then
         SUMMARY+=("SKIP    memcheck/racecheck: no compute-sanitizer on PATH")
     fi
-    # ncu's replay of the 20b-shaped model's kernels outran 150 s on an H200: only on request.
-    ((HOST_ONLY)) || [ -z "${DEVICE_CHECK_PROFILE:-}" ] || step profile 150 profile
 fi
 wait
 
@@ -308,13 +265,12 @@ wait
     echo
     echo "== device_check summary (${SECONDS} s of ${BUDGET}; CUDA arch ${ARCH}; logs in $LOGDIR)"
     printf '%s\n' "${SUMMARY[@]}"
-    for f in cuda_status gpu_tests op_rates make_model bench_model profile; do
+    for f in cuda_status gpu_tests op_rates make_model bench_model; do
         [ -f "$LOGDIR/$f.log" ] || continue
         echo "-- $f"
         case $f in
             gpu_tests) tail -n 15 "$LOGDIR/$f.log" ;;
             bench_model) tail -n 60 "$LOGDIR/$f.log" ;;
-            profile) grep -v "^==" "$LOGDIR/$f.log" | head -n 40 ;;
             *) tail -n 12 "$LOGDIR/$f.log" ;;
         esac
     done

@@ -114,7 +114,8 @@ def _worker_ossrun(a) -> dict:
                    if model.isa == "avx512vbmi" else "")
                 + (f", CUDA: {model.device_reason}" if model.device == "cuda" else "")
                 + (", experts copied into 2 MiB pages (--no-mmap)" if model.weights_in_ram else "")
-                + (" in 16-row groups" if getattr(model._core, "interleaved_mxfp4_bytes", 0) else ""))
+                + (" in 16-row groups"
+                   if model.device == "cpu" and model._core.interleaved_mxfp4_bytes else ""))
     # Weights actually read per decoded token: the routed experts of each step, counted in the core.
     r["decode_weight_bytes_per_token"] = decode_bytes / (a.gen - 1)
     r["prefill_int16_ops_per_token"] = 2 * _prefill_macs_per_token(model.config, a.prompt)
